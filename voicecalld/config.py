@@ -1,0 +1,527 @@
+"""Configuration: one settings table drives loading, defaults, validation,
+``--print-config`` and the generated man page.
+
+Keys keep the camelCase names of the original voice-call plugin. A file is
+TOML (or JSON when it ends in ``.json``); sections become dotted keys
+(``[serve] port`` is ``serve.port``). Secrets may instead come from
+``$CREDENTIALS_DIRECTORY/<name>`` (systemd ``LoadCredential=``) or from an
+environment variable. Validation collects *every* problem before failing,
+each naming the key and the expected form.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .phone import is_e164
+
+DEFAULT_CONFIG_PATH = "/etc/voicecalld/voicecalld.toml"
+REDACTED = "<redacted>"
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[str], path: str | None = None) -> None:
+        self.problems = problems
+        self.path = path
+        where = f"{path}: " if path else ""
+        super().__init__(where + "; ".join(problems))
+
+
+# --- value kinds ------------------------------------------------------------
+# Each checker returns (value, None) or (None, "expected ..., got ...").
+
+Checked = tuple[Any, str | None]
+
+
+def _got(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (str, int, float, bool, list)) else type(value).__name__
+
+
+def _check_str(value: Any, s: Setting) -> Checked:
+    if not isinstance(value, str):
+        return None, f"expected a string, got {_got(value)}"
+    return value, None
+
+
+def _check_bool(value: Any, s: Setting) -> Checked:
+    if not isinstance(value, bool):
+        return None, f"expected true or false, got {_got(value)}"
+    return value, None
+
+
+def _check_number(value: Any, s: Setting) -> Checked:
+    integral = s.kind == "int"
+    ok = isinstance(value, int) if integral else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok:
+        what = "an integer" if integral else "a number"
+        return None, f"expected {what}, got {_got(value)}"
+    if s.minimum is not None and value < s.minimum:
+        return None, f"expected a value >= {s.minimum:g}, got {value}"
+    if s.maximum is not None and value > s.maximum:
+        return None, f"expected a value <= {s.maximum:g}, got {value}"
+    return value, None
+
+
+def _check_choice(value: Any, s: Setting) -> Checked:
+    if value not in s.choices:
+        return None, f"expected one of {', '.join(s.choices)}, got {_got(value)}"
+    return value, None
+
+
+def _check_e164(value: Any, s: Setting) -> Checked:
+    if not is_e164(value):
+        return None, f"expected E.164 like +15550001234, got {_got(value)}"
+    return value, None
+
+
+def _check_str_list(value: Any, s: Setting) -> Checked:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return None, f"expected a list of strings, got {_got(value)}"
+    return list(value), None
+
+
+def _check_e164_list(value: Any, s: Setting) -> Checked:
+    if not isinstance(value, list):
+        return None, f"expected a list of E.164 numbers like [\"+15550001234\"], got {_got(value)}"
+    bad = [v for v in value if not is_e164(v)]
+    if bad:
+        return None, f"expected E.164 numbers like +15550001234, got {_got(bad[0])}"
+    return list(value), None
+
+
+def _check_url(value: Any, s: Setting) -> Checked:
+    schemes = s.choices or ("http", "https")
+    if isinstance(value, str):
+        parts = urlsplit(value)
+        if parts.scheme in schemes and parts.netloc:
+            return value.rstrip("/"), None
+    return None, f"expected a {' or '.join(schemes)} URL like {schemes[-1]}://host/path, got {_got(value)}"
+
+
+def _check_url_path(value: Any, s: Setting) -> Checked:
+    if not isinstance(value, str) or not value.startswith("/") or "?" in value or "#" in value:
+        return None, f"expected an absolute URL path like /voice/webhook, got {_got(value)}"
+    return value, None
+
+
+def _check_mode(value: Any, s: Setting) -> Checked:
+    # TOML has no octal strings, so accept "0660" as text or 0o660 as a number.
+    mode: int | None = None
+    if isinstance(value, str) and value and all(c in "01234567" for c in value):
+        mode = int(value, 8)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    if mode is None or not 0 <= mode <= 0o777:
+        return None, f'expected an octal file mode like "0660", got {_got(value)}'
+    if mode & 0o007:
+        return None, f"expected a mode without permissions for other users, got {mode:04o}"
+    if not mode & 0o600 == 0o600:
+        return None, f"expected a mode the daemon's own user can read and write, got {mode:04o}"
+    return mode, None
+
+
+_CHECKERS: dict[str, Callable[[Any, Setting], Checked]] = {
+    "str": _check_str,
+    "path": _check_str,
+    "bool": _check_bool,
+    "int": _check_number,
+    "number": _check_number,
+    "choice": _check_choice,
+    "e164": _check_e164,
+    "list[str]": _check_str_list,
+    "list[e164]": _check_e164_list,
+    "url": _check_url,
+    "urlpath": _check_url_path,
+    "mode": _check_mode,
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    kind: str
+    default: Any
+    doc: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    secret: bool = False
+    env: str | None = None
+    credential: str | None = None
+
+    @property
+    def section(self) -> str:
+        return self.key.rpartition(".")[0]
+
+    @property
+    def name(self) -> str:
+        return self.key.rpartition(".")[2]
+
+    def check(self, value: Any) -> Checked:
+        return _CHECKERS[self.kind](value, self)
+
+
+def _s(key: str, kind: str, default: Any, doc: str, **kw: Any) -> Setting:
+    return Setting(key, kind, default, doc, **kw)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- top level ---
+    _s("provider", "choice", "mock", "Carrier: twilio, telnyx, or mock (simulated calls, no network).",
+       choices=("twilio", "telnyx", "mock")),
+    _s("fromNumber", "e164", None, "Caller ID for outbound calls (E.164). Required for twilio and telnyx."),
+    _s("toNumber", "e164", None, "Default destination when a call request has no number (E.164)."),
+    _s("publicUrl", "url", None,
+       "Public base URL where the carrier reaches the webhook (serve.path is appended). "
+       "Takes precedence over a tunnel."),
+    _s("store", "path", None,
+       "Directory of the call log calls.jsonl. Default: $STATE_DIRECTORY, else "
+       "$XDG_STATE_HOME/voicecalld (~/.local/state/voicecalld)."),
+    _s("skipSignatureVerification", "bool", False,
+       "Accept webhooks without verifying the carrier's signature. For local experiments only."),
+    _s("maxDurationSeconds", "number", 300, "Hang up with reason timeout this long after the call was answered.",
+       minimum=1),
+    _s("maxConcurrentCalls", "int", 1, "Calls that may be active at once, inbound and outbound together.",
+       minimum=1),
+    _s("transcriptTimeoutMs", "int", 180000, "How long continue waits for the callee's reply.", minimum=1),
+    _s("ringTimeoutMs", "int", 30000, "An outbound call not answered within this time ends as no-answer.",
+       minimum=1),
+    _s("inboundPolicy", "choice", "disabled",
+       "Who may call in: disabled (nobody), allowlist (numbers in allowFrom), pairing (as allowlist), "
+       "open (anyone).", choices=("disabled", "allowlist", "pairing", "open")),
+    _s("allowFrom", "list[e164]", [], "Caller IDs (exact E.164) accepted by the allowlist and pairing policies."),
+    _s("inboundGreeting", "str", "Hello, you have reached the voice assistant. How can I help?",
+       "What an accepted inbound caller hears first."),
+    _s("responder", "choice", "llm",
+       "Who answers caller speech that no continue is waiting for: llm (Chat Completions at "
+       "responseBaseUrl), socket (an events.subscribe client answers with voicecall.speak), or off.",
+       choices=("llm", "socket", "off")),
+    _s("responseModel", "str", "openai/gpt-4o-mini",
+       "Model for automatic replies as provider/model; the part after the first slash is sent to the API."),
+    _s("responseSystemPrompt", "str", None,
+       "System prompt for automatic replies. Default: short spoken answers, and the caller's number."),
+    _s("responseTimeoutMs", "int", 30000,
+       "How long an automatic reply may take before the caller hears an apology.", minimum=1),
+    _s("responseBaseUrl", "url", "https://api.openai.com/v1",
+       "Base URL of an OpenAI-compatible Chat Completions API (OpenAI, llama.cpp, vLLM, ...)."),
+    _s("responseApiKey", "str", None,
+       "Bearer token for responseBaseUrl. Default: streaming.openaiApiKey (OPENAI_API_KEY).",
+       secret=True, credential="response-api-key"),
+    _s("shutdownGraceSeconds", "number", 10,
+       "On SIGTERM, how long active calls may finish before they are hung up.", minimum=0),
+    # --- [serve] ---
+    _s("serve.port", "int", 3334, "TCP port of the webhook server; 0 picks a free port.", minimum=0,
+       maximum=65535),
+    _s("serve.bind", "str", "127.0.0.1", "Address the webhook server listens on."),
+    _s("serve.path", "urlpath", "/voice/webhook", "URL path of the carrier webhook."),
+    # --- [outbound] ---
+    _s("outbound.defaultMode", "choice", "notify",
+       "Mode of a call request without one: notify (speak, then hang up) or conversation.",
+       choices=("notify", "conversation")),
+    _s("outbound.notifyHangupDelaySec", "number", 3,
+       "In notify mode, hang up this long after the message has finished playing.", minimum=0),
+    # --- [twilio] ---
+    _s("twilio.accountSid", "str", None, "Twilio Account SID (AC...).", env="TWILIO_ACCOUNT_SID",
+       credential="twilio-account-sid"),
+    _s("twilio.authToken", "str", None, "Twilio auth token; also the webhook signing key.", secret=True,
+       env="TWILIO_AUTH_TOKEN", credential="twilio-auth-token"),
+    _s("twilio.apiBaseUrl", "url", "https://api.twilio.com", "Twilio REST API base URL."),
+    # --- [telnyx] ---
+    _s("telnyx.apiKey", "str", None, "Telnyx API key (Bearer token).", secret=True, env="TELNYX_API_KEY",
+       credential="telnyx-api-key"),
+    _s("telnyx.connectionId", "str", None, "Telnyx Call Control application (connection) id.",
+       env="TELNYX_CONNECTION_ID", credential="telnyx-connection-id"),
+    _s("telnyx.publicKey", "str", None,
+       "Telnyx webhook signing public key: base64 of the raw 32-byte Ed25519 key (PEM also accepted).",
+       env="TELNYX_PUBLIC_KEY", credential="telnyx-public-key"),
+    _s("telnyx.apiBaseUrl", "url", "https://api.telnyx.com", "Telnyx REST API base URL."),
+    # --- [streaming] ---
+    _s("streaming.enabled", "bool", False,
+       "Twilio only: take the call audio over Media Streams and transcribe it with OpenAI Realtime."),
+    _s("streaming.streamPath", "urlpath", "/voice/stream", "URL path of the Media Streams WebSocket."),
+    _s("streaming.openaiApiKey", "str", None, "OpenAI API key for speech-to-text and text-to-speech.",
+       secret=True, env="OPENAI_API_KEY", credential="openai-api-key"),
+    _s("streaming.sttModel", "str", "gpt-4o-transcribe", "OpenAI transcription model."),
+    _s("streaming.vadThreshold", "number", 0.5, "Server VAD activation threshold (0-1).", minimum=0,
+       maximum=1),
+    _s("streaming.silenceDurationMs", "int", 800, "Silence that ends a caller turn.", minimum=0),
+    _s("streaming.realtimeUrl", "url", "wss://api.openai.com/v1/realtime?intent=transcription",
+       "OpenAI Realtime transcription WebSocket URL.", choices=("ws", "wss")),
+    _s("streaming.maxStreams", "int", 100, "Media streams open at once; more are refused with 503.",
+       minimum=1),
+    _s("streaming.maxPendingStreams", "int", 16,
+       "Media streams that have connected but not yet sent start; more are refused with 503.", minimum=1),
+    # --- [tts] ---
+    _s("tts.provider", "choice", "openai", "Text-to-speech service for streamed calls.", choices=("openai",)),
+    _s("tts.model", "str", "gpt-4o-mini-tts", "Text-to-speech model."),
+    _s("tts.voice", "str", "coral", "Text-to-speech voice."),
+    _s("tts.baseUrl", "url", "https://api.openai.com/v1", "Base URL of the text-to-speech API."),
+    # --- [tunnel] ---
+    _s("tunnel.provider", "choice", "none", "Tunnel that gives the webhook a public URL when publicUrl is unset.",
+       choices=("none", "ngrok", "tailscale-serve", "tailscale-funnel")),
+    _s("tunnel.ngrokAuthToken", "str", None, "ngrok authtoken.", secret=True, env="NGROK_AUTHTOKEN",
+       credential="ngrok-authtoken"),
+    _s("tunnel.ngrokDomain", "str", None, "Reserved ngrok domain to use."),
+    _s("tunnel.allowNgrokFreeTier", "bool", True, "Allow a random free-tier ngrok URL."),
+    # --- [tailscale] (legacy) ---
+    _s("tailscale.mode", "choice", "off", "Legacy form of tunnel.provider: off, serve or funnel.",
+       choices=("off", "serve", "funnel")),
+    _s("tailscale.path", "urlpath", None, "Legacy: URL path Tailscale serves (default serve.path)."),
+    # --- [control] ---
+    _s("control.socket", "path", None,
+       "Control socket path. Default: $RUNTIME_DIRECTORY/control.sock, else "
+       "$XDG_RUNTIME_DIR/voicecalld/control.sock, else /tmp/voicecalld-<uid>/control.sock."),
+    _s("control.mode", "mode", "0660", "File mode of the control socket; other users never get access."),
+    # --- [mock] ---
+    _s("mock.answerDelayMs", "int", 1000, "Simulated callee answers after this long.", minimum=0),
+    _s("mock.calleeReplies", "list[str]", [],
+       "What the simulated callee says: item i answers the i-th continue; then silence until mock.say."),
+    _s("mock.msPerChar", "number", 60, "Simulated speech takes this long per character.", minimum=0),
+    _s("mock.replyDelayMs", "int", 300, "Simulated callee starts its reply this long after the prompt ended.",
+       minimum=0),
+)
+
+SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(s.section for s in SETTINGS if s.section))
+
+
+# --- the loaded configuration ---------------------------------------------------
+
+
+class _Section:
+    """Read-only attribute view of one section: ``config.serve.port``."""
+
+    def __init__(self, values: Mapping[str, Any], prefix: str) -> None:
+        self._values = values
+        self._prefix = prefix
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[f"{self._prefix}.{name}"]
+        except KeyError:
+            raise AttributeError(f"no setting {self._prefix}.{name}") from None
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings, read by dotted key (``cfg["serve.port"]``) or
+    attribute (``cfg.serve.port``, ``cfg.provider``)."""
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, str] = field(default_factory=dict)
+    path: str | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in SECTIONS:
+            return _Section(self.values, name)
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration as a nested dict with secrets hidden."""
+        out: dict[str, Any] = {}
+        for s in SETTINGS:
+            value = self.values[s.key]
+            if s.secret and value:
+                value = REDACTED
+            if s.kind == "mode":
+                value = f"{value:04o}"
+            target = out.setdefault(s.section, {}) if s.section else out
+            target[s.name] = value
+        return out
+
+    @property
+    def secrets(self) -> list[str]:
+        """Secret values in use, so log filters can scrub them."""
+        return [v for s in SETTINGS if s.secret and isinstance(v := self.values[s.key], str) and v]
+
+    @property
+    def webhook_url(self) -> str | None:
+        return self.publicUrl + self["serve.path"] if self.publicUrl else None
+
+
+def _flatten(data: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in SECTIONS:
+            if not isinstance(value, dict):
+                problems.append(f"{name}: expected a section (table), got {_got(value)}")
+                continue
+            for sub, subvalue in value.items():
+                flat[f"{name}.{sub}"] = subvalue
+        else:
+            flat[name] = value
+    return flat
+
+
+def _unknown(key: str) -> str:
+    close = difflib.get_close_matches(key, SETTINGS_BY_KEY, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{key}: unknown key{hint}"
+
+
+def _read_credential(name: str, env: Mapping[str, str]) -> str | None:
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    try:
+        with open(os.path.join(directory, name), encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None = None,
+                 path: str | None = None) -> Config:
+    """Validate ``data`` (a parsed config file) and fill in defaults and secrets."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    flat = _flatten(data, problems)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key in flat:
+        if key not in SETTINGS_BY_KEY:
+            problems.append(_unknown(key))
+    for s in SETTINGS:
+        raw, source = flat.get(s.key), "file"
+        if raw is None and s.credential:
+            raw, source = _read_credential(s.credential, env), f"credential {s.credential}"
+        if raw is None and s.env:
+            raw, source = env.get(s.env) or None, f"environment {s.env}"
+        if raw is None:
+            default = s.default
+            if s.kind == "mode" and isinstance(default, str):
+                default = int(default, 8)
+            values[s.key], sources[s.key] = (list(default) if isinstance(default, list) else default), "default"
+            continue
+        value, error = s.check(raw)
+        if error:
+            origin = "" if source == "file" else f" (from {source})"
+            problems.append(f"{s.key}: {error}{origin}")
+        else:
+            values[s.key], sources[s.key] = value, source
+    if not problems:
+        problems.extend(_cross_checks(values))
+    if problems:
+        raise ConfigError(problems, path)
+    return Config(values, sources, path)
+
+
+def _needs(values: Mapping[str, Any], provider: str, keys: Iterable[str]) -> list[str]:
+    out = []
+    for key in keys:
+        if not values[key]:
+            s = SETTINGS_BY_KEY[key]
+            alt = f" (or {s.env})" if s.env else ""
+            out.append(f"provider: {provider} needs {key}{alt}")
+    return out
+
+
+def _cross_checks(v: Mapping[str, Any]) -> list[str]:
+    problems: list[str] = []
+    provider = v["provider"]
+    if provider == "twilio":
+        problems += _needs(v, "twilio", ("twilio.accountSid", "twilio.authToken", "fromNumber"))
+    elif provider == "telnyx":
+        problems += _needs(v, "telnyx", ("telnyx.apiKey", "telnyx.connectionId", "fromNumber"))
+        if not v["telnyx.publicKey"] and not v["skipSignatureVerification"]:
+            problems.append("telnyx.publicKey: needed to verify Telnyx webhooks (or TELNYX_PUBLIC_KEY); "
+                            "set skipSignatureVerification = true only for local experiments")
+    if provider != "mock" and not v["publicUrl"] and v["tunnel.provider"] == "none" \
+            and v["tailscale.mode"] == "off":
+        problems.append(f"publicUrl: provider {provider} needs a public URL for its webhooks "
+                        "(set publicUrl, or tunnel.provider)")
+    if v["inboundPolicy"] in ("allowlist", "pairing") and not v["allowFrom"]:
+        problems.append(f"allowFrom: inboundPolicy {v['inboundPolicy']} needs at least one number "
+                        "(or use inboundPolicy = \"disabled\")")
+    if v["serve.path"] == v["streaming.streamPath"]:
+        problems.append("streaming.streamPath: must differ from serve.path")
+    return problems
+
+
+def parse_file(path: str) -> dict[str, Any]:
+    """Read a TOML file, or JSON when the name ends in ``.json``."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ConfigError([f"cannot read config file: {exc.strerror}"], path) from None
+    try:
+        if path.endswith(".json"):
+            data = json.loads(raw.decode("utf-8"))
+            if not isinstance(data, dict):
+                raise ConfigError(["expected a JSON object at the top level"], path)
+            return data
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(["the file is not valid UTF-8"], path) from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        kind = "JSON" if path.endswith(".json") else "TOML"
+        raise ConfigError([f"invalid {kind}: {exc}"], path) from None
+
+
+def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load ``path``; with no path, the default file if it exists, else defaults
+    (which run the mock carrier)."""
+    if path is None and os.path.exists(DEFAULT_CONFIG_PATH):
+        path = DEFAULT_CONFIG_PATH
+    data = parse_file(path) if path else {}
+    return from_mapping(data, env, path)
+
+
+# --- rendering --------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+
+
+def render_toml(config: Config) -> str:
+    """The effective configuration as TOML, secrets redacted, unset keys commented."""
+    nested = config.redacted()
+    lines: list[str] = []
+
+    def emit(table: Mapping[str, Any]) -> None:
+        for name, value in table.items():
+            if isinstance(value, dict):
+                continue
+            if value is None:
+                lines.append(f"# {name} = (unset)")
+            else:
+                lines.append(f"{name} = {_toml_value(value)}")
+
+    emit(nested)
+    for section in SECTIONS:
+        lines.append("")
+        lines.append(f"[{section}]")
+        emit(nested[section])
+    return "\n".join(lines) + "\n"
+
+
+def describe_default(s: Setting) -> str:
+    """The default as documentation shows it."""
+    if s.default is None:
+        return "unset"
+    if s.kind == "mode" or isinstance(s.default, str):
+        return f'"{s.default}"'
+    return _toml_value(s.default)

@@ -1,0 +1,74 @@
+"""Errors that callers of the daemon see, each with its JSON-RPC code
+(DESIGN.md section 5). Messages are sentences a person can act on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+CALL_NOT_FOUND = -32000
+LIMIT_REACHED = -32001
+NOT_CONNECTED = -32002
+PROVIDER_ERROR = -32003
+TRANSCRIPT_TIMEOUT = -32004
+SHUTTING_DOWN = -32005
+
+
+class VoiceCallError(Exception):
+    code = INTERNAL_ERROR
+
+    def __init__(self, message: str, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+
+class InvalidParams(VoiceCallError):
+    code = INVALID_PARAMS
+
+
+class CallNotFound(VoiceCallError):
+    code = CALL_NOT_FOUND
+
+    def __init__(self, call_id: object) -> None:
+        super().__init__(f"no call with id {call_id!s}; voicecallctl list shows the active calls",
+                         {"callId": call_id})
+
+
+class LimitReached(VoiceCallError):
+    code = LIMIT_REACHED
+
+
+class NotConnected(VoiceCallError):
+    code = NOT_CONNECTED
+
+
+class ProviderError(VoiceCallError):
+    """The carrier refused or failed a request. ``provider_code`` is the
+    carrier's own error code when it gave one."""
+
+    code = PROVIDER_ERROR
+
+    def __init__(self, message: str, *, provider_code: str | int | None = None,
+                 status: int | None = None, retryable: bool = False) -> None:
+        data: dict[str, Any] = {}
+        if provider_code is not None:
+            data["providerCode"] = provider_code
+        if status is not None:
+            data["httpStatus"] = status
+        super().__init__(message, data or None)
+        self.provider_code = provider_code
+        self.status = status
+        self.retryable = retryable
+
+
+class TranscriptTimeout(VoiceCallError):
+    code = TRANSCRIPT_TIMEOUT
+
+
+class ShuttingDown(VoiceCallError):
+    code = SHUTTING_DOWN

@@ -1,0 +1,95 @@
+"""The carrier interface. Each provider module adapts one carrier to it and
+keeps that carrier's quirks to itself.
+
+Providers report what happens on their calls as normalized ``CallEvent``s
+through the sink the manager binds, whether the news arrives by webhook,
+media stream or (for the mock) the timer wheel. They never touch call
+records directly.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..calls import CallEvent, CallRecord, Speak, State
+
+if TYPE_CHECKING:  # pragma: no cover
+    from werkzeug.wrappers import Request, Response
+
+    from ..manager import CallManager
+
+EventSink = Callable[[CallEvent], None]
+
+
+@dataclass(frozen=True)
+class CarrierStatus:
+    """What the carrier says about a call (restart recovery)."""
+
+    live: bool
+    reason: State | None = None   # end reason when not live
+    answered: bool = False
+
+
+class Provider(ABC):
+    name: str = "?"
+
+    def __init__(self) -> None:
+        self._manager: CallManager | None = None
+
+    def bind(self, manager: CallManager) -> None:
+        """Called once by the manager: events go to ``manager.handle_event``,
+        inbound calls to ``manager.accept_inbound``."""
+        self._manager = manager
+
+    @property
+    def manager(self) -> CallManager:
+        if self._manager is None:
+            raise RuntimeError(f"{self.name} provider is not bound to a manager")
+        return self._manager
+
+    def emit(self, event: CallEvent) -> None:
+        self.manager.handle_event(event)
+
+    # -- call control (may block on the network; never called under a lock) --
+
+    @abstractmethod
+    def initiate(self, record: CallRecord) -> str:
+        """Place an outbound call; return the carrier's call id."""
+
+    @abstractmethod
+    def hangup(self, record: CallRecord) -> None:
+        """End the call at the carrier. A call that already ended is success."""
+
+    @abstractmethod
+    def speak(self, record: CallRecord, action: Speak) -> None:
+        """Say ``action.text``; report ``played`` when it finished, if the
+        carrier can tell."""
+
+    def start_listening(self, record: CallRecord, turn: int | None) -> None:
+        """Begin a listening turn. Carriers that listen continuously need not."""
+
+    def call_status(self, record: CallRecord) -> CarrierStatus | None:
+        """Ask the carrier about a call; None if it cannot tell."""
+        return None
+
+    def forget(self, record: CallRecord) -> None:
+        """The call is over: drop per-call state."""
+
+    def start(self) -> None:
+        """The daemon is up (webhook server listening)."""
+
+    def stop(self) -> None:
+        """The daemon is stopping."""
+
+    # -- webhooks --
+
+    def handle_webhook(self, request: Request) -> Response:
+        from werkzeug.wrappers import Response
+
+        return Response("this provider takes no webhooks\n", status=404, mimetype="text/plain")
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name}

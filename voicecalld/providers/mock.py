@@ -1,0 +1,149 @@
+"""The mock carrier: simulated calls with no network.
+
+It behaves like a carrier reporting by webhook: everything it does comes
+back to the manager later, as normalized events fired from the timer wheel,
+through the same ``handle_event`` path real carriers use. The callee rings,
+answers after ``mock.answerDelayMs``, "hears" speech for a time proportional
+to its length, answers each ``continue`` turn from ``mock.calleeReplies``, and
+says or hangs up whatever the ``mock.say`` / ``mock.hangup`` control methods
+ask for.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..calls import CallEvent, CallRecord, EventType, Speak, State
+from ..errors import CallNotFound, NotConnected
+from ..timers import Timer, TimerService
+from .base import CarrierStatus, Provider
+
+RING_AFTER = 0.05     # seconds until a dialed mock phone rings
+INBOUND_ANSWER = 0.05  # seconds until the daemon's answer of an inbound call connects
+
+
+@dataclass
+class _MockCall:
+    call_id: str
+    provider_id: str
+    answered: bool = False
+    ended: bool = False
+    speaking_until: float = 0.0
+    timers: list[Timer] = field(default_factory=list)
+
+
+class MockProvider(Provider):
+    name = "mock"
+
+    def __init__(self, timers: TimerService) -> None:
+        super().__init__()
+        self._timers = timers
+        self._lock = threading.Lock()
+        self._calls: dict[str, _MockCall] = {}
+
+    @property
+    def _mock(self) -> Any:
+        return self.manager.config.mock
+
+    def _later(self, mc: _MockCall, delay: float, type_: EventType, **fields: Any) -> None:
+        event = CallEvent(type_, uuid.uuid4().hex, call_id=mc.call_id, provider_call_id=mc.provider_id,
+                          **fields)
+
+        def fire() -> None:
+            if type_ == EventType.ANSWERED:
+                mc.answered = True
+            if not mc.ended:
+                self.emit(event)
+
+        with self._lock:
+            if not mc.ended:
+                mc.timers = [t for t in mc.timers if t.active]
+                mc.timers.append(self._timers.call_later(delay, fire))
+
+    def _get(self, call_id: str) -> _MockCall:
+        with self._lock:
+            mc = self._calls.get(call_id)
+        if mc is None or mc.ended:
+            raise CallNotFound(call_id)
+        return mc
+
+    # -- the carrier side --
+
+    def initiate(self, record: CallRecord) -> str:
+        mc = _MockCall(record.callId, "mock-" + uuid.uuid4().hex[:20])
+        with self._lock:
+            self._calls[record.callId] = mc
+        answer_after = self._mock.answerDelayMs / 1000
+        self._later(mc, 0, EventType.INITIATED)
+        self._later(mc, min(RING_AFTER, answer_after / 2), EventType.RINGING)
+        self._later(mc, answer_after, EventType.ANSWERED)
+        return mc.provider_id
+
+    def hangup(self, record: CallRecord) -> None:
+        with self._lock:
+            mc = self._calls.get(record.callId)
+            if mc is None or mc.ended:
+                return  # already over: success, as with real carriers
+            mc.ended = True
+            pending, mc.timers = mc.timers, []
+        for t in pending:
+            self._timers.cancel(t)
+
+    def speak(self, record: CallRecord, action: Speak) -> None:
+        mc = self._get(record.callId)
+        duration = max(0.02, len(action.text) * self._mock.msPerChar / 1000)
+        now = time.monotonic()
+        with self._lock:
+            start = max(now, mc.speaking_until)
+            mc.speaking_until = start + duration
+        self._later(mc, start - now, EventType.SPEAKING, utterance_id=action.utterance_id)
+        self._later(mc, start + duration - now, EventType.PLAYED, utterance_id=action.utterance_id)
+
+    def start_listening(self, record: CallRecord, turn: int | None) -> None:
+        replies = self._mock.calleeReplies
+        if turn is None or not 0 < turn <= len(replies):
+            return  # the callee stays silent until mock.say
+        mc = self._get(record.callId)
+        self._later(mc, self._mock.replyDelayMs / 1000, EventType.SPEECH, transcript=replies[turn - 1])
+
+    def call_status(self, record: CallRecord) -> CarrierStatus | None:
+        with self._lock:
+            mc = self._calls.get(record.callId)
+        if mc is None or mc.ended:
+            return CarrierStatus(live=False, reason=State.COMPLETED)
+        return CarrierStatus(live=True, answered=mc.answered)
+
+    def forget(self, record: CallRecord) -> None:
+        with self._lock:
+            mc = self._calls.pop(record.callId, None)
+        if mc is not None:
+            mc.ended = True
+            for t in mc.timers:
+                self._timers.cancel(t)
+
+    # -- the simulated callee (control methods mock.*) --
+
+    def say(self, call_id: str, text: str) -> None:
+        mc = self._get(call_id)
+        if not mc.answered:
+            raise NotConnected(f"call {call_id} has not been answered yet", {"callId": call_id})
+        self._later(mc, 0, EventType.SPEECH, transcript=text)
+
+    def callee_hangup(self, call_id: str) -> None:
+        mc = self._get(call_id)
+        self._later(mc, 0, EventType.ENDED, reason=State.HANGUP_USER)
+
+    def inbound(self, from_: str, to: str | None) -> dict[str, Any]:
+        provider_id = "mock-in-" + uuid.uuid4().hex[:17]
+        snapshot, accepted = self.manager.accept_inbound(from_, to, provider_id)
+        if not accepted:
+            return {"rejected": True, "callId": snapshot["callId"]}
+        mc = _MockCall(snapshot["callId"], provider_id)
+        with self._lock:
+            self._calls[mc.call_id] = mc
+        self._later(mc, INBOUND_ANSWER, EventType.ANSWERED)
+        return {"callId": mc.call_id}

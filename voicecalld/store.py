@@ -1,0 +1,168 @@
+"""The call log: ``<store>/calls.jsonl``, one full record snapshot per line.
+
+Appends are durable before they return (write, then fsync). Concurrent
+appenders share fsyncs ("group commit"): whoever syncs covers every line
+written before the sync began, so a burst of N appends costs far fewer than
+N fsyncs while each caller still waits for its own line to be on disk.
+
+Loading keeps the last snapshot per ``callId`` and skips, and counts, lines
+that are torn (a crash mid-write) or corrupt, without losing the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+LOG_NAME = "calls.jsonl"
+_BLOCK = 64 * 1024
+
+
+@dataclass
+class LoadResult:
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lines: int = 0
+    corrupt: int = 0
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("callId"), str):
+        return None
+    return record
+
+
+class Store:
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, LOG_NAME)
+        os.makedirs(directory, mode=0o750, exist_ok=True)
+        created = not os.path.exists(self.path)
+        # The log holds phone numbers and transcripts: owner-only.
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if created:
+            self._fsync_dir()
+        self._write_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._written = 0  # lines written so far
+        self._synced = 0   # lines known to be on disk
+        self._terminate_torn_line()
+
+    def _fsync_dir(self) -> None:
+        dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _terminate_torn_line(self) -> None:
+        """A crash can leave a last line without its newline; end it so the
+        next append starts a line of its own (the fragment stays corrupt)."""
+        size = os.fstat(self._fd).st_size
+        if size == 0:
+            return
+        with open(self.path, "rb") as fh:
+            fh.seek(size - 1)
+            if fh.read(1) != b"\n":
+                log.warning("%s: last line is torn (crash during a write); it will be skipped", self.path)
+                self._write_all(b"\n")
+                os.fsync(self._fd)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one snapshot; returns once it is on disk."""
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+        with self._write_lock:
+            self._write_all(line)
+            self._written += 1
+            mine = self._written
+        with self._sync_lock:
+            if self._synced >= mine:
+                return  # another appender's fsync already covered our line
+            with self._write_lock:
+                covered = self._written
+            os.fsync(self._fd)
+            self._synced = covered
+
+    def load(self) -> LoadResult:
+        result = LoadResult()
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            return result
+        with fh:
+            for raw in fh:
+                result.lines += 1
+                record = _parse(raw) if raw.endswith(b"\n") else None
+                if record is None:
+                    if raw.strip():
+                        result.corrupt += 1
+                    continue
+                result.records[record["callId"]] = record
+        if result.corrupt:
+            log.warning("%s: skipped %d torn or corrupt line(s)", self.path, result.corrupt)
+        return result
+
+    def _reverse_lines(self) -> Iterator[bytes]:
+        """Lines from the end of the file backwards, read in blocks."""
+        with open(self.path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            pos = fh.tell()
+            rest = b""
+            while pos > 0:
+                step = min(_BLOCK, pos)
+                pos -= step
+                fh.seek(pos)
+                chunk = fh.read(step) + rest
+                lines = chunk.split(b"\n")
+                rest = lines[0]
+                for line in reversed(lines[1:]):
+                    if line:
+                        yield line
+            if rest:
+                yield rest
+
+    def find(self, call_id: str) -> dict[str, Any] | None:
+        """The last snapshot of ``call_id``, scanning from the end."""
+        needle = json.dumps(call_id).encode("utf-8")
+        for line in self._reverse_lines():
+            if needle in line:
+                record = _parse(line)
+                if record is not None and record["callId"] == call_id:
+                    return record
+        return None
+
+    def history(self, limit: int) -> list[dict[str, Any]]:
+        """The last snapshots of the ``limit`` most recently logged calls, oldest first."""
+        seen: dict[str, dict[str, Any]] = {}
+        if limit <= 0:
+            return []
+        for line in self._reverse_lines():
+            record = _parse(line)
+            if record is not None and record["callId"] not in seen:
+                seen[record["callId"]] = record
+                if len(seen) >= limit:
+                    break
+        return list(reversed(seen.values()))
+
+    def close(self) -> None:
+        with self._write_lock:
+            if self._fd >= 0:
+                os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = -1

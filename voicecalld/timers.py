@@ -1,0 +1,222 @@
+"""Deadlines: a hashed timing wheel, driven by one thread, whose callbacks
+run on a bounded worker pool.
+
+``TimerWheel`` is the pure data structure (Varghese & Lauck's scheme 6): a
+ring of slots, each a dict of timers, indexed by deadline tick modulo the
+ring size. Scheduling and cancelling are O(1) dict operations; advancing
+visits one slot per elapsed tick. It knows nothing of clocks or threads,
+so tests and benchmarks drive it tick by tick.
+
+``TimerService`` is the shell: a thread that advances the wheel against
+``time.monotonic`` and hands due callbacks to a ``WorkerPool``. Callbacks
+never run on the wheel thread, so a slow one cannot delay other deadlines.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[], Any]
+
+
+class Timer:
+    """A handle to one scheduled callback."""
+
+    __slots__ = ("deadline", "seq", "callback", "slot", "active")
+
+    def __init__(self, deadline: int, seq: int, callback: Callback, slot: int) -> None:
+        self.deadline = deadline
+        self.seq = seq
+        self.callback = callback
+        self.slot = slot
+        self.active = True
+
+    def __repr__(self) -> str:
+        return f"<Timer tick={self.deadline} active={self.active}>"
+
+
+class TimerWheel:
+    """Hashed timing wheel over integer ticks. Not thread-safe."""
+
+    def __init__(self, slots: int = 512, start_tick: int = 0) -> None:
+        if slots < 1:
+            raise ValueError("slots must be positive")
+        self._slots: list[dict[int, Timer]] = [{} for _ in range(slots)]
+        self._size = slots
+        self._seq = itertools.count()
+        self.now = start_tick
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def schedule(self, ticks: int, callback: Callback) -> Timer:
+        """Run ``callback`` when the wheel reaches ``now + ticks`` (at least one tick away)."""
+        deadline = self.now + max(1, ticks)
+        slot = deadline % self._size
+        timer = Timer(deadline, next(self._seq), callback, slot)
+        self._slots[slot][timer.seq] = timer
+        self._count += 1
+        return timer
+
+    def cancel(self, timer: Timer) -> bool:
+        """True if the timer was pending and will now never fire."""
+        if not timer.active:
+            return False
+        timer.active = False
+        del self._slots[timer.slot][timer.seq]
+        self._count -= 1
+        return True
+
+    def advance(self, to_tick: int) -> list[Callback]:
+        """Move to ``to_tick``; return the callbacks now due, earliest first."""
+        if to_tick <= self.now:
+            return []
+        due: list[Timer] = []
+        steps = min(to_tick - self.now, self._size)
+        for step in range(1, steps + 1):
+            bucket = self._slots[(self.now + step) % self._size]
+            if not bucket:
+                continue
+            fired = [t for t in bucket.values() if t.deadline <= to_tick]
+            for t in fired:
+                del bucket[t.seq]
+                t.active = False
+            due.extend(fired)
+        self.now = to_tick
+        self._count -= len(due)
+        if steps > 1 and len(due) > 1:
+            due.sort(key=lambda t: (t.deadline, t.seq))
+        return [t.callback for t in due]
+
+
+class WorkerPool:
+    """A fixed number of threads draining a bounded queue."""
+
+    def __init__(self, workers: int = 8, queue_size: int = 1024, name: str = "worker") -> None:
+        self._queue: queue.Queue[Callback | None] = queue.Queue(queue_size)
+        self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def submit_nowait(self, fn: Callback) -> bool:
+        """Queue ``fn``; False if the queue is full (the caller decides what then)."""
+        try:
+            self._queue.put_nowait(fn)
+            return True
+        except queue.Full:
+            return False
+
+    def submit(self, fn: Callback, timeout: float | None = None) -> None:
+        """Queue ``fn``, waiting for room; raises ``queue.Full`` on timeout."""
+        self._queue.put(fn, timeout=timeout)
+
+    def _run(self) -> None:
+        while True:
+            fn = self._queue.get()
+            if fn is None:
+                return
+            try:
+                fn()
+            except Exception:
+                log.exception("background task failed")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+
+class TimerService:
+    """The wheel on its own thread. Thread-safe ``call_later``/``cancel``."""
+
+    def __init__(self, pool: WorkerPool, tick: float = 0.01, slots: int = 512,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.tick = tick
+        self._pool = pool
+        self._clock = clock
+        self._origin = clock()
+        self._wheel = TimerWheel(slots)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._overflow: collections.deque[Callback] = collections.deque()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="timer-wheel", daemon=True)
+        #: Monotonic time of the wheel's last turn; the watchdog checks it.
+        self.heartbeat = clock()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Timer:
+        callback: Callback = (lambda: fn(*args)) if args else fn
+        with self._lock:
+            # Ticks are counted from the wheel's own position, which may lag
+            # the clock by one tick; round up so a timer never fires early.
+            elapsed = self._clock() - self._origin
+            target = math.ceil((elapsed + delay) / self.tick)
+            timer = self._wheel.schedule(target - self._wheel.now, callback)
+            if len(self._wheel) == 1:
+                self._wake.notify()
+            return timer
+
+    def cancel(self, timer: Timer | None) -> bool:
+        if timer is None:
+            return False
+        with self._lock:
+            return self._wheel.cancel(timer)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._wheel)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if self._stopping:
+                    return
+                now = self._clock()
+                self.heartbeat = now
+                due = self._wheel.advance(int((now - self._origin) / self.tick))
+                idle = len(self._wheel) == 0 and not self._overflow
+            self._dispatch(due)
+            with self._lock:
+                if self._stopping:
+                    return
+                if idle:
+                    # Nothing scheduled: sleep until call_later wakes us, but
+                    # still turn now and then so the heartbeat proves liveness.
+                    self._wake.wait(0.5)
+                else:
+                    next_tick = (int((self._clock() - self._origin) / self.tick) + 1) * self.tick
+                    self._wake.wait(max(0.0, self._origin + next_tick - self._clock()))
+
+    def _dispatch(self, due: list[Callback]) -> None:
+        self._overflow.extend(due)
+        while self._overflow:
+            if not self._pool.submit_nowait(self._overflow[0]):
+                # The pool is saturated: keep the rest for the next turn rather
+                # than block the wheel (which would delay every other deadline).
+                log.warning("worker pool full; %d timer callbacks deferred", len(self._overflow))
+                return
+            self._overflow.popleft()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
