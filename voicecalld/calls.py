@@ -305,10 +305,10 @@ class Call:
         return True
 
     def _add_transcript(self, speaker: str, text: str, now_ms: int, out: list[Action],
-                        is_final: bool = True, **extra: Any) -> None:
-        entry = {"timestamp": now_ms, "speaker": speaker, "text": text, "isFinal": is_final, **extra}
+                        extra: dict[str, Any] | None = None) -> None:
+        entry = {"timestamp": now_ms, "speaker": speaker, "text": text, "isFinal": True, **(extra or {})}
         self.record.transcript.append(entry)
-        out.append(Publish("call.transcript", {"speaker": speaker, "text": text, "isFinal": is_final, **extra}))
+        out.append(Publish("call.transcript", {k: v for k, v in entry.items() if k != "timestamp"}))
 
     # -- lifecycle --
 
@@ -448,7 +448,7 @@ class Call:
             out.append(Publish("call.transcript", {"speaker": "user", "text": text, "isFinal": False}))
             return out
         extra = {} if event.confidence is None else {"confidence": event.confidence}
-        self._add_transcript("user", text, now_ms, out, **extra)
+        self._add_transcript("user", text, now_ms, out, extra)
         if self.state == State.SPEAKING and not self._utterances:
             self._advance(State.LISTENING, out)
         out += [Persist(), Deliver(text, event.confidence)]

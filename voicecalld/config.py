@@ -64,6 +64,8 @@ def _check_number(value: Any, s: Setting) -> Checked:
     if isinstance(value, bool) or not ok:
         what = "an integer" if integral else "a number"
         return None, f"expected {what}, got {_got(value)}"
+    if s.positive and value <= 0:
+        return None, f"expected a value > 0, got {value}"
     if s.minimum is not None and value < s.minimum:
         return None, f"expected a value >= {s.minimum:g}, got {value}"
     if s.maximum is not None and value > s.maximum:
@@ -154,6 +156,7 @@ class Setting:
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     maximum: float | None = None
+    positive: bool = False
     secret: bool = False
     env: str | None = None
     credential: str | None = None
@@ -189,7 +192,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("skipSignatureVerification", "bool", False,
        "Accept webhooks without verifying the carrier's signature. For local experiments only."),
     _s("maxDurationSeconds", "number", 300, "Hang up with reason timeout this long after the call was answered.",
-       minimum=1),
+       positive=True),
     _s("maxConcurrentCalls", "int", 1, "Calls that may be active at once, inbound and outbound together.",
        minimum=1),
     _s("transcriptTimeoutMs", "int", 180000, "How long continue waits for the callee's reply.", minimum=1),

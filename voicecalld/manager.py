@@ -21,11 +21,37 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import calls, inbound
-from .calls import (Action, ArmTimer, Call, CallEvent, CallRecord, CancelTimer, Deliver, Direction,
-                    Finished, Hangup, Listen, Mode, Persist, Policy, Publish, Speak, State, TimerKind)
+from .calls import (
+    Action,
+    ArmTimer,
+    Call,
+    CallEvent,
+    CallRecord,
+    CancelTimer,
+    Deliver,
+    Direction,
+    Finished,
+    Hangup,
+    Listen,
+    Mode,
+    Persist,
+    Policy,
+    Publish,
+    Speak,
+    State,
+    TimerKind,
+)
 from .config import Config
-from .errors import (CallNotFound, InvalidParams, LimitReached, NotConnected, ProviderError,
-                     ShuttingDown, TranscriptTimeout, VoiceCallError)
+from .errors import (
+    CallNotFound,
+    InvalidParams,
+    LimitReached,
+    NotConnected,
+    ProviderError,
+    ShuttingDown,
+    TranscriptTimeout,
+    VoiceCallError,
+)
 from .events import EventBus
 from .phone import is_e164, mask
 from .providers.base import Provider
@@ -146,7 +172,7 @@ class CallManager:
             raise CallNotFound(call_id)
         return record
 
-    def list(self) -> list[dict[str, Any]]:
+    def active_calls(self) -> list[dict[str, Any]]:
         out = []
         for live in list(self._live.values()):
             with live.lock:
@@ -178,7 +204,7 @@ class CallManager:
         if not is_e164(to):
             raise InvalidParams(f"to must be an E.164 number like +15550001234, got {to!r}")
         mode = mode or self.config.outbound.defaultMode
-        if mode not in (Mode.NOTIFY, Mode.CONVERSATION):
+        if not isinstance(mode, str) or mode not in (Mode.NOTIFY, Mode.CONVERSATION):
             raise InvalidParams(f"mode must be notify or conversation, got {mode!r}")
         record = CallRecord(callId=str(uuid.uuid4()), provider=self.provider.name,
                             direction=Direction.OUTBOUND, mode=Mode(mode), to=str(to),
@@ -197,14 +223,16 @@ class CallManager:
         self._run(live, lambda c: c.start())
         try:
             provider_id = self.provider.initiate(record)
-        except ProviderError as exc:
-            log.warning("call %s: carrier refused the call: %s", record.callId, exc.message)
-            self._run(live, lambda c: c.finish(State.FAILED, now_ms(), error=exc.message))
-            raise
         except Exception as exc:
-            log.exception("call %s: initiate failed", record.callId)
-            self._run(live, lambda c: c.finish(State.FAILED, now_ms(), error=str(exc)))
-            raise ProviderError(f"the carrier request failed: {exc}") from exc
+            message = exc.message if isinstance(exc, ProviderError) else f"the carrier request failed: {exc}"
+            if isinstance(exc, ProviderError):
+                log.warning("call %s: carrier refused the call: %s", record.callId, message)
+            else:
+                log.exception("call %s: initiate failed", record.callId)
+            self._run(live, lambda c: c.finish(State.FAILED, now_ms(), error=message))
+            if isinstance(exc, ProviderError):
+                raise
+            raise ProviderError(message) from exc
         self._set_provider_id(live, provider_id)
         with live.lock:
             return {"callId": record.callId, "state": str(live.call.state)}

@@ -15,7 +15,6 @@ never run on the wheel thread, so a slow one cannot delay other deadlines.
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import math
 import queue
@@ -32,28 +31,36 @@ Callback = Callable[[], Any]
 class Timer:
     """A handle to one scheduled callback."""
 
-    __slots__ = ("deadline", "seq", "callback", "slot", "active")
+    __slots__ = ("deadline", "callback", "bucket", "active")
 
-    def __init__(self, deadline: int, seq: int, callback: Callback, slot: int) -> None:
+    def __init__(self, deadline: int, callback: Callback, bucket: dict[Timer, None]) -> None:
         self.deadline = deadline
-        self.seq = seq
         self.callback = callback
-        self.slot = slot
+        self.bucket = bucket
         self.active = True
 
     def __repr__(self) -> str:
         return f"<Timer tick={self.deadline} active={self.active}>"
 
 
+#: One revolution of the default ring at the default 10 ms tick is about 5.5
+#: minutes, longer than the default maximum call duration, so most timers
+#: fire on the first visit to their slot instead of being rescanned.
+DEFAULT_SLOTS = 1 << 15
+
+
 class TimerWheel:
     """Hashed timing wheel over integer ticks. Not thread-safe."""
 
-    def __init__(self, slots: int = 512, start_tick: int = 0) -> None:
+    def __init__(self, slots: int = DEFAULT_SLOTS, start_tick: int = 0) -> None:
         if slots < 1:
             raise ValueError("slots must be positive")
-        self._slots: list[dict[int, Timer]] = [{} for _ in range(slots)]
-        self._size = slots
-        self._seq = itertools.count()
+        size = 1 << (slots - 1).bit_length()  # a power of two, so a mask replaces modulo
+        self._mask = size - 1
+        # Buckets are created on first use: a mostly idle daemon keeps a
+        # list of None instead of tens of thousands of empty dicts. Each
+        # bucket maps timer -> None: an insertion-ordered set.
+        self._slots: list[dict[Timer, None] | None] = [None] * size
         self.now = start_tick
         self._count = 0
 
@@ -62,10 +69,13 @@ class TimerWheel:
 
     def schedule(self, ticks: int, callback: Callback) -> Timer:
         """Run ``callback`` when the wheel reaches ``now + ticks`` (at least one tick away)."""
-        deadline = self.now + max(1, ticks)
-        slot = deadline % self._size
-        timer = Timer(deadline, next(self._seq), callback, slot)
-        self._slots[slot][timer.seq] = timer
+        deadline = self.now + (ticks if ticks > 0 else 1)
+        index = deadline & self._mask
+        bucket = self._slots[index]
+        if bucket is None:
+            bucket = self._slots[index] = {}
+        timer = Timer(deadline, callback, bucket)
+        bucket[timer] = None
         self._count += 1
         return timer
 
@@ -74,29 +84,37 @@ class TimerWheel:
         if not timer.active:
             return False
         timer.active = False
-        del self._slots[timer.slot][timer.seq]
+        del timer.bucket[timer]
         self._count -= 1
         return True
 
     def advance(self, to_tick: int) -> list[Callback]:
         """Move to ``to_tick``; return the callbacks now due, earliest first."""
-        if to_tick <= self.now:
+        now = self.now
+        if to_tick <= now:
             return []
+        slots, mask = self._slots, self._mask
         due: list[Timer] = []
-        steps = min(to_tick - self.now, self._size)
-        for step in range(1, steps + 1):
-            bucket = self._slots[(self.now + step) % self._size]
+        steps = min(to_tick - now, mask + 1)
+        for tick in range(now + 1, now + steps + 1):
+            bucket = slots[tick & mask]
             if not bucket:
                 continue
-            fired = [t for t in bucket.values() if t.deadline <= to_tick]
+            fired = [t for t in bucket if t.deadline <= to_tick]
+            if len(fired) == len(bucket):
+                bucket.clear()
+            else:
+                for t in fired:
+                    del bucket[t]
             for t in fired:
-                del bucket[t.seq]
                 t.active = False
-            due.extend(fired)
+            due += fired
         self.now = to_tick
         self._count -= len(due)
         if steps > 1 and len(due) > 1:
-            due.sort(key=lambda t: (t.deadline, t.seq))
+            # Equal deadlines share a bucket, which keeps insertion order,
+            # and the sort is stable: ties fire in scheduling order.
+            due.sort(key=lambda t: t.deadline)
         return [t.callback for t in due]
 
 
@@ -143,7 +161,7 @@ class WorkerPool:
 class TimerService:
     """The wheel on its own thread. Thread-safe ``call_later``/``cancel``."""
 
-    def __init__(self, pool: WorkerPool, tick: float = 0.01, slots: int = 512,
+    def __init__(self, pool: WorkerPool, tick: float = 0.01, slots: int = DEFAULT_SLOTS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.tick = tick
         self._pool = pool
@@ -153,6 +171,7 @@ class TimerService:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._overflow: collections.deque[Callback] = collections.deque()
+        self._saturated = False
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="timer-wheel", daemon=True)
         #: Monotonic time of the wheel's last turn; the watchdog checks it.
@@ -191,12 +210,11 @@ class TimerService:
                 now = self._clock()
                 self.heartbeat = now
                 due = self._wheel.advance(int((now - self._origin) / self.tick))
-                idle = len(self._wheel) == 0 and not self._overflow
             self._dispatch(due)
             with self._lock:
                 if self._stopping:
                     return
-                if idle:
+                if len(self._wheel) == 0 and not self._overflow:
                     # Nothing scheduled: sleep until call_later wakes us, but
                     # still turn now and then so the heartbeat proves liveness.
                     self._wake.wait(0.5)
@@ -210,9 +228,14 @@ class TimerService:
             if not self._pool.submit_nowait(self._overflow[0]):
                 # The pool is saturated: keep the rest for the next turn rather
                 # than block the wheel (which would delay every other deadline).
-                log.warning("worker pool full; %d timer callbacks deferred", len(self._overflow))
+                if not self._saturated:
+                    log.warning("worker pool full; deferring %d timer callbacks", len(self._overflow))
+                    self._saturated = True
                 return
             self._overflow.popleft()
+        if self._saturated:
+            log.info("worker pool caught up with deferred timer callbacks")
+            self._saturated = False
 
     def stop(self) -> None:
         with self._lock:

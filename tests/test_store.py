@@ -1,0 +1,146 @@
+"""The JSONL call log: durability, torn and corrupt lines, scale."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from voicecalld.store import LOG_NAME, Store
+
+
+def rec(call_id: str, state: str = "initiated", **extra) -> dict:
+    return {"callId": call_id, "provider": "mock", "state": state, **extra}
+
+
+def test_append_then_load_keeps_last_snapshot_per_call(tmp_path) -> None:
+    store = Store(str(tmp_path))
+    store.append(rec("a"))
+    store.append(rec("b"))
+    store.append(rec("a", "ringing"))
+    store.append(rec("a", "completed", endReason="completed"))
+    store.close()
+    result = Store(str(tmp_path)).load()
+    assert result.records == {"a": rec("a", "completed", endReason="completed"), "b": rec("b")}
+    assert (result.lines, result.corrupt) == (4, 0)
+
+
+def test_log_file_is_owner_only(tmp_path) -> None:
+    store = Store(str(tmp_path / "state"))
+    store.append(rec("a"))
+    mode = stat.S_IMODE(os.stat(store.path).st_mode)
+    assert mode & 0o077 == 0
+    store.close()
+
+
+@pytest.mark.parametrize("cut", [1, 5, 20, -2])
+def test_torn_last_line_is_skipped_and_next_append_is_clean(tmp_path, cut) -> None:
+    store = Store(str(tmp_path))
+    for i in range(3):
+        store.append(rec(f"c{i}", "answered"))
+    store.close()
+    path = tmp_path / LOG_NAME
+    data = path.read_bytes()
+    last = json.dumps(rec("c3", "answered"), separators=(",", ":")).encode()
+    path.write_bytes(data + last[:cut])  # a crash in the middle of writing line 4
+    store = Store(str(tmp_path))
+    store.append(rec("c4"))
+    store.close()
+    result = Store(str(tmp_path)).load()
+    assert sorted(result.records) == ["c0", "c1", "c2", "c4"]
+    assert result.corrupt == 1
+
+
+def test_corrupt_lines_in_the_middle_lose_nothing_else(tmp_path) -> None:
+    path = tmp_path / LOG_NAME
+    lines = [json.dumps(rec("a")), "{not json", json.dumps(rec("b")), "\x00\x00\x00", json.dumps([1, 2]),
+             json.dumps({"no": "callId"}), json.dumps(rec("a", "completed")), ""]
+    path.write_text("\n".join(lines) + "\n")
+    path.write_bytes(path.read_bytes() + b"\xff\xfe\n")  # invalid UTF-8
+    result = Store(str(tmp_path)).load()
+    assert result.records == {"a": rec("a", "completed"), "b": rec("b")}
+    assert result.corrupt == 5
+
+
+def test_ten_thousand_records_reload(tmp_path) -> None:
+    store = Store(str(tmp_path))
+    for i in range(10_000):
+        store.append(rec(f"call-{i % 2500}", "answered" if i < 7500 else "completed", n=i))
+    store.close()
+    start = time.monotonic()
+    result = Store(str(tmp_path)).load()
+    elapsed = time.monotonic() - start
+    assert len(result.records) == 2500 and result.lines == 10_000
+    assert all(r["state"] == "completed" for r in result.records.values())
+    assert result.records["call-7"]["n"] == 7507
+    assert elapsed < 30  # generous: only guards against pathological behaviour
+
+
+def test_find_and_history_scan_from_the_end(tmp_path) -> None:
+    store = Store(str(tmp_path))
+    for i in range(3000):  # several 64 KiB blocks
+        store.append(rec(f"id-{i}", "answered", pad="x" * 40))
+    store.append(rec("id-5", "completed"))
+    assert store.find("id-5")["state"] == "completed"
+    assert store.find("id-2999")["state"] == "answered"
+    assert store.find("id-0")["callId"] == "id-0"
+    assert store.find("missing") is None
+    assert store.find("id-29") is not None and store.find("id-29")["callId"] == "id-29"
+    history = store.history(3)
+    assert [r["callId"] for r in history] == ["id-2998", "id-2999", "id-5"]
+    assert history[-1]["state"] == "completed"
+    assert store.history(0) == []
+    store.close()
+
+
+def test_concurrent_appends_all_land(tmp_path) -> None:
+    store = Store(str(tmp_path))
+
+    def writer(k: int) -> None:
+        for i in range(200):
+            store.append(rec(f"w{k}-{i}", pad="y" * (i % 300)))
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.close()
+    result = Store(str(tmp_path)).load()
+    assert len(result.records) == 1600 and result.corrupt == 0
+
+
+_WRITER = textwrap.dedent("""
+    import sys
+    from voicecalld.store import Store
+    store = Store(sys.argv[1])
+    i = 0
+    while True:
+        store.append({"callId": f"k{i}", "state": "answered", "pad": "z" * (i % 500)})
+        print(i, flush=True)   # acknowledged: the append returned
+        i += 1
+""")
+
+
+@pytest.mark.parametrize("acks", [1, 37, 400])
+def test_kill_9_mid_write_keeps_every_acknowledged_record(tmp_path, acks) -> None:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], stdout=subprocess.PIPE, env=env)
+    assert proc.stdout is not None
+    seen = -1
+    while seen < acks:
+        seen = int(proc.stdout.readline())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    result = Store(str(tmp_path)).load()
+    for i in range(seen + 1):
+        assert f"k{i}" in result.records
+    assert result.corrupt <= 1  # at most the line being written when killed
