@@ -28,3 +28,27 @@ def make_engine(tmp_path) -> Iterator:
 @pytest.fixture
 def engine(make_engine) -> Engine:
     return make_engine()
+
+
+@pytest.fixture
+def start_daemon(request) -> Iterator:
+    """Start real voicecalld processes; all are stopped (and checked to exit
+    0 when they were not killed on purpose) after the test."""
+    from daemon import Daemon, remove, short_tmp
+
+    started: list[tuple[Daemon, object]] = []
+
+    def start(config=None, **kwargs) -> Daemon:
+        tmp = short_tmp(request.node.name)
+        d = Daemon(tmp, config, **kwargs)
+        started.append((d, tmp))
+        return d
+
+    yield start
+    for d, tmp in started:
+        if d.proc.poll() is None:
+            code = d.stop()
+            assert code == 0, f"voicecalld exited with {code}:\n{d.log()}"
+        else:
+            d.notify.close()
+        remove(tmp)  # type: ignore[arg-type]

@@ -115,7 +115,7 @@ class CallManager:
         self.provider = provider
         self.store = store
         self.timers = timers
-        self.bus = bus or EventBus()
+        self.bus = bus if bus is not None else EventBus()
         self._lock = threading.Lock()
         self._live: dict[str, _Live] = {}
         self._by_provider_id: dict[str, str] = {}

@@ -1,0 +1,19 @@
+"""Carrier adapters. ``create`` builds the one the configuration names."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Config
+    from ..timers import TimerService
+    from .base import Provider
+
+
+def create(config: Config, timers: TimerService) -> Provider:
+    name = config.provider
+    if name == "mock":
+        from .mock import MockProvider
+
+        return MockProvider(timers)
+    raise ValueError(f"provider {name} is not available in this build")

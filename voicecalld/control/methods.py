@@ -1,0 +1,161 @@
+"""The control protocol's methods (DESIGN.md section 5) as a table: name,
+named parameters with their types, and the handler. Validation happens here,
+once, so handlers receive well-typed arguments."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .. import tool
+from ..errors import InvalidParams, VoiceCallError
+from . import protocol
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..manager import CallManager
+
+
+class Services(Protocol):
+    """What the daemon offers the control server."""
+
+    manager: CallManager
+
+    def daemon_status(self) -> dict[str, Any]: ...
+    def expose(self, mode: str) -> dict[str, Any]: ...
+
+
+class Session(Protocol):
+    """One client connection."""
+
+    def subscribe(self, call_id: str | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: type | tuple[type, ...]
+    required: bool = True
+
+
+Handler = Callable[[Services, Session, dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class Method:
+    params: tuple[Param, ...]
+    handler: Handler
+    #: May block for a long time (waits for the callee): run it off the
+    #: connection's reader so later requests on the connection are served.
+    slow: bool = False
+
+
+class MethodNotFound(VoiceCallError):
+    code = protocol.METHOD_NOT_FOUND
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object"}
+
+
+def validate(method: str, spec: Method, params: dict[str, Any]) -> dict[str, Any]:
+    known = {p.name for p in spec.params}
+    for name in params:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            accepted = ", ".join(sorted(known)) or "none"
+            raise InvalidParams(f"{method} has no parameter {name!r}{hint}; it takes: {accepted}")
+    out: dict[str, Any] = {}
+    for p in spec.params:
+        value = params.get(p.name)
+        if value is None:
+            if p.required:
+                raise InvalidParams(f"{method} needs the parameter {p.name!r}")
+            continue
+        if not isinstance(value, p.kind) or (p.kind is int and isinstance(value, bool)):
+            kinds = p.kind if isinstance(p.kind, tuple) else (p.kind,)
+            expected = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+            raise InvalidParams(f"{method}: {p.name} must be {expected}")
+        out[p.name] = value
+    return out
+
+
+def _mock(services: Services) -> Any:
+    provider = services.manager.provider
+    if provider.name != "mock":
+        raise MethodNotFound(f"mock methods only exist with provider = mock (this daemon uses {provider.name})")
+    return provider
+
+
+def _history(s: Services, _: Session, p: dict[str, Any]) -> dict[str, Any]:
+    limit = p.get("limit", 50)
+    if not 1 <= limit <= 10_000:
+        raise InvalidParams("voicecall.history: limit must be between 1 and 10000")
+    return {"calls": s.manager.history(limit)}
+
+
+def _subscribe(s: Services, session: Session, p: dict[str, Any]) -> dict[str, Any]:
+    session.subscribe(p.get("callId"))
+    return {"subscribed": True}
+
+
+def _tool_schema(s: Services, _: Session, p: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return tool.schema(p.get("format", "openai"))
+    except ValueError as exc:
+        raise InvalidParams(f"tool.schema: {exc}") from None
+
+
+def _tool_call(s: Services, _: Session, p: dict[str, Any]) -> dict[str, Any]:
+    if p["name"] != tool.NAME:
+        raise InvalidParams(f"tool.call: unknown tool {p['name']!r}; the only tool is {tool.NAME!r}")
+    return tool.call(s.manager, p["arguments"])
+
+
+def _mock_say(s: Services, _: Session, p: dict[str, Any]) -> dict[str, Any]:
+    _mock(s).say(p["callId"], p["text"])
+    return {"callId": p["callId"], "ok": True}
+
+
+def _mock_hangup(s: Services, _: Session, p: dict[str, Any]) -> dict[str, Any]:
+    _mock(s).callee_hangup(p["callId"])
+    return {"callId": p["callId"], "ok": True}
+
+
+def _mock_inbound(s: Services, _: Session, p: dict[str, Any]) -> dict[str, Any]:
+    return dict(_mock(s).inbound(p["from"], p.get("to")))
+
+
+_CALL_ID = Param("callId", str)
+_MESSAGE = Param("message", str)
+
+METHODS: dict[str, Method] = {
+    "voicecall.initiate": Method(
+        (_MESSAGE, Param("to", str, False), Param("mode", str, False)),
+        lambda s, _, p: s.manager.initiate(p["message"], p.get("to"), p.get("mode"))),
+    "voicecall.continue": Method(
+        (_CALL_ID, _MESSAGE), lambda s, _, p: s.manager.continue_(p["callId"], p["message"]), slow=True),
+    "voicecall.speak": Method((_CALL_ID, _MESSAGE), lambda s, _, p: s.manager.speak(p["callId"], p["message"])),
+    "voicecall.end": Method((_CALL_ID,), lambda s, _, p: s.manager.end(p["callId"])),
+    "voicecall.status": Method((_CALL_ID,), lambda s, _, p: s.manager.status(p["callId"])),
+    "voicecall.list": Method((), lambda s, _, p: {"calls": s.manager.active_calls()}),
+    "voicecall.history": Method((Param("limit", int, False),), _history),
+    "events.subscribe": Method((Param("callId", str, False),), _subscribe),
+    "tool.schema": Method((Param("format", str, False),), _tool_schema),
+    "tool.call": Method((Param("name", str), Param("arguments", dict)), _tool_call, slow=True),
+    "daemon.status": Method((), lambda s, _, p: s.daemon_status()),
+    "daemon.expose": Method((Param("mode", str),), lambda s, _, p: s.expose(p["mode"])),
+    "mock.say": Method((_CALL_ID, Param("text", str)), _mock_say),
+    "mock.hangup": Method((_CALL_ID,), _mock_hangup),
+    "mock.inbound": Method((Param("from", str), Param("to", str, False)), _mock_inbound),
+}
+
+
+def lookup(name: str) -> Method:
+    spec = METHODS.get(name)
+    if spec is None:
+        close = difflib.get_close_matches(name, METHODS, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise MethodNotFound(f"Method not found: {name!r}{hint}")
+    return spec

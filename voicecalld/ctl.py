@@ -1,0 +1,218 @@
+"""``voicecallctl``: drive voicecalld from a shell (DESIGN.md section 6).
+
+Start-up time matters (scripts and agents run it per action), so this
+imports only the standard library and the control client: no werkzeug,
+requests or websocket code, and not even the daemon's config module.
+
+Output is JSON with a 2-space indent on stdout (``tail`` prints one record
+per line, like the log); errors are one line on stderr. Exit status: 0
+success, 1 the daemon answered with an error, 2 usage error, 69 the daemon
+cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from . import __version__, paths
+from .control.client import Client, RpcError, Unreachable
+
+EX_OK, EX_ERROR, EX_USAGE, EX_UNAVAILABLE = 0, 1, 2, 69
+DEFAULT_CONFIG = "/etc/voicecalld/voicecalld.toml"
+#: ``continue`` waits for the callee; the daemon's own transcriptTimeoutMs ends
+#: the wait, so the client only guards against a daemon that never answers.
+CONTINUE_TIMEOUT = 3600.0
+
+
+class Usage(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # exit 2 with one line, as promised
+        raise Usage(f"{self.prog}: {message}")
+
+
+def _configured(path: str | None) -> dict[str, Any]:
+    """The few settings the CLI needs from the daemon's config file."""
+    explicit = path is not None
+    path = path or DEFAULT_CONFIG
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        if explicit:
+            raise Usage(f"voicecallctl: cannot read {path}: {exc.strerror}") from None
+        return {}
+    try:
+        if path.endswith(".json"):
+            data = json.loads(raw)
+        else:
+            import tomllib
+
+            data = tomllib.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Usage(f"voicecallctl: {path}: {exc}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _parser() -> Parser:
+    p = Parser(prog="voicecallctl", description="Control voicecalld over its Unix socket.")
+    p.add_argument("--socket", metavar="PATH", help="control socket (default: as the daemon resolves it)")
+    p.add_argument("--config", metavar="PATH", help="read control.socket from this configuration file")
+    p.add_argument("--timeout", type=float, metavar="S", help="seconds to wait for the daemon (default 30)")
+    p.add_argument("--version", action="version", version=f"voicecallctl {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    c = sub.add_parser("call", help="place a call")
+    c.add_argument("--to", metavar="E164", help="number to dial (default: toNumber)")
+    c.add_argument("--message", required=True, metavar="TEXT")
+    c.add_argument("--mode", choices=("notify", "conversation"), help="default: outbound.defaultMode")
+    for name, helptext in (("continue", "speak, then wait for and print the callee's reply"),
+                           ("speak", "speak without waiting")):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("--call-id", required=True, metavar="ID")
+        c.add_argument("--message", required=True, metavar="TEXT")
+    for name, helptext in (("end", "hang up a call"), ("status", "print a call record")):
+        sub.add_parser(name, help=helptext).add_argument("--call-id", required=True, metavar="ID")
+    sub.add_parser("list", help="list active calls")
+    t = sub.add_parser("tail", help="print the latest call records; -f follows live events")
+    t.add_argument("-n", type=int, default=10, metavar="N", help="records to print (default 10)")
+    t.add_argument("-f", "--follow", action="store_true", help="then print events as they happen")
+    e = sub.add_parser("expose", help="publish the webhook through Tailscale (serve or funnel) or stop")
+    e.add_argument("--mode", required=True, choices=("funnel", "serve", "off"))
+    sub.add_parser("tool", help="run one voice_call tool call read as JSON from stdin")
+    ts = sub.add_parser("tool-schema", help="print the voice_call tool definition")
+    ts.add_argument("--format", choices=("openai", "anthropic", "mcp"), default="openai")
+    sub.add_parser("mcp", help="run a Model Context Protocol server on stdin/stdout")
+    m = sub.add_parser("mock", help="act as the callee (mock carrier only)")
+    msub = m.add_subparsers(dest="mock_command", metavar="ACTION", parser_class=Parser)
+    msub.required = True
+    ms = msub.add_parser("say", help="the callee says TEXT")
+    ms.add_argument("--call-id", required=True, metavar="ID")
+    ms.add_argument("--text", required=True)
+    msub.add_parser("hangup", help="the callee hangs up").add_argument("--call-id", required=True, metavar="ID")
+    mi = msub.add_parser("inbound", help="a simulated call arrives")
+    mi.add_argument("--from", dest="from_", required=True, metavar="E164")
+    mi.add_argument("--to", metavar="E164")
+    return p
+
+
+def _print(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def _read_tool_call() -> dict[str, Any]:
+    text = sys.stdin.read()
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise Usage(f"voicecallctl tool: stdin is not JSON: {exc}") from None
+    if isinstance(data, dict) and "arguments" in data:
+        if data.get("name", "voice_call") != "voice_call":
+            raise Usage(f"voicecallctl tool: unknown tool {data.get('name')!r}; the tool is voice_call")
+        data = data["arguments"]
+    if not isinstance(data, dict):
+        raise Usage('voicecallctl tool: expected {"action": ...} or {"name": "voice_call", "arguments": {...}}')
+    return data
+
+
+def _run(args: argparse.Namespace, client: Client) -> int:
+    cmd = args.command
+    if cmd == "call":
+        params = {"message": args.message, "to": args.to, "mode": args.mode}
+        _print(client.call("voicecall.initiate", {k: v for k, v in params.items() if v is not None}))
+    elif cmd == "continue":
+        timeout = args.timeout if args.timeout is not None else CONTINUE_TIMEOUT
+        _print(client.call("voicecall.continue", {"callId": args.call_id, "message": args.message}, timeout))
+    elif cmd == "speak":
+        _print(client.call("voicecall.speak", {"callId": args.call_id, "message": args.message}))
+    elif cmd == "end":
+        _print(client.call("voicecall.end", {"callId": args.call_id}))
+    elif cmd == "status":
+        try:
+            _print(client.call("voicecall.status", {"callId": args.call_id}))
+        except RpcError as exc:
+            if exc.code != -32000:
+                raise
+            _print({"found": False})
+            return EX_ERROR
+    elif cmd == "list":
+        _print(client.call("voicecall.list"))
+    elif cmd == "tail":
+        return _tail(args, client)
+    elif cmd == "expose":
+        _print(client.call("daemon.expose", {"mode": args.mode}, timeout=args.timeout or 60))
+    elif cmd == "tool":
+        _print(client.call("tool.call", {"name": "voice_call", "arguments": _read_tool_call()},
+                           args.timeout if args.timeout is not None else CONTINUE_TIMEOUT))
+    elif cmd == "tool-schema":
+        _print(client.call("tool.schema", {"format": args.format}))
+    elif cmd == "mock":
+        if args.mock_command == "say":
+            _print(client.call("mock.say", {"callId": args.call_id, "text": args.text}))
+        elif args.mock_command == "hangup":
+            _print(client.call("mock.hangup", {"callId": args.call_id}))
+        else:
+            params = {"from": args.from_, **({"to": args.to} if args.to else {})}
+            _print(client.call("mock.inbound", params))
+    return EX_OK
+
+
+def _tail(args: argparse.Namespace, client: Client) -> int:
+    if args.n < 0:
+        raise Usage("voicecallctl tail: -n must be 0 or more")
+    if args.follow:
+        client.call("events.subscribe")  # first, so nothing falls between history and events
+    if args.n:
+        for record in client.call("voicecall.history", {"limit": args.n})["calls"]:
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+    if args.follow:
+        try:
+            for event in client.events():
+                sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            return EX_OK
+    return EX_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        if args.timeout is not None and args.timeout <= 0:
+            raise Usage("voicecallctl: --timeout must be positive")
+        if args.command == "mcp":
+            from .mcp import serve
+
+            configured_socket = (_configured(args.config).get("control") or {}).get("socket")
+            return serve(paths.socket_path(configured_socket, explicit=args.socket), args.timeout)
+        explicit = args.socket or os.environ.get("VOICECALLD_SOCKET")
+        configured = None if explicit else (_configured(args.config).get("control") or {}).get("socket")
+        path = paths.socket_path(configured, explicit=args.socket)
+        with Client(path, timeout=args.timeout if args.timeout is not None else 30.0) as client:
+            return _run(args, client)
+    except Usage as exc:
+        print(exc, file=sys.stderr)
+        return EX_USAGE
+    except Unreachable as exc:
+        print(f"voicecallctl: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    except RpcError as exc:
+        print(f"voicecallctl: {exc.message} (error {exc.code})", file=sys.stderr)
+        return EX_ERROR
+    except BrokenPipeError:
+        return EX_OK
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

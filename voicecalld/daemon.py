@@ -1,0 +1,301 @@
+"""``voicecalld``: the daemon process.
+
+Threads: the werkzeug webhook server (one thread per request), the control
+server (one per connection), the timer wheel and its worker pool, and the
+main thread, which only waits: for signals (recorded by the handlers and
+acted on here), for watchdog deadlines, and for status changes to report to
+systemd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from . import __version__, config, logs, paths, providers
+from .config import Config, ConfigError
+from .control.server import ControlServer, SocketError, bind_socket
+from .errors import VoiceCallError
+from .events import EventBus
+from .manager import CallManager
+from .store import Store
+from .systemd import Notifier, listen_fds, under_journald, watchdog_interval
+from .timers import TimerService, WorkerPool
+from .webhook import WebhookApp
+
+log = logging.getLogger("voicecalld")
+
+EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
+
+#: Settings that shape listening sockets or the carrier connection; a reload
+#: keeps their old values (and says so) because changing them needs a restart.
+RESTART_KEYS = ("provider", "store", "publicUrl", "serve.port", "serve.bind", "serve.path", "control.socket",
+                "control.mode", "streaming.enabled", "streaming.streamPath", "tunnel.provider",
+                "tunnel.ngrokAuthToken", "tunnel.ngrokDomain", "tunnel.allowNgrokFreeTier", "tailscale.mode",
+                "tailscale.path")
+
+HEALTH_STALE = 5.0  # seconds without a heartbeat before a thread counts as stuck
+
+
+class StartupError(Exception):
+    pass
+
+
+class Daemon:
+    def __init__(self, cfg: Config, formatter: logs.LineFormatter | None = None) -> None:
+        self.config = cfg
+        self.formatter = formatter
+        self.started = time.monotonic()
+        self.notifier = Notifier()
+        self.stopping = False
+        self._signals: collections.deque[int] = collections.deque()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.public_url: str | None = cfg.publicUrl
+        self.socket_path = paths.socket_path(cfg.control.socket)
+        self.webhook_server: Any = None
+        self.webhook_port: int | None = None
+        self._webhook_thread: threading.Thread | None = None
+        self.control: ControlServer | None = None
+
+    # -- start-up --
+
+    def start(self) -> None:
+        cfg = self.config
+        store_dir = paths.store_dir(cfg.store)
+        try:
+            self.store = Store(store_dir)
+        except OSError as exc:
+            raise StartupError(f"cannot open the call log in {store_dir}: {exc.strerror}") from None
+        self.pool = WorkerPool(16, name="timer-worker")
+        self.timers = TimerService(self.pool)
+        self.timers.start()
+        self.bus = EventBus()
+        try:
+            self.provider = providers.create(cfg, self.timers)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        self.manager = CallManager(cfg, self.provider, self.store, self.timers, self.bus)
+        loaded = self.store.load()
+        restored = self.manager.restore(loaded.records)
+        log.info("call log %s: %d calls, %d restored as active, %d unreadable lines", self.store.path,
+                 len(loaded.records), len(restored), loaded.corrupt)
+        if cfg.skipSignatureVerification:
+            log.warning("skipSignatureVerification is on: webhook signatures are NOT checked, so anyone who "
+                        "can reach %s can forge call events; use this only for local experiments",
+                        cfg.serve.path)
+        # The control socket first: a second daemon with the same configuration
+        # then fails with "already listening on <socket>", not a port clash.
+        self._start_control_server()
+        self._start_webhook_server()
+        self.provider.start()
+        self._install_signal_handlers()
+        self.notifier.notify("READY=1", self._status_line())
+        log.info("voicecalld %s ready: provider %s, webhook http://%s:%d%s, control socket %s", __version__,
+                 self.provider.name, cfg.serve.bind, self.webhook_port, cfg.serve.path, self.socket_path)
+
+    def _start_webhook_server(self) -> None:
+        from werkzeug.serving import WSGIRequestHandler, make_server
+
+        class Handler(WSGIRequestHandler):
+            timeout = 30  # a client that stalls mid-request does not hold a thread forever
+
+        cfg = self.config
+        app = WebhookApp(self.provider, cfg.serve.path, self.health)
+        try:
+            self.webhook_server = make_server(cfg.serve.bind, cfg.serve.port, app, threaded=True,
+                                              request_handler=Handler)
+        except (OSError, SystemExit) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise StartupError(f"cannot listen on {cfg.serve.bind}:{cfg.serve.port} for webhooks: {reason}") \
+                from None
+        self.webhook_port = self.webhook_server.server_port
+        self._webhook_thread = threading.Thread(target=self.webhook_server.serve_forever, kwargs={"poll_interval": 0.5},
+                                                name="webhook-server", daemon=True)
+        self._webhook_thread.start()
+
+    def _start_control_server(self) -> None:
+        import socket as socketmod
+
+        fds = listen_fds()
+        if fds:
+            sock = socketmod.socket(fileno=fds[0])
+            path = None  # systemd owns the socket file
+            log.info("control socket passed in by systemd (socket activation)")
+        else:
+            try:
+                sock = bind_socket(self.socket_path, self.config.control.mode)
+            except SocketError as exc:
+                raise StartupError(str(exc)) from None
+            path = self.socket_path
+        self.control = ControlServer(self, sock, self.bus, path=path)
+        self.control.start()
+
+    def _install_signal_handlers(self) -> None:
+        signal.set_wakeup_fd(self._wake_w)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._record_signal)
+
+    def _record_signal(self, signum: int, frame: object) -> None:
+        # Only record: the main loop acts. (Taking locks here could deadlock
+        # with the code the signal interrupted.)
+        self._signals.append(signum)
+
+    # -- what the control server and the web app ask --
+
+    def daemon_status(self) -> dict[str, Any]:
+        return {
+            "version": __version__, "provider": self.provider.name, "publicUrl": self.public_url,
+            "activeCalls": self.manager.active_count, "uptimeSeconds": round(time.monotonic() - self.started, 3),
+            "webhook": {"bind": self.config.serve.bind, "port": self.webhook_port, "path": self.config.serve.path},
+            "controlSocket": self.socket_path, "pid": os.getpid(), "stopping": self.stopping,
+        }
+
+    def expose(self, mode: str) -> dict[str, Any]:
+        raise VoiceCallError("no tunnel configured")
+
+    def health(self) -> dict[str, Any]:
+        problems = self._health_problems()
+        status = "stopping" if self.stopping else ("ok" if not problems else "degraded")
+        return {"status": status, "activeCalls": self.manager.active_count, "problems": problems,
+                "uptimeSeconds": round(time.monotonic() - self.started, 3)}
+
+    def _health_problems(self) -> list[str]:
+        now = time.monotonic()
+        problems = []
+        if now - self.timers.heartbeat > HEALTH_STALE:
+            problems.append("timer wheel is not turning")
+        if self.control is None or not self.control.alive:
+            problems.append("control server is not accepting")
+        if self._webhook_thread is None or not self._webhook_thread.is_alive():
+            problems.append("webhook server stopped")
+        return problems
+
+    def _status_line(self) -> str:
+        n = self.manager.active_count
+        return f"STATUS={n} active call{'s' if n != 1 else ''} ({self.provider.name})"
+
+    # -- the main loop --
+
+    def run(self) -> int:
+        interval = watchdog_interval()
+        last_status = ""
+        next_ping = time.monotonic()
+        while True:
+            timeout = 1.0 if interval is None else max(0.0, min(1.0, next_ping - time.monotonic()))
+            try:
+                select.select([self._wake_r], [], [], timeout)
+            except InterruptedError:
+                pass
+            try:
+                os.read(self._wake_r, 4096)
+            except BlockingIOError:
+                pass
+            while self._signals:
+                signum = self._signals.popleft()
+                if signum == signal.SIGHUP:
+                    self.reload()
+                else:
+                    log.info("received %s; shutting down", signal.Signals(signum).name)
+                    return self.shutdown()
+            if interval is not None and time.monotonic() >= next_ping:
+                problems = self._health_problems()
+                if problems:
+                    # No ping: systemd's watchdog restarts a daemon that is stuck.
+                    log.error("unhealthy, withholding the watchdog ping: %s", "; ".join(problems))
+                else:
+                    self.notifier.notify("WATCHDOG=1")
+                next_ping = time.monotonic() + interval
+            line = self._status_line()
+            if line != last_status:
+                self.notifier.notify(line)
+                last_status = line
+
+    def reload(self) -> None:
+        path = self.config.path
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            new = config.load(path)
+        except ConfigError as exc:
+            log.error("reload failed; keeping the old configuration: %s", "; ".join(exc.problems))
+            self.notifier.notify("READY=1")
+            return
+        values = dict(new.values)
+        kept = [k for k in RESTART_KEYS if values[k] != self.config.values[k]]
+        for key in kept:
+            values[key] = self.config.values[key]
+        if kept:
+            log.warning("reload: %s changed but needs a restart to take effect", ", ".join(kept))
+        self.config = Config(values, new.sources, new.path)
+        self.manager.reconfigure(self.config)
+        if self.formatter is not None:
+            self.formatter.set_secrets(self.config.secrets)
+        log.info("configuration reloaded from %s", path or "defaults")
+        self.notifier.notify("READY=1", self._status_line())
+
+    def shutdown(self) -> int:
+        self.stopping = True
+        self.notifier.notify("STOPPING=1", "STATUS=stopping: ending active calls")
+        grace = float(self.config.shutdownGraceSeconds)
+        if self.manager.active_count:
+            log.info("waiting up to %g s for %d active call(s) to finish", grace, self.manager.active_count)
+        self.manager.shutdown(grace)
+        if self.control is not None:
+            self.control.close()
+        self.provider.stop()
+        if self.webhook_server is not None:
+            self.webhook_server.shutdown()
+        self.timers.stop()
+        self.pool.stop()
+        self.store.close()
+        self.notifier.close()
+        log.info("stopped")
+        return EX_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="voicecalld", description="Self-hosted phone-call daemon (runs in the "
+                                "foreground; see voicecalld(8)).")
+    p.add_argument("--config", metavar="PATH",
+                   help=f"configuration file, TOML or .json (default: {config.DEFAULT_CONFIG_PATH} if it exists)")
+    p.add_argument("--check-config", action="store_true", help="validate the configuration and exit (78 if invalid)")
+    p.add_argument("--print-config", action="store_true", help="print the effective configuration, secrets redacted")
+    p.add_argument("--version", action="version", version=f"voicecalld {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="debug logging (-vv: also every HTTP request)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = config.load(args.config)
+    except ConfigError as exc:
+        where = exc.path or "configuration"
+        for problem in exc.problems:
+            print(f"voicecalld: {where}: {problem}", file=sys.stderr)
+        return EX_CONFIG
+    if args.check_config:
+        print(f"{cfg.path or 'defaults'}: configuration OK (provider {cfg.provider})")
+        return EX_OK
+    if args.print_config:
+        sys.stdout.write(config.render_toml(cfg))
+        return EX_OK
+    formatter = logs.setup(args.verbose, under_journald(), cfg.secrets)
+    daemon = Daemon(cfg, formatter)
+    try:
+        daemon.start()
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return EX_FAILURE
+    return daemon.run()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The ``voice_call`` tool: one function an AI agent can call to place and
+run phone calls (DESIGN.md section 5).
+
+The parameters are one flat object with an ``action`` enum rather than a
+``oneOf`` per action, because OpenAI function parameters must be a plain
+top-level object; per-action requirements are checked when the tool runs.
+Failures come back as ``{"error": ...}`` results, never as transport
+errors, so a model can read them and recover.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Protocol
+
+from .errors import CallNotFound, VoiceCallError
+
+NAME = "voice_call"
+DESCRIPTION = (
+    "Make and manage real phone calls. initiate_call dials a number and speaks a message "
+    "(mode notify hangs up after the message; mode conversation keeps the line open). "
+    "continue_call speaks and then waits for the callee's spoken reply, which it returns. "
+    "speak_to_user says something without waiting. end_call hangs up. get_status returns the call "
+    "record with its transcript."
+)
+
+ACTIONS = ("initiate_call", "continue_call", "speak_to_user", "end_call", "get_status")
+
+PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "action": {"type": "string", "enum": list(ACTIONS), "description": "What to do."},
+        "message": {"type": "string",
+                    "description": "What to say. Required for initiate_call, continue_call and speak_to_user."},
+        "to": {"type": "string", "description": "initiate_call: number to dial in E.164 form, e.g. +15550001234. "
+                                                "Defaults to the daemon's configured toNumber."},
+        "mode": {"type": "string", "enum": ["notify", "conversation"],
+                 "description": "initiate_call: notify (say the message, then hang up) or conversation."},
+        "callId": {"type": "string",
+                   "description": "The call to act on, as returned by initiate_call. Required for every "
+                                  "action except initiate_call."},
+    },
+    "required": ["action"],
+    "additionalProperties": False,
+}
+
+#: The same definition in the shapes agent frameworks expect.
+FORMATS = ("openai", "anthropic", "mcp")
+
+
+def schema(fmt: str = "openai") -> dict[str, Any]:
+    """The tool definition: ``openai`` gives {name, description, parameters}
+    (also what most frameworks take), ``anthropic`` uses ``input_schema`` and
+    ``mcp`` uses ``inputSchema``."""
+    key = {"openai": "parameters", "anthropic": "input_schema", "mcp": "inputSchema"}.get(fmt)
+    if key is None:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return {"name": NAME, "description": DESCRIPTION, key: copy.deepcopy(PARAMETERS)}
+
+
+class Calls(Protocol):
+    def initiate(self, message: object, to: object = None, mode: object = None) -> dict[str, Any]: ...
+    def continue_(self, call_id: object, message: object) -> dict[str, Any]: ...
+    def speak(self, call_id: object, message: object) -> dict[str, Any]: ...
+    def end(self, call_id: object) -> dict[str, Any]: ...
+    def status(self, call_id: object) -> dict[str, Any]: ...
+
+
+_ALLOWED = {
+    "initiate_call": {"message", "to", "mode"},
+    "continue_call": {"callId", "message"},
+    "speak_to_user": {"callId", "message"},
+    "end_call": {"callId"},
+    "get_status": {"callId"},
+}
+
+
+def _require(args: dict[str, Any], *names: str) -> str | None:
+    for name in names:
+        value = args.get(name)
+        if not isinstance(value, str) or not value.strip():
+            return f"{args['action']} needs {name} (a non-empty string)"
+    return None
+
+
+def call(calls: Calls, arguments: object) -> dict[str, Any]:
+    """Run the tool; always returns a result object."""
+    if not isinstance(arguments, dict):
+        return {"error": "arguments must be an object like {\"action\": \"get_status\", \"callId\": \"...\"}"}
+    action = arguments.get("action")
+    if action not in _ALLOWED:
+        return {"error": f"action must be one of {', '.join(ACTIONS)}, got {action!r}"}
+    extra = sorted(set(arguments) - _ALLOWED[action] - {"action"})
+    if extra:
+        return {"error": f"{action} does not take {', '.join(extra)}"}
+    try:
+        if action == "initiate_call":
+            problem = _require(arguments, "message")
+            if problem:
+                return {"error": problem}
+            r = calls.initiate(arguments["message"], arguments.get("to"), arguments.get("mode"))
+            return {"callId": r["callId"], "initiated": True}
+        problem = _require(arguments, "callId", *(("message",) if action in ("continue_call", "speak_to_user")
+                                                  else ()))
+        if problem:
+            return {"error": problem}
+        call_id = arguments["callId"]
+        if action == "continue_call":
+            return {"success": True, "transcript": calls.continue_(call_id, arguments["message"])["transcript"]}
+        if action == "speak_to_user":
+            calls.speak(call_id, arguments["message"])
+            return {"success": True}
+        if action == "end_call":
+            calls.end(call_id)
+            return {"success": True}
+        try:
+            return {"found": True, "call": calls.status(call_id)}
+        except CallNotFound:
+            return {"found": False}
+    except VoiceCallError as exc:
+        return {"error": exc.message}

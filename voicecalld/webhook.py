@@ -1,0 +1,81 @@
+"""The HTTP surface (DESIGN.md section 7): carrier webhooks at
+``serve.path``, ``GET /healthz``, and the media-stream WebSocket at
+``streaming.streamPath``.
+
+This layer owns what is common to every carrier: routing, the 1 MiB body
+limit, and the guarantee that nothing raises into werkzeug. What a webhook
+means, and how it is authenticated, is the provider's business.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.wrappers import Request, Response
+
+if TYPE_CHECKING:  # pragma: no cover
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from .providers.base import Provider
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1 << 20  # 1 MiB
+
+
+def _json(status: int, body: dict[str, Any]) -> Response:
+    return Response(json.dumps(body) + "\n", status=status, mimetype="application/json")
+
+
+StreamHandler = Callable[["WSGIEnvironment"], Response | None]
+
+
+class WebhookApp:
+    def __init__(self, provider: Provider, webhook_path: str, health: Callable[[], dict[str, Any]],
+                 stream_path: str | None = None, stream_handler: StreamHandler | None = None) -> None:
+        self.provider = provider
+        self.webhook_path = webhook_path
+        self.health = health
+        self.stream_path = stream_path
+        self.stream_handler = stream_handler
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        request = Request(environ)
+        request.max_content_length = MAX_BODY
+        request.max_form_memory_size = MAX_BODY
+        try:
+            response = self.dispatch(request)
+        except Exception:
+            # Only a bug gets here: providers answer bad input themselves.
+            log.exception("call %s: webhook handling failed (%s %s)",
+                          request.args.get("callId", "?"), request.method, request.path)
+            response = _json(500, {"error": "internal error; see the voicecalld log"})
+        return response(environ, start_response)
+
+    def dispatch(self, request: Request) -> Response:
+        path = request.path
+        if path == "/healthz":
+            if request.method not in ("GET", "HEAD"):
+                return _json(405, {"error": "use GET"})
+            status = self.health()
+            return _json(200 if status.get("status") == "ok" else 503, status)
+        if path == self.webhook_path:
+            if request.method != "POST":
+                return _json(405, {"error": "webhooks are POSTed"})
+            if (request.content_length or 0) > MAX_BODY:
+                return _json(413, {"error": f"body over {MAX_BODY} bytes"})
+            try:
+                request.get_data(cache=True)  # read within the limit before anyone parses it
+                return self.provider.handle_webhook(request)
+            except RequestEntityTooLarge:
+                return _json(413, {"error": f"body over {MAX_BODY} bytes"})
+            except HTTPException as exc:
+                return _json(exc.code or 400, {"error": exc.description or "bad request"})
+        if self.stream_path is not None and path == self.stream_path and self.stream_handler is not None:
+            response = self.stream_handler(request.environ)
+            return response if response is not None else Response(status=200)
+        return _json(404, {"error": "not found"})
