@@ -16,9 +16,12 @@ from typing import Any
 import pytest
 import requests
 import websocket
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from voicecalld.media import mulaw
 from voicecalld.testing._signals import silence_pcm, speech_like_pcm
+from voicecalld.testing._vad import EnergyVad, rms_threshold
 from voicecalld.testing.fake_openai import FakeOpenAI
 
 KEY = "sk-test"
@@ -147,6 +150,9 @@ def test_realtime_turn_events_in_order(fake: FakeOpenAI, connect: Any) -> None:
     assert completed["content_index"] == 0
     assert completed["usage"]["total_tokens"] > 0
 
+    # Appends are not acknowledged; a clear's answer proves all were handled.
+    ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
+    assert recv_until(ws, "input_audio_buffer.cleared")[-1]["type"] == "input_audio_buffer.cleared"
     record = fake.wait_for_session()
     assert record.headers["authorization"] == f"Bearer {KEY}"
     assert "OpenAI-Beta" not in record.headers
@@ -538,3 +544,42 @@ def test_chat_requires_auth_and_unknown_paths_404(fake: FakeOpenAI) -> None:
     missing = requests.post(f"{fake.base_url}/embeddings", headers=AUTH, json={}, timeout=5)
     assert missing.status_code == 404 and "error" in missing.json()
     assert requests.get(f"{fake.base_url}/chat/completions", headers=AUTH, timeout=5).status_code == 405
+
+
+# -- the fake's VAD on its own -------------------------------------------------
+
+VAD_AUDIO = silence_pcm(0.3) + speech_like_pcm(0.5) + silence_pcm(0.4) + speech_like_pcm(0.3) + silence_pcm(0.5)
+
+
+def test_vad_threshold_maps_to_level() -> None:
+    assert rms_threshold(0.0) < rms_threshold(0.5) < rms_threshold(1.0)
+    # Quiet speech passes a low threshold but not a high one.
+    quiet = speech_like_pcm(0.4, level=0.02) + silence_pcm(0.5)
+    assert [e.kind for e in EnergyVad(8000, threshold=0.2, silence_duration_ms=200).feed(quiet)] == ["start", "stop"]
+    assert EnergyVad(8000, threshold=0.9, silence_duration_ms=200).feed(quiet) == []
+
+
+def test_vad_silence_duration_splits_or_joins_utterances() -> None:
+    # A 400 ms pause ends the turn with 300 ms of patience, not with 500 ms.
+    short = EnergyVad(8000, silence_duration_ms=300, prefix_padding_ms=0).feed(VAD_AUDIO)
+    assert [(e.kind, e.ms) for e in short] == [("start", 300), ("stop", 1100), ("start", 1200), ("stop", 1800)]
+    long = EnergyVad(8000, silence_duration_ms=500, prefix_padding_ms=0).feed(VAD_AUDIO)
+    assert [(e.kind, e.ms) for e in long] == [("start", 300), ("stop", 2000)]
+
+
+def test_vad_prefix_padding_never_reaches_into_previous_turn() -> None:
+    events = EnergyVad(8000, silence_duration_ms=300, prefix_padding_ms=300).feed(VAD_AUDIO)
+    assert [(e.kind, e.ms) for e in events] == [("start", 0), ("stop", 1100), ("start", 1100), ("stop", 1800)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=3000), max_size=10))
+def test_vad_result_does_not_depend_on_chunking(cuts: list[int]) -> None:
+    whole = EnergyVad(8000, silence_duration_ms=300).feed(VAD_AUDIO)
+    vad = EnergyVad(8000, silence_duration_ms=300)
+    events, pos = [], 0
+    for size in cuts:
+        events += vad.feed(VAD_AUDIO[pos : pos + size])
+        pos += size
+    events += vad.feed(VAD_AUDIO[pos:])
+    assert events == whole

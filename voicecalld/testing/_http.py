@@ -163,6 +163,12 @@ def serve_websocket(
     response to send, and raising ConnectionError is how werkzeug's server
     is told so (it treats it as a dropped connection and writes nothing).
     """
+    sock = environ["werkzeug.socket"]
+    # Small, latency-sensitive messages: do not let Nagle batch them.
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass  # not TCP (a Unix socket): nothing to tune
     ws = simple_websocket.Server.accept(environ)
     try:
         if on_accept is not None:
@@ -180,7 +186,7 @@ def serve_websocket(
         # werkzeug keeps "Connection: Upgrade" requests alive and would read
         # the socket for a next HTTP request, racing the WebSocket reader;
         # shutting the socket down makes that read see EOF at once.
-        abort_socket(environ["werkzeug.socket"])
+        abort_socket(sock)
         ws.thread.join(close_wait)
     raise ConnectionError("websocket session finished")
 

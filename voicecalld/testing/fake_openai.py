@@ -6,6 +6,13 @@ real service will treat it: the OpenAI-Beta header gets the shut-down
 beta's close 4000, a malformed GA ``session.update`` gets an ``error``
 event naming the field, a provider-prefixed chat model gets a 404.
 
+Chat replies are consumed one per request: a string (the assistant's
+text), or a dict with ``content``, ``tool_call`` (``{"name", "arguments"}``)
+or ``tool_calls``, ``finish_reason``, ``delay`` (extra seconds), or
+``error`` (``{"status", "message", "type", "code", "param"}``, answered as
+an OpenAI error JSON). Transcripts are consumed one per committed turn: a
+string, or ``{"error": {...}}`` for a ``...transcription.failed`` event.
+
 Scripting and fault injection::
 
     with FakeOpenAI(api_key="sk-test", script=["hello there"]) as fake:
@@ -47,7 +54,7 @@ from ._realtime import RealtimeConnection, RealtimeRecord
 from ._session_config import DEFAULT_MODELS
 from ._speech import SpeechRequestError, synthesize, validate_speech_request
 
-__all__ = ["FakeOpenAI", "InjectedError", "RecordedRequest"]
+__all__ = ["FakeOpenAI", "InjectedError", "RealtimeRecord", "RecordedRequest"]
 
 Endpoint = Literal["chat", "speech", "realtime"]
 ChatReply = str | dict[str, Any]
