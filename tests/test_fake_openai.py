@@ -89,8 +89,12 @@ def ga_update(**input_overrides: Any) -> dict[str, Any]:
         "format": {"type": "audio/pcmu"},
         "transcription": {"model": "gpt-4o-transcribe", "language": "en"},
         "noise_reduction": None,
-        "turn_detection": {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
-                           "silence_duration_ms": 300},
+        "turn_detection": {
+            "type": "server_vad",
+            "threshold": 0.5,
+            "prefix_padding_ms": 300,
+            "silence_duration_ms": 300,
+        },
     }
     audio_input.update(input_overrides)
     return {"type": "session.update", "session": {"type": "transcription", "audio": {"input": audio_input}}}
@@ -179,7 +183,9 @@ def test_previous_item_id_chains_turns_and_default_transcript(fake: FakeOpenAI, 
 
 def test_script_argument_feeds_transcripts() -> None:
     with FakeOpenAI(api_key=KEY, script=["one", "two"]) as fake:
-        ws = websocket.create_connection(fake.realtime_url, header=[f"Authorization: Bearer {KEY}"], timeout=5)
+        ws = websocket.create_connection(
+            fake.realtime_url, header=[f"Authorization: Bearer {KEY}"], timeout=5
+        )
         try:
             configure(ws)
             append(ws, utterance() + utterance())
@@ -203,7 +209,9 @@ def test_completed_out_of_order_can_be_reordered(fake: FakeOpenAI, connect: Any)
     completed = [e for e in events if e["type"] == f"{TRANSCRIPTION}.completed"]
     assert [c["transcript"] for c in completed] == ["turn two", "turn one"]
     # What a client does: order by the committed chain, not by arrival.
-    previous = {e["item_id"]: e["previous_item_id"] for e in events if e["type"] == "input_audio_buffer.committed"}
+    previous = {
+        e["item_id"]: e["previous_item_id"] for e in events if e["type"] == "input_audio_buffer.committed"
+    }
     order, cursor = [], None
     following = {prev: item for item, prev in previous.items()}
     while cursor in following:
@@ -264,7 +272,9 @@ def test_scripted_transcription_failure(fake: FakeOpenAI, connect: Any) -> None:
 # -- realtime: rejections and errors -----------------------------------------
 
 
-@pytest.mark.parametrize("header", [[], ["Authorization: Bearer sk-wrong-key-123"], ["Authorization: Basic abc"]])
+@pytest.mark.parametrize(
+    "header", [[], ["Authorization: Bearer sk-wrong-key-123"], ["Authorization: Basic abc"]]
+)
 def test_realtime_rejects_bad_auth_with_401(fake: FakeOpenAI, header: list[str]) -> None:
     with pytest.raises(websocket.WebSocketBadStatusException) as info:
         websocket.create_connection(fake.realtime_url, header=header, timeout=5)
@@ -293,19 +303,45 @@ def test_beta_header_gets_error_then_close_4000(fake: FakeOpenAI, connect: Any) 
         ({"type": "session.update", "session": {"audio": {}}}, "session.type", "missing_required_parameter"),
         ({"type": "session.update", "session": {"type": "realtime"}}, "session.type", "invalid_value"),
         (ga_update(format="g711_ulaw"), "session.audio.input.format", "invalid_type"),
-        (ga_update(format={"type": "audio/pcm", "rate": 16000}), "session.audio.input.format.rate", "invalid_value"),
-        (ga_update(transcription={"model": "gpt-5-ears"}), "session.audio.input.transcription.model",
-         "invalid_value"),
-        (ga_update(transcription={}), "session.audio.input.transcription.model", "missing_required_parameter"),
-        (ga_update(turn_detection={"type": "server_vad", "threshold": 2}),
-         "session.audio.input.turn_detection.threshold", "decimal_above_max_value"),
-        (ga_update(turn_detection={"type": "server_vad", "silence_duration_ms": "800"}),
-         "session.audio.input.turn_detection.silence_duration_ms", "invalid_type"),
-        (ga_update(turn_detection={"type": "push_to_talk"}), "session.audio.input.turn_detection.type",
-         "invalid_value"),
+        (
+            ga_update(format={"type": "audio/pcm", "rate": 16000}),
+            "session.audio.input.format.rate",
+            "invalid_value",
+        ),
+        (
+            ga_update(transcription={"model": "gpt-5-ears"}),
+            "session.audio.input.transcription.model",
+            "invalid_value",
+        ),
+        (
+            ga_update(transcription={}),
+            "session.audio.input.transcription.model",
+            "missing_required_parameter",
+        ),
+        (
+            ga_update(turn_detection={"type": "server_vad", "threshold": 2}),
+            "session.audio.input.turn_detection.threshold",
+            "decimal_above_max_value",
+        ),
+        (
+            ga_update(turn_detection={"type": "server_vad", "silence_duration_ms": "800"}),
+            "session.audio.input.turn_detection.silence_duration_ms",
+            "invalid_type",
+        ),
+        (
+            ga_update(turn_detection={"type": "push_to_talk"}),
+            "session.audio.input.turn_detection.type",
+            "invalid_value",
+        ),
         # The shut-down beta's flat fields:
-        ({"type": "session.update", "session": {"type": "transcription", "input_audio_format": "g711_ulaw"}},
-         "session.input_audio_format", "unknown_parameter"),
+        (
+            {
+                "type": "session.update",
+                "session": {"type": "transcription", "input_audio_format": "g711_ulaw"},
+            },
+            "session.input_audio_format",
+            "unknown_parameter",
+        ),
     ],
 )
 def test_bad_session_update_names_the_field_and_keeps_socket(
@@ -327,7 +363,9 @@ def test_bad_session_update_names_the_field_and_keeps_socket(
 def test_beta_event_name_is_rejected(fake: FakeOpenAI, connect: Any) -> None:
     ws = connect()
     assert recv(ws)["type"] == "session.created"
-    ws.send(json.dumps({"type": "transcription_session.update", "session": {"input_audio_format": "g711_ulaw"}}))
+    ws.send(
+        json.dumps({"type": "transcription_session.update", "session": {"input_audio_format": "g711_ulaw"}})
+    )
     error = recv(ws)
     assert error["type"] == "error" and error["error"]["param"] == "type"
     ws.send("not json")
@@ -477,8 +515,12 @@ def test_chat_scripted_reply_and_record(fake: FakeOpenAI) -> None:
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
     assert body["model"] == "gpt-4o-mini"
     choice = body["choices"][0]
-    assert choice["message"] == {"role": "assistant", "content": "Hello, how can I help?", "refusal": None,
-                                 "annotations": []}
+    assert choice["message"] == {
+        "role": "assistant",
+        "content": "Hello, how can I help?",
+        "refusal": None,
+        "annotations": [],
+    }
     assert choice["finish_reason"] == "stop"
     usage = body["usage"]
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
@@ -489,7 +531,9 @@ def test_chat_scripted_reply_and_record(fake: FakeOpenAI) -> None:
 
 
 def test_chat_tool_call(fake: FakeOpenAI) -> None:
-    fake.chat_replies.put({"tool_call": {"name": "hang_up", "arguments": {"reason": "done"}}, "content": "Goodbye!"})
+    fake.chat_replies.put(
+        {"tool_call": {"name": "hang_up", "arguments": {"reason": "done"}}, "content": "Goodbye!"}
+    )
     tools = [{"type": "function", "function": {"name": "hang_up", "parameters": {"type": "object"}}}]
     choice = chat(fake, tools=tools).json()["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
@@ -505,8 +549,12 @@ def test_chat_error_injection(fake: FakeOpenAI) -> None:
     for _ in range(2):
         response = chat(fake)
         assert response.status_code == 429
-        assert response.json()["error"] == {"message": "Rate limit reached", "type": "invalid_request_error",
-                                            "param": None, "code": "rate_limit_exceeded"}
+        assert response.json()["error"] == {
+            "message": "Rate limit reached",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "rate_limit_exceeded",
+        }
     # Scripted errors are consumed in turn with the replies.
     fake.chat_replies.put({"error": {"status": 503, "message": "Slow down"}})
     fake.chat_replies.put("after the error")
@@ -548,21 +596,31 @@ def test_chat_requires_auth_and_unknown_paths_404(fake: FakeOpenAI) -> None:
 
 # -- the fake's VAD on its own -------------------------------------------------
 
-VAD_AUDIO = silence_pcm(0.3) + speech_like_pcm(0.5) + silence_pcm(0.4) + speech_like_pcm(0.3) + silence_pcm(0.5)
+VAD_AUDIO = (
+    silence_pcm(0.3) + speech_like_pcm(0.5) + silence_pcm(0.4) + speech_like_pcm(0.3) + silence_pcm(0.5)
+)
 
 
 def test_vad_threshold_maps_to_level() -> None:
     assert rms_threshold(0.0) < rms_threshold(0.5) < rms_threshold(1.0)
     # Quiet speech passes a low threshold but not a high one.
     quiet = speech_like_pcm(0.4, level=0.02) + silence_pcm(0.5)
-    assert [e.kind for e in EnergyVad(8000, threshold=0.2, silence_duration_ms=200).feed(quiet)] == ["start", "stop"]
+    assert [e.kind for e in EnergyVad(8000, threshold=0.2, silence_duration_ms=200).feed(quiet)] == [
+        "start",
+        "stop",
+    ]
     assert EnergyVad(8000, threshold=0.9, silence_duration_ms=200).feed(quiet) == []
 
 
 def test_vad_silence_duration_splits_or_joins_utterances() -> None:
     # A 400 ms pause ends the turn with 300 ms of patience, not with 500 ms.
     short = EnergyVad(8000, silence_duration_ms=300, prefix_padding_ms=0).feed(VAD_AUDIO)
-    assert [(e.kind, e.ms) for e in short] == [("start", 300), ("stop", 1100), ("start", 1200), ("stop", 1800)]
+    assert [(e.kind, e.ms) for e in short] == [
+        ("start", 300),
+        ("stop", 1100),
+        ("start", 1200),
+        ("stop", 1800),
+    ]
     long = EnergyVad(8000, silence_duration_ms=500, prefix_padding_ms=0).feed(VAD_AUDIO)
     assert [(e.kind, e.ms) for e in long] == [("start", 300), ("stop", 2000)]
 

@@ -108,7 +108,9 @@ def server() -> Iterator[StreamServer]:
 @pytest.fixture
 def client(server: StreamServer) -> Iterator[MediaStreamClient]:
     stream = MediaStreamClient(
-        server.url, signature="c2lnbmF0dXJl", custom_parameters={"token": "tok-123", "callId": "call-1"},
+        server.url,
+        signature="c2lnbmF0dXJl",
+        custom_parameters={"token": "tok-123", "callId": "call-1"},
         call_sid="CA" + "0" * 32,
     )
     stream.connect()
@@ -188,7 +190,7 @@ def test_mark_echoed_after_queued_audio_plays(server: StreamServer, client: Medi
 def test_mark_without_audio_is_echoed_at_once(server: StreamServer, client: MediaStreamClient) -> None:
     server.wait_for("start")
     sent_at = server.send({"event": "mark", "streamSid": client.stream_sid, "mark": {"name": "now"}})
-    (_, echoed), = server.wait_for("mark")
+    ((_, echoed),) = server.wait_for("mark")
     assert echoed - sent_at < 0.1
 
 
@@ -200,7 +202,7 @@ def test_clear_returns_pending_marks_immediately(server: StreamServer, client: M
     time.sleep(0.1)
     assert server.events("mark") == []  # still "playing"
     cleared_at = server.send({"event": "clear", "streamSid": client.stream_sid})
-    (echo, echoed), = server.wait_for("mark")
+    ((echo, echoed),) = server.wait_for("mark")
     assert echo["mark"]["name"] == "long"
     assert echoed - cleared_at < 0.1
     assert client.marks[0].cleared and len(client.clears) == 1
@@ -220,9 +222,9 @@ def test_dtmf_and_stop(server: StreamServer) -> None:
     with pytest.raises(ValueError):
         stream.send_dtmf("55")
     stream.stop()
-    (dtmf, _), = server.wait_for("dtmf")
+    ((dtmf, _),) = server.wait_for("dtmf")
     assert dtmf["dtmf"] == {"track": "inbound_track", "digit": "5"}
-    (stop, _), = server.wait_for("stop")
+    ((stop, _),) = server.wait_for("stop")
     assert stop["stop"]["callSid"] == "CA" + "1" * 32
     assert stop["stop"]["accountSid"] == stream.account_sid
     numbers = [int(m["sequenceNumber"]) for m, _ in server.received if "sequenceNumber" in m]

@@ -85,9 +85,7 @@ def _unpack(pcm: bytes) -> list[float]:
 
 
 def _pack(values: list[float]) -> bytes:
-    out = array.array("h", [
-        32767 if v >= 32767 else -32768 if v <= -32768 else round(v) for v in values
-    ])
+    out = array.array("h", [32767 if v >= 32767 else -32768 if v <= -32768 else round(v) for v in values])
     if not _LITTLE_ENDIAN:
         out.byteswap()
     return out.tobytes()
@@ -133,10 +131,7 @@ class Decimator:
         buf = self._history + _unpack(data)
         taps, span, mul = self._taps, self._span, operator.mul
         end = len(buf)
-        out = [
-            sum(map(mul, taps, buf[p - span + 1 : p + 1]))
-            for p in range(self._next, end, FACTOR)
-        ]
+        out = [sum(map(mul, taps, buf[p - span + 1 : p + 1])) for p in range(self._next, end, FACTOR)]
         # First output position past this chunk, then rebase it onto the
         # history we keep (the last span-1 samples).
         following = self._next + FACTOR * len(out)

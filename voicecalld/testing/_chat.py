@@ -15,11 +15,38 @@ _ROLES = ("system", "developer", "user", "assistant", "tool")
 # Arguments the real endpoint accepts; anything else is a 400 there too,
 # which catches typos such as "max_token" before they reach production.
 _KNOWN_ARGUMENTS = {
-    "model", "messages", "max_completion_tokens", "max_tokens", "temperature", "top_p", "n", "stop",
-    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "user", "tools",
-    "tool_choice", "parallel_tool_calls", "response_format", "seed", "stream", "stream_options", "store",
-    "metadata", "reasoning_effort", "service_tier", "modalities", "audio", "prediction", "verbosity",
-    "web_search_options", "prompt_cache_key", "safety_identifier",
+    "model",
+    "messages",
+    "max_completion_tokens",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "user",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "seed",
+    "stream",
+    "stream_options",
+    "store",
+    "metadata",
+    "reasoning_effort",
+    "service_tier",
+    "modalities",
+    "audio",
+    "prediction",
+    "verbosity",
+    "web_search_options",
+    "prompt_cache_key",
+    "safety_identifier",
 }
 
 
@@ -46,7 +73,10 @@ def validate_chat_request(body: Any, models: set[str] | frozenset[str] | None) -
     # config) are a routing convention, not an OpenAI model.
     if "/" in model or (models is not None and model not in models):
         raise ChatRequestError(
-            404, f"The model `{model}` does not exist or you do not have access to it.", None, "model_not_found"
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            None,
+            "model_not_found",
         )
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -62,19 +92,28 @@ def validate_chat_request(body: Any, models: set[str] | frozenset[str] | None) -
         )
     temperature = body.get("temperature")
     if temperature is not None and (
-        isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not 0 <= temperature <= 2
     ):
-        raise ChatRequestError(400, "Invalid 'temperature': expected a number between 0 and 2.", "temperature")
+        raise ChatRequestError(
+            400, "Invalid 'temperature': expected a number between 0 and 2.", "temperature"
+        )
     tools = body.get("tools")
     if tools is not None:
         if not isinstance(tools, list):
             raise ChatRequestError(400, "Invalid 'tools': expected an array.", "tools")
         for index, tool in enumerate(tools):
             function = tool.get("function") if isinstance(tool, dict) else None
-            if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict) \
-                    or not isinstance(function.get("name"), str):
+            if (
+                not isinstance(tool, dict)
+                or tool.get("type") != "function"
+                or not isinstance(function, dict)
+                or not isinstance(function.get("name"), str)
+            ):
                 raise ChatRequestError(
-                    400, f"Invalid 'tools[{index}]': expected {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}.",
+                    400,
+                    f"Invalid 'tools[{index}]': expected a function tool with a name.",
                     f"tools[{index}]",
                 )
 
@@ -86,16 +125,22 @@ def _check_message(message: Any, where: str) -> None:
     if role not in _ROLES:
         choices = ", ".join(repr(r) for r in _ROLES)
         raise ChatRequestError(
-            400, f"Invalid value: {role!r}. Supported values are: {choices}.", f"{where}.role", "invalid_value"
+            400,
+            f"Invalid value: {role!r}. Supported values are: {choices}.",
+            f"{where}.role",
+            "invalid_value",
         )
     content = message.get("content")
     if role == "assistant" and content is None and message.get("tool_calls"):
         return
     if role == "tool" and not isinstance(message.get("tool_call_id"), str):
-        raise ChatRequestError(400, f"Missing required parameter: '{where}.tool_call_id'.", f"{where}.tool_call_id")
+        raise ChatRequestError(
+            400, f"Missing required parameter: '{where}.tool_call_id'.", f"{where}.tool_call_id"
+        )
     if not isinstance(content, (str, list)):
         raise ChatRequestError(
-            400, f"Invalid type for '{where}.content': expected a string or an array of content parts.",
+            400,
+            f"Invalid type for '{where}.content': expected a string or an array of content parts.",
             f"{where}.content",
         )
 
@@ -131,7 +176,8 @@ def build_completion(body: dict[str, Any], reply: str | dict[str, Any]) -> dict[
                 "function": {
                     "name": call["name"],
                     # The API sends arguments as a JSON *string*; clients must parse it.
-                    "arguments": call["arguments"] if isinstance(call.get("arguments"), str)
+                    "arguments": call["arguments"]
+                    if isinstance(call.get("arguments"), str)
                     else json.dumps(call.get("arguments") or {}),
                 },
             }

@@ -99,8 +99,10 @@ class BackgroundServer:
         # shutdown() waits for the accept loop's next poll; keep it short so
         # stopping a server costs a test milliseconds, not half a second.
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.01},
-            name=f"test-http-{server.port}", daemon=True,
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.01},
+            name=f"test-http-{server.port}",
+            daemon=True,
         )
         self._thread.start()
 

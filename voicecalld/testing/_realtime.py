@@ -197,14 +197,27 @@ class RealtimeConnection:
             self.ws.close(code, reason)
         raise _Stop
 
-    def _error(self, code: str | None, message: str, param: str | None = None,
-               client_event_id: str | None = None, kind: str = "invalid_request_error") -> None:
-        self._send({
-            "type": "error",
-            "event_id": _event_id(),
-            "error": {"type": kind, "code": code, "message": message, "param": param,
-                      "event_id": client_event_id},
-        })
+    def _error(
+        self,
+        code: str | None,
+        message: str,
+        param: str | None = None,
+        client_event_id: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
+        self._send(
+            {
+                "type": "error",
+                "event_id": _event_id(),
+                "error": {
+                    "type": kind,
+                    "code": code,
+                    "message": message,
+                    "param": param,
+                    "event_id": client_event_id,
+                },
+            }
+        )
 
     def _wait_time(self) -> float:
         now = time.monotonic()
@@ -232,8 +245,11 @@ class RealtimeConnection:
         self.settings = input_settings(self.session)
         vad = self.settings.vad
         self.vad = (
-            EnergyVad(self.settings.rate, vad["threshold"], vad["silence_duration_ms"], vad["prefix_padding_ms"])
-            if vad is not None else None
+            EnergyVad(
+                self.settings.rate, vad["threshold"], vad["silence_duration_ms"], vad["prefix_padding_ms"]
+            )
+            if vad is not None
+            else None
         )
 
     # -- client events -----------------------------------------------------
@@ -266,8 +282,12 @@ class RealtimeConnection:
             self._send({"type": "input_audio_buffer.cleared", "event_id": _event_id()})
         else:
             choices = ", ".join(repr(c) for c in _CLIENT_EVENTS)
-            self._error("invalid_value", f"Invalid value: {kind!r}. Supported values are: {choices}.",
-                        "type", client_id)
+            self._error(
+                "invalid_value",
+                f"Invalid value: {kind!r}. Supported values are: {choices}.",
+                "type",
+                client_id,
+            )
 
     def _on_session_update(self, event: dict[str, Any], client_id: str | None) -> None:
         try:
@@ -277,7 +297,9 @@ class RealtimeConnection:
             self._error(exc.code, exc.message, exc.param, client_id)
             return
         format_changed = merged["audio"]["input"]["format"] != self.session["audio"]["input"]["format"]
-        vad_changed = merged["audio"]["input"]["turn_detection"] != self.session["audio"]["input"]["turn_detection"]
+        vad_changed = (
+            merged["audio"]["input"]["turn_detection"] != self.session["audio"]["input"]["turn_detection"]
+        )
         self.session = self.record.session = merged
         old_vad = self.vad
         self._configure()
@@ -289,12 +311,16 @@ class RealtimeConnection:
         self.record.append_times.append(time.monotonic())
         audio = event.get("audio")
         if not isinstance(audio, str):
-            self._error("missing_required_parameter", "Missing required parameter: 'audio'.", "audio", client_id)
+            self._error(
+                "missing_required_parameter", "Missing required parameter: 'audio'.", "audio", client_id
+            )
             return
         try:
             chunk = base64.b64decode(audio, validate=True)
         except (binascii.Error, ValueError):
-            self._error("invalid_value", "Invalid 'audio'. Expected base64-encoded audio bytes.", "audio", client_id)
+            self._error(
+                "invalid_value", "Invalid 'audio'. Expected base64-encoded audio bytes.", "audio", client_id
+            )
             return
         self.record.frames += 1
         self.record.audio_bytes += chunk
@@ -310,13 +336,25 @@ class RealtimeConnection:
         for change in self.vad.feed(pcm):
             if change.kind == "start":
                 self.speech_item = _item_id()
-                self._send({"type": "input_audio_buffer.speech_started", "event_id": _event_id(),
-                            "audio_start_ms": change.ms, "item_id": self.speech_item})
+                self._send(
+                    {
+                        "type": "input_audio_buffer.speech_started",
+                        "event_id": _event_id(),
+                        "audio_start_ms": change.ms,
+                        "item_id": self.speech_item,
+                    }
+                )
             else:
                 item_id = self.speech_item or _item_id()
                 self.speech_item = None
-                self._send({"type": "input_audio_buffer.speech_stopped", "event_id": _event_id(),
-                            "audio_end_ms": change.ms, "item_id": item_id})
+                self._send(
+                    {
+                        "type": "input_audio_buffer.speech_stopped",
+                        "event_id": _event_id(),
+                        "audio_end_ms": change.ms,
+                        "item_id": item_id,
+                    }
+                )
                 self._commit(item_id)
 
     def _on_commit(self, client_id: str | None) -> None:
@@ -325,7 +363,8 @@ class RealtimeConnection:
                 "input_audio_buffer_commit_empty",
                 "Error committing input audio buffer: buffer too small. Expected at least "
                 f"{_MIN_COMMIT_MS}ms of audio, but buffer only has {self.buffer_ms:.2f}ms of audio.",
-                None, client_id,
+                None,
+                client_id,
             )
             return
         item_id = self.speech_item or _item_id()
@@ -339,8 +378,14 @@ class RealtimeConnection:
     def _commit(self, item_id: str) -> None:
         audio_ms = self.buffer_ms
         self.buffer_ms = 0.0
-        self._send({"type": "input_audio_buffer.committed", "event_id": _event_id(),
-                    "previous_item_id": self.last_committed, "item_id": item_id})
+        self._send(
+            {
+                "type": "input_audio_buffer.committed",
+                "event_id": _event_id(),
+                "previous_item_id": self.last_committed,
+                "item_id": item_id,
+            }
+        )
         self.last_committed = item_id
         if self.settings.model is None:
             return  # no transcription configured: the real service stays silent too
@@ -349,27 +394,52 @@ class RealtimeConnection:
         due = time.monotonic() + self.fake.transcription_delay_s
         if isinstance(scripted, dict) and "error" in scripted:
             self.record.transcripts.append((item_id, ""))
-            error = {"type": "server_error", "code": None, "message": "Transcription failed.", "param": None,
-                     **scripted["error"]}
-            self.outbox.put(due, {"type": "conversation.item.input_audio_transcription.failed",
-                                  "event_id": _event_id(), "item_id": item_id, "content_index": 0, "error": error})
+            error = {
+                "type": "server_error",
+                "code": None,
+                "message": "Transcription failed.",
+                "param": None,
+                **scripted["error"],
+            }
+            self.outbox.put(
+                due,
+                {
+                    "type": "conversation.item.input_audio_transcription.failed",
+                    "event_id": _event_id(),
+                    "item_id": item_id,
+                    "content_index": 0,
+                    "error": error,
+                },
+            )
             return
         text = str(scripted)
         self.record.transcripts.append((item_id, text))
         for delta in _word_chunks(text):
-            event = {"type": "conversation.item.input_audio_transcription.delta", "event_id": _event_id(),
-                     "item_id": item_id, "content_index": 0, "delta": delta}
+            event = {
+                "type": "conversation.item.input_audio_transcription.delta",
+                "event_id": _event_id(),
+                "item_id": item_id,
+                "content_index": 0,
+                "delta": delta,
+            }
             if self.settings.logprobs:
                 event["logprobs"] = [_logprob(delta)]
             self.outbox.put(due, event)
         audio_tokens = max(1, round(audio_ms / 100))
         text_tokens = max(1, len(text.split()))
         completed = {
-            "type": "conversation.item.input_audio_transcription.completed", "event_id": _event_id(),
-            "item_id": item_id, "content_index": 0, "transcript": text,
-            "usage": {"type": "tokens", "input_tokens": audio_tokens,
-                      "input_token_details": {"text_tokens": 0, "audio_tokens": audio_tokens},
-                      "output_tokens": text_tokens, "total_tokens": audio_tokens + text_tokens},
+            "type": "conversation.item.input_audio_transcription.completed",
+            "event_id": _event_id(),
+            "item_id": item_id,
+            "content_index": 0,
+            "transcript": text,
+            "usage": {
+                "type": "tokens",
+                "input_tokens": audio_tokens,
+                "input_token_details": {"text_tokens": 0, "audio_tokens": audio_tokens},
+                "output_tokens": text_tokens,
+                "total_tokens": audio_tokens + text_tokens,
+            },
         }
         if self.settings.logprobs:
             completed["logprobs"] = [_logprob(word) for word in _word_chunks(text)]
@@ -386,7 +456,7 @@ class RealtimeConnection:
 def _word_chunks(text: str) -> list[str]:
     """Split into word-sized deltas (leading space kept) that join back to ``text``."""
     chunks = re.findall(r"\s*\S+", text)
-    tail = text[sum(map(len, chunks)):]
+    tail = text[sum(map(len, chunks)) :]
     if tail:
         if chunks:
             chunks[-1] += tail

@@ -26,14 +26,16 @@ __all__ = [
     "input_settings",
 ]
 
-DEFAULT_MODELS = frozenset({
-    "whisper-1",
-    "gpt-4o-transcribe",
-    "gpt-4o-mini-transcribe",
-    "gpt-4o-transcribe-diarize",
-    "gpt-realtime-whisper",
-    "gpt-live-transcribe",
-})
+DEFAULT_MODELS = frozenset(
+    {
+        "whisper-1",
+        "gpt-4o-transcribe",
+        "gpt-4o-mini-transcribe",
+        "gpt-4o-transcribe-diarize",
+        "gpt-realtime-whisper",
+        "gpt-live-transcribe",
+    }
+)
 
 _SESSION_KEYS = {"type", "audio", "include"}
 _AUDIO_KEYS = {"input"}
@@ -44,8 +46,13 @@ _FORMAT_KEYS = {"audio/pcm": {"type", "rate"}, "audio/pcmu": {"type"}, "audio/pc
 # A-law is valid on the real service, but this fake cannot hear it.
 _SUPPORTED_FORMATS = ("audio/pcm", "audio/pcmu")
 _SERVER_VAD_KEYS = {
-    "type", "threshold", "prefix_padding_ms", "silence_duration_ms",
-    "idle_timeout_ms", "create_response", "interrupt_response",
+    "type",
+    "threshold",
+    "prefix_padding_ms",
+    "silence_duration_ms",
+    "idle_timeout_ms",
+    "create_response",
+    "interrupt_response",
 }
 _SEMANTIC_VAD_KEYS = {"type", "eagerness", "create_response", "interrupt_response"}
 _EAGERNESS = ("low", "medium", "high", "auto")
@@ -163,7 +170,9 @@ def _check_format(fmt: Any) -> dict[str, Any]:
     _require_object(fmt, param)
     kind = fmt.get("type")
     if kind is None:
-        raise ConfigError("missing_required_parameter", f"Missing required parameter: '{param}.type'.", f"{param}.type")
+        raise ConfigError(
+            "missing_required_parameter", f"Missing required parameter: '{param}.type'.", f"{param}.type"
+        )
     if kind not in _FORMAT_KEYS:
         raise _invalid_value(kind, tuple(_FORMAT_KEYS), f"{param}.type")
     if kind not in _SUPPORTED_FORMATS:
@@ -243,7 +252,8 @@ def _check_turn_detection(value: Any) -> dict[str, Any] | None:
             if not isinstance(number, int) or isinstance(number, bool):
                 raise ConfigError(
                     "invalid_type",
-                    f"Invalid type for '{param}.{key}': expected an integer, but got {_type_name(number)} instead.",
+                    f"Invalid type for '{param}.{key}': expected an integer, "
+                    f"but got {_type_name(number)} instead.",
                     f"{param}.{key}",
                 )
             if number < 0:

@@ -19,8 +19,19 @@ __all__ = ["VOICES", "SpeechRequestError", "synthesize", "validate_speech_reques
 RATE = 24000
 MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 VOICES = (
-    "alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse",
-    "marin", "cedar",
+    "alloy",
+    "ash",
+    "ballad",
+    "coral",
+    "echo",
+    "fable",
+    "onyx",
+    "nova",
+    "sage",
+    "shimmer",
+    "verse",
+    "marin",
+    "cedar",
 )
 FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 CONTENT_TYPES = {"pcm": "audio/pcm", "wav": "audio/wav"}
@@ -53,12 +64,15 @@ def validate_speech_request(body: Any) -> None:
         raise SpeechRequestError(_choices(model, MODELS), "model", "invalid_value")
     text = body.get("input")
     if not isinstance(text, str) or not text:
-        raise SpeechRequestError("Missing required parameter: 'input'.", "input", "missing_required_parameter")
+        raise SpeechRequestError(
+            "Missing required parameter: 'input'.", "input", "missing_required_parameter"
+        )
     if len(text) > MAX_INPUT:
         raise SpeechRequestError(
             f"Invalid 'input': string too long. Expected a string with maximum length {MAX_INPUT}, "
             f"but got a string with length {len(text)} instead.",
-            "input", "string_above_max_length",
+            "input",
+            "string_above_max_length",
         )
     voice = body.get("voice")
     if voice not in VOICES:
@@ -72,7 +86,9 @@ def validate_speech_request(body: Any) -> None:
         )
     speed = body.get("speed", 1.0)
     if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0.25 <= speed <= 4.0:
-        raise SpeechRequestError("Invalid 'speed': expected a number between 0.25 and 4.0.", "speed", "invalid_value")
+        raise SpeechRequestError(
+            "Invalid 'speed': expected a number between 0.25 and 4.0.", "speed", "invalid_value"
+        )
     if "instructions" in body and model.startswith("tts-1"):
         raise SpeechRequestError(
             f"Instructions are not supported for {model}.", "instructions", "unsupported_parameter"

@@ -269,8 +269,11 @@ class FakeOpenAI:
         request = Request(environ)
         endpoint = _PATHS.get(request.path)
         record = RecordedRequest(
-            endpoint=endpoint or "unknown", method=request.method, path=request.path,
-            headers=Headers(request.headers.items()), body=None,
+            endpoint=endpoint or "unknown",
+            method=request.method,
+            path=request.path,
+            headers=Headers(request.headers.items()),
+            body=None,
         )
         if endpoint != "realtime":
             raw = request.get_data(as_text=True)
@@ -284,8 +287,9 @@ class FakeOpenAI:
         record.status = response.status_code
         return response(environ, start_response)
 
-    def _dispatch(self, request: Request, endpoint: Endpoint | None, record: RecordedRequest,
-                  environ: dict[str, Any]) -> Response:
+    def _dispatch(
+        self, request: Request, endpoint: Endpoint | None, record: RecordedRequest, environ: dict[str, Any]
+    ) -> Response:
         if endpoint is None:
             return openai_error(404, f"Invalid URL ({request.method} {request.path})")
         if request.method != _METHODS[endpoint]:
@@ -295,12 +299,15 @@ class FakeOpenAI:
             return denied
         injected = self._take_error(endpoint)
         if injected is not None:
-            return openai_error(injected.status, injected.message, injected.type, injected.param, injected.code)
+            return openai_error(
+                injected.status, injected.message, injected.type, injected.param, injected.code
+            )
         if endpoint == "realtime":
             return self._realtime(request, environ)
         if not isinstance(record.body, dict):
             return openai_error(
-                400, "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+                400,
+                "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
                 "using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
             )
         if endpoint == "chat":
@@ -347,7 +354,9 @@ class FakeOpenAI:
             if "error" in reply:
                 self._pause(delay)
                 err = {"status": 500, "message": "The server had an error.", **reply["error"]}
-                kind = err.get("type") or ("server_error" if err["status"] >= 500 else "invalid_request_error")
+                kind = err.get("type") or (
+                    "server_error" if err["status"] >= 500 else "invalid_request_error"
+                )
                 return openai_error(err["status"], err["message"], kind, err.get("param"), err.get("code"))
         self._pause(delay)
         return json_response(build_completion(body, reply), headers=_request_id())

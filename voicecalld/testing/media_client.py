@@ -168,18 +168,20 @@ class MediaStreamClient:
         _no_delay(self._ws.sock)
         self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"}, numbered=False)
         self.started_at = time.monotonic()
-        self._send({
-            "event": "start",
-            "streamSid": self.stream_sid,
-            "start": {
-                "accountSid": self.account_sid,
+        self._send(
+            {
+                "event": "start",
                 "streamSid": self.stream_sid,
-                "callSid": self.call_sid,
-                "tracks": ["inbound"],
-                "customParameters": self.custom_parameters,
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-            },
-        })
+                "start": {
+                    "accountSid": self.account_sid,
+                    "streamSid": self.stream_sid,
+                    "callSid": self.call_sid,
+                    "tracks": ["inbound"],
+                    "customParameters": self.custom_parameters,
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                },
+            }
+        )
         self._receiver = threading.Thread(target=self._receive_loop, name="media-client-recv", daemon=True)
         self._receiver.start()
         return self
@@ -191,8 +193,13 @@ class MediaStreamClient:
             thread.join(timeout)
         if self._ws is not None and self._ws.connected:
             try:
-                self._send({"event": "stop", "streamSid": self.stream_sid,
-                            "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
+                self._send(
+                    {
+                        "event": "stop",
+                        "streamSid": self.stream_sid,
+                        "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
+                    }
+                )
             except (simple_websocket.ConnectionClosed, OSError):
                 pass
         self.close(timeout)
@@ -240,8 +247,11 @@ class MediaStreamClient:
         with self._send_lock:
             if numbered:
                 self._sequence += 1
-                message = {"event": message["event"], "sequenceNumber": str(self._sequence),
-                           **{k: v for k, v in message.items() if k != "event"}}
+                message = {
+                    "event": message["event"],
+                    "sequenceNumber": str(self._sequence),
+                    **{k: v for k, v in message.items() if k != "event"},
+                }
             self._ws.send(json.dumps(message))
             self.sent.append(message)
 
@@ -280,8 +290,12 @@ class MediaStreamClient:
         message = {
             "event": "media",
             "streamSid": self.stream_sid,
-            "media": {"track": "inbound", "chunk": str(self._chunk), "timestamp": str(timestamp),
-                      "payload": base64.b64encode(frame).decode("ascii")},
+            "media": {
+                "track": "inbound",
+                "chunk": str(self._chunk),
+                "timestamp": str(timestamp),
+                "payload": base64.b64encode(frame).decode("ascii"),
+            },
         }
         try:
             self._send(message)
@@ -307,8 +321,13 @@ class MediaStreamClient:
     def send_dtmf(self, digit: str) -> None:
         if len(digit) != 1 or digit not in "0123456789*#ABCD":
             raise ValueError(f"not a DTMF digit: {digit!r}")
-        self._send({"event": "dtmf", "streamSid": self.stream_sid,
-                    "dtmf": {"track": "inbound_track", "digit": digit}})
+        self._send(
+            {
+                "event": "dtmf",
+                "streamSid": self.stream_sid,
+                "dtmf": {"track": "inbound_track", "digit": digit},
+            }
+        )
 
     # -- receiving ---------------------------------------------------------
 
@@ -325,6 +344,7 @@ class MediaStreamClient:
 
     def wait_for_mark(self, name: str, timeout: float = 5.0) -> ReceivedMark:
         """Wait until the mark ``name`` has been echoed back to the server."""
+
         def echoed() -> bool:
             return any(m.name == name and m.echoed_at is not None for m in self.marks)
 
