@@ -233,6 +233,19 @@ def test_pcm24k_format_is_accepted(fake: FakeOpenAI, connect: Any) -> None:
     assert events[-1]["transcript"] == "wideband"
 
 
+def test_reconfiguring_keeps_the_session_audio_clock(fake: FakeOpenAI, connect: Any) -> None:
+    ws = connect()
+    configure(ws)
+    append(ws, mulaw.encode(silence_pcm(1.0)))
+    ws.send(json.dumps(ga_update(turn_detection={"type": "server_vad", "silence_duration_ms": 200})))
+    assert recv(ws)["type"] == "session.updated"
+    append(ws, utterance(lead=0.5, speech=0.5, tail=0.3))
+    started, stopped = recv(ws), recv(ws)
+    # Times count from the session's first audio, across the update.
+    assert started["audio_start_ms"] == 1000 + 500 - 300
+    assert stopped["audio_end_ms"] == 1000 + 1000 + 200
+
+
 def test_manual_commit_when_turn_detection_is_null(fake: FakeOpenAI, connect: Any) -> None:
     fake.transcripts.put("manual")
     ws = connect()

@@ -145,6 +145,7 @@ class RealtimeConnection:
         self._configure()
         self.outbox = _Outbox()
         self.buffer_ms = 0.0  # audio appended since the last commit or clear
+        self.audio_ms = 0.0  # all audio appended in this session
         self.speech_item: str | None = None
         self.last_committed: str | None = None
         self.turns = 0
@@ -241,12 +242,16 @@ class RealtimeConnection:
             self._error("session_expired", EXPIRED_MESSAGE)
             self._close(EXPIRED_CLOSE_CODE, EXPIRED_MESSAGE)
 
-    def _configure(self) -> None:
+    def _configure(self, clock_ms: int = 0) -> None:
         self.settings = input_settings(self.session)
         vad = self.settings.vad
         self.vad = (
             EnergyVad(
-                self.settings.rate, vad["threshold"], vad["silence_duration_ms"], vad["prefix_padding_ms"]
+                self.settings.rate,
+                vad["threshold"],
+                vad["silence_duration_ms"],
+                vad["prefix_padding_ms"],
+                start_ms=clock_ms,
             )
             if vad is not None
             else None
@@ -301,10 +306,11 @@ class RealtimeConnection:
             merged["audio"]["input"]["turn_detection"] != self.session["audio"]["input"]["turn_detection"]
         )
         self.session = self.record.session = merged
-        old_vad = self.vad
-        self._configure()
-        if old_vad is not None and self.vad is not None and not (format_changed or vad_changed):
-            self.vad = old_vad  # keep the audio clock running
+        if format_changed or vad_changed:
+            self._configure(clock_ms=int(self.audio_ms))
+        else:
+            # Keep the VAD, and with it any utterance in progress.
+            self.settings = input_settings(merged)
         self._send({"type": "session.updated", "event_id": _event_id(), "session": merged})
 
     def _on_append(self, event: dict[str, Any], client_id: str | None) -> None:
@@ -330,7 +336,9 @@ class RealtimeConnection:
             pcm = mulaw.decode(chunk)
         else:
             pcm = chunk[: len(chunk) - len(chunk) % 2]
-        self.buffer_ms += 1000.0 * (len(pcm) // 2) / self.settings.rate
+        chunk_ms = 1000.0 * (len(pcm) // 2) / self.settings.rate
+        self.buffer_ms += chunk_ms
+        self.audio_ms += chunk_ms
         if self.vad is None:
             return
         for change in self.vad.feed(pcm):

@@ -54,6 +54,7 @@ class EnergyVad:
         threshold: float = 0.5,
         silence_duration_ms: int = 500,
         prefix_padding_ms: int = 300,
+        start_ms: int = 0,
     ) -> None:
         self.rate = rate
         self.level = rms_threshold(threshold)
@@ -61,9 +62,12 @@ class EnergyVad:
         self.prefix_padding_ms = prefix_padding_ms
         self._frame_bytes = 2 * rate * FRAME_MS // 1000
         self._pending = b""
-        self._elapsed_ms = 0  # audio judged so far
+        # Audio judged so far. A session that is reconfigured mid-stream
+        # passes its clock on, because event times count from the start of
+        # the session's audio, not from the last configuration change.
+        self._elapsed_ms = start_ms
         self._quiet_ms = 0
-        self._floor_ms = 0  # no turn may reach back before this
+        self._floor_ms = start_ms  # no turn may reach back before this
         self.speaking = False
 
     @property
