@@ -124,8 +124,7 @@ def apply_session_update(
     current: dict[str, Any], event: dict[str, Any], models: frozenset[str] | set[str]
 ) -> dict[str, Any]:
     """Validate a ``session.update`` event; return the merged session or raise ConfigError."""
-    session = event.get("session")
-    _require_object(session, "session")
+    session = _require_object(event.get("session"), "session")
     _reject_unknown(session, _SESSION_KEYS, "session")
     if "type" not in session:
         raise ConfigError(
@@ -138,12 +137,10 @@ def apply_session_update(
     merged = copy.deepcopy(current)
     target = merged["audio"]["input"]
     if "audio" in session:
-        audio = session["audio"]
-        _require_object(audio, "session.audio")
+        audio = _require_object(session["audio"], "session.audio")
         _reject_unknown(audio, _AUDIO_KEYS, "session.audio")
         if "input" in audio:
-            audio_in = audio["input"]
-            _require_object(audio_in, "session.audio.input")
+            audio_in = _require_object(audio["input"], "session.audio.input")
             _reject_unknown(audio_in, _INPUT_KEYS, "session.audio.input")
             if "format" in audio_in:
                 target["format"] = _check_format(audio_in["format"])
@@ -291,13 +288,14 @@ def _reject_unknown(obj: dict[str, Any], known: set[str], where: str) -> None:
             raise ConfigError("unknown_parameter", f"Unknown parameter: '{where}.{key}'.", f"{where}.{key}")
 
 
-def _require_object(value: Any, param: str) -> None:
+def _require_object(value: Any, param: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(
             "invalid_type",
             f"Invalid type for '{param}': expected an object, but got {_type_name(value)} instead.",
             param,
         )
+    return value
 
 
 def _require_type(value: Any, kind: type, described: str, param: str) -> None:
