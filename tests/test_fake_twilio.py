@@ -117,13 +117,21 @@ class Receiver:
 # -- fixtures and helpers --
 
 
+@pytest.fixture(autouse=True)
+def no_thread_leaks() -> Iterator[None]:
+    # Set up first, torn down last: every server and call thread must be gone.
+    before = set(threading.enumerate())
+    yield
+    leaked = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert not leaked, f"threads leaked: {leaked}"
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeTwilio]:
     # Short timings: Say 1 ms/char, TwiML seconds scaled to 1/20.
     with FakeTwilio(SID, TOKEN, ms_per_char=1.0, time_scale=0.05, answer_delay=0.02,
                     owned_numbers=[FROM], webhook_timeout=2.0) as f:
         yield f
-    assert not [t for t in threading.enumerate() if t.name.startswith("fake-twilio")]
 
 
 @pytest.fixture
@@ -288,11 +296,24 @@ def test_create_success_shape_and_fetch(fake: FakeTwilio, receiver: Receiver) ->
     assert fake.requests[0].values("To") == [TO]
 
 
+def test_list_calls(fake: FakeTwilio, receiver: Receiver) -> None:
+    receiver.twiml["/voice"] = "<Response/>"
+    fake.set_callee(TO, outcome="busy")
+    first = start_call(fake, receiver)
+    fake.wait_ended(first)
+    second = start_call(fake, receiver, To="+15550003333")
+    fake.wait_ended(second)
+    listing = requests.get(calls_url(fake), auth=(SID, TOKEN), timeout=5).json()
+    assert [c["sid"] for c in listing["calls"]] == [second, first]  # newest first
+    busy = requests.get(calls_url(fake), params={"Status": "busy"}, auth=(SID, TOKEN), timeout=5).json()
+    assert [c["sid"] for c in busy["calls"]] == [first] and busy["page_size"] == 50
+
+
 def test_create_fault_injection(fake: FakeTwilio, receiver: Receiver) -> None:
     receiver.twiml["/voice"] = "<Response/>"
     fake.fail_next_creates(1, status=429, retry_after=2)
     fake.fail_next_creates(1, status=500)
-    fake.fail_next_creates(1, status=400, code=21214)
+    fake.fail_next_creates(1, code=21214)
     first = create(fake, receiver)
     assert first.status_code == 429 and first.json()["code"] == 20429
     assert first.headers["Retry-After"] == "2"
@@ -461,6 +482,15 @@ def test_gather_round_trip(fake: FakeTwilio, receiver: Receiver) -> None:
     assert action.params["SpeechResult"] == "book a table" and action.params["Confidence"] == "0.87"
     assert action.params["CallSid"] == sid and action.params["CallStatus"] == "in-progress"
     assert call.gathers[0].outcome == "speech" and call.gather_actions[0].status == 200
+
+
+def test_non_ascii_round_trip_is_signed_and_decoded(fake: FakeTwilio, receiver: Receiver) -> None:
+    receiver.twiml["/voice"] = GATHER.format(timeout=100, extra="").replace("What would you like?", "Qué?")
+    receiver.twiml["/gather"] = lambda hit: f"<Response><Say>{hit.params['SpeechResult']} ✓</Say></Response>"
+    sid = start_call(fake, receiver)
+    fake.callee_says(sid, "crème brûlée")
+    call = fake.wait_ended(sid)
+    assert call.said == ["Qué?", "crème brûlée ✓"]  # receiver teardown re-checks the signatures
 
 
 def test_gather_timeout_moves_on_or_posts_empty_result(fake: FakeTwilio, receiver: Receiver) -> None:

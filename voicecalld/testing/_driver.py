@@ -139,7 +139,7 @@ class CallRunner:
             seconds = call.duration or 0
             extra += [("CallDuration", str(seconds)), ("Duration", str(-(-seconds // 60))),
                       ("SipResponseCode", _SIP_CODES.get(call.status, "200"))]
-        params = status_params(self.fake, call, call_status, self._sequence, extra)
+        params = status_params(call, call_status, self._sequence, extra)
         self._sequence += 1
         token = str(uuid.uuid4())
         if self.fake._take_callback_fault("delay", call.sid, call_status):
@@ -200,7 +200,7 @@ class CallRunner:
 
     def _fetch(self, source: Fetch) -> str:
         call = self.call
-        params = standard_params(self.fake, call) + list(source.extra)
+        params = standard_params(call) + list(source.extra)
         delivery = self.fake._webhooks.deliver(call, source.kind, source.url, source.method, params)
         call.check()  # a hang-up or update may have arrived while we waited
         return _twiml_body(delivery)

@@ -301,9 +301,17 @@ class FakeCall:
             return True
 
     def hang_up(self, reason: str, *, silent: bool = False) -> bool:
-        """End the call the way a hang-up would: completed if answered, else canceled."""
+        """End the call the way a hang-up would.
+
+        Answered: completed. Unanswered outbound: canceled (what Twilio
+        reports for a call ended before answer through the API). Unanswered
+        inbound (the caller gave up while ringing): no-answer.
+        """
         with self._cond:
-            status = "completed" if self.start_time is not None else "canceled"
+            if self.start_time is not None:
+                status = "completed"
+            else:
+                status = "no-answer" if self.direction == "inbound" else "canceled"
             return self.end(status, reason, silent=silent)
 
     def replace_twiml(self, source: Source) -> None:

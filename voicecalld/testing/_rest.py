@@ -284,6 +284,8 @@ class RestApp:
             raise ApiError(20404, 404, path=request.path)
         if calls and request.method == "POST":
             return self._create(record)
+        if calls and request.method == "GET":
+            return self._list(request)
         if call and request.method in ("GET", "POST"):
             target = self.fake._get_call(call["sid"])
             if target is None:
@@ -308,6 +310,21 @@ class RestApp:
         create = parse_create(record.form, self.fake._owned())
         call = self.fake._create_call(create)
         return json_response(call_resource(call), 201)
+
+    def _list(self, request: Request) -> Response:
+        """First page of calls, newest first, filtered like Twilio (Status/To/From)."""
+        try:
+            size = max(1, min(1000, int(request.args.get("PageSize", "50"))))
+        except ValueError:
+            raise ApiError(20001, message="PageSize must be an integer") from None
+        wanted = {k: request.args[k] for k in ("Status", "To", "From") if k in request.args}
+        calls = sorted(self.fake.calls.values(), key=lambda c: c.date_created, reverse=True)
+        rows = [call_resource(c) for c in calls]
+        rows = [r for r in rows if all(r[k.lower()] == v for k, v in wanted.items())][:size]
+        uri = f"/{API_VERSION}/Accounts/{self.fake.account_sid}/Calls.json?PageSize={size}&Page=0"
+        return json_response({"calls": rows, "end": max(0, len(rows) - 1), "first_page_uri": uri,
+                              "next_page_uri": None, "page": 0, "page_size": size,
+                              "previous_page_uri": None, "start": 0, "uri": uri}, 200)
 
     def _update(self, call: FakeCall, record: RestRequest) -> Response:
         form = record.form

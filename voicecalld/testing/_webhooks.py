@@ -10,6 +10,7 @@ fault-injection switch). Every attempt carries the same
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import TYPE_CHECKING
@@ -34,7 +35,7 @@ def _country(number: str) -> str:
     return ""
 
 
-def standard_params(fake: FakeTwilio, call: FakeCall, call_status: str | None = None) -> list[tuple[str, str]]:
+def standard_params(call: FakeCall, call_status: str | None = None) -> list[tuple[str, str]]:
     """What Twilio posts with every voice request (protocols.md B)."""
     params = [
         ("AccountSid", call.account_sid), ("ApiVersion", API_VERSION), ("CallSid", call.sid),
@@ -52,14 +53,24 @@ def standard_params(fake: FakeTwilio, call: FakeCall, call_status: str | None = 
     return params
 
 
-def status_params(fake: FakeTwilio, call: FakeCall, call_status: str, sequence: int,
+def status_params(call: FakeCall, call_status: str, sequence: int,
                   extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
     now = time.gmtime()
-    return standard_params(fake, call, call_status) + [
+    return standard_params(call, call_status) + [
         ("SequenceNumber", str(sequence)),
         ("Timestamp", time.strftime("%a, %d %b %Y %H:%M:%S +0000", now)),
         ("CallbackSource", "call-progress-events"),
     ] + extra
+
+
+def _decode(body: bytes, content_type: str) -> str:
+    # TwiML is UTF-8 unless the response says otherwise. (requests' own
+    # .text would assume ISO-8859-1 for text/xml and garble non-ASCII Say.)
+    match = re.search(r"charset=([\w.-]+)", content_type, re.IGNORECASE)
+    try:
+        return body.decode(match.group(1) if match else "utf-8", errors="replace")
+    except LookupError:
+        return body.decode("utf-8", errors="replace")
 
 
 class _Policy:
@@ -126,8 +137,8 @@ class WebhookSender:
             with requests.Session() as session:
                 resp = session.send(prepared, timeout=self.fake.webhook_timeout, allow_redirects=False)
             delivery.status = resp.status_code
-            delivery.body = resp.text
             delivery.content_type = resp.headers.get("Content-Type", "")
+            delivery.body = _decode(resp.content, delivery.content_type)
         except requests.RequestException as exc:
             delivery.error = f"{type(exc).__name__}: {exc}"
         return delivery

@@ -215,18 +215,19 @@ class FakeTwilio:
         self._next_callees.append(callee or Callee(**kw))
 
     def callee_says(self, call_sid: str, text: str, confidence: float = 0.9, *,
-                    wait: float = 2.0) -> None:
+                    wait: float = 5.0) -> None:
         """The callee speaks. Blocks until a speech ``<Gather>`` listens (up to
         ``wait`` s; AssertionError if none does), as speech outside a Gather
         is never heard on Twilio either."""
         self._call(call_sid).offer_input("speech", text, confidence, wait)
 
-    def callee_presses(self, call_sid: str, digits: str, *, wait: float = 2.0) -> None:
+    def callee_presses(self, call_sid: str, digits: str, *, wait: float = 5.0) -> None:
         """The callee presses keys (a dtmf ``<Gather>`` must be listening)."""
         self._call(call_sid).offer_input("dtmf", digits, 1.0, wait)
 
     def callee_hangs_up(self, call_sid: str) -> None:
-        """The far end hangs up now: the call ends ``completed`` (``canceled`` if unanswered)."""
+        """The far end hangs up now: ``completed`` if answered (else ``canceled``
+        for an outbound call, ``no-answer`` for an inbound one)."""
         self._call(call_sid).hang_up("callee-hangup")
 
     def end_stream(self, call_sid: str) -> None:
@@ -257,10 +258,13 @@ class FakeTwilio:
 
     # -- fault injection --
 
-    def fail_next_creates(self, count: int = 1, *, status: int = 500, code: int | None = None,
+    def fail_next_creates(self, count: int = 1, *, status: int | None = None, code: int | None = None,
                           message: str | None = None, retry_after: float | None = None) -> None:
-        """The next ``count`` create-call requests fail with ``status`` (500,
-        429 with ``retry_after`` -> Retry-After, 400 with a chosen ``code``...)."""
+        """The next ``count`` create-call requests fail: ``status`` 500 (code
+        20500) by default, 429 (20429; ``retry_after`` sets Retry-After), or a
+        chosen Twilio ``code`` (HTTP 400 unless ``status`` says otherwise)."""
+        if status is None:
+            status = 400 if code is not None else 500
         default_code, default_message = _DEFAULT_ERRORS.get(status, (code or 20001, None))
         for _ in range(count):
             self._create_faults.append(CreateFault(status, code or default_code,
