@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import re
+import socketserver
 import threading
 import time
 from collections import defaultdict, deque
@@ -81,7 +82,8 @@ class Receiver:
         self.fail: dict[str, deque[int]] = defaultdict(deque)
         self.content_type = "text/xml"
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True, request_handler=_Handler)
-        self.server.daemon_threads = False
+        assert isinstance(self.server, socketserver.ThreadingMixIn)
+        self.server.daemon_threads = False  # so server_close() joins request threads
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01})
 
     def url(self, path: str) -> str:
@@ -169,7 +171,7 @@ def create(fake: FakeTwilio, receiver: Receiver | None = None, *, events: tuple[
 def start_call(fake: FakeTwilio, receiver: Receiver, **kw: Any) -> str:
     resp = create(fake, receiver, **kw)
     assert resp.status_code == 201, resp.text
-    return resp.json()["sid"]
+    return str(resp.json()["sid"])
 
 
 def update(fake: FakeTwilio, call_sid: str, **form: str) -> requests.Response:
@@ -258,7 +260,7 @@ def test_api_key_auth_and_wrong_account_path() -> None:
     ({"StatusCallback": "not a url"}, 21609),
     ({"StatusCallbackEvent": "in-progress"}, 21626),
 ])
-def test_create_validation_errors(fake: FakeTwilio, receiver: Receiver, params: dict[str, str],
+def test_create_validation_errors(fake: FakeTwilio, receiver: Receiver, params: dict[str, Any],
                                   code: int) -> None:
     resp = create(fake, receiver, **params)
     assert resp.status_code == 400, resp.text
@@ -426,6 +428,7 @@ def test_say_pause_hangup_timing(receiver: Receiver) -> None:
         call = fake.wait_ended(sid)
         assert call.said == ["twenty characters!!!", "bye"]
         first, second = call.says
+        assert first.ended is not None
         assert 0.38 <= first.ended - first.started < 0.6      # 20 chars x 20 ms
         assert 0.18 <= second.started - first.ended < 0.35    # Pause 2 s x 0.1
         assert second.voice == "Polly.Joanna" and not first.interrupted
@@ -721,6 +724,17 @@ def test_wait_helpers_fail_with_a_useful_message(fake: FakeTwilio, receiver: Rec
         fake.callee_hangs_up("CA" + "0" * 32)
 
 
+def test_wait_call_finds_calls_in_creation_order(fake: FakeTwilio, receiver: Receiver) -> None:
+    receiver.twiml["/voice"] = "<Response/>"
+    first = start_call(fake, receiver)
+    second = start_call(fake, receiver, To="+15550003333")
+    assert fake.wait_call().sid == first
+    assert fake.wait_call(to="+15550003333").sid == second
+    assert fake.wait_call(count=2).sid == second
+    with pytest.raises(AssertionError, match="call #3"):
+        fake.wait_call(count=3, timeout=0.05)
+
+
 def test_stop_hangs_up_silently_and_joins_threads(receiver: Receiver) -> None:
     receiver.twiml["/voice"] = "<Response><Pause length=\"600\"/></Response>"
     fake = FakeTwilio(SID, TOKEN).start()
@@ -730,3 +744,5 @@ def test_stop_hangs_up_silently_and_joins_threads(receiver: Receiver) -> None:
     assert fake.calls[sid].end_reason == "fake-stopped"
     assert receiver.at("/status") == []
     assert not [t for t in threading.enumerate() if t.name.startswith("fake-twilio")]
+    with pytest.raises(RuntimeError, match="restarted"):
+        fake.start()

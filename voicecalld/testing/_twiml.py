@@ -11,6 +11,7 @@ but points at the problem sooner.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -121,11 +122,13 @@ def parse(document: str) -> list[Verb]:
 
 def _no_text(el: ET.Element) -> None:
     # Stray text directly under <Response> usually means a template bug.
-    if (el.text or "").strip():
-        raise TwimlError(f"Unexpected text in <{el.tag}>: {el.text.strip()[:40]!r}")
+    text = (el.text or "").strip()
+    if text:
+        raise TwimlError(f"Unexpected text in <{el.tag}>: {text[:40]!r}")
     for child in el:
-        if (child.tail or "").strip():
-            raise TwimlError(f"Unexpected text after <{child.tag}>: {child.tail.strip()[:40]!r}")
+        tail = (child.tail or "").strip()
+        if tail:
+            raise TwimlError(f"Unexpected text after <{child.tag}>: {tail[:40]!r}")
 
 
 def _verb(el: ET.Element) -> Verb:
@@ -272,7 +275,7 @@ def _stop(el: ET.Element) -> Stop:
     return Stop(el[0].get("name"))
 
 
-_VERBS = {
+_VERBS: dict[str, Callable[[ET.Element], Verb]] = {
     "Say": _say,
     "Pause": _pause,
     "Play": _play,

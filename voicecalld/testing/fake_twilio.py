@@ -7,11 +7,13 @@ webhooks, TwiML interpretation, error codes) behaves like real Twilio
 hang up) and inspect everything that happened::
 
     with FakeTwilio(time_scale=0.01) as fake:
+        ...configure the daemon with twilio.apiBaseUrl = fake.base_url,
+           accountSid = fake.account_sid, authToken = fake.auth_token...
         ...daemon places a call...
-        sid = fake.wait_for(lambda: fake.calls and next(iter(fake.calls)))
-        fake.callee_says(sid, "yes please")
-        fake.wait_status(sid, "completed")
-        assert fake.calls[sid].said == ["Hello!", "Goodbye."]
+        call = fake.wait_call(to="+15550002222")
+        fake.callee_says(call.sid, "yes please")    # waits for a speech <Gather>
+        fake.wait_ended(call.sid)
+        assert call.said == ["Hello!", "Goodbye."]
 
 Timing: ``<Say>`` lasts ``len(text) * ms_per_char`` ms; every duration that
 TwiML or the API states in seconds (Pause length, Gather timeout, the call's
@@ -22,6 +24,7 @@ seconds. See the README-style notes on each method.
 from __future__ import annotations
 
 import re
+import socketserver
 import threading
 import time
 import uuid
@@ -137,9 +140,13 @@ class FakeTwilio:
     def start(self) -> Self:
         if self._server is not None:
             raise RuntimeError("FakeTwilio already started")
+        if self._stopping.is_set():
+            # Calls, faults and records belong to one run; make a new fake instead.
+            raise RuntimeError("a stopped FakeTwilio cannot be restarted")
         server = make_server("127.0.0.1", self._port, RestApp(self), threaded=True,
                              request_handler=_QuietHandler)
         # Track request threads so server_close() joins them: no leaks.
+        assert isinstance(server, socketserver.ThreadingMixIn)
         server.daemon_threads = False
         self._server = server
         self._server_thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
@@ -283,7 +290,7 @@ class FakeTwilio:
 
     # -- waiting (for tests) --
 
-    def wait_for(self, predicate: Callable[[], T], timeout: float = 5.0, *, message: str = "",
+    def wait_for(self, predicate: Callable[[], T | None], timeout: float = 5.0, *, message: str = "",
                  interval: float = 0.01) -> T:
         """Poll ``predicate`` until it returns something truthy; return that."""
         deadline = time.monotonic() + timeout
@@ -295,6 +302,17 @@ class FakeTwilio:
                 what = message or getattr(predicate, "__name__", repr(predicate))
                 raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{self.describe()}")
             time.sleep(interval)
+
+    def wait_call(self, *, to: str | None = None, direction: str | None = None, count: int = 1,
+                  timeout: float = 5.0) -> FakeCall:
+        """Wait until ``count`` calls match (``to``, ``direction``); return the
+        ``count``-th in creation order. ``fake.wait_call().sid`` is the first
+        call the daemon placed."""
+        def match() -> FakeCall | None:
+            found = [c for c in self.calls.values()
+                     if to in (None, c.to) and direction in (None, c.direction)]
+            return found[count - 1] if len(found) >= count else None
+        return self.wait_for(match, timeout, message=f"call #{count} (to={to}, direction={direction})")
 
     def wait_status(self, call_sid: str, status: str | Iterable[str], timeout: float = 5.0) -> FakeCall:
         wanted = {status} if isinstance(status, str) else set(status)
