@@ -26,6 +26,7 @@ from voicecalld.providers.telnyx_signature import (
     verify,
 )
 from voicecalld.testing.fake_telnyx import FakeTelnyx
+from voicecalld.testing.scheduler import Scheduler
 
 CALLER = "+15550001111"
 CALLEE = "+15552223333"
@@ -189,6 +190,54 @@ def test_stop_joins_every_thread() -> None:
         fake.base_url  # noqa: B018 (the property access is the test)
 
 
+def _boom() -> None:
+    raise ZeroDivisionError("deliberate failure in a scheduled callback")
+
+
+def test_scheduler_runs_by_due_time_then_fifo() -> None:
+    scheduler = Scheduler("test-scheduler")
+    scheduler.start()
+    order: list[str] = []
+    done = threading.Event()
+    now = time.monotonic()
+    scheduler.call_at(now + 0.03, lambda: order.append("late"))
+    scheduler.call_at(now + 0.01, lambda: order.append("a"))
+    scheduler.call_at(now + 0.01, lambda: order.append("b"))
+    scheduler.call_at(now + 0.04, done.set)
+    assert done.wait(2)
+    scheduler.stop()
+    assert order == ["a", "b", "late"]
+
+
+def test_scheduler_stop_drops_pending_and_keeps_errors() -> None:
+    scheduler = Scheduler("test-scheduler")
+    scheduler.start()
+    scheduler.call_later(0, _boom)  # a failing callback must not kill the thread
+    ran = threading.Event()
+    scheduler.call_later(0.01, ran.set)
+    scheduler.call_later(60, lambda: pytest.fail("a pending callback ran after stop()"))
+    assert ran.wait(2)
+    started = time.monotonic()
+    scheduler.stop()
+    assert time.monotonic() - started < 1
+    assert [type(e) for e in scheduler.errors] == [ZeroDivisionError]
+
+
+def test_simulation_errors_surface_on_stop() -> None:
+    fake = FakeTelnyx().start()
+    fake._scheduler.call_later(0, _boom)  # stands in for a bug in the fake
+    fake.wait_for(lambda: fake.errors)
+    with pytest.raises(RuntimeError, match="simulation failed"):
+        fake.stop()
+
+
+def test_context_exit_keeps_the_tests_own_failure() -> None:
+    with pytest.raises(KeyError, match="own failure"), FakeTelnyx() as fake:
+        fake._scheduler.call_later(0, _boom)
+        fake.wait_for(lambda: fake.errors)
+        raise KeyError("the test's own failure")
+
+
 def test_seed_makes_ids_reproducible(receiver: Receiver) -> None:
     ids = []
     for _ in range(2):
@@ -317,7 +366,7 @@ def test_speak_commands_queue(fake: FakeTelnyx, api: Api, receiver: Receiver) ->
     cid = _answered_call(fake, api, receiver)
     for text in ("first sentence", "second sentence"):
         assert api.cmd(cid, "speak", payload=text, voice="female").status_code == 200
-    fake.wait_for(lambda: len(receiver.accepted(cid, "call.speak.ended")) == 2)
+    fake.wait_event(cid, "call.speak.ended", ok=True, nth=2)
     assert receiver.types(cid)[2:] == ["call.speak.started", "call.speak.ended"] * 2
 
 

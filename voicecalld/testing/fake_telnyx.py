@@ -14,8 +14,11 @@ envelope, retries, duplicates and out-of-order delivery on request.
 Timing model: every simulated happening (answer, speech, timeouts) runs on
 one scheduler thread in due order, and each produces its webhooks at once
 (plus ``webhook_latency``). Webhooks are POSTed from that same thread, one
-at a time, so a slow receiver delays everything after it, as a real
-carrier's single delivery queue per call would.
+at a time, so by default they arrive in order and a slow receiver delays
+everything after it. Real Telnyx promises neither order nor uniqueness;
+``deliver_after`` and ``inject_webhook_fault("duplicate")`` reproduce that
+on demand, and retries (which are rescheduled, not waited for) let later
+events overtake a failed one, as they would in production.
 """
 
 from __future__ import annotations
@@ -179,24 +182,32 @@ class FakeTelnyx:
     def stop(self) -> None:
         """Stop serving and simulating; join every thread. Raises if a
         simulation callback failed (a bug in the fake, or in a test hook)."""
+        self._shutdown()
+        if self._scheduler.errors:
+            first = self._scheduler.errors[0]
+            raise RuntimeError(f"fake Telnyx simulation failed: {first!r}") from first
+
+    def _shutdown(self) -> None:
         server, thread = self._server, self._server_thread
         if server is None or thread is None:
             return
-        self._scheduler.stop()
-        server.shutdown()  # serve_forever's own finally runs server_close()
-        thread.join(10)
-        self._server = self._server_thread = None
-        self._deliverer.close()
-        if self._scheduler.errors:
-            raise RuntimeError(f"fake Telnyx simulation failed: {self._scheduler.errors[0]!r}") \
-                from self._scheduler.errors[0]
+        try:
+            self._scheduler.stop()  # first: no new webhooks while the server winds down
+        finally:
+            server.shutdown()  # serve_forever's own finally runs server_close(), joining request threads
+            thread.join(10)
+            self._server = self._server_thread = None
+            self._deliverer.close()
 
     def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.stop()
+        if exc_type is None:
+            self.stop()
+        else:
+            self._shutdown()  # keep the test's own failure as the one reported
 
     @property
     def base_url(self) -> str:
@@ -324,17 +335,20 @@ class FakeTelnyx:
             time.sleep(0.005)
 
     def wait_event(self, call_control_id: str, event_type: str, timeout: float = 2.0, *,
-                   ok: bool = False) -> Delivery:
-        """Wait until a (not forged) ``event_type`` webhook for the call has
-        been answered by the receiver (with 2xx if ``ok``); return it."""
+                   ok: bool = False, nth: int = 1) -> Delivery:
+        """Wait until the ``nth`` distinct (by ``data.id``, not forged)
+        ``event_type`` webhook for the call has been answered by the
+        receiver (with 2xx if ``ok``); return that delivery."""
         def delivered() -> Delivery | None:
             call = self.calls.get(call_control_id)
+            seen: dict[str, Delivery] = {}
             for delivery in list(call.webhooks) if call else []:
                 if (delivery.event_type == event_type and not delivery.forged and delivery.finished
                         and (delivery.ok or not ok)):
-                    return delivery
-            return None
-        return self.wait_for(delivered, timeout, what=f"{event_type} delivered for call {call_control_id}")
+                    seen.setdefault(delivery.event_id, delivery)
+            return list(seen.values())[nth - 1] if len(seen) >= nth else None
+        return self.wait_for(delivered, timeout,
+                             what=f"{event_type} #{nth} delivered for call {call_control_id}")
 
     def describe(self) -> str:
         """A readable summary of calls, webhooks and requests, for failures."""
