@@ -1,0 +1,575 @@
+"""A fake Telnyx Call Control v2 service on 127.0.0.1, for tests.
+
+Point the daemon's ``telnyx.apiBaseUrl`` at ``fake.base_url`` and its
+``telnyx.publicKey`` at ``fake.public_key_b64``; everything else looks like
+real Telnyx: the REST API under ``/v2``, signed webhooks with the real
+envelope, retries, duplicates and out-of-order delivery on request.
+
+    with FakeTelnyx(seed=1) as fake:
+        ...  # the daemon dials; the callee answers after ``answer_after``
+        call = fake.wait_for(lambda: fake.last_call)
+        fake.wait_event(call.call_control_id, "call.answered")
+        fake.callee_says(call.call_control_id, "yes please")
+
+Timing model: every simulated happening (answer, speech, timeouts) runs on
+one scheduler thread in due order, and each produces its webhooks at once
+(plus ``webhook_latency``). Webhooks are POSTed from that same thread, one
+at a time, so by default they arrive in order and a slow receiver delays
+everything after it. Real Telnyx promises neither order nor uniqueness;
+``deliver_after`` and ``inject_webhook_fault("duplicate")`` reproduce that
+on demand, and retries (which are rescheduled, not waited for) let later
+events overtake a failed one, as they would in production.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import nacl.signing
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+from . import telnyx_params as params
+from . import telnyx_wire as wire
+from .scheduler import Scheduler
+from .telnyx_calls import Callee, Command, FakeCall, SpeakJob
+from .telnyx_sim import DTMF_DIGITS, Simulation, Timing
+from .telnyx_webhooks import Deliverer, Delivery
+
+__all__ = ["Callee", "Delivery", "FakeCall", "FakeTelnyx", "RestRequest", "Timing"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Action = Callable[[], None]
+_TAG_RE = re.compile(r"<[^>]+>")
+
+
+@dataclass
+class RestRequest:
+    """One request the daemon made to the fake's REST API."""
+
+    method: str
+    path: str
+    json: Any
+    headers: dict[str, str]
+    status: int | None = None
+    response: dict[str, Any] | None = None
+    deduped: bool = False   # answered from the command_id cache
+    injected: bool = False  # failed by fail_next()
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _RestFault:
+    error: wire.ApiError
+    remaining: int
+    path_contains: str | None
+
+
+class _QuietHandler(WSGIRequestHandler):
+    # HTTP/1.0 closes each connection after its response, so no handler
+    # thread sits in a keep-alive read and stop() can join them all.
+    protocol_version = "HTTP/1.0"
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        log.debug("fake telnyx http: " + message, *args)
+
+
+class FakeTelnyx:
+    """A Telnyx Call Control v2 stand-in (see the module docstring).
+
+    Options (seconds unless named otherwise):
+      ms_per_char: TTS plays, and the remote party talks, this many ms per
+        character.
+      seed: makes call ids and event ids reproducible.
+      answer_after: ringing time before the default callee acts.
+      timeout_scale: multiplies a dial's ``timeout_secs``/``time_limit_secs``
+        (0.01 makes the 5 s minimum ring timeout 50 ms).
+      inbound_ring_timeout: an unanswered inbound call is cancelled by its
+        caller (``originator_cancel``) after this long.
+      webhook_latency: delay between a happening and its webhook.
+      (These and the pacing below live in ``fake.timing``, a mutable
+      ``Timing``.)
+      webhook_retry_delays: waits before retry 1, 2, ... of a delivery the
+        receiver did not answer with 2xx; attempts = len + 1.
+      webhook_timeout: per-delivery HTTP timeout.
+      amd_delay, dtmf_gap, playback_secs: pacing of those events.
+      command_id_ttl: how long a command_id is remembered (Telnyx: 60 s).
+      default_callee: how numbers without ``set_callee`` behave.
+    """
+
+    def __init__(
+        self,
+        api_key: str = "KEY0FAKE0TELNYX0API0KEY_voicecalld",
+        connection_id: str = "1684641123236054244",
+        *,
+        ms_per_char: float = 5.0,
+        seed: int | None = None,
+        answer_after: float = 0.05,
+        timeout_scale: float = 1.0,
+        inbound_ring_timeout: float = 30.0,
+        webhook_latency: float = 0.0,
+        webhook_retry_delays: Sequence[float] = (0.05, 0.1, 0.2),
+        webhook_timeout: float = 2.0,
+        amd_delay: float = 0.05,
+        dtmf_gap: float = 0.01,
+        playback_secs: float = 0.05,
+        command_id_ttl: float = 60.0,
+        default_callee: Callee | None = None,
+    ) -> None:
+        self.api_key = api_key
+        self.connection_id = connection_id
+        self.timing = Timing(ms_per_char, answer_after, timeout_scale, inbound_ring_timeout, webhook_latency,
+                             amd_delay, dtmf_gap, playback_secs)
+        self.command_id_ttl = command_id_ttl
+        self.default_callee = default_callee or Callee()
+
+        self.signing_key = nacl.signing.SigningKey.generate()
+        verify_key = self.signing_key.verify_key
+        self.public_key_b64 = base64.b64encode(bytes(verify_key)).decode()
+        self.public_key_pem = wire.public_key_pem(verify_key)
+
+        # Inspection state; every mutation happens under _lock.
+        self.requests: list[RestRequest] = []
+        self.deliveries: list[Delivery] = []
+
+        self._lock = threading.RLock()
+        self._ids = wire.Ids(seed)
+        self._callees: dict[str, Callee] = {}
+        self._rest_faults: list[_RestFault] = []
+        self._results: dict[tuple[str, str], tuple[float, tuple[int, dict[str, Any]]]] = {}
+        self._scheduler = Scheduler("fake-telnyx-scheduler")
+        self._deliverer = Deliverer(self.signing_key, self._scheduler, retry_delays=webhook_retry_delays,
+                                    timeout=webhook_timeout, record=self._record_delivery)
+        self._sim = Simulation(self._lock, self._ids, self._scheduler, self._deliverer, self.timing,
+                               connection_id)
+        self.calls: dict[str, FakeCall] = self._sim.calls  # the simulation's own dict, live
+        self._server: BaseWSGIServer | None = None
+        self._server_thread: threading.Thread | None = None
+        self._commands: dict[str, Callable[[FakeCall, dict[str, Any]], Action]] = {
+            "answer": self._cmd_answer, "hangup": self._cmd_hangup, "reject": self._cmd_reject,
+            "speak": self._cmd_speak, "transcription_start": self._cmd_transcription_start,
+            "transcription_stop": self._cmd_transcription_stop, "playback_start": self._cmd_playback_start,
+            "playback_stop": self._cmd_accept, "streaming_start": self._cmd_streaming_start,
+            "streaming_stop": self._cmd_accept,
+        }
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def start(self) -> Self:
+        if self._server is not None:
+            raise RuntimeError("FakeTelnyx is already running")
+        server = make_server("127.0.0.1", 0, self._wsgi, threaded=True, request_handler=_QuietHandler)
+        # werkzeug makes request threads daemonic; tracked threads are joined
+        # by server_close(), which is what makes stop() leak-free.
+        server.daemon_threads = False  # type: ignore[attr-defined]
+        self._server = server
+        self._scheduler.start()
+        self._server_thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                                               name="fake-telnyx-http", daemon=True)
+        self._server_thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and simulating; join every thread. Raises if a
+        simulation callback failed (a bug in the fake, or in a test hook)."""
+        self._shutdown()
+        if self._scheduler.errors:
+            first = self._scheduler.errors[0]
+            raise RuntimeError(f"fake Telnyx simulation failed: {first!r}") from first
+
+    def _shutdown(self) -> None:
+        server, thread = self._server, self._server_thread
+        if server is None or thread is None:
+            return
+        try:
+            self._scheduler.stop()  # first: no new webhooks while the server winds down
+        finally:
+            server.shutdown()  # serve_forever's own finally runs server_close(), joining request threads
+            thread.join(10)
+            self._server = self._server_thread = None
+            self._deliverer.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.stop()
+        else:
+            self._shutdown()  # keep the test's own failure as the one reported
+
+    @property
+    def base_url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("FakeTelnyx is not running; call start() first")
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    @property
+    def errors(self) -> list[BaseException]:
+        return list(self._scheduler.errors)
+
+    @property
+    def last_call(self) -> FakeCall | None:
+        """The most recently created call (dialed or inbound)."""
+        return self._sim.last_call
+
+    # -- test controls: the far end ------------------------------------------
+
+    def set_callee(self, number: str, behaviour: str = "answer", *, after: float | None = None) -> None:
+        """How calls to ``number`` go; see ``Callee``."""
+        with self._lock:
+            self._callees[number] = Callee(behaviour, after)
+
+    def inbound_call(self, from_: str, to: str, webhook_url: str, *, ring_timeout: float | None = None) -> str:
+        """A call arrives for the daemon; returns its call_control_id."""
+        self._require_running()
+        with self._lock:
+            return self._sim.start_inbound(from_, to, webhook_url, ring_timeout).call_control_id
+
+    def callee_says(self, call_control_id: str, text: str, confidence: float = 0.93) -> bool:
+        """The remote party speaks. Reported as interim then final
+        ``call.transcription`` events if the inbound track is being
+        transcribed; otherwise recorded in ``dropped_speech``. Returns
+        whether it will be reported."""
+        words = text.split()
+        if not words:
+            raise ValueError("callee_says needs some words")
+        with self._lock:
+            return self._sim.remote_says(self._call(call_control_id), words, confidence)
+
+    def callee_presses(self, call_control_id: str, digits: str) -> bool:
+        """The remote party presses keys: one ``call.dtmf.received`` each.
+        Returns False (and sends nothing) unless the call is connected."""
+        bad = set(digits) - DTMF_DIGITS
+        if bad or not digits:
+            raise ValueError(f"DTMF digits must be from 0-9 * # A-D, got {digits!r}")
+        with self._lock:
+            return self._sim.remote_presses(self._call(call_control_id), digits)
+
+    def callee_hangs_up(self, call_control_id: str) -> bool:
+        """The remote party hangs up (or declines / gives up while ringing).
+        Returns False if the call had already ended."""
+        with self._lock:
+            return self._sim.remote_hangs_up(self._call(call_control_id))
+
+    # -- test controls: faults ---------------------------------------------------
+
+    def fail_next(self, count: int = 1, *, status: int = 500, code: str | None = None,
+                  detail: str | None = None, retry_after: int | None = None,
+                  path_contains: str | None = None) -> None:
+        """The next ``count`` REST requests (whose path contains
+        ``path_contains``, if given) fail with ``status`` before anything
+        else is checked, so they change nothing and consume no command_id.
+        429 carries ``Retry-After`` (default 1 s; whole seconds, as HTTP
+        requires)."""
+        if status == 429 and retry_after is None:
+            retry_after = 1
+        default_code = "10011" if status == 429 else "10007" if status >= 500 else "10015"
+        title = {429: "Too many requests", 500: "Unexpected error"}.get(status, "Request failed")
+        headers = {"Retry-After": str(int(retry_after))} if retry_after is not None else None
+        error = wire.ApiError(status, code or default_code, title,
+                              detail or f"Injected failure (HTTP {status}) from the fake Telnyx.",
+                              headers=headers)
+        with self._lock:
+            self._rest_faults.append(_RestFault(error, count, path_contains))
+
+    def inject_webhook_fault(self, fault: str, *, event_type: str | None = None,
+                             call_control_id: str | None = None, count: int = 1) -> None:
+        """Damage the next ``count`` matching webhooks.
+
+        ``duplicate``: delivered twice (same ``data.id``). ``drop``: never
+        delivered (as if every retry failed). A signature fault
+        (``bad_signature``, ``wrong_key``, ``stale_timestamp``,
+        ``future_timestamp``, ``missing_headers``, ``missing_signature``,
+        ``missing_timestamp``, ``malformed_signature``,
+        ``truncated_signature``) damages the first attempt only; if the
+        receiver rejects it, the normal retry delivers it correctly signed.
+        """
+        self._deliverer.add_fault(fault, event_type, call_control_id, count)
+
+    def deliver_after(self, event_type: str, after: str, *, call_control_id: str | None = None,
+                      count: int = 1) -> None:
+        """Hold the next ``event_type`` webhook until the same call's
+        ``after`` webhook has been delivered (or the call's hangup), e.g.
+        ``deliver_after("call.initiated", "call.answered")``."""
+        self._deliverer.add_hold(event_type, after, call_control_id, count)
+
+    def send_forged_webhook(self, call_control_id: str, event_type: str = "call.hangup",
+                            fault: str = "bad_signature", **payload: Any) -> Delivery:
+        """Send one request with damaged signature headers now (no retries)
+        and return it with the receiver's status. The fake's call is not
+        affected: this is an attacker, not Telnyx."""
+        with self._lock:
+            call = self._call(call_control_id)
+            extra: dict[str, Any] = {}
+            if event_type == "call.hangup":
+                extra = {"hangup_cause": "normal_clearing", "hangup_source": call.remote_source(),
+                         "sip_hangup_cause": "200"}
+            event = self._sim.event(call, event_type, **{**extra, **payload})
+        return self._deliverer.send_forged(event, fault)
+
+    # -- test helpers: waiting -----------------------------------------------
+
+    def wait_for(self, predicate: Callable[[], T], timeout: float = 2.0, what: str | None = None) -> T:
+        """Poll ``predicate`` until it returns something truthy; return that.
+        Raises AssertionError describing the fake's state on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() >= deadline:
+                name = what or getattr(predicate, "__name__", repr(predicate))
+                raise AssertionError(f"timed out after {timeout:g} s waiting for {name}\n{self.describe()}")
+            time.sleep(0.005)
+
+    def wait_event(self, call_control_id: str, event_type: str, timeout: float = 2.0, *,
+                   ok: bool = False, nth: int = 1) -> Delivery:
+        """Wait until the ``nth`` distinct (by ``data.id``, not forged)
+        ``event_type`` webhook for the call has been answered by the
+        receiver (with 2xx if ``ok``); return that delivery."""
+        def delivered() -> Delivery | None:
+            call = self.calls.get(call_control_id)
+            seen: dict[str, Delivery] = {}
+            for delivery in list(call.webhooks) if call else []:
+                if (delivery.event_type == event_type and not delivery.forged and delivery.finished
+                        and (delivery.ok or not ok)):
+                    seen.setdefault(delivery.event_id, delivery)
+            return list(seen.values())[nth - 1] if len(seen) >= nth else None
+        return self.wait_for(delivered, timeout,
+                             what=f"{event_type} #{nth} delivered for call {call_control_id}")
+
+    def describe(self) -> str:
+        """A readable summary of calls, webhooks and requests, for failures."""
+        lines = []
+        with self._lock:
+            for call in self.calls.values():
+                lines.append(f"  call {call.call_control_id} {call.direction} {call.status} "
+                             f"cause={call.hangup_cause} commands={call.command_names} "
+                             f"webhooks={[repr(d) for d in call.webhooks]}")
+            for request in self.requests[-10:]:
+                lines.append(f"  {request.method} {request.path} -> {request.status}")
+        lines.extend(f"  simulation error: {exc!r}" for exc in self._scheduler.errors)
+        return "fake Telnyx state:\n" + ("\n".join(lines) if lines else "  (nothing happened)")
+
+    # -- REST --------------------------------------------------------------------
+
+    def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        response = self._handle(Request(environ))
+        return response(environ, start_response)
+
+    def _handle(self, request: Request) -> Response:
+        raw = request.get_data(cache=False)
+        record = RestRequest(request.method, request.path, _json_or_none(raw), dict(request.headers))
+        with self._lock:
+            self.requests.append(record)
+        headers: dict[str, str] = {}
+        try:
+            self._injected_failure(request.path, record)
+            self._authenticate(request)
+            status, body = self._route(request.method, request.path, raw, record)
+        except wire.ApiError as err:
+            status, body, headers = err.status, err.body(), err.headers
+        record.status, record.response = status, body
+        return Response(json.dumps(body), status=status, headers=headers, content_type="application/json")
+
+    def _injected_failure(self, path: str, record: RestRequest) -> None:
+        with self._lock:
+            for fault in self._rest_faults:
+                if fault.remaining > 0 and (fault.path_contains is None or fault.path_contains in path):
+                    fault.remaining -= 1
+                    record.injected = True
+                    raise fault.error
+
+    def _authenticate(self, request: Request) -> None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or token.strip() != self.api_key:
+            raise wire.auth_failed()
+
+    def _route(self, method: str, path: str, raw: bytes, record: RestRequest) -> tuple[int, dict[str, Any]]:
+        parts = path.strip("/").split("/")
+        if parts[:2] == ["v2", "calls"]:
+            if len(parts) == 2 and method == "POST":
+                return self._dial(raw, record)
+            if len(parts) == 3 and method == "GET":
+                with self._lock:
+                    return 200, {"data": self._call_or_404(parts[2]).status_record()}
+            if len(parts) == 5 and parts[3] == "actions" and method == "POST":
+                return self._command(parts[2], parts[4], raw, record)
+        raise wire.not_found(f"No route for {method} {path} on this fake Telnyx.")
+
+    def _call_or_404(self, call_control_id: str) -> FakeCall:
+        call = self.calls.get(call_control_id)
+        if call is None:
+            raise wire.invalid_call_id(call_control_id)
+        return call
+
+    def _cached(self, scope: str, command_id: str | None) -> tuple[int, dict[str, Any]] | None:
+        if command_id is None:
+            return None
+        hit = self._results.get((scope, command_id))
+        if hit is None or time.monotonic() - hit[0] > self.command_id_ttl:
+            return None
+        return hit[1]
+
+    def _remember(self, scope: str, command_id: str | None, result: tuple[int, dict[str, Any]]) -> None:
+        # Only successes are remembered: a retry after an error must act.
+        if command_id is not None:
+            self._results[(scope, command_id)] = (time.monotonic(), result)
+
+    def _dial(self, raw: bytes, record: RestRequest) -> tuple[int, dict[str, Any]]:
+        body = wire.parse_json_object(raw)
+        command_id = wire.optional_str(body, "command_id")
+        with self._lock:
+            cached = self._cached("dial", command_id)
+            if cached is not None:
+                record.deduped = True
+                return cached
+            dial = params.dial(body, self.connection_id)
+            call = self._sim.new_call("outgoing", dial.from_, dial.to, dial.webhook_url, dial.client_state,
+                                      status="ringing")
+            self._sim.start_outbound(call, dial, self._callees.get(dial.to, self.default_callee))
+            result = 200, {"data": {"call_control_id": call.call_control_id, "call_leg_id": call.call_leg_id,
+                                    "call_session_id": call.call_session_id, "is_alive": True,
+                                    "record_type": "call"}}
+            self._remember("dial", command_id, result)
+            return result
+
+    def _command(self, call_control_id: str, name: str, raw: bytes,
+                 record: RestRequest) -> tuple[int, dict[str, Any]]:
+        handler = self._commands.get(name)
+        if handler is None:
+            raise wire.not_found(f"actions/{name} is not implemented by this fake Telnyx.")
+        body = wire.parse_json_object(raw)
+        command_id = wire.optional_str(body, "command_id")
+        with self._lock:
+            call = self._call_or_404(call_control_id)
+            cached = self._cached(call_control_id, command_id)
+            if cached is not None:
+                record.deduped = True
+                call.commands.append(Command(name, body, cached[0], deduped=True))
+                return cached
+            try:
+                if not call.alive:
+                    raise wire.call_ended()
+                state = wire.client_state(body)
+                action = handler(call, body)  # validates; changes nothing yet
+            except wire.ApiError as err:
+                call.commands.append(Command(name, body, err.status))
+                raise
+            if state is not None:
+                # Replaces the call's state for this command's webhooks and all later ones.
+                call.client_state = state
+            call.commands.append(Command(name, body, 200))
+            action()
+            result = 200, {"data": {"result": "ok"}}
+            self._remember(call_control_id, command_id, result)
+            return result
+
+    # -- commands: each validates, then returns the action to apply ------------
+
+    def _require_answered(self, call: FakeCall, name: str) -> None:
+        if call.status != "answered":
+            raise wire.not_allowed_now(f"{name} needs an answered call; this call is {call.status}.")
+
+    def _cmd_answer(self, call: FakeCall, body: dict[str, Any]) -> Action:
+        if call.direction != "incoming":
+            raise wire.not_allowed_now("answer applies to incoming calls; this call is outgoing.")
+        if call.status != "parked":
+            raise wire.not_allowed_now("This call has already been answered.")
+        webhook_url, tracks = params.answer(body)
+
+        def act() -> None:
+            if webhook_url is not None:
+                call.webhook_url = webhook_url
+            call.transcribe_on_answer = tracks
+            self._sim.connect(call)
+        return act
+
+    def _cmd_hangup(self, call: FakeCall, body: dict[str, Any]) -> Action:
+        # Hanging up a still-ringing outbound call cancels it.
+        cause = "originator_cancel" if call.status == "ringing" else "normal_clearing"
+        return lambda: self._sim.end(call, cause, call.local_source())
+
+    def _cmd_reject(self, call: FakeCall, body: dict[str, Any]) -> Action:
+        if call.status != "parked":
+            raise wire.not_allowed_now("reject applies to incoming calls that have not been answered.")
+        cause = params.reject_cause(body)
+        return lambda: self._sim.end(call, cause, call.local_source())
+
+    def _cmd_speak(self, call: FakeCall, body: dict[str, Any]) -> Action:
+        self._require_answered(call, "speak")
+        speak = params.speak(body)
+        text = _TAG_RE.sub("", speak.payload) if speak.payload_type == "ssml" else speak.payload
+
+        def act() -> None:
+            call.said.append(speak.payload)
+            self._sim.queue_speech(call, SpeakJob(text, speak.voice))
+        return act
+
+    def _cmd_transcription_start(self, call: FakeCall, body: dict[str, Any]) -> Action:
+        self._require_answered(call, "transcription_start")
+        tracks = params.transcription_start(body)
+        return lambda: setattr(call, "transcription_tracks", tracks)
+
+    def _cmd_transcription_stop(self, call: FakeCall, body: dict[str, Any]) -> Action:
+        self._require_answered(call, "transcription_stop")
+        return lambda: setattr(call, "transcription_tracks", None)
+
+    def _cmd_playback_start(self, call: FakeCall, body: dict[str, Any]) -> Action:
+        self._require_answered(call, "playback_start")
+        playback = params.playback_start(body)
+        extra = {"media_url": playback.get("audio_url"), "media_name": playback.get("media_name"),
+                 "overlay": bool(playback.get("overlay", False))}
+
+        def act() -> None:
+            call.playbacks.append(playback)
+            self._sim.play(call, extra)
+        return act
+
+    def _cmd_streaming_start(self, call: FakeCall, body: dict[str, Any]) -> Action:
+        self._require_answered(call, "streaming_start")
+        stream = params.streaming_start(body)
+        # Recorded only: the fake opens no media WebSocket, so it never
+        # claims streaming.started.
+        return lambda: call.streams.append(stream)
+
+    def _cmd_accept(self, call: FakeCall, body: dict[str, Any]) -> Action:
+        return lambda: None
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _require_running(self) -> None:
+        if self._server is None:
+            raise RuntimeError("FakeTelnyx is not running; call start() first")
+
+    def _call(self, call_control_id: str) -> FakeCall:
+        call = self.calls.get(call_control_id)
+        if call is None:
+            raise KeyError(f"no call {call_control_id!r} at the fake Telnyx (known: {list(self.calls)})")
+        return call
+
+    def _record_delivery(self, delivery: Delivery) -> None:
+        with self._lock:
+            self.deliveries.append(delivery)
+            call = self.calls.get(delivery.call_control_id or "")
+            if call is not None:
+                call.webhooks.append(delivery)
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw.strip() else None
+    except (ValueError, UnicodeDecodeError):
+        return None
