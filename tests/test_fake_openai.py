@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from voicecalld.media import mulaw
-from voicecalld.testing._signals import silence_pcm, speech_like_pcm
-from voicecalld.testing._vad import EnergyVad, rms_threshold
+from voicecalld.testing._audio_signals import silence_pcm, speech_like_pcm
+from voicecalld.testing._openai_vad import EnergyVad, rms_threshold
 from voicecalld.testing.fake_openai import FakeOpenAI
 
 KEY = "sk-test"

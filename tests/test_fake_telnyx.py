@@ -25,8 +25,8 @@ from voicecalld.providers.telnyx_signature import (
     load_public_key,
     verify,
 )
+from voicecalld.testing._scheduler import Scheduler
 from voicecalld.testing.fake_telnyx import FakeTelnyx
-from voicecalld.testing.scheduler import Scheduler
 
 CALLER = "+15550001111"
 CALLEE = "+15552223333"

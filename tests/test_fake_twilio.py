@@ -26,7 +26,7 @@ import requests
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from voicecalld.testing._signing import (
+from voicecalld.testing._twilio_signing import (
     body_sha256_url,
     compute_signature,
     url_with_port,

@@ -20,7 +20,7 @@ from werkzeug.wrappers import Request, Response
 
 from voicecalld.media import mulaw
 from voicecalld.testing._http import BackgroundServer, serve_websocket
-from voicecalld.testing._vad import EnergyVad
+from voicecalld.testing._openai_vad import EnergyVad
 from voicecalld.testing.media_client import (
     FRAME_BYTES,
     MediaStreamClient,

@@ -147,7 +147,7 @@ def test_roundtrip_error_bounded_by_segment(sample: int) -> None:
 def test_roundtrip_error_bounded_for_every_input() -> None:
     every = range(-32768, 32768)
     back = samples_of(mulaw.decode(mulaw.encode(pcm(*every))))
-    worst = [(s, b) for s, b in zip(every, back) if abs(b - s) > max_roundtrip_error(s)]
+    worst = [(s, b) for s, b in zip(every, back, strict=True) if abs(b - s) > max_roundtrip_error(s)]
     assert worst == []
 
 
@@ -158,7 +158,7 @@ def test_roundtrip_relative_error_for_loud_samples() -> None:
     # floor push it to at most 1/25 (4 %) plus a few LSBs.
     loud = [s for s in range(-32124, 32125) if abs(s) >= 256]
     back = samples_of(mulaw.decode(mulaw.encode(pcm(*loud))))
-    worst = max((abs(b - s) - 4) / abs(s) for s, b in zip(loud, back))
+    worst = max((abs(b - s) - 4) / abs(s) for s, b in zip(loud, back, strict=True))
     assert worst <= 1 / 25
 
 

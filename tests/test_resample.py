@@ -157,4 +157,4 @@ def test_design_rejects_bad_arguments() -> None:
 
 def test_taps_have_unity_dc_gain_and_symmetry() -> None:
     assert abs(sum(TAPS) - 1.0) < 1e-9
-    assert all(abs(a - b) < 1e-12 for a, b in zip(TAPS, reversed(TAPS)))
+    assert all(abs(a - b) < 1e-12 for a, b in zip(TAPS, reversed(TAPS), strict=True))

@@ -42,7 +42,6 @@ from typing import Any, Literal, Self
 from werkzeug.datastructures import Headers
 from werkzeug.wrappers import Request, Response
 
-from ._chat import ChatRequestError, build_completion, validate_chat_request
 from ._http import (
     BackgroundServer,
     is_websocket_upgrade,
@@ -50,9 +49,10 @@ from ._http import (
     openai_error,
     serve_websocket,
 )
-from ._realtime import RealtimeConnection, RealtimeRecord
-from ._session_config import DEFAULT_MODELS
-from ._speech import SpeechRequestError, synthesize, validate_speech_request
+from ._openai_chat import ChatRequestError, build_completion, validate_chat_request
+from ._openai_realtime import RealtimeConnection, RealtimeRecord
+from ._openai_session import DEFAULT_MODELS
+from ._openai_speech import SpeechRequestError, synthesize, validate_speech_request
 
 __all__ = ["FakeOpenAI", "InjectedError", "RealtimeRecord", "RecordedRequest"]
 

@@ -29,7 +29,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -38,12 +38,12 @@ import nacl.signing
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from . import telnyx_params as params
-from . import telnyx_wire as wire
-from .scheduler import Scheduler
-from .telnyx_calls import Callee, Command, FakeCall, SpeakJob
-from .telnyx_sim import DTMF_DIGITS, Simulation, Timing
-from .telnyx_webhooks import Deliverer, Delivery
+from . import _telnyx_params as params
+from . import _telnyx_wire as wire
+from ._scheduler import Scheduler
+from ._telnyx_calls import Callee, Command, FakeCall, SpeakJob
+from ._telnyx_sim import DTMF_DIGITS, Simulation, Timing
+from ._telnyx_webhooks import Deliverer, Delivery
 
 __all__ = ["Callee", "Delivery", "FakeCall", "FakeTelnyx", "RestRequest", "Timing"]
 
@@ -347,8 +347,9 @@ class FakeTelnyx:
                         and (delivery.ok or not ok)):
                     seen.setdefault(delivery.event_id, delivery)
             return list(seen.values())[nth - 1] if len(seen) >= nth else None
-        return self.wait_for(delivered, timeout,
-                             what=f"{event_type} #{nth} delivered for call {call_control_id}")
+        found = self.wait_for(delivered, timeout, what=f"{event_type} #{nth} delivered for call {call_control_id}")
+        assert isinstance(found, Delivery)
+        return found
 
     def describe(self) -> str:
         """A readable summary of calls, webhooks and requests, for failures."""
@@ -365,7 +366,7 @@ class FakeTelnyx:
 
     # -- REST --------------------------------------------------------------------
 
-    def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+    def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         response = self._handle(Request(environ))
         return response(environ, start_response)
 

@@ -35,8 +35,8 @@ from typing import Any, Self, TypeVar
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from ._driver import CallRunner
-from ._model import (
+from ._twilio_driver import CallRunner
+from ._twilio_model import (
     TERMINAL,
     Callee,
     Delivery,
@@ -46,9 +46,9 @@ from ._model import (
     RestRequest,
     StreamRequest,
 )
-from ._rest import CreateFault, CreateRequest, RestApp
-from ._signing import Params, compute_signature
-from ._webhooks import WebhookSender
+from ._twilio_rest import CreateFault, CreateRequest, RestApp
+from ._twilio_signing import Params, compute_signature
+from ._twilio_webhooks import WebhookSender
 
 __all__ = ["Callee", "Delivery", "FakeCall", "FakeError", "FakeTwilio", "RestRequest",
            "StreamRequest"]

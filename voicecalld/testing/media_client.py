@@ -31,7 +31,7 @@ import simple_websocket
 
 from voicecalld.media import mulaw
 
-from ._signals import silence_pcm, speech_like_pcm
+from ._audio_signals import silence_pcm, speech_like_pcm
 
 __all__ = [
     "FRAME_BYTES",

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from . import telnyx_wire as wire
+from . import _telnyx_wire as wire
 
 AMD_MODES = ("premium", "detect", "detect_beep", "detect_words", "greeting_end", "disabled")
 TRACKS = ("inbound", "outbound", "both")

@@ -12,7 +12,7 @@ import io
 import wave
 from typing import Any
 
-from ._signals import speech_like_pcm
+from ._audio_signals import speech_like_pcm
 
 __all__ = ["VOICES", "SpeechRequestError", "synthesize", "validate_speech_request"]
 

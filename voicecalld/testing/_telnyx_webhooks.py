@@ -17,8 +17,8 @@ from typing import Any
 import nacl.signing
 import requests
 
-from . import telnyx_wire as wire
-from .scheduler import Scheduler
+from . import _telnyx_wire as wire
+from ._scheduler import Scheduler
 
 
 @dataclass

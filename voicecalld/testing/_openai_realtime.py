@@ -27,13 +27,13 @@ from werkzeug.datastructures import Headers
 from voicecalld.media import mulaw
 
 from ._http import abort_socket
-from ._session_config import (
+from ._openai_session import (
     ConfigError,
     apply_session_update,
     default_session,
     input_settings,
 )
-from ._vad import EnergyVad
+from ._openai_vad import EnergyVad
 
 if TYPE_CHECKING:
     from .fake_openai import FakeOpenAI

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .telnyx_webhooks import Delivery
+from ._telnyx_webhooks import Delivery
 
 BEHAVIOURS = ("answer", "machine", "busy", "reject", "not_found", "no_answer")
 

@@ -9,17 +9,18 @@ fire on the scheduler thread. Network I/O never happens under the lock:
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import telnyx_wire as wire
-from .scheduler import Scheduler
-from .telnyx_calls import SIP_CAUSES, Callee, FakeCall, SpeakJob
-from .telnyx_params import DialParams
-from .telnyx_webhooks import Deliverer, Event
+from . import _telnyx_wire as wire
+from ._scheduler import Scheduler
+from ._telnyx_calls import SIP_CAUSES, Callee, FakeCall, SpeakJob
+from ._telnyx_params import DialParams
+from ._telnyx_webhooks import Deliverer, Event
 
 Happening = Callable[[], None]
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
@@ -175,8 +176,7 @@ class Simulation:
         # treats an interim as final records a visibly truncated sentence.
         for count in sorted({max(1, len(words) // 2), max(1, len(words) - 1)}):
             partial = " ".join(words[:count])
-            self.at(start + self.speech_secs(partial),
-                    lambda partial=partial: self._transcript(call, partial, None))
+            self.at(start + self.speech_secs(partial), functools.partial(self._transcript, call, partial, None))
         call.listen_busy_until = start + self.speech_secs(text)
         self.at(call.listen_busy_until, lambda: self._transcript(call, text, confidence))
         return True
@@ -185,7 +185,7 @@ class Simulation:
         if call.status != "answered":
             return False
         for index, digit in enumerate(digits):
-            self.later(index * self.timing.dtmf_gap, lambda digit=digit: self._dtmf(call, digit))
+            self.later(index * self.timing.dtmf_gap, functools.partial(self._dtmf, call, digit))
         return True
 
     def remote_hangs_up(self, call: FakeCall) -> bool:

@@ -18,8 +18,8 @@ import uuid
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
-from . import _twiml as tw
-from ._model import (
+from . import _twilio_twiml as tw
+from ._twilio_model import (
     CallOver,
     Delivery,
     FakeCall,
@@ -32,8 +32,8 @@ from ._model import (
     Source,
     StreamRequest,
 )
-from ._rest import is_http_url
-from ._webhooks import standard_params, status_params
+from ._twilio_rest import is_http_url
+from ._twilio_webhooks import standard_params, status_params
 
 if TYPE_CHECKING:
     from .fake_twilio import FakeTwilio

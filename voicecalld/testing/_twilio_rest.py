@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from werkzeug.wrappers import Request, Response
 
-from ._model import TERMINAL, FakeCall, Fetch, Inline, RestRequest, Source, rfc2822
+from ._twilio_model import TERMINAL, FakeCall, Fetch, Inline, RestRequest, Source, rfc2822
 
 if TYPE_CHECKING:
     from .fake_twilio import FakeTwilio

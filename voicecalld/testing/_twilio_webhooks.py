@@ -18,8 +18,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
 
-from ._model import Delivery, FakeCall
-from ._signing import compute_signature
+from ._twilio_model import Delivery, FakeCall
+from ._twilio_signing import compute_signature
 
 if TYPE_CHECKING:
     from .fake_twilio import FakeTwilio

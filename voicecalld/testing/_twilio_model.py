@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ._twiml import Gather
+from ._twilio_twiml import Gather
 
 TERMINAL = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 OUTCOMES = frozenset({"answer", "busy", "no-answer", "failed"})
