@@ -114,7 +114,7 @@ def test_all_problems_are_reported_at_once() -> None:
 def test_valid_twilio_config() -> None:
     cfg = C.from_mapping(TWILIO_OK, {})
     assert cfg.twilio.accountSid.startswith("AC")
-    assert cfg.webhook_url == "https://example.com/voice/webhook"
+    assert cfg.publicUrl == "https://example.com"
 
 
 def test_secrets_from_environment() -> None:

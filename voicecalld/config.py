@@ -352,10 +352,6 @@ class Config:
         """Secret values in use, so log filters can scrub them."""
         return [v for s in SETTINGS if s.secret and isinstance(v := self.values[s.key], str) and v]
 
-    @property
-    def webhook_url(self) -> str | None:
-        return self.publicUrl + self["serve.path"] if self.publicUrl else None
-
 
 def _flatten(data: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
     flat: dict[str, Any] = {}

@@ -82,6 +82,7 @@ class Daemon:
             self.provider = providers.create(cfg, self.timers)
         except ValueError as exc:
             raise StartupError(str(exc)) from None
+        self.provider.public_url = self.public_url
         self.manager = CallManager(cfg, self.provider, self.store, self.timers, self.bus)
         loaded = self.store.load()
         restored = self.manager.restore(loaded.records)

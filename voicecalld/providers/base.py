@@ -38,6 +38,9 @@ class Provider(ABC):
 
     def __init__(self) -> None:
         self._manager: CallManager | None = None
+        #: Public base URL the carrier reaches us at (``publicUrl``, or the
+        #: tunnel's); None until known. Webhook URLs are built from it.
+        self.public_url: str | None = None
 
     def bind(self, manager: CallManager) -> None:
         """Called once by the manager: events go to ``manager.handle_event``,
@@ -49,6 +52,13 @@ class Provider(ABC):
         if self._manager is None:
             raise RuntimeError(f"{self.name} provider is not bound to a manager")
         return self._manager
+
+    @property
+    def webhook_url(self) -> str:
+        """The public webhook URL (``public_url`` + ``serve.path``)."""
+        if not self.public_url:
+            raise RuntimeError("no public URL: set publicUrl or configure a tunnel")
+        return self.public_url.rstrip("/") + self.manager.config.serve.path
 
     def emit(self, event: CallEvent) -> None:
         self.manager.handle_event(event)
