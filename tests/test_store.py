@@ -144,3 +144,67 @@ def test_kill_9_mid_write_keeps_every_acknowledged_record(tmp_path, acks) -> Non
     for i in range(seen + 1):
         assert f"k{i}" in result.records
     assert result.corrupt <= 1  # at most the line being written when killed
+
+
+# --- compaction ------------------------------------------------------------------------------
+
+
+def test_compaction_keeps_last_snapshots_live_calls_and_order(tmp_path) -> None:
+    store = Store(str(tmp_path), keep_calls=2)
+    for i in range(5):
+        store.append(rec(f"e{i}", "answered"))
+        store.append(rec(f"e{i}", "completed", endedAt=i + 1))
+    store.append(rec("live", "answered"))
+    store.append(rec("e0", "completed", endedAt=99, note="touched last"))
+    before = store.history(100)
+    store.compact()
+    result = Store(str(tmp_path)).load()
+    # The live call and the two most recently logged ended calls survive.
+    assert list(result.records) == ["e4", "live", "e0"]
+    assert result.records["e0"]["note"] == "touched last" and result.lines == 3
+    assert [r["callId"] for r in store.history(100)] == ["e4", "live", "e0"]
+    assert [r["callId"] for r in before][-3:] == ["e4", "live", "e0"]
+    store.append(rec("after", "initiated"))  # appends go to the new file
+    assert Store(str(tmp_path)).load().records["after"]["state"] == "initiated"
+    store.close()
+
+
+def test_compaction_runs_by_itself_and_loses_nothing_under_concurrent_appends(tmp_path) -> None:
+    store = Store(str(tmp_path), compact_bytes=64 * 1024, keep_calls=100_000)
+    expected: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def writer(k: int) -> None:
+        for i in range(1500):
+            cid = f"w{k}-{i % 40}"
+            store.append(rec(cid, "answered", n=i, pad="p" * 100))
+            with lock:
+                expected[cid] = i
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    deadline = time.monotonic() + 10
+    while store._compacting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.compactions >= 1
+    result = Store(str(tmp_path)).load()
+    assert {cid: r["n"] for cid, r in result.records.items()} == expected
+    assert result.corrupt == 0
+    assert os.path.getsize(store.path) < 10 * 64 * 1024  # it really shrank (6000 lines would be ~900 KiB)
+    assert not os.path.exists(store.path + ".compact")
+    store.close()
+
+
+def test_leftover_temporary_file_from_a_crashed_compaction_is_harmless(tmp_path) -> None:
+    store = Store(str(tmp_path))
+    store.append(rec("a", "answered"))
+    store.close()
+    (tmp_path / (LOG_NAME + ".compact")).write_bytes(b'{"callId":"half')
+    store = Store(str(tmp_path))
+    store.append(rec("b"))
+    store.compact()
+    assert sorted(Store(str(tmp_path)).load().records) == ["a", "b"]
+    store.close()

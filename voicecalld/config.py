@@ -189,6 +189,12 @@ SETTINGS: tuple[Setting, ...] = (
     _s("store", "path", None,
        "Directory of the call log calls.jsonl. Default: $STATE_DIRECTORY, else "
        "$XDG_STATE_HOME/voicecalld (~/.local/state/voicecalld)."),
+    _s("storeCompactBytes", "int", 64 * 1024 * 1024,
+       "When calls.jsonl grows past this many bytes it is rewritten in the background keeping only the "
+       "last snapshot of each call (atomically: temporary file, fsync, rename).", minimum=4096),
+    _s("storeKeepCalls", "int", 50000,
+       "Ended calls a compaction keeps (the most recent ones); calls in progress are always kept.",
+       minimum=1),
     _s("skipSignatureVerification", "bool", False,
        "Accept webhooks without verifying the carrier's signature. For local experiments only."),
     _s("maxDurationSeconds", "number", 300, "Hang up with reason timeout this long after the call was answered.",

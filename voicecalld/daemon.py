@@ -71,7 +71,7 @@ class Daemon:
         cfg = self.config
         store_dir = paths.store_dir(cfg.store)
         try:
-            self.store = Store(store_dir)
+            self.store = Store(store_dir, compact_bytes=cfg.storeCompactBytes, keep_calls=cfg.storeKeepCalls)
         except OSError as exc:
             raise StartupError(f"cannot open the call log in {store_dir}: {exc.strerror}") from None
         self.pool = WorkerPool(16, name="timer-worker")

@@ -132,6 +132,8 @@ class CallManager:
     def reconfigure(self, config: Config) -> None:
         """SIGHUP: new limits apply to new calls and new deadlines."""
         self.config = config
+        self.store.compact_bytes = config.storeCompactBytes
+        self.store.keep_calls = config.storeKeepCalls
 
     @property
     def policy(self) -> Policy:

@@ -7,6 +7,14 @@ N fsyncs while each caller still waits for its own line to be on disk.
 
 Loading keeps the last snapshot per ``callId`` and skips, and counts, lines
 that are torn (a crash mid-write) or corrupt, without losing the others.
+
+Compaction: once the file grows past ``compact_bytes``, a background thread
+rewrites it keeping only the last snapshot of each call: every call still
+in progress, and the ``keep_calls`` most recently logged ended calls (older
+ended calls are dropped). The rewrite goes to a temporary file that is
+fsynced and renamed over the log, so a crash at any point leaves either the
+old or the new file, both complete. Appends continue while the snapshot is
+being rewritten; they are blocked only for the final catch-up and rename.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,10 +51,18 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     return record
 
 
+def _ended(record: dict[str, Any]) -> bool:
+    return record.get("endedAt") is not None
+
+
 class Store:
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, *, compact_bytes: int | None = None, keep_calls: int = 50_000) -> None:
         self.directory = directory
         self.path = os.path.join(directory, LOG_NAME)
+        self.compact_bytes = compact_bytes
+        self.keep_calls = keep_calls
+        self.compactions = 0
+        self._compacting = False
         os.makedirs(directory, mode=0o750, exist_ok=True)
         created = not os.path.exists(self.path)
         # The log holds phone numbers and transcripts: owner-only.
@@ -57,6 +74,7 @@ class Store:
         self._written = 0  # lines written so far
         self._synced = 0   # lines known to be on disk
         self._terminate_torn_line()
+        self._size = os.fstat(self._fd).st_size
 
     def _fsync_dir(self) -> None:
         dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -90,14 +108,81 @@ class Store:
         with self._write_lock:
             self._write_all(line)
             self._written += 1
+            self._size += len(line)
             mine = self._written
+            compact = (self.compact_bytes is not None and self._size > self.compact_bytes
+                       and not self._compacting)
+            if compact:
+                self._compacting = True
         with self._sync_lock:
-            if self._synced >= mine:
-                return  # another appender's fsync already covered our line
-            with self._write_lock:
-                covered = self._written
-            os.fsync(self._fd)
-            self._synced = covered
+            if self._synced < mine:  # else another appender's fsync already covered our line
+                with self._write_lock:
+                    covered = self._written
+                os.fsync(self._fd)
+                self._synced = covered
+        if compact:
+            threading.Thread(target=self._compact_in_background, name="store-compact", daemon=True).start()
+
+    # -- compaction --
+
+    def _compact_in_background(self) -> None:
+        try:
+            self.compact()
+        except Exception:
+            log.exception("%s: compaction failed; the log is unchanged", self.path)
+        finally:
+            self._compacting = False
+
+    def compact(self) -> None:
+        """Rewrite the log keeping the last snapshot per call (see the module
+        docstring). Safe to run while other threads append."""
+        started = time.monotonic()
+        with self._write_lock:
+            cut = self._size
+        latest: dict[str, bytes] = {}
+        dropped_lines = 0
+        with open(self.path, "rb") as fh:
+            for raw in iter(lambda: fh.readline(), b""):
+                if fh.tell() > cut:
+                    break
+                record = _parse(raw) if raw.endswith(b"\n") else None
+                if record is None:
+                    dropped_lines += raw.strip() != b""
+                    continue
+                latest.pop(record["callId"], None)  # re-insert: dict order = order of last logging
+                latest[record["callId"]] = raw
+        ended = [cid for cid, raw in latest.items() if _ended(json.loads(raw))]
+        for cid in ended[:max(0, len(ended) - self.keep_calls)]:
+            del latest[cid]
+        tmp = self.path + ".compact"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(os.dup(fd), "wb") as out:
+                for raw in latest.values():
+                    out.write(raw)
+            with self._sync_lock, self._write_lock:
+                # Catch up with what was appended since the snapshot, then swap.
+                with open(self.path, "rb") as fh:
+                    fh.seek(cut)
+                    tail = fh.read()
+                os.lseek(fd, 0, os.SEEK_END)
+                view = memoryview(tail)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+                os.rename(tmp, self.path)
+                self._fsync_dir()
+                old, self._fd = self._fd, os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                os.close(old)
+                self._size = os.fstat(self._fd).st_size
+                self._synced = self._written
+        finally:
+            os.close(fd)
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self.compactions += 1
+        log.info("%s: compacted to %d calls (%d bytes, %d unreadable lines dropped) in %.2f s", self.path,
+                 len(latest), self._size, dropped_lines, time.monotonic() - started)
 
     def load(self) -> LoadResult:
         result = LoadResult()
