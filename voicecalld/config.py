@@ -290,6 +290,12 @@ SETTINGS: tuple[Setting, ...] = (
        "Control socket path. Default: $RUNTIME_DIRECTORY/control.sock, else "
        "$XDG_RUNTIME_DIR/voicecalld/control.sock, else /tmp/voicecalld-<uid>/control.sock."),
     _s("control.mode", "mode", "0660", "File mode of the control socket; other users never get access."),
+    _s("control.maxConnections", "int", 256,
+       "Control connections open at once; further clients get a JSON-RPC error and are disconnected.",
+       minimum=1),
+    _s("control.lineTimeoutSec", "number", 30,
+       "A client that has started a request line must finish it within this time, and one that stops "
+       "reading replies is disconnected after it.", positive=True),
     # --- [mock] ---
     _s("mock.answerDelayMs", "int", 1000, "Simulated callee answers after this long.", minimum=0),
     _s("mock.calleeReplies", "list[str]", [],

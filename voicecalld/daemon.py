@@ -38,7 +38,7 @@ EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 #: Settings that shape listening sockets or the carrier connection; a reload
 #: keeps their old values (and says so) because changing them needs a restart.
 RESTART_KEYS = ("provider", "store", "publicUrl", "serve.port", "serve.bind", "serve.path", "control.socket",
-                "control.mode", "streaming.enabled", "streaming.streamPath", "tunnel.provider",
+                "control.mode", "control.maxConnections", "control.lineTimeoutSec", "streaming.enabled", "streaming.streamPath", "tunnel.provider",
                 "tunnel.ngrokAuthToken", "tunnel.ngrokDomain", "tunnel.allowNgrokFreeTier", "tailscale.mode",
                 "tailscale.path")
 
@@ -136,7 +136,9 @@ class Daemon:
             except SocketError as exc:
                 raise StartupError(str(exc)) from None
             path = self.socket_path
-        self.control = ControlServer(self, sock, self.bus, path=path)
+        self.control = ControlServer(self, sock, self.bus, path=path,
+                                     max_connections=self.config.control.maxConnections,
+                                     line_timeout=float(self.config.control.lineTimeoutSec))
         self.control.start()
 
     def _install_signal_handlers(self) -> None:

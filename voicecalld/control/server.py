@@ -27,10 +27,6 @@ from . import methods, protocol
 log = logging.getLogger(__name__)
 
 TOO_MANY_CONNECTIONS = -32007
-# A client that starts a line must finish it within this time (slowloris),
-# and one that stops reading our replies is dropped after it (the socket
-# timeout applies to sends as well).
-PARTIAL_LINE_TIMEOUT = 30.0
 MAX_SLOW_PER_CONNECTION = 32  # concurrent blocking requests per connection
 EVENT_QUEUE = 10_000          # undelivered notifications per subscriber
 
@@ -173,7 +169,11 @@ class Connection:
 
     def run(self) -> None:
         buffer = protocol.LineBuffer()
-        self.sock.settimeout(PARTIAL_LINE_TIMEOUT)
+        # A client that starts a line must finish it within this time
+        # (slowloris), and one that stops reading our replies is dropped after
+        # it: the socket timeout applies to sends as well.
+        line_timeout = self.server.line_timeout
+        self.sock.settimeout(line_timeout)
         try:
             while not self._closed:
                 try:
@@ -181,7 +181,7 @@ class Connection:
                 except TimeoutError:
                     if buffer.pending:
                         self.send(protocol.error(None, protocol.INVALID_REQUEST,
-                                                 f"Invalid Request: incomplete line for {PARTIAL_LINE_TIMEOUT:g} s"))
+                                                 f"Invalid Request: incomplete line for {line_timeout:g} s"))
                         break
                     continue
                 except OSError:
@@ -240,12 +240,15 @@ class Connection:
 
 class ControlServer:
     def __init__(self, services: methods.Services, sock: socket.socket, bus: EventBus,
-                 *, path: str | None = None, max_connections: int = 256) -> None:
+                 *, path: str | None = None, max_connections: int = 256, line_timeout: float = 30.0) -> None:
         self.services = services
         self.sock = sock
         self.bus = bus
         self.path = path  # unlinked on close when we created it (not socket-activated)
         self.max_connections = max_connections
+        self.line_timeout = line_timeout
+        self._refusing = False
+        self._refused = 0
         self._connections: set[Connection] = set()
         self._lock = threading.Lock()
         self._stopping = False
@@ -290,7 +293,11 @@ class ControlServer:
             threading.Thread(target=conn.run, name="control-conn", daemon=True).start()
 
     def _refuse(self, client: socket.socket) -> None:
-        log.warning("control socket: %d connections open; refusing another", self.max_connections)
+        self._refused += 1
+        if not self._refusing:  # once per flood, not once per connection
+            self._refusing = True
+            log.warning("control socket: %d connections open; refusing more until some close",
+                        self.max_connections)
         try:
             client.settimeout(1.0)
             client.sendall(protocol.error(None, TOO_MANY_CONNECTIONS,
@@ -303,6 +310,10 @@ class ControlServer:
     def forget(self, conn: Connection) -> None:
         with self._lock:
             self._connections.discard(conn)
+            if self._refusing and len(self._connections) < self.max_connections:
+                self._refusing = False
+                log.info("control socket: accepting connections again (%d refused meanwhile)", self._refused)
+                self._refused = 0
 
     def close(self) -> None:
         self._stopping = True
