@@ -37,10 +37,12 @@ EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 
 #: Settings that shape listening sockets or the carrier connection; a reload
 #: keeps their old values (and says so) because changing them needs a restart.
-RESTART_KEYS = ("provider", "store", "publicUrl", "serve.port", "serve.bind", "serve.path", "control.socket",
-                "control.mode", "control.maxConnections", "control.lineTimeoutSec", "streaming.enabled", "streaming.streamPath", "tunnel.provider",
-                "tunnel.ngrokAuthToken", "tunnel.ngrokDomain", "tunnel.allowNgrokFreeTier", "tailscale.mode",
-                "tailscale.path")
+RESTART_KEYS = (
+    "provider", "store", "publicUrl", "serve.port", "serve.bind", "serve.path", "control.socket", "control.mode",
+    "control.maxConnections", "control.lineTimeoutSec", "streaming.enabled", "streaming.streamPath",
+    "tunnel.provider", "tunnel.ngrokAuthToken", "tunnel.ngrokDomain", "tunnel.allowNgrokFreeTier",
+    "tailscale.mode", "tailscale.path",
+)
 
 HEALTH_STALE = 5.0  # seconds without a heartbeat before a thread counts as stuck
 
