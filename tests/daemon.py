@@ -79,6 +79,8 @@ class NotifySocket:
     def __init__(self, path: str) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if os.path.exists(path):
+            os.unlink(path)  # left by an earlier daemon run in the same directory
         self.sock.bind(path)
         self.sock.settimeout(0.1)
         self.messages: list[str] = []

@@ -3,6 +3,7 @@ store) for tests of the call engine without the daemon around it."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from voicecalld import config as cfgmod
 from voicecalld.events import EventBus
 from voicecalld.manager import CallManager
-from voicecalld.providers.mock import MockProvider
+from voicecalld.providers.mock import STATE_FILE, MockProvider
 from voicecalld.store import Store
 from voicecalld.timers import TimerService, WorkerPool
 
@@ -43,8 +44,12 @@ class Engine:
         self.bus = EventBus()
         self.events: list[dict[str, Any]] = []
         self.bus.subscribe(self.events.append)
-        self.provider = MockProvider(self.timers)
+        self.provider = MockProvider(self.timers, os.path.join(store_dir, STATE_FILE))
         self.manager = CallManager(self.config, self.provider, self.store, self.timers, self.bus)
+
+    def crash(self) -> None:
+        """Stop everything at once, as kill -9 would: no hangups, no final log lines."""
+        self.close()
 
     def close(self) -> None:
         self.timers.stop()

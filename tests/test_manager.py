@@ -263,23 +263,6 @@ def test_status_falls_back_to_the_log(make_engine, tmp_path) -> None:
     assert [r["callId"] for r in e.manager.history(10)] == [call_id]
 
 
-def test_restore_brings_back_live_calls_without_redialing(make_engine) -> None:
-    e = make_engine(maxDurationSeconds=0.5)
-    dialed: list[str] = []
-    original = e.provider.initiate
-    e.provider.initiate = lambda record: (dialed.append(record.callId), original(record))[1]  # type: ignore
-    call_id = e.manager.initiate("hello", mode="conversation")["callId"]
-    e.wait_state(call_id, "listening")
-    snapshot = e.manager.status(call_id)
-    e2 = make_engine(maxDurationSeconds=0.5)
-    e2.provider.initiate = lambda record: dialed.append(record.callId)  # type: ignore
-    restored = e2.manager.restore({call_id: snapshot})
-    assert restored == [call_id] and dialed == [call_id]
-    assert e2.manager.active_count == 1
-    # Only the remaining max-duration time is re-armed.
-    assert e2.wait_state(call_id, "timeout", timeout=2)["endReason"] == "timeout"
-
-
 # --- inbound -----------------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from .control.server import ControlServer, SocketError, bind_socket
 from .errors import VoiceCallError
 from .events import EventBus
 from .manager import CallManager
+from .recovery import Recovery
 from .store import Store
 from .systemd import Notifier, listen_fds, under_journald, watchdog_interval
 from .timers import TimerService, WorkerPool
@@ -101,6 +102,7 @@ class Daemon:
         self.provider.start()
         self._install_signal_handlers()
         self.notifier.notify("READY=1", self._status_line())
+        Recovery(self.manager).start(restored)
         log.info("voicecalld %s ready: provider %s, webhook http://%s:%d%s, control socket %s", __version__,
                  self.provider.name, cfg.serve.bind, self.webhook_port, cfg.serve.path, self.socket_path)
 

@@ -482,7 +482,8 @@ class CallManager:
 
     def restore(self, records: dict[str, dict[str, Any]]) -> list[str]:
         """Bring back the non-terminal calls of a previous run (no re-dialing).
-        Their max-duration deadline is re-armed with the time that remains."""
+        They count against the concurrency limit until recovery (see
+        recovery.py) has confirmed them with the carrier or closed them."""
         restored = []
         for snapshot in records.values():
             if snapshot.get("state") in {str(s) for s in calls.TERMINAL}:
@@ -500,18 +501,32 @@ class CallManager:
                 if record.providerCallId:
                     self._by_provider_id[record.providerCallId] = record.callId
             restored.append(record.callId)
-            self._rearm(live)
         return restored
 
-    def _rearm(self, live: _Live) -> None:
-        record = live.call.record
-        elapsed = (now_ms() - (record.answeredAt or record.startedAt)) / 1000
-        if record.answeredAt is not None:
-            kind: TimerKind = "max-duration"
-            remaining = self.policy.max_duration - elapsed
-        else:
-            kind, remaining = "ring", self.policy.ring_timeout - elapsed
-        self._run(live, lambda c: [ArmTimer(kind, max(0.0, remaining))])
+    # -- used by restart recovery --
+
+    def live_record(self, call_id: str) -> CallRecord | None:
+        live = self._live.get(call_id)
+        if live is None:
+            return None
+        with live.lock:
+            return CallRecord.from_dict(live.call.record.to_dict())
+
+    def close_restored(self, call_id: str, reason: State, error: str | None) -> None:
+        live = self._live.get(call_id)
+        if live is not None:
+            self._run(live, lambda c: c.finish(reason, now_ms(), error=error))
+
+    def hang_up(self, call_id: str, reason: State) -> None:
+        """End a call for a deadline (no caller to report a failure to)."""
+        live = self._live.get(call_id)
+        if live is not None:
+            self._run(live, lambda c: c.request_end(reason))
+
+    def arm(self, call_id: str, kind: TimerKind, delay: float) -> None:
+        live = self._live.get(call_id)
+        if live is not None:
+            self._run(live, lambda c: [ArmTimer(kind, delay)])
 
     def shutdown(self, grace: float) -> None:
         """Stop taking calls; let active ones finish for ``grace`` seconds,
@@ -520,8 +535,8 @@ class CallManager:
         deadline = time.monotonic() + grace
         while self._live and time.monotonic() < deadline:
             time.sleep(0.05)
-        for live in list(self._live.values()):
+        for call_id in list(self._live):
             try:
-                self._run(live, lambda c: c.request_end(State.HANGUP_BOT))
+                self.hang_up(call_id, State.HANGUP_BOT)
             except Exception:
-                log.exception("call %s: hangup at shutdown failed", live.call.id)
+                log.exception("call %s: hangup at shutdown failed", call_id)

@@ -13,7 +13,10 @@ if TYPE_CHECKING:  # pragma: no cover
 def create(config: Config, timers: TimerService) -> Provider:
     name = config.provider
     if name == "mock":
-        from .mock import MockProvider
+        import os
 
-        return MockProvider(timers)
+        from .. import paths
+        from .mock import STATE_FILE, MockProvider
+
+        return MockProvider(timers, os.path.join(paths.store_dir(config.store), STATE_FILE))
     raise ValueError(f"provider {name} is not available in this build")

@@ -7,10 +7,20 @@ answers after ``mock.answerDelayMs``, "hears" speech for a time proportional
 to its length, answers each ``continue`` turn from ``mock.calleeReplies``, and
 says or hangs up whatever the ``mock.say`` / ``mock.hangup`` control methods
 ask for.
+
+Like a real carrier, the simulated one outlives a daemon restart: it keeps
+its calls in a small state file (``mock-carrier.json`` beside the call log),
+so restart recovery can ask it about calls. An answered call is still
+connected after a restart; a call that was still ringing is reported ended
+as ``no-answer`` (the simulated phone stopped ringing with the process that
+simulated it).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import threading
 import time
 import uuid
@@ -22,7 +32,11 @@ from ..errors import CallNotFound, NotConnected
 from ..timers import Timer, TimerService
 from .base import CarrierStatus, Provider
 
+log = logging.getLogger(__name__)
+
 RING_AFTER = 0.05     # seconds until a dialed mock phone rings
+STATE_FILE = "mock-carrier.json"
+_KEEP_ENDED = 1000    # ended calls the state file remembers for status queries
 INBOUND_ANSWER = 0.05  # seconds until the daemon's answer of an inbound call connects
 
 
@@ -34,16 +48,65 @@ class _MockCall:
     ended: bool = False
     speaking_until: float = 0.0
     timers: list[Timer] = field(default_factory=list)
+    reason: str | None = None  # end reason once ended
 
 
 class MockProvider(Provider):
     name = "mock"
 
-    def __init__(self, timers: TimerService) -> None:
+    def __init__(self, timers: TimerService, state_path: str | None = None) -> None:
         super().__init__()
         self._timers = timers
         self._lock = threading.Lock()
         self._calls: dict[str, _MockCall] = {}
+        self._ended: dict[str, _MockCall] = {}
+        self._state_path = state_path
+        self._load_state()
+
+    # -- the simulated carrier's own state file --
+
+    def _load_state(self) -> None:
+        if not self._state_path:
+            return
+        try:
+            with open(self._state_path, encoding="utf-8") as fh:
+                saved = json.load(fh)
+            for item in saved.get("calls", []):
+                mc = _MockCall(str(item["callId"]), str(item["providerId"]), answered=bool(item["answered"]),
+                               ended=bool(item["ended"]), reason=item.get("reason"))
+                if not mc.ended and not mc.answered:
+                    mc.ended, mc.reason = True, str(State.NO_ANSWER)
+                (self._ended if mc.ended else self._calls)[mc.call_id] = mc
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("mock carrier state %s unreadable (%s); starting empty", self._state_path, exc)
+
+    def _save_state(self) -> None:
+        """Write the state file atomically (temp file, rename). Called with the lock held."""
+        if not self._state_path:
+            return
+        while len(self._ended) > _KEEP_ENDED:
+            self._ended.pop(next(iter(self._ended)))
+        items = [{"callId": m.call_id, "providerId": m.provider_id, "answered": m.answered, "ended": m.ended,
+                  "reason": m.reason} for m in (*self._calls.values(), *self._ended.values())]
+        tmp = self._state_path + ".tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump({"calls": items}, fh)
+            os.replace(tmp, self._state_path)
+        except OSError as exc:
+            log.warning("cannot save mock carrier state %s: %s", self._state_path, exc)
+
+    def _end(self, mc: _MockCall, reason: State) -> list[Timer]:
+        """Mark a call over (lock held); returns its timers to cancel."""
+        mc.ended = True
+        mc.reason = mc.reason or str(reason)
+        self._calls.pop(mc.call_id, None)
+        self._ended[mc.call_id] = mc
+        pending, mc.timers = mc.timers, []
+        self._save_state()
+        return pending
 
     @property
     def _mock(self) -> Any:
@@ -55,7 +118,16 @@ class MockProvider(Provider):
 
         def fire() -> None:
             if type_ == EventType.ANSWERED:
-                mc.answered = True
+                with self._lock:
+                    mc.answered = True
+                    self._save_state()
+            elif type_ == EventType.ENDED and event.reason is not None:
+                with self._lock:
+                    pending = self._end(mc, event.reason)
+                for t in pending:
+                    self._timers.cancel(t)
+                self.emit(event)
+                return
             if not mc.ended:
                 self.emit(event)
 
@@ -77,6 +149,7 @@ class MockProvider(Provider):
         mc = _MockCall(record.callId, "mock-" + uuid.uuid4().hex[:20])
         with self._lock:
             self._calls[record.callId] = mc
+            self._save_state()
         answer_after = self._mock.answerDelayMs / 1000
         self._later(mc, 0, EventType.INITIATED)
         self._later(mc, min(RING_AFTER, answer_after / 2), EventType.RINGING)
@@ -88,8 +161,7 @@ class MockProvider(Provider):
             mc = self._calls.get(record.callId)
             if mc is None or mc.ended:
                 return  # already over: success, as with real carriers
-            mc.ended = True
-            pending, mc.timers = mc.timers, []
+            pending = self._end(mc, State.HANGUP_BOT if mc.answered else State.NO_ANSWER)
         for t in pending:
             self._timers.cancel(t)
 
@@ -112,18 +184,19 @@ class MockProvider(Provider):
 
     def call_status(self, record: CallRecord) -> CarrierStatus | None:
         with self._lock:
-            mc = self._calls.get(record.callId)
-        if mc is None or mc.ended:
-            return CarrierStatus(live=False, reason=State.COMPLETED)
+            mc = self._calls.get(record.callId) or self._ended.get(record.callId)
+        if mc is None or mc.provider_id != record.providerCallId:
+            return CarrierStatus(live=False, reason=State.COMPLETED)  # a carrier's 404: long gone
+        if mc.ended:
+            return CarrierStatus(live=False, reason=State(mc.reason or State.COMPLETED), answered=mc.answered)
         return CarrierStatus(live=True, answered=mc.answered)
 
     def forget(self, record: CallRecord) -> None:
         with self._lock:
-            mc = self._calls.pop(record.callId, None)
-        if mc is not None:
-            mc.ended = True
-            for t in mc.timers:
-                self._timers.cancel(t)
+            mc = self._calls.get(record.callId)
+            pending = self._end(mc, State(record.endReason or State.COMPLETED)) if mc is not None else []
+        for t in pending:
+            self._timers.cancel(t)
 
     # -- the simulated callee (control methods mock.*) --
 
@@ -145,5 +218,6 @@ class MockProvider(Provider):
         mc = _MockCall(snapshot["callId"], provider_id)
         with self._lock:
             self._calls[mc.call_id] = mc
+            self._save_state()
         self._later(mc, INBOUND_ANSWER, EventType.ANSWERED)
         return {"callId": mc.call_id}

@@ -1,0 +1,174 @@
+"""Restart recovery: decision tables, then engines restarted on the same
+directory against the mock carrier's persistent state."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from engine import Engine
+
+from voicecalld.calls import CallRecord, Direction, Mode, State
+from voicecalld.providers.base import CarrierStatus
+from voicecalld.recovery import AskCarrier, Close, HangUp, Keep, Recovery, Retry, plan_after, plan_before
+
+NOW = 1_000_000_000
+
+
+def record(**kw) -> CallRecord:
+    base = dict(callId="c", provider="mock", direction=Direction.OUTBOUND, mode=Mode.CONVERSATION,
+                to="+15550001111", from_="+15550009999", providerCallId="p1", startedAt=NOW - 10_000,
+                answeredAt=None, state=State.RINGING)
+    base.update(kw)
+    return CallRecord(**base)  # type: ignore[arg-type]
+
+
+BEFORE = [
+    (record(providerCallId=None), Close),
+    (record(answeredAt=NOW - 400_000, state=State.LISTENING), HangUp),   # 400 s > 300 s limit
+    (record(startedAt=NOW - 301_000), HangUp),                           # never answered, too old
+    (record(answeredAt=NOW - 100_000, state=State.LISTENING), AskCarrier),
+    (record(), AskCarrier),
+]
+
+
+@pytest.mark.parametrize("rec,kind", BEFORE)
+def test_plan_before_asking(rec, kind) -> None:
+    plan = plan_before(rec, NOW, max_duration=300)
+    assert isinstance(plan, kind)
+    if isinstance(plan, Close):
+        assert plan.reason == State.ERROR and "no carrier call id" in plan.error
+    if isinstance(plan, HangUp):
+        assert plan.reason == State.TIMEOUT
+
+
+AFTER = [
+    (record(), None, Retry()),
+    (record(), CarrierStatus(live=False, reason=State.BUSY), Close(State.BUSY, "x")),
+    (record(), CarrierStatus(live=False), Close(State.COMPLETED, "x")),
+    (record(answeredAt=NOW - 100_000), CarrierStatus(live=True, answered=True), Keep("max-duration", 200.0)),
+    (record(startedAt=NOW - 10_000), CarrierStatus(live=True), Keep("ring", 20.0)),
+    (record(startedAt=NOW - 40_000), CarrierStatus(live=True), Keep("ring", 0.0)),
+]
+
+
+@pytest.mark.parametrize("rec,status,expected", AFTER)
+def test_plan_after_asking(rec, status, expected) -> None:
+    plan = plan_after(rec, status, NOW, max_duration=300, ring_timeout=30)
+    assert type(plan) is type(expected)
+    if isinstance(plan, Close):
+        assert plan.reason == expected.reason
+    if isinstance(plan, Keep):
+        assert (plan.kind, plan.remaining) == (expected.kind, pytest.approx(expected.remaining))
+
+
+def restart(directory: str, **overrides) -> tuple[Engine, list[str]]:
+    e = Engine(directory, **overrides)
+    restored = e.manager.restore(e.store.load().records)
+    Recovery(e.manager).start(restored)
+    return e, restored
+
+
+def test_live_call_survives_a_crash_with_only_its_remaining_time(tmp_path) -> None:
+    d = str(tmp_path)
+    e = Engine(d, maxDurationSeconds=1.0)
+    dialed: list[str] = []
+    original = e.provider.initiate
+    e.provider.initiate = lambda r: (dialed.append(r.callId), original(r))[1]  # type: ignore[method-assign]
+    call_id = e.manager.initiate("hello", mode="conversation")["callId"]
+    answered = e.wait_state(call_id, "listening")["answeredAt"]
+    e.crash()
+    e2, restored = restart(d, maxDurationSeconds=1.0)
+    try:
+        e2.provider.initiate = lambda r: dialed.append(r.callId)  # type: ignore[method-assign]
+        assert restored == [call_id] and e2.manager.active_count == 1
+        e2.provider.say(call_id, "still here")  # the callee is still on the line
+        e2.wait(lambda: e2.manager.status(call_id)["transcript"][-1]["text"] == "still here")
+        final = e2.wait_state(call_id, "timeout", timeout=3)
+        assert final["endedAt"] - answered == pytest.approx(1000, abs=150)  # not a fresh 1 s after restart
+        assert dialed == [call_id]  # never re-dialed
+    finally:
+        e2.close()
+
+
+def test_call_that_ended_meanwhile_is_closed_with_the_carriers_reason(tmp_path) -> None:
+    d = str(tmp_path)
+    e = Engine(d)
+    call_id = e.manager.initiate("hello", mode="conversation")["callId"]
+    e.wait_state(call_id, "listening")
+    e.provider.hangup(e.manager.live_record(call_id))  # the carrier ends it; the daemon dies before hearing
+    e.crash()
+    e2, _ = restart(d)
+    try:
+        final = e2.wait_state(call_id, "hangup-bot")
+        assert "ended while voicecalld was not running" in final["error"]
+        assert e2.manager.active_count == 0
+        e2.manager.initiate("a new call is not blocked")
+    finally:
+        e2.close()
+
+
+def test_ringing_call_is_closed_and_too_old_call_hung_up(tmp_path) -> None:
+    d = str(tmp_path)
+    e = Engine(d, maxConcurrentCalls=2, mock={"answerDelayMs": 60_000})
+    ringing = e.manager.initiate("hello")["callId"]
+    e.wait_state(ringing, "ringing")
+    e.crash()
+    e2, _ = restart(d, maxConcurrentCalls=2)
+    try:
+        assert e2.wait_state(ringing, "no-answer")["endReason"] == "no-answer"
+    finally:
+        e2.close()
+    # A call answered long ago (per the log) is hung up as timeout without asking anyone.
+    e3 = Engine(d)
+    rec = record(callId="old", answeredAt=int(time.time() * 1000) - 10_000, state=State.LISTENING)
+    e3.store.append(rec.to_dict())
+    e3.close()
+    e4, _ = restart(d, maxDurationSeconds=5)
+    try:
+        assert e4.wait_state("old", "timeout")["endReason"] == "timeout"
+    finally:
+        e4.close()
+
+
+def test_call_without_a_carrier_id_is_closed_as_error(tmp_path) -> None:
+    d = str(tmp_path)
+    e = Engine(d)
+    e.store.append(record(callId="orphan", providerCallId=None, startedAt=int(time.time() * 1000)).to_dict())
+    e.close()
+    e2, _ = restart(d)
+    try:
+        final = e2.wait_state("orphan", "error")
+        assert "no carrier call id" in final["error"]
+    finally:
+        e2.close()
+
+
+def test_status_failure_keeps_the_call_and_retries(tmp_path, monkeypatch) -> None:
+    import voicecalld.recovery as recovery
+
+    monkeypatch.setattr(recovery, "RETRY_FIRST", 0.05)
+    d = str(tmp_path)
+    e = Engine(d)
+    call_id = e.manager.initiate("hello", mode="conversation")["callId"]
+    e.wait_state(call_id, "listening")
+    e.crash()
+    e2 = Engine(d)
+    try:
+        attempts: list[float] = []
+        real = e2.provider.call_status
+
+        def flaky(rec):
+            attempts.append(time.monotonic())
+            if len(attempts) < 3:
+                raise OSError("carrier unreachable")
+            return real(rec)
+
+        e2.provider.call_status = flaky  # type: ignore[method-assign]
+        Recovery(e2.manager).start(e2.manager.restore(e2.store.load().records))
+        e2.wait(lambda: len(attempts) >= 3, what="three status attempts")
+        assert e2.manager.status(call_id)["state"] == "listening"  # kept throughout
+        first_gap, second_gap = attempts[1] - attempts[0], attempts[2] - attempts[1]
+        assert first_gap >= 0.05 and second_gap >= 0.1  # exponential backoff between attempts
+    finally:
+        e2.close()

@@ -1,0 +1,118 @@
+"""Restart recovery: reconcile calls restored from the log with the carrier.
+
+A restart never re-dials anyone. Each call the log says was in progress is
+checked: calls with no carrier id are closed as ``error``; calls older than
+``maxDurationSeconds`` are hung up as ``timeout``; otherwise the carrier is
+asked. Ended calls are closed with the carrier's reason; live ones are kept
+with only their *remaining* deadline re-armed; when the carrier cannot be
+asked, the call is kept and asked again later with backoff.
+
+``plan_before`` and ``plan_after`` are the I/O-free decisions; ``Recovery``
+runs them on the timer wheel's worker pool, off the start-up path.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .calls import CallRecord, State
+from .providers.base import CarrierStatus
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .manager import CallManager
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST = 2.0
+RETRY_MAX = 60.0
+
+
+@dataclass(frozen=True)
+class Close:
+    reason: State
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class HangUp:
+    reason: State
+
+
+@dataclass(frozen=True)
+class AskCarrier:
+    pass
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Live: re-arm ``kind`` with ``remaining`` seconds."""
+
+    kind: str
+    remaining: float
+
+
+@dataclass(frozen=True)
+class Retry:
+    pass
+
+
+Plan = Close | HangUp | AskCarrier | Keep | Retry
+
+
+def plan_before(record: CallRecord, now_ms: int, max_duration: float) -> Plan:
+    if not record.providerCallId:
+        return Close(State.ERROR, "voicecalld restarted before the carrier confirmed the call; "
+                                  "it has no carrier call id and cannot be checked")
+    since = record.answeredAt if record.answeredAt is not None else record.startedAt
+    if (now_ms - since) / 1000 >= max_duration:
+        return HangUp(State.TIMEOUT)
+    return AskCarrier()
+
+
+def plan_after(record: CallRecord, status: CarrierStatus | None, now_ms: int, max_duration: float,
+               ring_timeout: float) -> Plan:
+    if status is None:
+        return Retry()
+    if not status.live:
+        return Close(status.reason or State.COMPLETED, "the call ended while voicecalld was not running")
+    if record.answeredAt is not None:
+        return Keep("max-duration", max(0.0, max_duration - (now_ms - record.answeredAt) / 1000))
+    return Keep("ring", max(0.0, ring_timeout - (now_ms - record.startedAt) / 1000))
+
+
+class Recovery:
+    def __init__(self, manager: CallManager) -> None:
+        self.manager = manager
+
+    def start(self, call_ids: list[str]) -> None:
+        for call_id in call_ids:
+            self.manager.timers.call_later(0, self._check, call_id, RETRY_FIRST)
+
+    def _check(self, call_id: str, retry_in: float) -> None:
+        from .manager import now_ms
+
+        m = self.manager
+        record = m.live_record(call_id)
+        if record is None:
+            return  # already over (a carrier event arrived first)
+        policy = m.policy
+        plan = plan_before(record, now_ms(), policy.max_duration)
+        if isinstance(plan, AskCarrier):
+            try:
+                status = m.provider.call_status(record)
+            except Exception as exc:  # a carrier failure must not lose the call
+                log.warning("call %s: cannot ask %s about the restored call (%s); will retry", call_id,
+                            m.provider.name, getattr(exc, "message", exc))
+                status = None
+            plan = plan_after(record, status, now_ms(), policy.max_duration, policy.ring_timeout)
+        log.info("call %s: restored call -> %s", call_id, plan)
+        if isinstance(plan, Close):
+            m.close_restored(call_id, plan.reason, plan.error)
+        elif isinstance(plan, HangUp):
+            m.hang_up(call_id, plan.reason)
+        elif isinstance(plan, Keep):
+            m.arm(call_id, plan.kind, plan.remaining)  # type: ignore[arg-type]
+        else:
+            m.timers.call_later(retry_in, self._check, call_id, min(RETRY_MAX, retry_in * 2))
