@@ -1,0 +1,371 @@
+"""Speech-to-text for one call through the OpenAI Realtime transcription
+WebSocket (GA interface only; protocols.md H).
+
+``Transcriber`` keeps a call transcribed for as long as it lasts:
+
+* audio is appended as it arrives (Twilio's µ-law goes in unchanged, as
+  ``audio/pcmu``), from the caller's thread, with no extra hop;
+* if the socket drops, it reconnects with capped exponential backoff and
+  replays the audio that arrived meanwhile (bounded), so the call keeps its
+  transcript;
+* before the service's session lifetime runs out it opens a fresh session
+  and switches to it during a pause in speech, so no utterance is split;
+* final transcripts are released in the order their audio was committed
+  (``previous_item_id`` links the turns), because completions for different
+  turns may arrive out of order.
+
+``TurnOrder`` is that ordering logic on its own, with no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import websocket
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10.0
+BACKOFF_FIRST = 0.25
+BACKOFF_MAX = 5.0
+REPLAY_LIMIT = 8000 * 20      # bytes of µ-law kept while disconnected: 20 s
+DEFAULT_LIFETIME = 55 * 60.0  # the service ends sessions at 60 minutes
+ROTATE_GRACE = 120.0          # give up waiting for a pause this long after the lifetime
+ORDER_WAIT = 10.0             # a turn whose transcript never comes stops blocking later ones
+
+
+@dataclass(frozen=True)
+class SttEvent:
+    """What a transcriber reports: ``speech_started`` (the caller began
+    talking: barge-in), ``partial`` and ``final`` transcripts, ``error``."""
+
+    kind: str
+    text: str = ""
+    item_id: str = ""
+
+
+Listener = Callable[[SttEvent], None]
+
+
+def session_update(model: str, threshold: float, silence_ms: int) -> dict[str, Any]:
+    """The GA ``session.update`` for a µ-law transcription session."""
+    return {"type": "session.update", "session": {
+        "type": "transcription",
+        "audio": {"input": {
+            "format": {"type": "audio/pcmu"},
+            "transcription": {"model": model},
+            "noise_reduction": {"type": "near_field"},
+            "turn_detection": {"type": "server_vad", "threshold": threshold, "prefix_padding_ms": 300,
+                               "silence_duration_ms": silence_ms},
+        }},
+    }}
+
+
+class TurnOrder:
+    """Releases final transcripts in commit order. I/O-free; the caller
+    passes the clock."""
+
+    def __init__(self) -> None:
+        self._order: list[str] = []            # committed item ids, in audio order
+        self._done: dict[str, str | None] = {}  # item id -> transcript (None: failed)
+        self._since: dict[str, float] = {}     # when an item started blocking the head
+
+    def committed(self, item_id: str, previous_item_id: str | None) -> None:
+        if item_id in self._order:
+            return
+        if previous_item_id in self._order:
+            self._order.insert(self._order.index(previous_item_id) + 1, item_id)
+        else:
+            self._order.append(item_id)
+
+    def completed(self, item_id: str, text: str | None, now: float) -> list[str]:
+        if item_id not in self._order:
+            self._order.append(item_id)  # completion before its commit event: trust arrival order
+        self._done[item_id] = text
+        return self.release(now)
+
+    def release(self, now: float) -> list[str]:
+        out: list[str] = []
+        while self._order:
+            head = self._order[0]
+            if head in self._done:
+                self._order.pop(0)
+                self._since.pop(head, None)
+                text = self._done.pop(head)
+                if text:
+                    out.append(text)
+                continue
+            started = self._since.setdefault(head, now)
+            if now - started < ORDER_WAIT or not any(i in self._done for i in self._order):
+                break
+            log.warning("transcript for turn %s never arrived; releasing later turns", head)
+            self._order.pop(0)
+            self._since.pop(head, None)
+        return out
+
+    @property
+    def pending(self) -> int:
+        return len(self._order)
+
+
+class _Session:
+    """One WebSocket session and its reader thread."""
+
+    def __init__(self, owner: Transcriber, index: int) -> None:
+        self.owner = owner
+        self.index = index
+        self.ws: websocket.WebSocket | None = None
+        self.ready = threading.Event()
+        self.ended = threading.Event()
+        self.opened_at = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name=f"stt-{owner.name}-{index}", daemon=True)
+        self.closing = False
+        self.send_lock = threading.Lock()
+
+    def connect(self) -> None:
+        o = self.owner
+        self.ws = websocket.create_connection(
+            o.url, timeout=CONNECT_TIMEOUT, header=[f"Authorization: Bearer {o.api_key}"],
+            enable_multithread=True, skip_utf8_validation=True)
+        self.ws.settimeout(None)
+        self.send(session_update(o.model, o.threshold, o.silence_ms))
+        self.opened_at = time.monotonic()
+        self.thread.start()
+
+    def send(self, event: dict[str, Any]) -> None:
+        assert self.ws is not None
+        with self.send_lock:
+            self.ws.send(json.dumps(event, separators=(",", ":")))
+
+    def append(self, audio: bytes) -> None:
+        self.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode("ascii")})
+
+    def close(self) -> None:
+        self.closing = True
+        if self.ws is not None:
+            try:
+                self.ws.close(timeout=1)
+            except Exception:  # noqa: BLE001 - closing a broken socket may fail any way it likes
+                pass
+
+    def _run(self) -> None:
+        assert self.ws is not None
+        try:
+            while True:
+                raw = self.ws.recv()
+                if not raw:
+                    break
+                self.owner._on_message(self, json.loads(raw))
+        except (websocket.WebSocketException, OSError, ValueError) as exc:
+            if not self.closing:
+                log.warning("call %s: speech-to-text session dropped: %s", self.owner.name, exc or type(exc).__name__)
+        finally:
+            self.ended.set()
+            self.owner._on_session_end(self)
+
+
+class Transcriber:
+    def __init__(self, name: str, *, url: str, api_key: str, model: str, threshold: float, silence_ms: int,
+                 listener: Listener, lifetime: float = DEFAULT_LIFETIME) -> None:
+        self.name = name  # the callId, for logs
+        self.url, self.api_key, self.model = url, api_key, model
+        self.threshold, self.silence_ms = threshold, silence_ms
+        self.listener = listener
+        self.lifetime = lifetime
+        self._lock = threading.Lock()
+        self._active: _Session | None = None
+        self._retiring: list[tuple[float, _Session]] = []  # (close at, session) after a rotation
+        self._backlog: collections.deque[bytes] = collections.deque()
+        self._backlog_bytes = 0
+        self._order = TurnOrder()
+        self._partials: dict[str, str] = {}
+        self._in_speech = False
+        self._closed = False
+        self._sessions = 0
+        self._supervisor = threading.Thread(target=self._supervise, name=f"stt-{name}", daemon=True)
+        self._wake = threading.Event()
+        self.reconnects = 0
+        self.rotations = 0
+        self.frames_sent = 0
+
+    # -- public --
+
+    def start(self) -> None:
+        self._supervisor.start()
+
+    def send_audio(self, ulaw: bytes) -> None:
+        """Forward caller audio (any length); never blocks on a reconnect."""
+        with self._lock:
+            session = self._active if self._active is not None and self._active.ready.is_set() else None
+            if session is None or self._backlog:
+                self._buffer(ulaw)
+                return
+        try:
+            session.append(ulaw)
+            self.frames_sent += 1
+        except (websocket.WebSocketException, OSError):
+            with self._lock:
+                self._buffer(ulaw)  # the reader notices the drop; the audio is replayed after reconnect
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            sessions = [s for s in (self._active, *(r for _, r in self._retiring)) if s is not None]
+            self._retiring.clear()
+        for s in sessions:
+            s.close()
+        self._wake.set()
+        self._supervisor.join(5)
+        for s in sessions:
+            if s.thread.is_alive():
+                s.thread.join(5)
+
+    # -- internals --
+
+    def _buffer(self, audio: bytes) -> None:
+        self._backlog.append(audio)
+        self._backlog_bytes += len(audio)
+        while self._backlog_bytes > REPLAY_LIMIT:
+            self._backlog_bytes -= len(self._backlog.popleft())
+
+    def _open(self) -> _Session:
+        self._sessions += 1
+        session = _Session(self, self._sessions)
+        session.connect()
+        if not session.ready.wait(CONNECT_TIMEOUT) or session.ended.is_set():
+            session.close()
+            raise ConnectionError("the speech-to-text service did not confirm the session")
+        return session
+
+    def _flush_backlog(self, session: _Session) -> bool:
+        """Replay audio buffered while disconnected, then make ``session``
+        the active one. False if the session failed meanwhile."""
+        while True:
+            with self._lock:
+                if not self._backlog:
+                    self._active = session  # from now on audio goes straight to it
+                    return True
+                chunk = b"".join(self._backlog)
+                self._backlog.clear()
+                self._backlog_bytes = 0
+            try:
+                session.append(chunk)
+            except (websocket.WebSocketException, OSError):
+                with self._lock:
+                    self._backlog.appendleft(chunk)
+                    self._backlog_bytes += len(chunk)
+                session.close()
+                return False
+
+    def _supervise(self) -> None:
+        """Connects, reconnects with backoff, and rotates sessions."""
+        delay = BACKOFF_FIRST
+        while not self._closed:
+            with self._lock:
+                active = self._active
+            if active is None:
+                try:
+                    session = self._open()
+                except Exception as exc:  # noqa: BLE001 - any connect failure is retried
+                    log.warning("call %s: cannot open speech-to-text session (%s); retrying in %.2f s", self.name,
+                                exc, delay)
+                    self._wake.wait(delay)
+                    self._wake.clear()
+                    delay = min(BACKOFF_MAX, delay * 2)
+                    continue
+                if self._closed:
+                    session.close()
+                    return
+                if self._flush_backlog(session):
+                    delay = BACKOFF_FIRST
+                continue
+            age = time.monotonic() - active.opened_at
+            if age >= self.lifetime and (not self._in_speech or age >= self.lifetime + ROTATE_GRACE):
+                self._rotate(active)
+                continue
+            self._wake.wait(max(0.05, min(1.0, self.lifetime - age)) if age < self.lifetime else 0.2)
+            self._wake.clear()
+            self._release_stale()
+
+    def _rotate(self, old: _Session) -> None:
+        try:
+            new = self._open()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("call %s: cannot rotate the speech-to-text session (%s); keeping the old one", self.name,
+                        exc)
+            old.opened_at = time.monotonic() - self.lifetime + 30  # try again in 30 s
+            return
+        with self._lock:
+            self._active = new
+            # The old session still owes transcripts for audio it already got.
+            self._retiring.append((time.monotonic() + ORDER_WAIT, old))
+        self.rotations += 1
+        log.info("call %s: speech-to-text session rotated", self.name)
+
+    def _release_stale(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [s for at, s in self._retiring if at <= now]
+            self._retiring = [(at, s) for at, s in self._retiring if at > now]
+        for session in due:
+            session.close()
+            session.thread.join(2)
+        for text in self._order.release(now):
+            self.listener(SttEvent("final", text))
+
+    def _on_message(self, session: _Session, event: dict[str, Any]) -> None:
+        kind = event.get("type", "")
+        if kind in ("session.updated", "transcription_session.updated"):
+            session.ready.set()
+        elif kind == "input_audio_buffer.speech_started":
+            if session is self._active:
+                self._in_speech = True
+            self.listener(SttEvent("speech_started", item_id=str(event.get("item_id", ""))))
+        elif kind == "input_audio_buffer.speech_stopped":
+            if session is self._active:
+                self._in_speech = False
+        elif kind == "input_audio_buffer.committed":
+            with self._lock:
+                self._order.committed(str(event.get("item_id")), event.get("previous_item_id"))
+        elif kind == "conversation.item.input_audio_transcription.delta":
+            item = str(event.get("item_id", ""))
+            text = self._partials.get(item, "") + str(event.get("delta", ""))
+            self._partials[item] = text
+            self.listener(SttEvent("partial", text.strip(), item))
+        elif kind == "conversation.item.input_audio_transcription.completed":
+            item = str(event.get("item_id", ""))
+            self._partials.pop(item, None)
+            with self._lock:
+                ready = self._order.completed(item, str(event.get("transcript", "")).strip(), time.monotonic())
+            for text in ready:
+                self.listener(SttEvent("final", text, item))
+        elif kind == "conversation.item.input_audio_transcription.failed":
+            item = str(event.get("item_id", ""))
+            self._partials.pop(item, None)
+            with self._lock:
+                ready = self._order.completed(item, None, time.monotonic())
+            log.warning("call %s: transcription of a turn failed: %s", self.name, event.get("error"))
+            for text in ready:
+                self.listener(SttEvent("final", text))
+        elif kind == "error":
+            error = event.get("error") or {}
+            log.warning("call %s: speech-to-text error %s: %s", self.name, error.get("code"), error.get("message"))
+            if error.get("code") == "beta_api_shape_disabled":
+                self.listener(SttEvent("error", str(error.get("message", ""))))
+
+    def _on_session_end(self, session: _Session) -> None:
+        with self._lock:
+            if self._active is session:
+                self._active = None
+                if not self._closed:
+                    self.reconnects += 1
+        session.ready.set()  # unblock anyone waiting on it
+        self._wake.set()
