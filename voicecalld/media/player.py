@@ -1,0 +1,184 @@
+"""Speaking on a media stream: utterances queued in order, synthesized,
+sent as 20 ms µ-law frames paced against the monotonic clock, each followed
+by a ``mark``; the carrier echoes the mark once the audio before it has
+played, and that echo is when the utterance counts as played.
+
+Pacing: frame *n* of a continuous run is due at ``t0 + n * 20 ms`` (minus a
+small constant lead so the far end never starves), computed from the
+clock, not by adding sleeps, so there is no drift. If synthesis falls behind
+real time, the schedule is re-anchored at the moment audio is available
+again instead of bursting to catch up.
+
+Barge-in: ``interrupt()`` stops the current utterance, drops the queue,
+sends ``clear`` (which makes the carrier return pending marks at once) and
+reports every utterance that will never play as played, so the call's
+bookkeeping stays consistent.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .mulaw import SILENCE
+
+log = logging.getLogger(__name__)
+
+FRAME_BYTES = 160           # 20 ms of 8 kHz µ-law
+FRAME_SECONDS = 0.02
+LEAD_FRAMES = 3             # audio sent ahead of real time, absorbs network jitter
+REANCHOR_AFTER = 2          # frames late before the schedule restarts instead of bursting
+
+Send = Callable[[dict[str, Any]], None]
+Synthesize = Callable[[str], Iterable[bytes]]
+
+
+class Player:
+    def __init__(self, send: Send, stream_sid: str, synthesize: Synthesize, *,
+                 on_played: Callable[[str], None], on_failed: Callable[[str, str], None],
+                 name: str = "", clock: Callable[[], float] = time.monotonic) -> None:
+        self._send = send
+        self.stream_sid = stream_sid
+        self._synthesize = synthesize
+        self._on_played = on_played
+        self._on_failed = on_failed
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self._queued: list[str] = []        # utterance ids waiting, in order
+        self._current: str | None = None
+        self._marks: set[str] = set()       # sent, not yet echoed
+        self._generation = 0                # bumped by interrupt(); stale work stops
+        self._t0 = 0.0
+        self._frames = 0
+        self._closed = False
+        #: Lateness of each frame against its due time (seconds), for benchmarks.
+        self.lateness: collections.deque[float] = collections.deque(maxlen=100_000)
+        self.frames_sent = 0
+        self._thread = threading.Thread(target=self._run, name=f"player-{name}", daemon=True)
+        self._thread.start()
+
+    # -- called by the call's bridge --
+
+    def say(self, utterance_id: str, text: str) -> None:
+        with self._lock:
+            self._queued.append(utterance_id)
+        self._queue.put((utterance_id, text))
+
+    @property
+    def speaking(self) -> bool:
+        """Something is playing, queued, or sent but not yet heard."""
+        with self._lock:
+            return bool(self._current or self._queued or self._marks)
+
+    def interrupt(self) -> bool:
+        """Barge-in. True if the bot was speaking."""
+        with self._lock:
+            busy = bool(self._current or self._queued or self._marks)
+            if not busy:
+                return False
+            self._generation += 1
+            dropped = list(self._queued)
+            if self._current is not None and self._current not in self._marks:
+                dropped.insert(0, self._current)
+            self._queued.clear()
+            self._current = None
+            self._send({"event": "clear", "streamSid": self.stream_sid})
+        for utterance_id in dropped:
+            self._on_played(utterance_id)
+        return True
+
+    def mark_echoed(self, name: str) -> None:
+        with self._lock:
+            if name not in self._marks:
+                return
+            self._marks.discard(name)
+        self._on_played(name)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._generation += 1
+        self._queue.put(None)
+        self._thread.join(5)
+
+    # -- the player thread --
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            utterance_id, text = item
+            with self._lock:
+                if self._closed:
+                    return
+                if utterance_id not in self._queued:
+                    continue  # dropped by a barge-in while waiting
+                self._queued.remove(utterance_id)
+                self._current = utterance_id
+                generation = self._generation
+            try:
+                self._play(utterance_id, text, generation)
+            except Exception as exc:  # noqa: BLE001 - synthesis or socket failure: report, keep the call
+                with self._lock:
+                    current = self._current == utterance_id
+                    self._current = None
+                if current:
+                    log.warning("utterance %s could not be played: %s", utterance_id, getattr(exc, "message", exc))
+                    self._on_failed(utterance_id, str(getattr(exc, "message", exc)))
+
+    def _play(self, utterance_id: str, text: str, generation: int) -> None:
+        idle = self._frames == 0 or self._clock() > self._due(self._frames) + REANCHOR_AFTER * FRAME_SECONDS
+        if idle:
+            self._anchor()
+        pending = b""
+        for chunk in self._synthesize(text):
+            pending += chunk
+            while len(pending) >= FRAME_BYTES:
+                if not self._send_frame(pending[:FRAME_BYTES], generation):
+                    return
+                pending = pending[FRAME_BYTES:]
+        if pending:
+            tail = pending + bytes([SILENCE]) * (FRAME_BYTES - len(pending))
+            if not self._send_frame(tail, generation):
+                return
+        with self._lock:
+            if generation != self._generation:
+                return
+            self._send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": utterance_id}})
+            self._marks.add(utterance_id)
+            self._current = None
+
+    def _anchor(self) -> None:
+        self._t0 = self._clock()
+        self._frames = 0
+
+    def _due(self, n: int) -> float:
+        return self._t0 + max(0, n - LEAD_FRAMES) * FRAME_SECONDS
+
+    def _send_frame(self, frame: bytes, generation: int) -> bool:
+        due = self._due(self._frames)
+        now = self._clock()
+        if now < due:
+            time.sleep(due - now)
+        elif now - due > REANCHOR_AFTER * FRAME_SECONDS:
+            # Synthesis fell behind: start a new schedule rather than burst.
+            self._anchor()
+            due = now
+        message = {"event": "media", "streamSid": self.stream_sid,
+                   "media": {"payload": base64.b64encode(frame).decode("ascii")}}
+        with self._lock:
+            if generation != self._generation:
+                return False
+            self._send(message)
+        self.lateness.append(self._clock() - due)
+        self._frames += 1
+        self.frames_sent += 1
+        return True
