@@ -16,4 +16,8 @@ def create(config: Config, timers: TimerService) -> Provider:
         from .mock import MockProvider
 
         return MockProvider(timers)
+    if name == "telnyx":
+        from .telnyx import TelnyxProvider
+
+        return TelnyxProvider(config)
     raise ValueError(f"provider {name} is not available in this build")
