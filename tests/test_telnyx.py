@@ -189,8 +189,9 @@ def test_conversation_listens_with_transcription_and_continue_gets_the_final_tra
         replies = ["yes ship version two now", "no that is all thanks"]
         for turn, reply in enumerate(replies, start=1):
             result: dict[str, Any] = {}
-            worker = threading.Thread(target=lambda: result.update(d.rpc(
-                "voicecall.continue", {"callId": call_id, "message": f"Question {turn}?"}, timeout=15)))
+            params = {"callId": call_id, "message": f"Question {turn}?"}
+            worker = threading.Thread(target=lambda out=result, p=params: out.update(
+                d.rpc("voicecall.continue", p, timeout=15)))
             worker.start()
             fake.wait_event(call.call_control_id, "call.speak.ended", nth=turn + 1, ok=True)
             assert fake.callee_says(call.call_control_id, reply, confidence=0.87)
@@ -320,7 +321,7 @@ def test_forged_stale_and_unsigned_webhooks_get_401_and_change_nothing(fake: Fak
 
 
 def test_a_rejected_delivery_is_processed_when_telnyx_retries_it(fake: FakeTelnyx, telnyx: StartTelnyx) -> None:
-    d = telnyx()
+    d = telnyx({"telnyx": {"publicKey": fake.public_key_pem}})  # the PEM form of the key works too
     fake.inject_webhook_fault("bad_signature", event_type="call.answered")
     call_id, call = dial(fake, d)
     assert d.wait_state(call_id, "completed")["endReason"] == "completed"
@@ -360,6 +361,32 @@ def test_malformed_and_unknown_webhooks(fake: FakeTelnyx, telnyx: StartTelnyx) -
     assert resent.status_code == 401
     call_id, _ = dial(fake, d)
     assert d.wait_state(call_id, "completed")["endReason"] == "completed"  # still working
+
+
+def signed_event(fake: FakeTelnyx, url: str, event_type: str, payload: dict[str, Any]) -> int:
+    body = json.dumps({"data": {"record_type": "event", "event_type": event_type, "id": str(uuid.uuid4()),
+                                "occurred_at": "2024-01-01T00:00:00Z", "payload": payload},
+                       "meta": {"attempt": 1, "delivered_to": url}}, separators=(",", ":")).encode()
+    return post_signed(fake, url, body).status_code
+
+
+def test_events_without_a_usable_client_state_find_the_call_by_call_control_id(
+        fake: FakeTelnyx, telnyx: StartTelnyx) -> None:
+    d = telnyx()
+    url = d.url  # type: ignore[attr-defined]
+    call_id, call = dial(fake, d, "Hello", mode="conversation")
+    listening(fake, d, call_id, call)
+    ccid = call.call_control_id
+    speech = {"transcript": "routed by id", "is_final": True, "confidence": 0.5,
+              "transcription_track": "inbound"}
+    assert signed_event(fake, url, "call.transcription", {"call_control_id": ccid, "client_state": None,
+                                                          "transcription_data": speech}) == 200
+    d.wait(lambda: d.rpc("voicecall.status", {"callId": call_id})["transcript"][-1]["text"] == "routed by id",
+           what="the transcript")
+    assert signed_event(fake, url, "call.hangup", {
+        "call_control_id": ccid, "client_state": "not base64!", "direction": "outgoing",
+        "hangup_cause": "normal_clearing", "hangup_source": "callee"}) == 200
+    assert d.wait_state(call_id, "hangup-user")["endReason"] == "hangup-user"
 
 
 # -- duplicates, reordering, failures ------------------------------------------------------
@@ -428,9 +455,13 @@ def test_hanging_up_a_call_that_already_ended_is_success(fake: FakeTelnyx, telny
 
 def test_a_failed_command_is_retried_with_the_same_command_id(fake: FakeTelnyx, telnyx: StartTelnyx) -> None:
     d = telnyx()
+    fake.fail_next(1, status=500, path_contains="/v2/calls")  # the dial
     fake.fail_next(1, status=503, path_contains="/actions/speak")
     call_id, call = dial(fake, d)
     assert d.wait_state(call_id, "completed")["endReason"] == "completed"
+    dials = [r for r in rest(fake, "/v2/calls") if r.path == "/v2/calls"]
+    assert [r.status for r in dials] == [500, 200] and len(fake.calls) == 1
+    assert dials[0].json["command_id"] == dials[1].json["command_id"]
     speaks = rest(fake, "/actions/speak")
     assert [r.status for r in speaks] == [503, 200]
     assert speaks[0].json["command_id"] == speaks[1].json["command_id"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -440,6 +441,9 @@ def _needs(values: Mapping[str, Any], provider: str, keys: Iterable[str]) -> lis
     return out
 
 
+_TELNYX_VOICE = re.compile(r"male|female|(AWS\.Polly|Azure|Telnyx|ElevenLabs)\.[A-Za-z0-9_.:-]+")
+
+
 def _check_telnyx_key(text: str) -> list[str]:
     from .providers.telnyx_signature import load_public_key  # nacl: only when Telnyx is configured
 
@@ -462,6 +466,9 @@ def _cross_checks(v: Mapping[str, Any]) -> list[str]:
                             "set skipSignatureVerification = true only for local experiments")
         elif v["telnyx.publicKey"]:
             problems += _check_telnyx_key(v["telnyx.publicKey"])
+        if not _TELNYX_VOICE.fullmatch(v["telnyx.voice"]):
+            problems.append(f"telnyx.voice: expected male, female, AWS.Polly.<VoiceId>, Azure.<Voice>, "
+                            f"Telnyx.<model>.<voice> or ElevenLabs.<model>.<voice>, got {_got(v['telnyx.voice'])}")
     if provider != "mock" and not v["publicUrl"] and v["tunnel.provider"] == "none" \
             and v["tailscale.mode"] == "off":
         problems.append(f"publicUrl: provider {provider} needs a public URL for its webhooks "

@@ -258,8 +258,9 @@ class TelnyxProvider(Provider):
             raise
         with self._lock:
             leg.ccid, leg.dialing = ccid, False
-            self._by_ccid[ccid] = leg
             cancel = leg.hangup_pending
+            if not cancel:  # a cancelled call has been forgotten already
+                self._by_ccid[ccid] = leg
         log.debug("call %s: Telnyx call_control_id %s", record.callId, ccid)
         if cancel:
             # The call was ended while the dial was in flight: the record is
