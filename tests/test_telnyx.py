@@ -468,6 +468,28 @@ def test_a_failed_command_is_retried_with_the_same_command_id(fake: FakeTelnyx, 
     assert call.said == ["Hello from the bot"]
 
 
+def test_webhooks_are_acknowledged_while_the_telnyx_api_is_slow(fake: FakeTelnyx, telnyx: StartTelnyx) -> None:
+    d = telnyx()
+    events = Events(d)
+    try:
+        fake.timing.rest_latency = 1.0  # every REST request takes a second
+        call_id, call = dial(fake, d, "Hello", mode="conversation")
+        ccid = call.call_control_id
+        # call.answered made the daemon send speak from the call's worker ...
+        speak = fake.wait_for(lambda: next((r for r in list(fake.requests) if r.path.endswith("/actions/speak")),
+                                           None), timeout=5)
+        # ... and while that request is in flight, the next webhook is acknowledged at once.
+        assert fake.callee_presses(ccid, "5")
+        dtmf = fake.wait_event(ccid, "call.dtmf.received", ok=True)
+        assert dtmf.ok and speak.status is None
+        # It is processed after the speak returned: one call's events stay in order.
+        d.wait(lambda: any(e["event"] == "call.dtmf" for e in list(events.items)), what="the dtmf event")
+        assert speak.status == 200
+    finally:
+        events.close()
+        fake.timing.rest_latency = 0.0
+
+
 def test_telnyx_errors_become_provider_errors_a_person_can_act_on(fake: FakeTelnyx, telnyx: StartTelnyx) -> None:
     d = telnyx()
     fake.fail_next(1, status=422, code="10016", detail="The 'to' number is not reachable.",
