@@ -514,3 +514,34 @@ def test_telnyx_errors_become_provider_errors_a_person_can_act_on(fake: FakeTeln
         d.rpc("voicecall.initiate", {"message": "hi", "to": CALLEE})
     assert "HTTP 401, code 10009" in info.value.message and "Check telnyx.apiKey" in info.value.message
     assert "KEYwrong" not in d.log()
+
+
+def test_call_status_asks_telnyx(fake: FakeTelnyx) -> None:
+    """Restart recovery: the provider reads GET /v2/calls/{call_control_id}."""
+    from types import SimpleNamespace
+
+    from voicecalld import config as C
+    from voicecalld.calls import CallRecord, Direction, Mode, State
+    from voicecalld.providers.telnyx import TelnyxProvider
+
+    cfg = C.from_mapping({"provider": "telnyx", "fromNumber": OURS, "publicUrl": "http://127.0.0.1:9",
+                          "telnyx": {"apiKey": fake.api_key, "connectionId": fake.connection_id,
+                                     "publicKey": fake.public_key_b64, "apiBaseUrl": fake.base_url}}, {})
+    provider = TelnyxProvider(cfg)
+    provider.bind(SimpleNamespace(config=cfg))  # type: ignore[arg-type]
+    try:
+        ccid = fake.inbound_call(CALLER, OURS, f"http://127.0.0.1:{free_port()}/")
+        record = CallRecord(callId=str(uuid.uuid4()), provider="telnyx", direction=Direction.INBOUND,
+                            mode=Mode.CONVERSATION, to=OURS, from_=CALLER, providerCallId=ccid)
+        status = provider.call_status(record)
+        assert status is not None and status.live and not status.answered
+        assert fake.callee_hangs_up(ccid)
+        status = provider.call_status(record)
+        assert status is not None and not status.live and status.reason == State.COMPLETED
+        record.providerCallId = "v3:unknown"
+        status = provider.call_status(record)
+        assert status is not None and not status.live
+        record.providerCallId = None
+        assert provider.call_status(record) is None
+    finally:
+        provider.stop()

@@ -47,6 +47,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import nacl.signing
 from werkzeug.wrappers import Response
@@ -199,7 +200,8 @@ class TelnyxProvider(Provider):
         reached; for speech or listening it means the callee is gone, and
         the call.hangup webhook (which says why) ends the call, rather than
         this race turning into an error."""
-        return self._post(f"/v2/calls/{ccid}/actions/{name}", body, what, ended_ok=ended_ok) is not None
+        path = f"/v2/calls/{quote(ccid, safe=':')}/actions/{name}"  # ids are opaque: never let one add a path
+        return self._post(path, body, what, ended_ok=ended_ok) is not None
 
     def _leg_of(self, record: CallRecord) -> _Leg | None:
         with self._lock:
@@ -330,7 +332,8 @@ class TelnyxProvider(Provider):
             return None
         telnyx = self._config.telnyx
         response = self._rest.request(
-            "GET", f"{telnyx.apiBaseUrl.rstrip('/')}/v2/calls/{record.providerCallId}", idempotent=True,
+            "GET", f"{telnyx.apiBaseUrl.rstrip('/')}/v2/calls/{quote(record.providerCallId, safe=':')}",
+            idempotent=True,
             headers={"Authorization": f"Bearer {telnyx.apiKey or ''}"})
         if response.status_code in (404, 410, 422):
             return CarrierStatus(live=False, reason=State.COMPLETED)
