@@ -601,6 +601,17 @@ def test_fail_next_statuses(fake: FakeTelnyx, api: Api, receiver: Receiver) -> N
     assert [r.injected for r in fake.requests] == [True, True, True, False, True]
 
 
+def test_rest_latency_holds_requests_in_flight(fake: FakeTelnyx, api: Api, receiver: Receiver) -> None:
+    fake.timing.rest_latency = 0.2
+    result: list[requests.Response] = []
+    worker = threading.Thread(target=lambda: result.append(api.dial(receiver)))
+    worker.start()
+    pending = fake.wait_for(lambda: fake.requests and fake.requests[0])
+    assert pending.status is None and fake.calls == {}  # seen, not yet handled
+    worker.join(5)
+    assert result[0].status_code == 200 and pending.status == 200 and len(fake.calls) == 1
+
+
 # -- webhook fault injection ----------------------------------------------------------
 
 def test_duplicate_webhook(fake: FakeTelnyx, api: Api, receiver: Receiver) -> None:

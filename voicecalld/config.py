@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -253,6 +254,16 @@ SETTINGS: tuple[Setting, ...] = (
        "Telnyx webhook signing public key: base64 of the raw 32-byte Ed25519 key (PEM also accepted).",
        env="TELNYX_PUBLIC_KEY", credential="telnyx-public-key"),
     _s("telnyx.apiBaseUrl", "url", "https://api.telnyx.com", "Telnyx REST API base URL."),
+    _s("telnyx.voice", "str", "female",
+       "Voice of speak commands: male or female (basic service level), AWS.Polly.<VoiceId>[-Neural], "
+       "Azure.<Voice>, Telnyx.<model>.<voice> or ElevenLabs.<model>.<voice>."),
+    _s("telnyx.language", "str", "en-US",
+       "Language of speech and of transcription (ignored by Polly voices, which imply their own)."),
+    _s("telnyx.transcriptionEngine", "choice", "Google",
+       "Speech recognition engine for listening turns (Google gives interim results).",
+       choices=("Google", "Telnyx", "Deepgram", "Azure")),
+    _s("telnyx.machineDetection", "bool", False,
+       "Detect answering machines on outbound calls; a machine ends the call as voicemail."),
     # --- [streaming] ---
     _s("streaming.enabled", "bool", False,
        "Twilio only: take the call audio over Media Streams and transcribe it with OpenAI Realtime."),
@@ -442,6 +453,19 @@ def _needs(values: Mapping[str, Any], provider: str, keys: Iterable[str]) -> lis
     return out
 
 
+_TELNYX_VOICE = re.compile(r"male|female|(AWS\.Polly|Azure|Telnyx|ElevenLabs)\.[A-Za-z0-9_.:-]+")
+
+
+def _check_telnyx_key(text: str) -> list[str]:
+    from .providers.telnyx_signature import load_public_key  # nacl: only when Telnyx is configured
+
+    try:
+        load_public_key(text)
+    except ValueError as exc:
+        return [f"telnyx.publicKey: {exc} (expected base64 of the raw 32-byte Ed25519 key, or PEM)"]
+    return []
+
+
 def _cross_checks(v: Mapping[str, Any]) -> list[str]:
     problems: list[str] = []
     provider = v["provider"]
@@ -452,6 +476,11 @@ def _cross_checks(v: Mapping[str, Any]) -> list[str]:
         if not v["telnyx.publicKey"] and not v["skipSignatureVerification"]:
             problems.append("telnyx.publicKey: needed to verify Telnyx webhooks (or TELNYX_PUBLIC_KEY); "
                             "set skipSignatureVerification = true only for local experiments")
+        elif v["telnyx.publicKey"]:
+            problems += _check_telnyx_key(v["telnyx.publicKey"])
+        if not _TELNYX_VOICE.fullmatch(v["telnyx.voice"]):
+            problems.append(f"telnyx.voice: expected male, female, AWS.Polly.<VoiceId>, Azure.<Voice>, "
+                            f"Telnyx.<model>.<voice> or ElevenLabs.<model>.<voice>, got {_got(v['telnyx.voice'])}")
     if provider != "mock" and not v["publicUrl"] and v["tunnel.provider"] == "none" \
             and v["tailscale.mode"] == "off":
         problems.append(f"publicUrl: provider {provider} needs a public URL for its webhooks "

@@ -19,4 +19,8 @@ def create(config: Config, timers: TimerService) -> Provider:
         from .mock import STATE_FILE, MockProvider
 
         return MockProvider(timers, os.path.join(paths.store_dir(config.store), STATE_FILE))
+    if name == "telnyx":
+        from .telnyx import TelnyxProvider
+
+        return TelnyxProvider(config)
     raise ValueError(f"provider {name} is not available in this build")

@@ -39,6 +39,7 @@ class Timing:
     amd_delay: float = 0.05            # answer -> machine detection result
     dtmf_gap: float = 0.01             # between digits of one callee_presses
     playback_secs: float = 0.05        # playback_start -> call.playback.ended
+    rest_latency: float = 0.0          # every REST request waits this long before it is handled
 
 
 class Simulation:

@@ -103,6 +103,9 @@ class FakeTelnyx:
         receiver did not answer with 2xx; attempts = len + 1.
       webhook_timeout: per-delivery HTTP timeout.
       amd_delay, dtmf_gap, playback_secs: pacing of those events.
+      rest_latency: every REST request is held this long before it is
+        handled (a slow API; the request is in ``requests`` meanwhile, with
+        ``status`` None).
       command_id_ttl: how long a command_id is remembered (Telnyx: 60 s).
       default_callee: how numbers without ``set_callee`` behave.
     """
@@ -123,13 +126,14 @@ class FakeTelnyx:
         amd_delay: float = 0.05,
         dtmf_gap: float = 0.01,
         playback_secs: float = 0.05,
+        rest_latency: float = 0.0,
         command_id_ttl: float = 60.0,
         default_callee: Callee | None = None,
     ) -> None:
         self.api_key = api_key
         self.connection_id = connection_id
         self.timing = Timing(ms_per_char, answer_after, timeout_scale, inbound_ring_timeout, webhook_latency,
-                             amd_delay, dtmf_gap, playback_secs)
+                             amd_delay, dtmf_gap, playback_secs, rest_latency)
         self.command_id_ttl = command_id_ttl
         self.default_callee = default_callee or Callee()
 
@@ -375,6 +379,8 @@ class FakeTelnyx:
         record = RestRequest(request.method, request.path, _json_or_none(raw), dict(request.headers))
         with self._lock:
             self.requests.append(record)
+        if self.timing.rest_latency > 0:
+            time.sleep(self.timing.rest_latency)
         headers: dict[str, str] = {}
         try:
             self._injected_failure(request.path, record)
