@@ -16,4 +16,8 @@ def create(config: Config, timers: TimerService) -> Provider:
         from .mock import MockProvider
 
         return MockProvider(timers)
+    if name == "twilio":
+        from .twilio import TwilioProvider
+
+        return TwilioProvider()
     raise ValueError(f"provider {name} is not available in this build")
