@@ -36,8 +36,9 @@ _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def clean_text(text: str) -> str:
-    """``text`` without the characters no XML document may contain."""
-    return _NOT_XML.sub("", text)
+    """``text`` without the characters no XML document may contain. Line
+    ends become ``\n``, as any XML parser would read them anyway."""
+    return _NOT_XML.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
 def _element(tag: str, attrs: dict[str, str | None] | None = None, text: str | None = None) -> ET.Element:
