@@ -11,8 +11,8 @@ import pytest
 from voicecalld.calls import EventType, Mode, Speak, State
 from voicecalld.providers import twilio_errors
 from voicecalld.providers.replay import ReplayGuard
-from voicecalld.providers.twilio import classify_status
 from voicecalld.providers.twilio_script import CallScript, Style
+from voicecalld.providers.twilio_wire import classify_status
 from voicecalld.testing import _twilio_twiml as strict
 
 

@@ -116,6 +116,10 @@ def test_wss_stream_url_and_its_port_variant() -> None:
     ("https://user:pw@h.example:444/p", "https://user:pw@h.example/p", "https://user:pw@h.example:444/p"),
     ("https://[::1]:8443/p", "https://[::1]/p", "https://[::1]:8443/p"),
     ("https://[::1]/p", "https://[::1]/p", "https://[::1]:443/p"),
+    ("https://h.example", "https://h.example", "https://h.example:443"),
+    ("https://h.example?x=1#f", "https://h.example?x=1#f", "https://h.example:443?x=1#f"),
+    ("https://h.example/a\tb\r", "https://h.example/a\tb\r", "https://h.example:443/a\tb\r"),  # byte for byte
+    ("not a url", "not a url", "not a url"),
 ])
 def test_port_variant_forms(url: str, without: str, with_port: str) -> None:
     assert port_variants(url) == (without, with_port)
@@ -134,3 +138,4 @@ def test_agrees_with_the_fakes_independent_signer(pairs: list[tuple[str, str]], 
     signature = independent_signature(TOKEN, url, pairs)
     assert compute_signature(TOKEN, url, pairs) == signature
     assert validate(TOKEN, url, signature, pairs)
+

@@ -40,14 +40,12 @@ never processed twice.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import math
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
@@ -62,6 +60,20 @@ from .http import RestClient
 from .replay import ReplayGuard
 from .twilio_script import CallScript, Style
 from .twilio_signature import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, validate
+from .twilio_wire import (
+    END_REASONS,
+    LIVE_STATUSES,
+    Answer,
+    classify_status,
+    confidence,
+    first,
+    form_params,
+    json_body,
+    signed_urls,
+    text_answer,
+    to_int,
+    xml_answer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,68 +84,6 @@ REPLAY_WINDOW = 600.0        # seconds a delivery is remembered
 REPLAY_SIZE = 4096           # deliveries remembered at most
 DUPLICATE_WAIT = 10.0        # a duplicate waits this long for the first delivery's answer
 REJECT_LOG_INTERVAL = 10.0   # at most one "signature rejected" warning per this many seconds
-
-_LIVE_STATUSES = frozenset({"queued", "initiated", "ringing", "in-progress"})
-_END_REASONS: dict[str, State] = {
-    "busy": State.BUSY, "no-answer": State.NO_ANSWER, "failed": State.FAILED,
-    # Ended through the API before it was answered, and not by us (our own
-    # hang-ups close the record before Twilio reports them).
-    "canceled": State.HANGUP_BOT,
-}
-
-
-@dataclass(frozen=True)
-class StatusEvent:
-    type: EventType
-    reason: State | None = None
-    message: str = ""
-
-
-def classify_status(call_status: str, *, answered_by: str | None = None, machine_detection: bool = False,
-                    closing: bool = False) -> StatusEvent | None:
-    """A status callback's ``CallStatus`` as a normalized event (None: nothing to report).
-
-    ``closing``: our closing TwiML (Pause, Hangup) was running, so a
-    ``completed`` is the bot's own orderly end rather than the callee hanging up.
-    """
-    if call_status in ("queued", "initiated"):
-        return StatusEvent(EventType.INITIATED)
-    if call_status == "ringing":
-        return StatusEvent(EventType.RINGING)
-    if call_status == "in-progress":
-        if machine_detection:
-            if not answered_by:
-                return None  # the detection result comes with the TwiML fetch
-            if answered_by.startswith("machine_"):
-                return StatusEvent(EventType.ENDED, State.VOICEMAIL, f"answered by a machine ({answered_by})")
-            if answered_by == "fax":
-                return StatusEvent(EventType.ENDED, State.FAILED, "a fax machine answered")
-        return StatusEvent(EventType.ANSWERED)
-    if call_status == "completed":
-        return StatusEvent(EventType.ENDED, State.COMPLETED if closing else State.HANGUP_USER)
-    if call_status in _END_REASONS:
-        return StatusEvent(EventType.ENDED, _END_REASONS[call_status])
-    return None
-
-
-@dataclass(frozen=True)
-class _Answer:
-    """A webhook response, kept for replays."""
-
-    status: int
-    body: str
-    content_type: str
-
-    def response(self) -> Response:
-        return Response(self.body, status=self.status, content_type=self.content_type)
-
-
-def _xml(body: str) -> _Answer:
-    return _Answer(200, body, twiml.CONTENT_TYPE)
-
-
-def _text(status: int, body: str) -> _Answer:
-    return _Answer(status, body + "\n", "text/plain; charset=utf-8")
 
 
 class _CallUrls:
@@ -153,13 +103,6 @@ class _CallUrls:
         return self.stream_url
 
 
-def _first(params: list[tuple[str, str]], name: str) -> str | None:
-    for key, value in params:
-        if key == name:
-            return value
-    return None
-
-
 class TwilioProvider(Provider):
     name = "twilio"
 
@@ -167,7 +110,7 @@ class TwilioProvider(Provider):
         super().__init__()
         self._lock = threading.Lock()
         self._scripts: dict[str, CallScript] = {}
-        self._replays: ReplayGuard[_Answer] = ReplayGuard(REPLAY_SIZE, REPLAY_WINDOW)
+        self._replays: ReplayGuard[Answer] = ReplayGuard(REPLAY_SIZE, REPLAY_WINDOW)
         self._client: RestClient | None = None
         self._client_key: tuple[str, str, str] | None = None
         self._reject_logged = 0.0
@@ -273,7 +216,7 @@ class TwilioProvider(Provider):
         # a retry could ring the callee twice (RestClient only retries when
         # Twilio certainly did not act).
         response = client.request("POST", f"{account}/Calls.json", idempotent=False, data=form)
-        body = _json_body(response)
+        body = json_body(response)
         if response.status_code != 201 or not isinstance(body, dict) or not isinstance(body.get("sid"), str):
             if 200 <= response.status_code < 300:
                 raise ProviderError(f"Twilio answered HTTP {response.status_code} without a call sid "
@@ -310,7 +253,7 @@ class TwilioProvider(Provider):
                                   data={"Status": "completed"})
         if response.ok:
             return
-        body = _json_body(response)
+        body = json_body(response)
         code, _ = twilio_errors.parse(body)
         if code in twilio_errors.ALREADY_ENDED or (code is None and response.status_code == 404):
             log.debug("Twilio call %s had already ended (%s)", sid, code or response.status_code)
@@ -354,7 +297,7 @@ class TwilioProvider(Provider):
         response = client.request("POST", f"{account}/Calls/{quote(sid, safe='')}.json", idempotent=False,
                                   data=form)
         if not response.ok:
-            raise twilio_errors.provider_error(response.status_code, _json_body(response), doing)
+            raise twilio_errors.provider_error(response.status_code, json_body(response), doing)
 
     def start_listening(self, record: CallRecord, turn: int | None) -> None:
         """Nothing to do: every document after the bot's speech listens."""
@@ -365,13 +308,13 @@ class TwilioProvider(Provider):
         client, account = self._rest()
         response = client.request("GET", f"{account}/Calls/{quote(record.providerCallId, safe='')}.json",
                                   idempotent=True)
-        body = _json_body(response)
+        body = json_body(response)
         if not response.ok or not isinstance(body, dict):
             return None
         status = body.get("status")
-        if status in _LIVE_STATUSES:
+        if status in LIVE_STATUSES:
             return CarrierStatus(live=True, answered=status == "in-progress")
-        reason = State.COMPLETED if status == "completed" else _END_REASONS.get(str(status), State.COMPLETED)
+        reason = State.COMPLETED if status == "completed" else END_REASONS.get(str(status), State.COMPLETED)
         return CarrierStatus(live=False, reason=reason, answered=body.get("start_time") is not None)
 
     def forget(self, record: CallRecord) -> None:
@@ -423,9 +366,9 @@ class TwilioProvider(Provider):
         signature = request.headers.get(SIGNATURE_HEADER)
         if not cfg.skipSignatureVerification and not signature:
             return self._refuse(request, "no X-Twilio-Signature header").response()
-        params, body = _params(request)
+        params, body = form_params(request)
         if params is None:
-            return _text(415, "expected a form-encoded (or JSON) Twilio webhook").response()
+            return text_answer(415, "expected a form-encoded (or JSON) Twilio webhook").response()
         if not cfg.skipSignatureVerification:
             problem = self._verify(request, signature or "", params, body)
             if problem:
@@ -438,7 +381,7 @@ class TwilioProvider(Provider):
             log.info("call %s: repeated Twilio webhook answered from cache, not processed again",
                      request.args.get("callId", "?"))
             if answer is None:
-                return _text(409, "a copy of this request is still being processed").response()
+                return text_answer(409, "a copy of this request is still being processed").response()
             return answer.response()
         try:
             answer = self._dispatch(request.args.get("type") or "", request.args.get("callId"),
@@ -449,7 +392,7 @@ class TwilioProvider(Provider):
         self._replays.finish(entry, answer)
         return answer.response()
 
-    def _refuse(self, request: Request, problem: str) -> _Answer:
+    def _refuse(self, request: Request, problem: str) -> Answer:
         now = time.monotonic()
         with self._lock:
             due = now - self._reject_logged >= REJECT_LOG_INTERVAL
@@ -460,29 +403,12 @@ class TwilioProvider(Provider):
         if due:
             more = f" ({skipped} more since the last warning)" if skipped else ""
             log.warning("rejected a webhook from %s: %s%s", request.remote_addr, problem, more)
-        return _text(401, "webhook signature verification failed")
-
-    def _signed_urls(self, request: Request) -> list[str]:
-        """The URLs Twilio may have signed: the public URL plus this request's
-        path and query. Headers a client controls (Host, X-Forwarded-*) only
-        count when the operator says a proxy sets them."""
-        path, query = _raw_target(request)
-        suffix = path + ("?" + query if query else "")
-        urls = []
-        if self.public_url:
-            urls.append(self.public_url.rstrip("/") + suffix)
-        if self._cfg.twilio.trustForwardedHeaders:
-            host = _first_header(request, "X-Forwarded-Host")
-            if host:
-                proto = _first_header(request, "X-Forwarded-Proto") or "https"
-                prefix = (_first_header(request, "X-Forwarded-Prefix") or "").rstrip("/")
-                urls.append(f"{proto}://{host}{prefix}{suffix}")
-        return urls
+        return text_answer(401, "webhook signature verification failed")
 
     def _verify(self, request: Request, signature: str, params: list[tuple[str, str]],
                 body: bytes | None) -> str | None:
         auth_token = self._cfg.twilio.authToken or ""
-        urls = self._signed_urls(request)
+        urls = signed_urls(request, self.public_url, bool(self._cfg.twilio.trustForwardedHeaders))
         if not urls:
             return "no publicUrl to check the signature against"
         for url in urls:
@@ -491,22 +417,22 @@ class TwilioProvider(Provider):
         return "X-Twilio-Signature does not match (check publicUrl and twilio.authToken)"
 
     def _dispatch(self, kind: str, call_id: str | None, turn: str | None,
-                  params: list[tuple[str, str]]) -> _Answer:
-        sid = _first(params, "CallSid")
-        if kind == "status" or (not kind and _first(params, "CallbackSource") == "call-progress-events"):
+                  params: list[tuple[str, str]]) -> Answer:
+        sid = first(params, "CallSid")
+        if kind == "status" or (not kind and first(params, "CallbackSource") == "call-progress-events"):
             return self._on_status(call_id, sid, params)
         if call_id is None:
             if kind:
-                return _text(400, "a Twilio webhook with a type needs a callId")
+                return text_answer(400, "a Twilio webhook with a type needs a callId")
             return self._on_incoming(sid, params)
         script = self._adopt(call_id, sid)
         if script is None:
             # A call we no longer run: whatever Twilio is doing with it, stop.
             log.debug("call %s: webhook (%s) for an unknown or ended call; answering <Hangup/>",
                       call_id, kind or "voice")
-            return _xml(twiml.hangup_now())
+            return xml_answer(twiml.hangup_now())
         if sid is not None and script.sid is not None and sid != script.sid:
-            return _text(400, f"CallSid does not belong to call {call_id}")
+            return text_answer(400, f"CallSid does not belong to call {call_id}")
         self._learn_sid(script, sid)
         if kind == "":
             return self._on_voice(script, params)
@@ -514,7 +440,7 @@ class TwilioProvider(Provider):
             return self._on_turn(script, kind, turn, params)
         if kind == "twiml":
             return self._on_stored(script, turn)
-        return _text(400, f"unknown webhook type {kind!r}")
+        return text_answer(400, f"unknown webhook type {kind!r}")
 
     def _learn_sid(self, script: CallScript, sid: str | None) -> None:
         if sid is None:
@@ -543,10 +469,10 @@ class TwilioProvider(Provider):
                 elif not out:
                     out.append(script.compose(self._urls(script.call_id), self._style()).xml)
 
-    def _on_voice(self, script: CallScript, params: list[tuple[str, str]]) -> _Answer:
+    def _on_voice(self, script: CallScript, params: list[tuple[str, str]]) -> Answer:
         """Twilio fetches the call's TwiML: the call is answered (inbound: we
         answer it now)."""
-        answered_by = _first(params, "AnsweredBy")
+        answered_by = first(params, "AnsweredBy")
         with self._answering(script) as out:
             with script.lock:
                 script.fetched = True
@@ -559,10 +485,10 @@ class TwilioProvider(Provider):
                            message=event.message)
             else:
                 self._emit(EventType.ANSWERED, f"{script.sid}:answered", script)
-        return _xml(out[0])
+        return xml_answer(out[0])
 
     def _on_turn(self, script: CallScript, kind: str, turn: str | None,
-                 params: list[tuple[str, str]]) -> _Answer:
+                 params: list[tuple[str, str]]) -> Answer:
         """Twilio moved past a document: its Gather heard something (gather),
         its speech ended (played), or its media stream closed (connect)."""
         with self._answering(script) as out:
@@ -574,60 +500,60 @@ class TwilioProvider(Provider):
                     script.stream_failed = True
             if played is None:
                 log.debug("call %s: %s request for a replaced document; ignored", script.call_id, kind)
-                return _xml(out[0])
+                return xml_answer(out[0])
             for utterance in played:
                 self._emit(EventType.PLAYED, f"{script.sid}:played:{utterance}", script, utterance_id=utterance)
             if kind == "connect":
                 log.warning("call %s: the media stream ended (%s); listening with <Gather> from now on",
-                            script.call_id, _first(params, "ErrorCode") or "closed")
-            speech = (_first(params, "SpeechResult") or "").strip()
+                            script.call_id, first(params, "ErrorCode") or "closed")
+            speech = (first(params, "SpeechResult") or "").strip()
             if kind == "gather" and speech:
                 self._emit(EventType.SPEECH, f"{script.sid}:speech:{turn}", script, transcript=speech,
-                           is_final=True, confidence=_confidence(_first(params, "Confidence")))
-            digits = _first(params, "Digits") or ""
+                           is_final=True, confidence=confidence(first(params, "Confidence")))
+            digits = first(params, "Digits") or ""
             if kind == "gather" and digits:
                 self._emit(EventType.DTMF, f"{script.sid}:digits:{turn}", script, digits=digits)
-        return _xml(out[0])
+        return xml_answer(out[0])
 
-    def _on_stored(self, script: CallScript, turn: str | None) -> _Answer:
+    def _on_stored(self, script: CallScript, turn: str | None) -> Answer:
         """Twilio fetches a document too long to send inline."""
         with script.lock:
             doc = script.stored.get(turn or "") if script.is_current(turn) else None
             if doc is None:
                 doc = script.stale_answer(self._urls(script.call_id), self._style())
-        return _xml(doc)
+        return xml_answer(doc)
 
-    def _on_status(self, call_id: str | None, sid: str | None, params: list[tuple[str, str]]) -> _Answer:
-        call_status = _first(params, "CallStatus") or ""
+    def _on_status(self, call_id: str | None, sid: str | None, params: list[tuple[str, str]]) -> Answer:
+        call_status = first(params, "CallStatus") or ""
         if call_id is None and sid is not None:
             call_id = self.manager.find_by_provider_id(sid)  # inbound: no callId in the URL
         script = self._adopt(call_id, sid) if call_id else None
         if script is None:
             log.debug("status %s for an unknown or ended call (%s)", call_status, call_id)
-            return _xml(twiml.empty())
+            return xml_answer(twiml.empty())
         if sid is not None and script.sid is not None and sid != script.sid:
-            return _text(400, f"CallSid does not belong to call {call_id}")
+            return text_answer(400, f"CallSid does not belong to call {call_id}")
         self._learn_sid(script, sid)
-        sequence = _int(_first(params, "SequenceNumber"))
+        sequence = to_int(first(params, "SequenceNumber"))
         with script.lock:
             stale = sequence is not None and sequence <= script.sequence
             if sequence is not None:
                 script.sequence = max(script.sequence, sequence)
             closing = script.closing
-        event = classify_status(call_status, answered_by=_first(params, "AnsweredBy"),
+        event = classify_status(call_status, answered_by=first(params, "AnsweredBy"),
                                 machine_detection=bool(self._cfg.twilio.machineDetection), closing=closing)
         if event is None:
-            if call_status not in _LIVE_STATUSES:
+            if call_status not in LIVE_STATUSES:
                 log.info("call %s: unknown Twilio CallStatus %r ignored", script.call_id, call_status)
-            return _xml(twiml.empty())
+            return xml_answer(twiml.empty())
         if stale and event.type != EventType.ENDED:
             # An older callback overtaken by a newer one: never move backwards.
             log.debug("call %s: out-of-order status %s (sequence %s) ignored", script.call_id, call_status,
                       sequence)
-            return _xml(twiml.empty())
+            return xml_answer(twiml.empty())
         message = event.message
         if event.reason == State.FAILED and not message:
-            sip = _first(params, "SipResponseCode")
+            sip = first(params, "SipResponseCode")
             message = "Twilio reports the call failed" + (f" (SIP {sip})" if sip else "")
         if event.type == EventType.ENDED and event.reason == State.VOICEMAIL and script.sid:
             log.info("call %s: %s; hanging up", script.call_id, message)
@@ -639,19 +565,19 @@ class TwilioProvider(Provider):
         suffix = "answered" if event.type == EventType.ANSWERED else f"status:{call_status}"
         event_id = f"{script.sid}:{suffix}"
         self._emit(event.type, event_id, script, reason=event.reason, message=message)
-        return _xml(twiml.empty())
+        return xml_answer(twiml.empty())
 
-    def _on_incoming(self, sid: str | None, params: list[tuple[str, str]]) -> _Answer:
+    def _on_incoming(self, sid: str | None, params: list[tuple[str, str]]) -> Answer:
         """A call to one of our numbers (its voice URL is the bare webhook)."""
-        call_status = _first(params, "CallStatus") or ""
+        call_status = first(params, "CallStatus") or ""
         if sid is None:
-            return _text(400, "a Twilio voice request needs CallSid")
-        if call_status not in _LIVE_STATUSES:
+            return text_answer(400, "a Twilio voice request needs CallSid")
+        if call_status not in LIVE_STATUSES:
             return self._on_status(None, sid, params)  # a status callback configured without ?type=status
-        caller = _first(params, "From") or ""
-        snapshot, accepted = self.manager.accept_inbound(caller, _first(params, "To"), sid)
+        caller = first(params, "From") or ""
+        snapshot, accepted = self.manager.accept_inbound(caller, first(params, "To"), sid)
         if not accepted:
-            return _xml(twiml.reject())
+            return xml_answer(twiml.reject())
         call_id = snapshot["callId"]
         with self._lock:
             script = self._scripts.get(call_id)
@@ -661,63 +587,4 @@ class TwilioProvider(Provider):
         return self._on_voice(script, params)
 
 
-# --- request helpers --------------------------------------------------------------------
-
-
-def _json_body(response: Any) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
-def _params(request: Request) -> tuple[list[tuple[str, str]] | None, bytes | None]:
-    """(form params, raw JSON body or None); (None, None) for a body we do not take."""
-    if request.mimetype == "application/x-www-form-urlencoded":
-        return list(request.form.items(multi=True)), None
-    raw = request.get_data(cache=True)
-    if request.mimetype == "application/json":
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            return None, None
-        if not isinstance(data, dict):
-            return None, None
-        return [(str(k), v if isinstance(v, str) else json.dumps(v)) for k, v in data.items()], raw
-    return ([], None) if not raw else (None, None)
-
-
-def _raw_target(request: Request) -> tuple[str, str]:
-    """The request's path and query exactly as sent (still percent-encoded)."""
-    environ = request.environ
-    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-    if raw:
-        parts = urlsplit(raw)
-        path = parts.path if parts.scheme or not parts.netloc else f"//{parts.netloc}{parts.path}"
-        return path, parts.query
-    return quote(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")), environ.get("QUERY_STRING", "")
-
-
-def _first_header(request: Request, name: str) -> str | None:
-    value = request.headers.get(name)
-    if not value:
-        return None
-    return value.split(",")[0].strip() or None
-
-
-def _confidence(raw: str | None) -> float | None:
-    try:
-        value = float(raw) if raw else None
-    except ValueError:
-        return None
-    return value if value is not None and 0.0 <= value <= 1.0 else None
-
-
-def _int(raw: str | None) -> int | None:
-    try:
-        return int(raw) if raw is not None else None
-    except ValueError:
-        return None
-
-
-__all__ = ["StatusEvent", "TwilioProvider", "classify_status"]
+__all__ = ["TwilioProvider"]

@@ -24,7 +24,7 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
 IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
@@ -77,16 +77,22 @@ def _split_netloc(netloc: str) -> tuple[str, str, str | None]:
 def port_variants(url: str) -> tuple[str, str]:
     """(``url`` without its port, ``url`` with a port), as twilio-python's
     ``remove_port``/``add_port`` build them. A URL that names a port keeps it
-    in the second form; one that does not gets 443 for https, else 80."""
-    parts = urlsplit(url)
-    prefix, host, port = _split_netloc(parts.netloc)
-    without = urlunsplit((parts.scheme, prefix + host, parts.path, parts.query, parts.fragment))
-    if port is None:
-        port = "443" if parts.scheme == "https" else "80"
-        with_port = urlunsplit((parts.scheme, f"{prefix}{host}:{port}", parts.path, parts.query, parts.fragment))
-    else:
-        with_port = url
-    return without, with_port
+    in the second form; one that does not gets 443 for https, else 80.
+
+    Only the authority changes: the rest of the URL stays byte for byte what
+    was signed (urlsplit would, for one, silently drop tabs and newlines)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url, url
+    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
+    end = min(ends, default=len(rest))
+    prefix, host, port = _split_netloc(rest[:end])
+    tail = rest[end:]
+    without = f"{scheme}://{prefix}{host}{tail}"
+    if not port:
+        port = "443" if scheme.lower() == "https" else "80"
+        return without, f"{scheme}://{prefix}{host}:{port}{tail}"
+    return without, url
 
 
 def _equal(a: str, b: str) -> bool:
