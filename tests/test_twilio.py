@@ -172,7 +172,10 @@ def test_notify_call_end_to_end(env: Env) -> None:
     assert [el.tag for el in final] == ["Pause", "Hangup"] and final[0].get("length") == "2"
     assert call.end_reason == "twiml-hangup" and not call.says[0].interrupted
     assert all(x.ok for x in call.deliveries), [(x.kind, x.status) for x in call.deliveries]
-    assert [x.headers["Content-Type"] for x in call.deliveries][:1]  # form posts
+    assert {x.content_type for x in call.deliveries} == {"text/xml; charset=utf-8"}
+    # Status callbacks are answered with an empty <Response/>.
+    assert {ET.fromstring(x.body).tag for x in call.callbacks} == {"Response"}
+    assert all(len(ET.fromstring(x.body)) == 0 for x in call.callbacks) and len(call.callbacks) == 4
     assert record["transcript"][0]["text"] == "Your build failed"
 
 
@@ -201,13 +204,6 @@ def continue_in_thread(d: Daemon, call_id: str, message: str) -> tuple[threading
     thread = threading.Thread(target=run)
     thread.start()
     return thread, result
-
-
-def converse(env: Env, opening: str = "Hi") -> tuple[str, Any]:
-    call_id = env.d.rpc("voicecall.initiate", {"message": opening, "mode": "conversation"})["callId"]
-    env.d.wait_state(call_id, "listening")
-    return call_id, env.fake.wait_call(to=TO, count=1 + len([c for c in env.fake.calls.values()
-                                                             if c.to == TO and c.ended]))
 
 
 def test_conversation_end_to_end(env: Env) -> None:

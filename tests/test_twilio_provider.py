@@ -125,6 +125,8 @@ def test_call_status_asks_twilio(rig, fake: FakeTwilio) -> None:
     assert status is not None and not status.live and status.reason == State.COMPLETED
     unknown = CallRecord("x", "twilio", Direction.OUTBOUND, Mode.NOTIFY, TO, FROM, providerCallId="CA" + "0" * 32)
     assert r.provider.call_status(unknown) is None
+    r.provider.hangup(unknown)  # 20404: a call Twilio no longer has is hung up already
+    assert [q.status for q in fake.requests if q.path.endswith(f"/Calls/{unknown.providerCallId}.json")] == [404, 404]
 
 
 def test_stream_tokens(rig, fake: FakeTwilio) -> None:
