@@ -173,3 +173,17 @@ def test_reload_applies_new_credentials(rig, fake: FakeTwilio) -> None:
     r.manager.reconfigure(r.config)
     call_id = r.manager.initiate("Hi", TO, "notify")["callId"]
     r.wait_state(call_id, "completed")
+
+
+def test_a_stream_speaker_can_take_over_speech(rig, fake: FakeTwilio) -> None:
+    r = rig()
+    taken: list[str] = []
+    r.provider.stream_speaker = lambda record, action: taken.append(action.text) or action.text == "via stream"
+    call_id = r.manager.initiate("Hi", TO, "conversation")["callId"]
+    r.wait_state(call_id, "listening")
+    sid = fake.wait_call().sid
+    r.manager.speak(call_id, "via stream")
+    r.manager.speak(call_id, "via twiml")
+    fake.wait_for(lambda: "via twiml" in fake.calls[sid].said)
+    assert taken == ["Hi", "via stream", "via twiml"]
+    assert fake.calls[sid].said == ["Hi", "via twiml"]

@@ -28,7 +28,10 @@ How the core's model maps onto TwiML (see ``twilio_script.py``):
   the next utterance replaces it through a REST update.
 * With ``streaming.enabled`` (and an OpenAI key) the call listens through
   ``<Connect><Stream>`` instead; the media-stream side checks the stream's
-  per-call token with ``check_stream_token``.
+  per-call token with ``check_stream_token`` and the upgrade's signature
+  over ``stream_url``. Speech stays ``<Say>`` unless it installs a
+  ``stream_speaker``. A stream that ends by itself (its ``<Connect>``
+  action) drops the call back to ``<Gather>``.
 
 Webhooks are authenticated by ``X-Twilio-Signature`` over the public URL
 (``publicUrl`` + the request's path and query; ``X-Forwarded-*`` only when
@@ -44,7 +47,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
@@ -115,6 +118,10 @@ class TwilioProvider(Provider):
         self._client_key: tuple[str, str, str] | None = None
         self._reject_logged = 0.0
         self._rejects_unlogged = 0
+        #: Set by the media-stream side: given a call and an utterance, speak
+        #: it over the call's open stream and return True, or return False to
+        #: leave it to TwiML ``<Say>`` (the default, and the fallback).
+        self.stream_speaker: Callable[[CallRecord, Speak], bool] | None = None
 
     # -- configuration, read at use time so SIGHUP reloads apply --
 
@@ -230,7 +237,11 @@ class TwilioProvider(Provider):
         if too_late:
             # The call was ended (ring deadline, end, shutdown) while Twilio
             # was still creating it: hang it up now that it has a sid.
-            self._hangup_sid(sid)
+            try:
+                self._hangup_sid(sid)
+            except ProviderError as exc:
+                log.error("call %s: Twilio call %s outlived its record and could not be hung up: %s",
+                          record.callId, sid, exc.message)
         log.info("call %s: Twilio call %s created to %s", record.callId, sid, mask(record.to))
         return sid
 
@@ -261,6 +272,9 @@ class TwilioProvider(Provider):
         raise twilio_errors.provider_error(response.status_code, body, "hanging up")
 
     def speak(self, record: CallRecord, action: Speak) -> None:
+        speaker = self.stream_speaker
+        if speaker is not None and speaker(record, action):
+            return
         script = self._adopt(record.callId, record.providerCallId)
         if script is None:
             raise NotConnected(f"call {record.callId} has ended", {"callId": record.callId})
@@ -414,6 +428,7 @@ class TwilioProvider(Provider):
         for url in urls:
             if validate(auth_token, url, signature, None if body is not None else params, body=body):
                 return None
+        log.debug("signature checked against %s", urls)
         return "X-Twilio-Signature does not match (check publicUrl and twilio.authToken)"
 
     def _dispatch(self, kind: str, call_id: str | None, turn: str | None,
@@ -555,12 +570,14 @@ class TwilioProvider(Provider):
         if event.reason == State.FAILED and not message:
             sip = first(params, "SipResponseCode")
             message = "Twilio reports the call failed" + (f" (SIP {sip})" if sip else "")
-        if event.type == EventType.ENDED and event.reason == State.VOICEMAIL and script.sid:
+        if event.type == EventType.ENDED and call_status == "in-progress" and script.sid:
+            # Answered, but not by a person (machine detection): the call is
+            # still up at Twilio, so end it there too.
             log.info("call %s: %s; hanging up", script.call_id, message)
             try:
                 self._hangup_sid(script.sid)
             except ProviderError as exc:
-                log.warning("call %s: hanging up the answering machine failed: %s", script.call_id, exc.message)
+                log.warning("call %s: hanging up failed: %s", script.call_id, exc.message)
         # The same id as the voice fetch's answer, which may come first.
         suffix = "answered" if event.type == EventType.ANSWERED else f"status:{call_status}"
         event_id = f"{script.sid}:{suffix}"
