@@ -321,9 +321,18 @@ def test_hanging_up_a_call_twilio_already_ended(env: Env) -> None:
     d.wait_state(call_id, "listening")
     call = fake.calls[sid_of(fake, call_id)]
     call.hang_up("lost", silent=True)  # over at Twilio, but no callback reaches the daemon
+    with pytest.raises(RpcError) as info:
+        d.rpc("voicecall.speak", {"callId": call_id, "message": "Are you there?"})
+    assert info.value.code == -32002 and "already ended at Twilio" in info.value.message
     assert d.rpc("voicecall.end", {"callId": call_id}) == {"callId": call_id, "ok": True, "endReason": "hangup-bot"}
     [hangup] = [u for u in updates(fake, call.sid) if u.values("Status")]
     assert hangup.status == 400 and hangup.response["code"] == 21220
+    # And Twilio asking about a call the daemon no longer runs is told to hang up.
+    resp = post_signed(fake, f"{env.base}?callId={call_id}", voice_params(call.sid, status="in-progress"))
+    assert resp.status_code == 200 and [el.tag for el in ET.fromstring(resp.text)] == ["Hangup"]
+    resp = post_signed(fake, f"{env.base}?callId={call_id}&type=status", voice_params(call.sid, status="completed"))
+    assert resp.status_code == 200 and len(ET.fromstring(resp.text)) == 0
+    assert d.rpc("voicecall.status", {"callId": call_id})["endReason"] == "hangup-bot"
 
 
 # --- provider errors ----------------------------------------------------------------------------------
@@ -541,6 +550,8 @@ def test_answering_machine_ends_as_voicemail(twilio_daemon, fake: FakeTwilio) ->
     assert create.values("MachineDetection") == ["Enable"]
     call = fake.wait_ended(create.response["sid"])
     assert call.answered_by == "machine_start" and call.said == []
+    # Hung up from the status callback, before Twilio fetched any TwiML.
+    assert "voice" not in [x.kind for x in call.deliveries] and call.end_reason == "api-hangup"
     # A person answering is an ordinary call.
     fake.next_callee(answered_by="human")
     call_id = d.rpc("voicecall.initiate", {"message": "Your package is late", "mode": "notify"})["callId"]
