@@ -283,17 +283,19 @@ def test_long_speech_goes_by_url_not_inline(env: Env) -> None:
 # --- call outcomes ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("callee", "state"), [
-    (Callee(outcome="busy"), "busy"),
-    (Callee(outcome="no-answer"), "no-answer"),
-    (Callee(outcome="failed"), "failed"),
-    (Callee(hangup_after=0.0), "hangup-user"),
+@pytest.mark.parametrize(("callee", "mode", "state"), [
+    (Callee(outcome="busy"), "conversation", "busy"),
+    (Callee(outcome="no-answer"), "conversation", "no-answer"),
+    (Callee(outcome="failed"), "notify", "failed"),
+    (Callee(hangup_after=0.0), "conversation", "hangup-user"),
+    # Hanging up during a notify message is not a delivery.
+    (Callee(hangup_after=0.2), "notify", "hangup-user"),
 ])
-def test_call_outcomes(env: Env, callee: Callee, state: str) -> None:
+def test_call_outcomes(env: Env, callee: Callee, mode: str, state: str) -> None:
     env.fake.ms_per_char = 20
     env.fake.next_callee(callee)
     call_id = env.d.rpc("voicecall.initiate", {"message": "A long enough message to hang up over",
-                                               "mode": "conversation"})["callId"]
+                                               "mode": mode})["callId"]
     record = env.d.wait_state(call_id, state, timeout=10)
     assert record["endReason"] == state
 

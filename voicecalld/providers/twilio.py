@@ -21,6 +21,10 @@ How the core's model maps onto TwiML (see ``twilio_script.py``):
   ``completed``; any other ``completed`` (the callee hung up) as
   ``hangup-user``, which the core still counts as completed for a notify
   call whose message was delivered.
+* In conversation mode the ``<Say>`` sits inside a speech ``<Gather>`` so
+  the callee can talk over the bot; that Gather waits one more second
+  after the speech, so ``played`` (and the ``listening`` state) comes up to
+  a second after the words ended, or at once when the callee speaks.
 * Listening is a speech ``<Gather>`` (Twilio's recogniser) whose action
   comes back with ``SpeechResult``/``Confidence``: a final ``speech`` event.
   Between turns the call rests in a listening ``<Gather>`` that loops, so
