@@ -629,6 +629,22 @@ def test_machine_detection(fake: FakeTwilio, receiver: Receiver, callee: Callee,
         assert hit.params.get("AnsweredBy") == answered_by
 
 
+def test_a_call_hung_up_during_its_answered_callback_fetches_no_twiml(fake: FakeTwilio,
+                                                                      receiver: Receiver) -> None:
+    receiver.twiml["/voice"] = "<Response><Say>hi</Say></Response>"
+
+    def hang_up(hit: Hit) -> str:
+        if hit.params["CallStatus"] == "in-progress":
+            assert update(fake, hit.params["CallSid"], Status="completed").status_code == 200
+        return "<Response/>"
+
+    receiver.twiml["/cb"] = hang_up
+    sid = start_call(fake, receiver, events=("answered",), StatusCallback=receiver.url("/cb"))
+    call = fake.wait_ended(sid)
+    assert call.status == "completed" and call.end_reason == "api-hangup"
+    assert receiver.at("/voice") == [] and call.said == [] and call.twiml == []
+
+
 def test_callee_hangs_up_after_a_while_and_during_gather(fake: FakeTwilio, receiver: Receiver) -> None:
     receiver.twiml["/voice"] = GATHER.format(timeout=600, extra="")
     fake.next_callee(hangup_after=0.1)

@@ -245,6 +245,15 @@ SETTINGS: tuple[Setting, ...] = (
     _s("twilio.authToken", "str", None, "Twilio auth token; also the webhook signing key.", secret=True,
        env="TWILIO_AUTH_TOKEN", credential="twilio-auth-token"),
     _s("twilio.apiBaseUrl", "url", "https://api.twilio.com", "Twilio REST API base URL."),
+    _s("twilio.machineDetection", "bool", False,
+       "Ask Twilio to detect answering machines (MachineDetection=Enable); a call a machine answers "
+       "is hung up and ends as voicemail."),
+    _s("twilio.voice", "str", None,
+       "Voice of <Say> (man, woman, Polly.<Name>[-Neural], Google.<name>). Default: Twilio's."),
+    _s("twilio.language", "str", "en-US", "Language of <Say> and of <Gather> speech recognition."),
+    _s("twilio.trustForwardedHeaders", "bool", False,
+       "Also check webhook signatures against the URL rebuilt from X-Forwarded-Proto/-Host/-Prefix. "
+       "Turn on only behind a reverse proxy that sets these headers itself."),
     # --- [telnyx] ---
     _s("telnyx.apiKey", "str", None, "Telnyx API key (Bearer token).", secret=True, env="TELNYX_API_KEY",
        credential="telnyx-api-key"),

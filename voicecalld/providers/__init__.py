@@ -23,4 +23,8 @@ def create(config: Config, timers: TimerService) -> Provider:
         from .telnyx import TelnyxProvider
 
         return TelnyxProvider(config)
+    if name == "twilio":
+        from .twilio import TwilioProvider
+
+        return TwilioProvider()
     raise ValueError(f"provider {name} is not available in this build")

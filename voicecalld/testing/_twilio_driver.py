@@ -200,6 +200,7 @@ class CallRunner:
 
     def _fetch(self, source: Fetch) -> str:
         call = self.call
+        call.check()  # a call that has ended (or been redirected) fetches nothing more
         params = standard_params(call) + list(source.extra)
         delivery = self.fake._webhooks.deliver(call, source.kind, source.url, source.method, params)
         call.check()  # a hang-up or update may have arrived while we waited
