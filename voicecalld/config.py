@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import tunnel
 from .phone import is_e164
 
 DEFAULT_CONFIG_PATH = "/etc/voicecalld/voicecalld.toml"
@@ -449,6 +450,7 @@ def _cross_checks(v: Mapping[str, Any]) -> list[str]:
                         "(or use inboundPolicy = \"disabled\")")
     if v["serve.path"] == v["streaming.streamPath"]:
         problems.append("streaming.streamPath: must differ from serve.path")
+    problems += tunnel.check_config(v)
     return problems
 
 
