@@ -412,3 +412,49 @@ def test_daemon_refuses_to_start_without_its_tunnel(tmp_path, fake_bin, tunnel_c
     finally:
         d.kill()
         remove(tmp)
+
+
+@pytest.mark.parametrize("domain, allow_free, url, refused", [
+    (None, True, "https://ab12-cd34-ef56.ngrok-free.app", None),
+    (None, False, "https://ab12-cd34-ef56.ngrok-free.app", "allowNgrokFreeTier is false"),
+    ("voice.example.ngrok.app", False, "https://voice.example.ngrok.app", None),
+    ("voice.example.ngrok.app", True, "https://other.ngrok-free.app", "not the reserved domain"),
+])
+def test_ngrok_url_acceptance(domain, allow_free, url, refused) -> None:
+    t = NgrokTunnel(ngrok_plan(ngrok_domain=domain, allow_free_tier=allow_free), lambda u: None)
+    problem = t._accept(url)
+    assert (problem is None) if refused is None else (refused in problem)
+
+
+def test_the_tunnel_url_is_the_base_of_the_providers_webhook_url(fake_bin, tmp_path, monkeypatch) -> None:
+    # In-process, to look at the provider itself: its webhook URLs (and so
+    # the URLs carrier signatures are checked against) follow the tunnel.
+    import signal
+
+    from voicecalld.daemon import Daemon
+
+    state = write_state(tmp_path / "tailscaled.json")
+    monkeypatch.setenv("FAKE_TAILSCALE_STATE", str(state))
+    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    cfg = config.from_mapping({"store": str(tmp_path / "state"), "serve": {"port": 0},
+                               "control": {"socket": str(tmp_path / "c.sock")},
+                               "tunnel": {"provider": "tailscale-funnel"}, "shutdownGraceSeconds": 0}, env={})
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    d = Daemon(cfg)
+    try:
+        d.start()
+        assert d.provider.public_url == f"https://{NODE}"
+        assert d.provider.webhook_url == f"https://{NODE}/voice/webhook"
+        d.expose("off")
+        assert d.provider.public_url is None
+        with pytest.raises(RuntimeError, match="no public URL"):
+            d.provider.webhook_url  # noqa: B018
+        d.expose("serve")
+        assert d.provider.webhook_url == f"https://{NODE}/voice/webhook"
+    finally:
+        d.shutdown()
+        signal.set_wakeup_fd(-1)
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    assert serve_config(state) == {}

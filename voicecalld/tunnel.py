@@ -266,6 +266,11 @@ class NgrokTunnel:
 
     def _run_once(self, path: str) -> tuple[str | None, str | None, int | None]:
         extra = {"NGROK_AUTHTOKEN": self.plan.ngrok_authtoken} if self.plan.ngrok_authtoken else {}
+        if not os.environ.get("HOME"):
+            # A DynamicUser= service has no $HOME, and the agent looks for its
+            # (optional) config file under it: give it the state directory.
+            extra["HOME"] = (os.environ.get("STATE_DIRECTORY") or os.environ.get("RUNTIME_DIRECTORY")
+                             or "/").split(":")[0]
         try:
             proc = subprocess.Popen(self.command(path), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, errors="replace", env=child_env(extra),
