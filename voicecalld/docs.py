@@ -103,12 +103,12 @@ def _entry(s: Setting) -> list[str]:
     lines.append(f"Default: {_default(s)}.")
     lines += sentences(s.doc)
     sources = []
-    if s.env:
-        sources.append(f"the environment variable \\fB{s.env}\\fR")
     if s.credential:
         sources.append(f"the systemd credential \\fB{s.credential}\\fR")
+    if s.env:
+        sources.append(f"the environment variable \\fB{s.env}\\fR")
     if sources:
-        lines.append("When not in the file, it is read from " + " or ".join(sources) + ".")
+        lines.append("When not in the file, it is read from " + ", else ".join(sources) + ".")
     if s.secret:
         lines.append("A secret: never logged or printed.")
     return lines
