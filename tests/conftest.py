@@ -52,3 +52,24 @@ def start_daemon(request) -> Iterator:
         else:
             d.notify.close()
         remove(tmp)  # type: ignore[arg-type]
+
+
+FAKES = os.path.join(os.path.dirname(__file__), "fakes")
+
+
+@pytest.fixture
+def fake_bin(tmp_path) -> str:
+    """A directory with the fake ``ngrok`` and ``tailscale`` executables, their
+    shebang pointing at this interpreter (so they run wherever the tests do).
+    Put it first on PATH to use them."""
+    import stat
+
+    bindir = tmp_path / "fake-bin"
+    bindir.mkdir()
+    for name in ("ngrok", "tailscale"):
+        with open(os.path.join(FAKES, name)) as fh:
+            body = fh.read().split("\n", 1)[1]
+        target = bindir / name
+        target.write_text(f"#!{sys.executable}\n{body}")
+        target.chmod(target.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP)
+    return str(bindir)

@@ -162,7 +162,8 @@ class Daemon:
         raise AssertionError(f"voicecalld not ready within {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def client(self, timeout: float = 10.0) -> Client:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import tunnel
 from .phone import is_e164
 
 DEFAULT_CONFIG_PATH = "/etc/voicecalld/voicecalld.toml"
@@ -295,16 +296,22 @@ SETTINGS: tuple[Setting, ...] = (
     _s("tts.voice", "str", "coral", "Text-to-speech voice."),
     _s("tts.baseUrl", "url", "https://api.openai.com/v1", "Base URL of the text-to-speech API."),
     # --- [tunnel] ---
-    _s("tunnel.provider", "choice", "none", "Tunnel that gives the webhook a public URL when publicUrl is unset.",
+    _s("tunnel.provider", "choice", "none",
+       "Tunnel that gives the webhook a public URL when publicUrl is unset: ngrok (the ngrok agent), "
+       "tailscale-serve (reachable inside the tailnet only) or tailscale-funnel (the internet).",
        choices=("none", "ngrok", "tailscale-serve", "tailscale-funnel")),
-    _s("tunnel.ngrokAuthToken", "str", None, "ngrok authtoken.", secret=True, env="NGROK_AUTHTOKEN",
-       credential="ngrok-authtoken"),
-    _s("tunnel.ngrokDomain", "str", None, "Reserved ngrok domain to use."),
-    _s("tunnel.allowNgrokFreeTier", "bool", True, "Allow a random free-tier ngrok URL."),
+    _s("tunnel.ngrokAuthToken", "str", None,
+       "Authtoken of the ngrok account; the agent gets it in its environment, not on its command line.",
+       secret=True, env="NGROK_AUTHTOKEN", credential="ngrok-authtoken"),
+    _s("tunnel.ngrokDomain", "str", None,
+       "Reserved ngrok domain (like voice.example.ngrok.app) to use instead of a random URL."),
+    _s("tunnel.allowNgrokFreeTier", "bool", True,
+       "Accept a random ngrok URL, which changes whenever the agent restarts; false requires ngrokDomain."),
     # --- [tailscale] (legacy) ---
     _s("tailscale.mode", "choice", "off", "Legacy form of tunnel.provider: off, serve or funnel.",
        choices=("off", "serve", "funnel")),
-    _s("tailscale.path", "urlpath", None, "Legacy: URL path Tailscale serves (default serve.path)."),
+    _s("tailscale.path", "urlpath", None,
+       "Legacy: URL path Tailscale publishes: serve.path (the default) or a parent path of it."),
     # --- [control] ---
     _s("control.socket", "path", None,
        "Control socket path. Default: $RUNTIME_DIRECTORY/control.sock, else "
@@ -499,6 +506,7 @@ def _cross_checks(v: Mapping[str, Any]) -> list[str]:
                         "(or use inboundPolicy = \"disabled\")")
     if v["serve.path"] == v["streaming.streamPath"]:
         problems.append("streaming.streamPath: must differ from serve.path")
+    problems += tunnel.check_config(v)
     return problems
 
 

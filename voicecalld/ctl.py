@@ -193,10 +193,10 @@ def main(argv: list[str] | None = None) -> int:
             from .mcp import serve
 
             configured_socket = (_configured(args.config).get("control") or {}).get("socket")
-            return serve(paths.socket_path(configured_socket, explicit=args.socket), args.timeout)
+            return serve(paths.client_socket_path(configured_socket, explicit=args.socket), args.timeout)
         explicit = args.socket or os.environ.get("VOICECALLD_SOCKET")
         configured = None if explicit else (_configured(args.config).get("control") or {}).get("socket")
-        path = paths.socket_path(configured, explicit=args.socket)
+        path = paths.client_socket_path(configured, explicit=args.socket)
         with Client(path, timeout=args.timeout if args.timeout is not None else 30.0) as client:
             return _run(args, client)
     except Usage as exc:

@@ -20,16 +20,17 @@ import threading
 import time
 from typing import Any
 
-from . import __version__, config, logs, paths, providers
+from . import __version__, calllog, config, logs, paths, providers
 from .config import Config, ConfigError
 from .control.server import ControlServer, SocketError, bind_socket
-from .errors import VoiceCallError
+from .errors import InvalidParams, VoiceCallError
 from .events import EventBus
 from .manager import CallManager
 from .recovery import Recovery
 from .store import Store
 from .systemd import Notifier, listen_fds, under_journald, watchdog_interval
 from .timers import TimerService, WorkerPool
+from .tunnel import TunnelError, Tunnels
 from .webhook import WebhookApp
 
 log = logging.getLogger("voicecalld")
@@ -67,6 +68,7 @@ class Daemon:
         self.webhook_port: int | None = None
         self._webhook_thread: threading.Thread | None = None
         self.control: ControlServer | None = None
+        self.tunnels: Tunnels | None = None
 
     # -- start-up --
 
@@ -81,6 +83,7 @@ class Daemon:
         self.timers = TimerService(self.pool)
         self.timers.start()
         self.bus = EventBus()
+        calllog.attach(self.bus)
         try:
             self.provider = providers.create(cfg, self.timers)
         except ValueError as exc:
@@ -99,6 +102,7 @@ class Daemon:
         # then fails with "already listening on <socket>", not a port clash.
         self._start_control_server()
         self._start_webhook_server()
+        self._start_tunnel()
         self.provider.start()
         self._install_signal_handlers()
         self.notifier.notify("READY=1", self._status_line())
@@ -125,6 +129,30 @@ class Daemon:
         self._webhook_thread = threading.Thread(target=self.webhook_server.serve_forever, kwargs={"poll_interval": 0.5},
                                                 name="webhook-server", daemon=True)
         self._webhook_thread.start()
+
+    def _start_tunnel(self) -> None:
+        """Before READY=1 (bounded by tunnel.START_TIMEOUT), so a carrier is
+        never given a URL that does not work yet."""
+        assert self.webhook_port is not None
+        self.tunnels = Tunnels(self.config.values, self.webhook_port, self._set_public_url)
+        if self.tunnels.plan is None:
+            self.tunnels.start()  # only logs why no tunnel runs
+            return
+        provider = self.tunnels.plan.provider
+        self.notifier.notify(f"STATUS=starting the {provider} tunnel")
+        try:
+            self.tunnels.start()
+        except TunnelError as exc:
+            if self.control is not None:
+                self.control.close()
+            if self.webhook_server is not None:
+                self.webhook_server.shutdown()
+            raise StartupError(f"tunnel.provider {provider}: {exc}") from None
+
+    def _set_public_url(self, url: str | None) -> None:
+        # publicUrl wins over any tunnel; a tunnel's URL (or its absence) applies otherwise.
+        self.public_url = self.config.publicUrl or url
+        self.provider.public_url = self.public_url
 
     def _start_control_server(self) -> None:
         import socket as socketmod
@@ -163,10 +191,20 @@ class Daemon:
             "activeCalls": self.manager.active_count, "uptimeSeconds": round(time.monotonic() - self.started, 3),
             "webhook": {"bind": self.config.serve.bind, "port": self.webhook_port, "path": self.config.serve.path},
             "controlSocket": self.socket_path, "pid": os.getpid(), "stopping": self.stopping,
+            "tunnel": self.tunnels.describe() if self.tunnels is not None else None,
         }
 
     def expose(self, mode: str) -> dict[str, Any]:
-        raise VoiceCallError("no tunnel configured")
+        """``daemon.expose``: publish the webhook with Tailscale serve or funnel, or stop."""
+        if mode not in ("funnel", "serve", "off"):
+            raise InvalidParams(f"daemon.expose: mode must be funnel, serve or off, got {mode!r}")
+        if self.tunnels is None or self.stopping:
+            raise VoiceCallError("the daemon is starting or stopping; try again")
+        try:
+            result = self.tunnels.expose(mode)
+        except TunnelError as exc:
+            raise VoiceCallError(str(exc)) from None
+        return {"ok": True, "mode": result["mode"], "publicUrl": self.public_url}
 
     def health(self) -> dict[str, Any]:
         problems = self._health_problems()
@@ -254,6 +292,8 @@ class Daemon:
         if self.manager.active_count:
             log.info("waiting up to %g s for %d active call(s) to finish", grace, self.manager.active_count)
         self.manager.shutdown(grace)
+        if self.tunnels is not None:
+            self.tunnels.stop()  # after the drain: ending calls still need their webhooks
         if self.control is not None:
             self.control.close()
         self.provider.stop()

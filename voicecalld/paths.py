@@ -31,6 +31,26 @@ def socket_path(configured: str | None = None, *, explicit: str | None = None,
     return f"/tmp/voicecalld-{os.getuid()}/control.sock"
 
 
+#: Where voicecalld.socket (the systemd unit) puts the control socket.
+SYSTEM_SOCKET = "/run/voicecalld/control.sock"
+
+
+def client_socket_path(configured: str | None = None, *, explicit: str | None = None,
+                       env: Mapping[str, str] | None = None, system_socket: str = SYSTEM_SOCKET) -> str:
+    """What a client (voicecallctl, the MCP server) connects to: as
+    ``socket_path``, except that when nothing names a socket (no --socket,
+    $VOICECALLD_SOCKET or control.socket) and the per-user default does not
+    exist, the system service's socket is used if it exists. That is what
+    an administrator running voicecallctl in a login shell means."""
+    env = os.environ if env is None else env
+    path = socket_path(configured, explicit=explicit, env=env)
+    if explicit or env.get("VOICECALLD_SOCKET") or configured or env.get("RUNTIME_DIRECTORY"):
+        return path
+    if not os.path.exists(path) and os.path.exists(system_socket):
+        return system_socket
+    return path
+
+
 def store_dir(configured: str | None = None, env: Mapping[str, str] | None = None) -> str:
     """``store``, else ``$STATE_DIRECTORY``, else ``$XDG_STATE_HOME/voicecalld``
     (``~/.local/state/voicecalld``)."""

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 RING_AFTER = 0.05     # seconds until a dialed mock phone rings
 STATE_FILE = "mock-carrier.json"
-_KEEP_ENDED = 1000    # ended calls the state file remembers for status queries
+_KEEP_ENDED = 64      # recently ended calls the state file remembers (older ones: "long gone")
 INBOUND_ANSWER = 0.05  # seconds until the daemon's answer of an inbound call connects
 
 
