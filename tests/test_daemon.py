@@ -150,7 +150,7 @@ def test_tool_and_tool_schema(start_daemon) -> None:
     assert d.ctl("tool", stdin=json.dumps(wrapped))[1] == {"success": True, "transcript": "fine"}
     assert d.ctl("tool", stdin=json.dumps({"action": "get_status", "callId": "nope"}))[1] == {"found": False}
     code, out, _ = d.ctl("tool", stdin=json.dumps({"action": "end_call"}))
-    assert code == 0 and "needs callId" in out["error"]
+    assert code == 1 and "needs callId" in out["error"]  # an {error} result: printed, exit 1
 
 
 # --- the socket protocol -------------------------------------------------------------------------

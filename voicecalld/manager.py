@@ -252,6 +252,14 @@ class CallManager:
         self._run(live, lambda c: c.speak(text, now_ms()), raise_errors=True)
         return {"callId": live.call.id, "ok": True}
 
+    def say_goodbye(self, call_id: object, message: object) -> dict[str, Any]:
+        """Speak ``message``, then hang up after it has played; the call ends
+        as hangup-bot (the auto-responder's hang_up tool)."""
+        text = self._check_message(message)
+        live = self._find(call_id)
+        self._run(live, lambda c: c.say_goodbye(text, now_ms()), raise_errors=True)
+        return {"callId": live.call.id, "ok": True}
+
     def continue_(self, call_id: object, message: object) -> dict[str, Any]:
         text = self._check_message(message)
         live = self._find(call_id)
