@@ -163,8 +163,10 @@ def parse_completion(data: Any) -> Reply:
 
 _THINK = re.compile(r"<think>.*?(?:</think>|\Z)", re.S | re.I)  # reasoning a local model printed
 _FENCE = re.compile(r"^[ \t]*(?:```|~~~).*$", re.M)
-_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
-_LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
+# A link target: one level of parentheses inside (Wikipedia URLs), an optional "title".
+_TARGET = r"\((?:[^()\s]|\([^()]*\))*(?:\s+\"[^\"]*\")?\)"
+_IMAGE = re.compile(r"!\[([^\]]*)\]" + _TARGET)
+_LINK = re.compile(r"\[([^\]]+)\]" + _TARGET)
 _URL_ANGLE = re.compile(r"<(https?://[^>]+)>")
 _HTML = re.compile(r"</?[A-Za-z][^>]*>")
 _RULE = re.compile(r"^[ \t]*([-*_])(?:[ \t]*\1){2,}[ \t]*$", re.M)

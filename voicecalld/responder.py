@@ -194,7 +194,7 @@ class Responder:
             if goodbye:
                 self.manager.say_goodbye(call_id, text)
             else:
-                self.manager.speak(call_id, text)
+                self.manager.speak(call_id, text, listen=True)
         except NotConnected:
             log.debug("call %s: ended before the reply could be spoken", call_id)
         except ProviderError as exc:
