@@ -206,16 +206,20 @@ def test_a_local_server_needs_no_key(start_daemon) -> None:
         assert "Authorization" not in request.headers and request.body["model"] == "qwen2.5-7b-instruct"
 
 
-def test_no_key_for_the_openai_api_means_an_apology_not_a_request(make_engine) -> None:
+def test_without_a_key_for_the_openai_api_the_responder_stays_quiet(make_engine, caplog) -> None:
     e = make_engine(inboundPolicy="open")  # default responseBaseUrl, no key anywhere
-    responder = Responder(e.manager, e.bus)
+    with caplog.at_level("WARNING", logger="voicecalld.responder"):
+        responder = Responder(e.manager, e.bus)
+    assert "automatic replies are off" in caplog.text  # said at start-up
     responder._session.post = lambda *a, **k: pytest.fail("no request may be sent")  # type: ignore
     try:
         call_id = e.provider.inbound(CALLER, None)["callId"]
         e.wait_state(call_id, "listening")
         e.provider.say(call_id, "hello")
-        e.wait(lambda: len(e.manager.status(call_id)["transcript"]) == 3, what="the apology")
-        assert lines(e.manager.status(call_id))[-1] == ("bot", APOLOGY)
+        e.wait(lambda: len(e.manager.status(call_id)["transcript"]) == 2, what="the caller's words")
+        time.sleep(0.1)
+        assert lines(e.manager.status(call_id))[-1] == ("user", "hello")  # no apology into the call
+        assert caplog.text.count("automatic replies are off") == 1
     finally:
         responder.stop()
 

@@ -93,6 +93,7 @@ class Responder:
         self._session.mount("https://", adapter)
         self._session.headers["User-Agent"] = "voicecalld"
         manager.on_unclaimed = self.on_unclaimed
+        self.configured(manager.config)  # say so at start-up, not at the first call
 
     @property
     def config(self) -> Config:
@@ -101,7 +102,8 @@ class Responder:
     # -- the hook (any thread; must not block) --
 
     def on_unclaimed(self, call_id: str, text: str) -> None:
-        if self._stopping or self.config.responder == "off":
+        cfg = self.config
+        if self._stopping or cfg.responder == "off" or not self.configured(cfg):
             return
         with self._lock:
             if call_id in self._closing:
@@ -212,16 +214,27 @@ class Responder:
 
     # -- responder = "llm" --
 
+    def configured(self, cfg: Config) -> bool:
+        """False when the LLM responder cannot work: the OpenAI API without a
+        key. Warns once per configuration (start-up, and each reload)."""
+        if cfg.responder != "llm" or cfg.responseApiKey or cfg.streaming.openaiApiKey:
+            return True
+        if urlsplit(cfg.responseBaseUrl).hostname != "api.openai.com":
+            return True  # a local server may need no key
+        if self._warned_key is not cfg:
+            self._warned_key = cfg
+            log.warning("automatic replies are off: responder llm needs an API key for %s (responseApiKey or "
+                        "OPENAI_API_KEY), or point responseBaseUrl at a local server; set responder = \"off\" "
+                        "to silence this", cfg.responseBaseUrl)
+        return False
+
     def _ask_llm(self, record: dict[str, Any], cfg: Config) -> Outcome:
         base = cfg.responseBaseUrl.rstrip("/")
         key = cfg.responseApiKey or cfg.streaming.openaiApiKey
-        if not key and urlsplit(base).hostname == "api.openai.com":
-            # Never send a request that can only fail; say why once per configuration.
-            if self._warned_key is not cfg:
-                self._warned_key = cfg
-                log.warning("responder llm needs an API key for %s: set responseApiKey or OPENAI_API_KEY, "
-                            "point responseBaseUrl at a local server, or set responder = \"off\"", base)
-            return Outcome("failed", why="no API key for the OpenAI API")
+        if not self.configured(cfg):
+            # Not set up (a default install): no request that can only fail,
+            # and no apologies spoken into calls an agent may be running.
+            return Outcome("done")
         deadline = time.monotonic() + cfg.responseTimeoutMs / 1000
         tools = base not in self._no_tools
         try:
