@@ -224,6 +224,40 @@ def test_without_a_key_for_the_openai_api_the_responder_stays_quiet(make_engine,
         responder.stop()
 
 
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("fault", ["refused", "not-a-completion", "not-json"])
+def test_an_unusable_endpoint_gives_the_apology(make_engine, fake, fault: str, caplog) -> None:
+    base = f"http://127.0.0.1:{closed_port()}/v1" if fault == "refused" else fake.base_url
+    e = make_engine(inboundPolicy="open", responseBaseUrl=base, responseApiKey="sk-test")
+    responder = Responder(e.manager, e.bus)
+    if fault != "refused":
+        real = responder._session.post
+
+        def post(*args: Any, **kwargs: Any) -> Any:
+            response = real(*args, **kwargs)
+            response._content = b'{"choices": []}' if fault == "not-a-completion" else b"<html>oops</html>"
+            return response
+
+        responder._session.post = post  # type: ignore[method-assign]
+    try:
+        call_id = e.provider.inbound(CALLER, None)["callId"]
+        e.wait_state(call_id, "listening")
+        e.provider.say(call_id, "hello")
+        e.wait(lambda: len(e.manager.status(call_id)["transcript"]) == 3, what="the apology")
+        assert lines(e.manager.status(call_id))[-1] == ("bot", APOLOGY)
+        e.wait_state(call_id, "listening")
+        expected = {"refused": "cannot reach", "not-a-completion": "no choices[0].message",
+                    "not-json": "not JSON"}[fault]
+        assert expected in caplog.text
+    finally:
+        responder.stop()
+
+
 # --- responder = "socket": an external agent answers ------------------------------------------------
 
 

@@ -2,10 +2,9 @@
 
 Threads: the werkzeug webhook server (one thread per request), the control
 server (one per connection), the timer wheel and its worker pool, the
-auto-responder's worker pool (LLM requests), and the
-main thread, which only waits: for signals (recorded by the handlers and
-acted on here), for watchdog deadlines, and for status changes to report to
-systemd.
+auto-responder's worker pool (LLM requests), and the main thread, which
+only waits: for signals (recorded by the handlers and acted on here), for
+watchdog deadlines, and for status changes to report to systemd.
 """
 
 from __future__ import annotations
