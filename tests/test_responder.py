@@ -132,6 +132,34 @@ def test_goodbye_plays_before_the_line_is_closed(make_engine, fake) -> None:
         responder.stop()
 
 
+def test_the_request_runs_on_the_responder_pool_without_a_lock(make_engine, fake) -> None:
+    import threading
+    import uuid
+
+    from voicecalld.calls import CallEvent
+
+    e = make_engine(inboundPolicy="open", responseBaseUrl=fake.base_url, responseApiKey="sk-test")
+    responder = Responder(e.manager, e.bus)
+    threads: list[str] = []
+    real = responder._complete
+    responder._complete = lambda *a, **k: (threads.append(threading.current_thread().name), real(*a, **k))[1]
+    fake.chat_replies.put({"content": "Slow reply.", "delay": 0.5})
+    try:
+        call_id = e.provider.inbound(CALLER, None)["callId"]
+        e.wait_state(call_id, "listening")
+        e.manager.handle_event(CallEvent(EventType.SPEECH, uuid.uuid4().hex, call_id=call_id, transcript="hi"))
+        # handle_event (a webhook thread, in the daemon) is back before the model has answered...
+        assert lines(e.manager.status(call_id))[-1] == ("user", "hi")
+        e.wait(lambda: len(fake.chat_requests) == 1, what="the request")
+        # ...and while the request is in flight, the call's lock is free.
+        assert fake.chat_requests[0].status == 0  # not answered yet
+        e.manager.speak(call_id, "One moment.")
+        e.wait(lambda: lines(e.manager.status(call_id))[-1] == ("bot", "Slow reply."), what="the reply")
+        assert len(threads) == 1 and threads[0].startswith("responder-")
+    finally:
+        responder.stop()
+
+
 def test_speech_while_the_model_thinks_gets_one_reply_to_all_of_it(start_daemon, fake) -> None:
     fake.chat_replies.put({"content": "Stale answer to one.", "delay": 0.6})
     fake.chat_replies.put("One reply to both.")
@@ -144,7 +172,7 @@ def test_speech_while_the_model_thinks_gets_one_reply_to_all_of_it(start_daemon,
     assert lines(record) == [("bot", GREETING), ("user", "one"), ("user", "two"), ("bot", "One reply to both.")]
     assert len(fake.chat_requests) == 2
     assert fake.chat_requests[1].body["messages"][-1] == {"role": "user", "content": "one two"}
-    d.wait(lambda: fake.chat_requests[0].status is not None, what="the stale reply to arrive")
+    d.wait(lambda: fake.chat_requests[0].status == 200, what="the stale reply to arrive")
     time.sleep(0.2)
     assert lines(d.rpc("voicecall.status", {"callId": call_id})) == lines(record)
     assert len(fake.chat_requests) == 2
