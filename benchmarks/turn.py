@@ -26,7 +26,11 @@ Two numbers per turn:
 
 Each call takes ``--turns-per-call`` turns (a realistic conversation, so
 the transcript and request grow as in real calls), then ends; the next
-call starts. Prints a table and one JSON line.
+call starts. The call log goes to a temporary directory on the default
+temp filesystem; ``--store /dev/shm/x`` takes the disk out of the picture.
+Prints a table and one JSON line.
+
+    python benchmarks/turn.py [--turns 1000] [--store DIR]
 """
 
 from __future__ import annotations
