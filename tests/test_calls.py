@@ -160,6 +160,26 @@ def test_notify_hangup_is_armed_only_after_the_message_played() -> None:
     assert call.timer_fired("notify-hangup") == [Hangup(S.COMPLETED)]
 
 
+@pytest.mark.parametrize("ended_by", [S.HANGUP_USER, S.COMPLETED])
+def test_goodbye_hangs_up_after_it_played_and_ends_as_hangup_bot(ended_by: State) -> None:
+    call = make_call(S.LISTENING, Mode.CONVERSATION, direction=Direction.INBOUND)
+    actions = call.say_goodbye("Bye!", 1)
+    assert Speak("Bye!", "u1", "hangup", None) in actions and call.state == S.SPEAKING
+    assert not any(isinstance(a, Hangup) for a in actions)  # not before it has played
+    assert ArmTimer("notify-hangup", 2) in call.handle(ev(EventType.PLAYED, utterance_id="u1"), 2)
+    assert call.timer_fired("notify-hangup") == [Hangup(S.HANGUP_BOT)]
+    # Whoever closes the line (the carrier after our hangup, or the caller first), it was the bot's call.
+    call.handle(ev(EventType.ENDED, reason=ended_by), 3)
+    assert call.record.endReason == S.HANGUP_BOT
+
+
+def test_goodbye_on_a_call_that_is_not_connected_changes_nothing() -> None:
+    call = make_call(S.RINGING, Mode.CONVERSATION)
+    with pytest.raises(NotConnected):
+        call.say_goodbye("Bye!", 1)
+    assert call.end_requested is None
+
+
 def test_played_for_unknown_utterance_does_nothing() -> None:
     call = make_call(S.SPEAKING, Mode.NOTIFY)
     assert call.handle(ev(EventType.PLAYED, utterance_id="u99"), 1) == []

@@ -150,7 +150,7 @@ def test_tool_and_tool_schema(start_daemon) -> None:
     assert d.ctl("tool", stdin=json.dumps(wrapped))[1] == {"success": True, "transcript": "fine"}
     assert d.ctl("tool", stdin=json.dumps({"action": "get_status", "callId": "nope"}))[1] == {"found": False}
     code, out, _ = d.ctl("tool", stdin=json.dumps({"action": "end_call"}))
-    assert code == 0 and "needs callId" in out["error"]
+    assert code == 1 and "needs callId" in out["error"]  # an {error} result: printed, exit 1
 
 
 # --- the socket protocol -------------------------------------------------------------------------
@@ -440,10 +440,17 @@ def test_no_config_file_runs_the_mock_with_default_paths(tmp_path) -> None:
         d.kill()
 
 
-def test_ctl_imports_only_the_standard_library_and_its_client() -> None:
-    code = ("import sys; from voicecalld import ctl; "
+@pytest.mark.parametrize("argv", [None, ["--socket", "/nonexistent/x.sock", "mcp"],
+                                  ["--socket", "/nonexistent/x.sock", "tool-schema"]])
+def test_ctl_imports_only_the_standard_library_and_its_client(argv) -> None:
+    # With argv, the command really runs (mcp on an empty stdin, so it ends at once).
+    run = f"import io; sys.stdin = io.TextIOWrapper(io.BytesIO(b'')); ctl.main({argv!r}); " if argv else ""
+    code = ("import sys; from voicecalld import ctl; " + run +
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-            "{'werkzeug','requests','websocket','simple_websocket','nacl','urllib3'} "
-            "or m in {'voicecalld.config','voicecalld.manager','voicecalld.daemon'}); print(bad)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30).stdout
-    assert out.strip() == "[]"
+            "{'werkzeug','requests','websocket','simple_websocket','nacl','urllib3','charset_normalizer',"
+            "'idna'} "
+            "or m in {'voicecalld.config','voicecalld.manager','voicecalld.daemon','voicecalld.responder'}); "
+            "print('mcp' if 'voicecalld.mcp' in sys.modules else '-', bad, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    used_mcp = "mcp" in (argv or [])
+    assert proc.stderr.strip().splitlines()[-1] == ("mcp" if used_mcp else "-") + " []", proc.stderr

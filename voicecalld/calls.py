@@ -365,6 +365,15 @@ class Call:
         out += [Persist(), Speak(text, utterance_id, then, turn)]
         return out
 
+    def say_goodbye(self, text: str, now_ms: int, reason: State = State.HANGUP_BOT) -> list[Action]:
+        """Speak a last message, then hang up once it has played (after the
+        notify hangup delay, as in notify mode). The bot chose to end the
+        call, so it ends as ``reason`` whoever hangs up first."""
+        actions = self.speak(text, now_ms, then="hangup")
+        if self.end_requested is None:
+            self.end_requested = reason
+        return actions
+
     def begin_turn(self, text: str, now_ms: int) -> list[Action]:
         """``continue``: speak, then listen for the callee's reply."""
         actions = self.speak(text, now_ms, then="listen", turn=self.turns + 1)

@@ -213,17 +213,22 @@ SETTINGS: tuple[Setting, ...] = (
     _s("inboundGreeting", "str", "Hello, you have reached the voice assistant. How can I help?",
        "What an accepted inbound caller hears first."),
     _s("responder", "choice", "llm",
-       "Who answers caller speech that no continue is waiting for: llm (Chat Completions at "
-       "responseBaseUrl), socket (an events.subscribe client answers with voicecall.speak), or off.",
+       "Who answers caller speech that no continue is waiting for, on inbound and conversation calls: llm "
+       "(Chat Completions at responseBaseUrl), socket (events.subscribe clients get a call.turn event and "
+       "answer with voicecall.speak within responseTimeoutMs), or off.",
        choices=("llm", "socket", "off")),
     _s("responseModel", "str", "openai/gpt-4o-mini",
-       "Model for automatic replies as provider/model; the part after the first slash is sent to the API."),
+       "Model for automatic replies as provider/model; the part after the first slash is sent to the API "
+       "(so a vLLM model named org/name is written local/org/name)."),
     _s("responseSystemPrompt", "str", None,
-       "System prompt for automatic replies. Default: short spoken answers, and the caller's number."),
+       "System prompt for automatic replies; {caller} is replaced by the other party's number. Default: "
+       "one or two spoken sentences, no markdown, the caller's number, and when to hang up."),
     _s("responseTimeoutMs", "int", 30000,
        "How long an automatic reply may take before the caller hears an apology.", minimum=1),
     _s("responseBaseUrl", "url", "https://api.openai.com/v1",
        "Base URL of an OpenAI-compatible Chat Completions API (OpenAI, llama.cpp, vLLM, ...)."),
+    _s("responseApology", "str", "Sorry, I'm having trouble answering right now. Could you say that again?",
+       "What the caller hears when an automatic reply fails, times out or comes back empty."),
     _s("responseApiKey", "str", None,
        "Bearer token for responseBaseUrl. Default: streaming.openaiApiKey (OPENAI_API_KEY).",
        secret=True, credential="response-api-key"),
@@ -504,6 +509,11 @@ def _cross_checks(v: Mapping[str, Any]) -> list[str]:
     if v["inboundPolicy"] in ("allowlist", "pairing") and not v["allowFrom"]:
         problems.append(f"allowFrom: inboundPolicy {v['inboundPolicy']} needs at least one number "
                         "(or use inboundPolicy = \"disabled\")")
+    model = v["responseModel"]
+    if not model.strip() or model.endswith("/") or model.startswith("/"):
+        problems.append(f"responseModel: expected provider/model or model, like openai/gpt-4o-mini, got {model!r}")
+    if not v["responseApology"].strip():
+        problems.append("responseApology: must not be empty (the caller would hear nothing)")
     if v["serve.path"] == v["streaming.streamPath"]:
         problems.append("streaming.streamPath: must differ from serve.path")
     problems += tunnel.check_config(v)

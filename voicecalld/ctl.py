@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any
 
-from . import __version__, paths
+from . import __version__, paths, tool
 from .control.client import Client, RpcError, Unreachable
 
 EX_OK, EX_ERROR, EX_USAGE, EX_UNAVAILABLE = 0, 1, 2, 69
@@ -86,7 +86,8 @@ def _parser() -> Parser:
     t.add_argument("-f", "--follow", action="store_true", help="then print events as they happen")
     e = sub.add_parser("expose", help="publish the webhook through Tailscale (serve or funnel) or stop")
     e.add_argument("--mode", required=True, choices=("funnel", "serve", "off"))
-    sub.add_parser("tool", help="run one voice_call tool call read as JSON from stdin")
+    sub.add_parser("tool", help="run one voice_call tool call read as JSON from stdin; prints the result "
+                                "(exit 1 if it is an {\"error\": ...} result)")
     ts = sub.add_parser("tool-schema", help="print the voice_call tool definition")
     ts.add_argument("--format", choices=("openai", "anthropic", "mcp"), default="openai")
     sub.add_parser("mcp", help="run a Model Context Protocol server on stdin/stdout")
@@ -114,13 +115,29 @@ def _read_tool_call() -> dict[str, Any]:
         data = json.loads(text)
     except ValueError as exc:
         raise Usage(f"voicecallctl tool: stdin is not JSON: {exc}") from None
-    if isinstance(data, dict) and "arguments" in data:
-        if data.get("name", "voice_call") != "voice_call":
-            raise Usage(f"voicecallctl tool: unknown tool {data.get('name')!r}; the tool is voice_call")
-        data = data["arguments"]
-    if not isinstance(data, dict):
-        raise Usage('voicecallctl tool: expected {"action": ...} or {"name": "voice_call", "arguments": {...}}')
-    return data
+    try:
+        return tool.arguments_of(data)
+    except ValueError as exc:
+        raise Usage(f"voicecallctl tool: {exc}") from None
+
+
+def _tool(args: argparse.Namespace, path: str) -> int:
+    """``voicecallctl tool``: stdout always carries a result object, the
+    ``{"error": ...}`` kind included, because agents read stdout; the exit
+    status says whether it is an error (1), or the daemon is unreachable (69)."""
+    arguments = _read_tool_call()  # before connecting: bad input is a usage error either way
+    timeout = args.timeout if args.timeout is not None else CONTINUE_TIMEOUT
+    try:
+        with Client(path, timeout=timeout) as client:
+            result = client.call("tool.call", {"name": tool.NAME, "arguments": arguments})
+    except Unreachable as exc:
+        _print({"error": str(exc)})
+        raise
+    except RpcError as exc:
+        _print({"error": exc.message})
+        raise
+    _print(result)
+    return EX_ERROR if isinstance(result, dict) and "error" in result else EX_OK
 
 
 def _run(args: argparse.Namespace, client: Client) -> int:
@@ -149,11 +166,6 @@ def _run(args: argparse.Namespace, client: Client) -> int:
         return _tail(args, client)
     elif cmd == "expose":
         _print(client.call("daemon.expose", {"mode": args.mode}, timeout=args.timeout or 60))
-    elif cmd == "tool":
-        _print(client.call("tool.call", {"name": "voice_call", "arguments": _read_tool_call()},
-                           args.timeout if args.timeout is not None else CONTINUE_TIMEOUT))
-    elif cmd == "tool-schema":
-        _print(client.call("tool.schema", {"format": args.format}))
     elif cmd == "mock":
         if args.mock_command == "say":
             _print(client.call("mock.say", {"callId": args.call_id, "text": args.text}))
@@ -189,14 +201,20 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         if args.timeout is not None and args.timeout <= 0:
             raise Usage("voicecallctl: --timeout must be positive")
-        if args.command == "mcp":
-            from .mcp import serve
-
-            configured_socket = (_configured(args.config).get("control") or {}).get("socket")
-            return serve(paths.client_socket_path(configured_socket, explicit=args.socket), args.timeout)
+        if args.command == "tool-schema":
+            # The definition ships with this package (the daemon's tool.schema
+            # returns the same), so printing it needs no running daemon.
+            _print(tool.schema(args.format))
+            return EX_OK
         explicit = args.socket or os.environ.get("VOICECALLD_SOCKET")
         configured = None if explicit else (_configured(args.config).get("control") or {}).get("socket")
         path = paths.client_socket_path(configured, explicit=args.socket)
+        if args.command == "mcp":
+            from .mcp import serve
+
+            return serve(path, args.timeout)
+        if args.command == "tool":
+            return _tool(args, path)
         with Client(path, timeout=args.timeout if args.timeout is not None else 30.0) as client:
             return _run(args, client)
     except Usage as exc:

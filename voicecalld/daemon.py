@@ -1,10 +1,10 @@
 """``voicecalld``: the daemon process.
 
 Threads: the werkzeug webhook server (one thread per request), the control
-server (one per connection), the timer wheel and its worker pool, and the
-main thread, which only waits: for signals (recorded by the handlers and
-acted on here), for watchdog deadlines, and for status changes to report to
-systemd.
+server (one per connection), the timer wheel and its worker pool, the
+auto-responder's worker pool (LLM requests), and the main thread, which
+only waits: for signals (recorded by the handlers and acted on here), for
+watchdog deadlines, and for status changes to report to systemd.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from .errors import InvalidParams, VoiceCallError
 from .events import EventBus
 from .manager import CallManager
 from .recovery import Recovery
+from .responder import Responder
 from .store import Store
 from .systemd import Notifier, listen_fds, under_journald, watchdog_interval
 from .timers import TimerService, WorkerPool
@@ -90,6 +91,8 @@ class Daemon:
             raise StartupError(str(exc)) from None
         self.provider.public_url = self.public_url
         self.manager = CallManager(cfg, self.provider, self.store, self.timers, self.bus)
+        # Answers caller speech no continue waits for; reads manager.config per turn.
+        self.responder = Responder(self.manager, self.bus)
         loaded = self.store.load()
         restored = self.manager.restore(loaded.records)
         log.info("call log %s: %d calls, %d restored as active, %d unreadable lines", self.store.path,
@@ -292,6 +295,7 @@ class Daemon:
         if self.manager.active_count:
             log.info("waiting up to %g s for %d active call(s) to finish", grace, self.manager.active_count)
         self.manager.shutdown(grace)
+        self.responder.stop()  # after the calls: it answers callers during the grace period
         if self.tunnels is not None:
             self.tunnels.stop()  # after the drain: ending calls still need their webhooks
         if self.control is not None:

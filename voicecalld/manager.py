@@ -23,6 +23,7 @@ from typing import Any
 from . import calls, inbound
 from .calls import (
     Action,
+    AfterSpeech,
     ArmTimer,
     Call,
     CallEvent,
@@ -248,10 +249,21 @@ class CallManager:
                 if not live.call.terminal:
                     self.store.append(live.call.record.to_dict())
 
-    def speak(self, call_id: object, message: object) -> dict[str, Any]:
+    def speak(self, call_id: object, message: object, *, listen: bool = False) -> dict[str, Any]:
+        """Say ``message``. ``listen``: then listen for the callee (the
+        auto-responder's replies), so the carrier keeps the line open for them."""
         text = self._check_message(message)
         live = self._find(call_id)
-        self._run(live, lambda c: c.speak(text, now_ms()), raise_errors=True)
+        then: AfterSpeech = "listen" if listen else None
+        self._run(live, lambda c: c.speak(text, now_ms(), then=then), raise_errors=True)
+        return {"callId": live.call.id, "ok": True}
+
+    def say_goodbye(self, call_id: object, message: object) -> dict[str, Any]:
+        """Speak ``message``, then hang up after it has played; the call ends
+        as hangup-bot (the auto-responder's hang_up tool)."""
+        text = self._check_message(message)
+        live = self._find(call_id)
+        self._run(live, lambda c: c.say_goodbye(text, now_ms()), raise_errors=True)
         return {"callId": live.call.id, "ok": True}
 
     def continue_(self, call_id: object, message: object) -> dict[str, Any]:

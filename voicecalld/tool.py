@@ -11,9 +11,13 @@ errors, so a model can read them and recover.
 from __future__ import annotations
 
 import copy
+import json
+import logging
 from typing import Any, Protocol
 
 from .errors import CallNotFound, VoiceCallError
+
+log = logging.getLogger(__name__)
 
 NAME = "voice_call"
 DESCRIPTION = (
@@ -21,7 +25,7 @@ DESCRIPTION = (
     "(mode notify hangs up after the message; mode conversation keeps the line open). "
     "continue_call speaks and then waits for the callee's spoken reply, which it returns. "
     "speak_to_user says something without waiting. end_call hangs up. get_status returns the call "
-    "record with its transcript."
+    "record with its transcript. Failures come back as {\"error\": \"...\"} results."
 )
 
 ACTIONS = ("initiate_call", "continue_call", "speak_to_user", "end_call", "get_status")
@@ -29,7 +33,11 @@ ACTIONS = ("initiate_call", "continue_call", "speak_to_user", "end_call", "get_s
 PARAMETERS: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "action": {"type": "string", "enum": list(ACTIONS), "description": "What to do."},
+        "action": {"type": "string", "enum": list(ACTIONS),
+                   "description": "initiate_call: dial `to` and say `message` -> {callId, initiated}. "
+                                  "continue_call: say `message` on `callId`, then wait for the callee's reply "
+                                  "-> {success, transcript}. speak_to_user: say `message` without waiting. "
+                                  "end_call: hang up `callId`. get_status: -> {found, call} with the transcript."},
         "message": {"type": "string",
                     "description": "What to say. Required for initiate_call, continue_call and speak_to_user."},
         "to": {"type": "string", "description": "initiate_call: number to dial in E.164 form, e.g. +15550001234. "
@@ -56,6 +64,30 @@ def schema(fmt: str = "openai") -> dict[str, Any]:
     if key is None:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     return {"name": NAME, "description": DESCRIPTION, key: copy.deepcopy(PARAMETERS)}
+
+
+def arguments_of(call: object) -> dict[str, Any]:
+    """The tool's arguments from a tool call in any of the usual shapes:
+    the arguments themselves (``{"action": ...}``), ``{"name", "arguments"}``
+    (arguments an object or, as OpenAI sends them, a JSON string), an OpenAI
+    ``tool_calls`` item (``{"type": "function", "function": {...}}``) or an
+    Anthropic ``tool_use`` block (``{"name", "input"}``). Raises ValueError
+    with a message that says what was expected."""
+    if isinstance(call, dict) and isinstance(call.get("function"), dict) and "action" not in call:
+        call = call["function"]
+    if isinstance(call, dict) and "action" not in call and ("arguments" in call or "input" in call):
+        name = call.get("name", NAME)
+        if name != NAME:
+            raise ValueError(f"unknown tool {name!r}; the tool is {NAME}")
+        call = call["arguments"] if "arguments" in call else call["input"]
+        if isinstance(call, str):
+            try:
+                call = json.loads(call) if call.strip() else {}
+            except ValueError as exc:
+                raise ValueError(f"the arguments string is not JSON: {exc}") from None
+    if not isinstance(call, dict):
+        raise ValueError('expected {"action": ...} or {"name": "voice_call", "arguments": {...}}')
+    return call
 
 
 class Calls(Protocol):
@@ -85,6 +117,11 @@ def _require(args: dict[str, Any], *names: str) -> str | None:
 
 def call(calls: Calls, arguments: object) -> dict[str, Any]:
     """Run the tool; always returns a result object."""
+    if isinstance(arguments, str):  # OpenAI hands arguments over as a JSON string
+        try:
+            arguments = json.loads(arguments)
+        except ValueError as exc:
+            return {"error": f"arguments is not valid JSON: {exc}"}
     if not isinstance(arguments, dict):
         return {"error": "arguments must be an object like {\"action\": \"get_status\", \"callId\": \"...\"}"}
     action = arguments.get("action")
@@ -119,3 +156,7 @@ def call(calls: Calls, arguments: object) -> dict[str, Any]:
             return {"found": False}
     except VoiceCallError as exc:
         return {"error": exc.message}
+    except Exception:
+        # A bug, not the model's fault; it still gets a result it can read.
+        log.exception("voice_call %s failed", action)
+        return {"error": f"{action} failed inside voicecalld; its log has the details"}

@@ -143,7 +143,7 @@ METHODS: dict[str, Method] = {
     "voicecall.history": Method((Param("limit", int, False),), _history),
     "events.subscribe": Method((Param("callId", str, False),), _subscribe),
     "tool.schema": Method((Param("format", str, False),), _tool_schema),
-    "tool.call": Method((Param("name", str), Param("arguments", dict)), _tool_call, slow=True),
+    "tool.call": Method((Param("name", str), Param("arguments", (dict, str))), _tool_call, slow=True),
     "daemon.status": Method((), lambda s, _, p: s.daemon_status()),
     "daemon.expose": Method((Param("mode", str),), lambda s, _, p: s.expose(p["mode"])),
     "mock.say": Method((_CALL_ID, Param("text", str)), _mock_say),
