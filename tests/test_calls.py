@@ -302,3 +302,27 @@ def test_record_round_trips_through_dict() -> None:
     assert set(data) >= {"callId", "provider", "providerCallId", "direction", "mode", "state", "from", "to",
                          "startedAt", "answeredAt", "endedAt", "endReason", "transcript"}
     assert CallRecord.from_dict(data).to_dict() == data
+
+
+def test_plain_speech_returns_a_conversation_to_listening_once_played() -> None:
+    call = make_call(S.LISTENING, Mode.CONVERSATION)
+    (speak,) = [a for a in call.speak("by the way", 1) if isinstance(a, Speak)]
+    assert call.state == S.SPEAKING
+    call.handle(ev(EventType.PLAYED, utterance_id=speak.utterance_id), 2)
+    assert call.state == S.LISTENING
+
+
+def test_plain_speech_in_notify_mode_stays_speaking() -> None:
+    call = make_call(S.SPEAKING, Mode.NOTIFY)
+    (speak,) = [a for a in call.speak("extra", 1) if isinstance(a, Speak)]
+    call.handle(ev(EventType.PLAYED, utterance_id=speak.utterance_id), 2)
+    assert call.state == S.SPEAKING
+
+
+def test_refused_speech_is_marked_and_does_not_block_listening() -> None:
+    call = make_call(S.LISTENING, Mode.CONVERSATION)
+    (speak,) = [a for a in call.speak("never heard", 1) if isinstance(a, Speak)]
+    actions = call.speak_failed(speak.utterance_id)
+    assert Persist() in actions and call.state == S.LISTENING
+    assert call.record.transcript[-1]["undelivered"] is True
+    assert call.speak_failed(speak.utterance_id) == []

@@ -326,3 +326,36 @@ def test_open_policy_accepts_anonymous(make_engine) -> None:
     e = make_engine(inboundPolicy="open")
     _, accepted = e.manager.accept_inbound("anonymous", None, None)
     assert accepted is True
+
+
+def test_refused_speak_is_reported_and_marked(make_engine) -> None:
+    from voicecalld.errors import ProviderError
+
+    e = make_engine()
+    call_id = e.manager.initiate("hello", mode="conversation")["callId"]
+    e.wait_state(call_id, "listening")
+
+    def refuse(record, action):
+        raise ProviderError("the carrier refused")
+
+    e.provider.speak = refuse  # type: ignore[method-assign]
+    with pytest.raises(ProviderError):
+        e.manager.speak(call_id, "are you there?")
+    record = e.manager.status(call_id)
+    assert record["state"] == "listening" and record["transcript"][-1]["undelivered"] is True
+
+
+def test_provider_id_of_a_call_ended_during_dialing_is_not_kept(make_engine) -> None:
+    e = make_engine()
+    original = e.provider.initiate
+    holder: dict = {}
+
+    def slow_initiate(record):
+        holder["id"] = record.callId
+        e.manager.end(record.callId)  # ended while the carrier request is still in flight
+        return original(record)
+
+    e.provider.initiate = slow_initiate  # type: ignore[method-assign]
+    e.manager.initiate("hello")
+    assert e.manager.status(holder["id"])["state"] == "hangup-bot"
+    assert e.manager._by_provider_id == {}

@@ -249,6 +249,7 @@ class Policy:
 class _Utterance:
     then: AfterSpeech
     turn: int | None
+    entry: dict[str, Any]  # its transcript entry, marked if it never plays
 
 
 _SEEN_EVENTS = 512  # remembered event ids per call; carriers retry within seconds
@@ -359,11 +360,28 @@ class Call:
         out: list[Action] = []
         self._utterance_seq += 1
         utterance_id = f"u{self._utterance_seq}"
-        self._utterances[utterance_id] = _Utterance(then, turn)
         self._add_transcript("bot", text, now_ms, out)
+        self._utterances[utterance_id] = _Utterance(then, turn, self.record.transcript[-1])
         self._advance(State.SPEAKING, out)
         out += [Persist(), Speak(text, utterance_id, then, turn)]
         return out
+
+    def speak_failed(self, utterance_id: str) -> list[Action]:
+        """The carrier refused an utterance: the transcript says so, and the
+        call does not wait for it to play."""
+        utterance = self._utterances.pop(utterance_id, None)
+        if utterance is None or self.terminal:
+            return []
+        utterance.entry["undelivered"] = True
+        out: list[Action] = [Persist()]
+        self._idle_after_speech(out)
+        return out
+
+    def _idle_after_speech(self, out: list[Action]) -> None:
+        """In a conversation, once the bot has nothing left to say it is
+        listening to the callee again."""
+        if not self._utterances and self.record.mode == Mode.CONVERSATION and self._advance(State.LISTENING, out):
+            out.append(Persist())
 
     def say_goodbye(self, text: str, now_ms: int, reason: State = State.HANGUP_BOT) -> list[Action]:
         """Speak a last message, then hang up once it has played (after the
@@ -440,12 +458,12 @@ class Call:
         if utterance.then == "hangup":
             self.delivered = True
             out.append(ArmTimer("notify-hangup", self.policy.notify_hangup_delay))
-        elif utterance.then == "listen":
+        else:
             # Later utterances may still be queued; the state says "listening"
             # only once the bot has nothing left to say.
-            if not self._utterances and self._advance(State.LISTENING, out):
-                out.append(Persist())
-            out.append(Listen(utterance.turn))
+            self._idle_after_speech(out)
+            if utterance.then == "listen":
+                out.append(Listen(utterance.turn))
         return out
 
     def _on_speech(self, event: CallEvent, now_ms: int) -> list[Action]:

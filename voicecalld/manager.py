@@ -241,13 +241,14 @@ class CallManager:
             return {"callId": record.callId, "state": str(live.call.state)}
 
     def _set_provider_id(self, live: _Live, provider_id: str) -> None:
-        with self._lock:
-            self._by_provider_id[provider_id] = live.call.id
         with live.lock:
             if live.call.record.providerCallId != provider_id:
                 live.call.record.providerCallId = provider_id
                 if not live.call.terminal:
                     self.store.append(live.call.record.to_dict())
+            if not live.call.terminal:  # an ended call must not be findable (or leak) by its carrier id
+                with self._lock:
+                    self._by_provider_id[provider_id] = live.call.id
 
     def speak(self, call_id: object, message: object, *, listen: bool = False) -> dict[str, Any]:
         """Say ``message``. ``listen``: then listen for the callee (the
@@ -447,6 +448,8 @@ class CallManager:
                 self._unclaimed(live.call.id, action.text)
         except VoiceCallError as exc:
             if raise_errors:
+                if isinstance(action, Speak):
+                    self._run(live, lambda c: c.speak_failed(action.utterance_id))
                 raise
             log.warning("call %s: %s failed: %s", live.call.id, type(action).__name__.lower(), exc.message)
             if not isinstance(action, Hangup):
@@ -454,6 +457,8 @@ class CallManager:
         except Exception as exc:
             log.exception("call %s: %s failed", live.call.id, type(action).__name__.lower())
             if raise_errors:
+                if isinstance(action, Speak):
+                    self._run(live, lambda c: c.speak_failed(action.utterance_id))
                 raise ProviderError(f"the carrier request failed: {exc}") from exc
             if not isinstance(action, Hangup):
                 self._run(live, lambda c: c.request_end(State.ERROR))

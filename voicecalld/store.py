@@ -118,7 +118,9 @@ class Store:
             if self._synced < mine:  # else another appender's fsync already covered our line
                 with self._write_lock:
                     covered = self._written
-                os.fsync(self._fd)
+                # fdatasync covers the data and the new file size, which is
+                # all an append changes; it skips the mtime-only inode flush.
+                os.fdatasync(self._fd)
                 self._synced = covered
         if compact:
             threading.Thread(target=self._compact_in_background, name="store-compact", daemon=True).start()
