@@ -69,6 +69,7 @@ class Daemon:
         self.webhook_port: int | None = None
         self._webhook_thread: threading.Thread | None = None
         self.control: ControlServer | None = None
+        self.streams: Any = None  # media.stream.StreamHub when Twilio media streaming is on
         self.tunnels: Tunnels | None = None
 
     # -- start-up --
@@ -120,7 +121,13 @@ class Daemon:
             timeout = 30  # a client that stalls mid-request does not hold a thread forever
 
         cfg = self.config
-        app = WebhookApp(self.provider, cfg.serve.path, self.health)
+        stream_handler = None
+        if cfg.provider == "twilio" and cfg.streaming.enabled:
+            from .media.stream import StreamHub
+
+            self.streams = StreamHub(self.manager, self.provider)  # type: ignore[arg-type]
+            stream_handler = self.streams.handle
+        app = WebhookApp(self.provider, cfg.serve.path, self.health, cfg.streaming.streamPath, stream_handler)
         try:
             self.webhook_server = make_server(cfg.serve.bind, cfg.serve.port, app, threaded=True,
                                               request_handler=Handler)
@@ -296,6 +303,8 @@ class Daemon:
             log.info("waiting up to %g s for %d active call(s) to finish", grace, self.manager.active_count)
         self.manager.shutdown(grace)
         self.responder.stop()  # after the calls: it answers callers during the grace period
+        if self.streams is not None:
+            self.streams.close()
         if self.tunnels is not None:
             self.tunnels.stop()  # after the drain: ending calls still need their webhooks
         if self.control is not None:

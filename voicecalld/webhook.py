@@ -31,7 +31,7 @@ def _json(status: int, body: dict[str, Any]) -> Response:
     return Response(json.dumps(body) + "\n", status=status, mimetype="application/json")
 
 
-StreamHandler = Callable[["WSGIEnvironment"], Response | None]
+StreamHandler = Callable[["WSGIEnvironment"], Response]
 
 
 class WebhookApp:
@@ -48,7 +48,14 @@ class WebhookApp:
         request.max_content_length = MAX_BODY
         request.max_form_memory_size = MAX_BODY
         try:
-            response = self.dispatch(request)
+            if self.stream_path is not None and request.path == self.stream_path and self.stream_handler:
+                # A WebSocket session ends by raising ConnectionError, which
+                # tells werkzeug the socket is gone; it must pass through.
+                response = self.stream_handler(environ)
+            else:
+                response = self.dispatch(request)
+        except ConnectionError:
+            raise
         except Exception:
             # Only a bug gets here: providers answer bad input themselves.
             log.exception("call %s: webhook handling failed (%s %s)",
@@ -75,7 +82,4 @@ class WebhookApp:
                 return _json(413, {"error": f"body over {MAX_BODY} bytes"})
             except HTTPException as exc:
                 return _json(exc.code or 400, {"error": exc.description or "bad request"})
-        if self.stream_path is not None and path == self.stream_path and self.stream_handler is not None:
-            response = self.stream_handler(request.environ)
-            return response if response is not None else Response(status=200)
         return _json(404, {"error": "not found"})

@@ -1,0 +1,329 @@
+"""Twilio Media Streams: the WebSocket endpoint at ``streaming.streamPath``
+and, for each open stream, the bridge between the call's audio and the rest
+of the daemon (protocols.md E).
+
+The endpoint authenticates before it upgrades (``X-Twilio-Signature`` over
+the exact ``wss://`` URL written into the TwiML, unless verification is
+skipped), caps streams that have connected but not yet started and streams
+in total (503 past either cap), then requires a ``start`` message within
+5 s naming a live call and carrying that call's token (constant-time
+check); anything else is closed with 1008 (policy violation).
+
+A bridge forwards the caller's µ-law frames to a ``Transcriber`` and turns
+its results into call events (partials, finals, barge-in), speaks the
+call's utterances through a ``Player``, and reports DTMF. When Twilio sends
+``stop`` or the socket closes, the bridge tears everything down.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import simple_websocket
+from werkzeug.wrappers import Request, Response
+
+from ..calls import CallEvent, CallRecord, EventType, Speak
+from ..providers import twilio_signature
+from .player import Player
+from .realtime_stt import SttEvent, Transcriber
+from .tts import Synthesizer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..manager import CallManager
+    from ..providers.twilio import TwilioProvider
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 5.0
+POLICY_VIOLATION = 1008
+
+
+class StreamFinished(ConnectionError):
+    """Raised after a WebSocket session: the socket belonged to the
+    WebSocket, so werkzeug must not write an HTTP response on it (its dev
+    server treats ConnectionError as a dropped connection)."""
+
+
+def _json(status: int, message: str) -> Response:
+    return Response(json.dumps({"error": message}) + "\n", status=status, mimetype="application/json")
+
+
+class StreamHub:
+    """The endpoint, and the bridges of the streams that are open."""
+
+    def __init__(self, manager: CallManager, provider: TwilioProvider) -> None:
+        self.manager = manager
+        self.provider = provider
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._bridges: dict[str, Bridge] = {}
+        self._closing = False
+        provider.stream_speaker = self.speak
+
+    @property
+    def config(self) -> Any:
+        return self.manager.config
+
+    @property
+    def open_streams(self) -> int:
+        with self._lock:
+            return len(self._bridges)
+
+    # -- the WSGI side --
+
+    def handle(self, environ: dict[str, Any]) -> Response:
+        request = Request(environ)
+        cfg = self.config.streaming
+        if not self.provider.streaming():
+            return _json(404, "media streaming is not enabled")
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return _json(400, "expected a WebSocket upgrade")
+        if not self._signed(request):
+            log.warning("media stream upgrade with a missing or wrong X-Twilio-Signature refused")
+            return _json(401, "invalid X-Twilio-Signature")
+        with self._lock:
+            if self._closing:
+                return _json(503, "shutting down")
+            if self._pending >= cfg.maxPendingStreams or len(self._bridges) + self._pending >= cfg.maxStreams:
+                log.warning("media stream refused: %d open, %d starting (limits %d/%d)", len(self._bridges),
+                            self._pending, cfg.maxStreams, cfg.maxPendingStreams)
+                return _json(503, "too many media streams")
+            self._pending += 1
+        pending = True
+        try:
+            ws = simple_websocket.Server.accept(environ)
+        except Exception:  # noqa: BLE001 - a broken handshake is the client's problem, not ours
+            with self._lock:
+                self._pending -= 1
+            return _json(400, "WebSocket handshake failed")
+        try:
+            bridge = self._start(ws)
+            with self._lock:
+                self._pending -= 1
+                pending = False
+                if bridge is not None:
+                    old = self._bridges.pop(bridge.call_id, None)
+                    self._bridges[bridge.call_id] = bridge
+                else:
+                    old = None
+            if old is not None:
+                old.close()  # a second stream for the call replaces the first
+            if bridge is not None:
+                try:
+                    bridge.run()
+                finally:
+                    with self._lock:
+                        if self._bridges.get(bridge.call_id) is bridge:
+                            del self._bridges[bridge.call_id]
+                    bridge.close()
+        finally:
+            if pending:
+                with self._lock:
+                    self._pending -= 1
+            _finish(ws, environ)
+        raise StreamFinished("media stream finished")
+
+    def _signed(self, request: Request) -> bool:
+        if self.config.skipSignatureVerification:
+            return True
+        url = self.provider.stream_url
+        token = self.config.twilio.authToken
+        signature = request.headers.get("X-Twilio-Signature")
+        return url is not None and twilio_signature.validate(token, url, signature, {})
+
+    def _start(self, ws: simple_websocket.Server) -> Bridge | None:
+        """Wait for ``start``; a bridge for a known call with the right
+        token, or None after closing the socket with 1008."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                raw = ws.receive(timeout=max(0.0, remaining)) if remaining > 0 else None
+            except simple_websocket.ConnectionClosed:
+                return None
+            if raw is None:
+                _refuse(ws, "no start message within 5 s")
+                return None
+            message = _parse(raw)
+            if message is None or message.get("event") == "connected":
+                continue
+            if message.get("event") != "start":
+                _refuse(ws, f"expected start, got {message.get('event')!r}")
+                return None
+            start = _obj(message.get("start"))
+            params = _obj(start.get("customParameters"))
+            call_id, token = params.get("callId"), params.get("token")
+            if not isinstance(call_id, str) or not self.provider.check_stream_token(call_id, str(token)) \
+                    or self.manager.live_record(call_id) is None:
+                _refuse(ws, "unknown call or wrong stream token")
+                return None
+            stream_sid = str(message.get("streamSid") or start.get("streamSid") or "")
+            log.info("call %s: media stream %s started", call_id, stream_sid)
+            return Bridge(self, call_id, ws, stream_sid)
+
+    # -- the call side --
+
+    def speak(self, record: CallRecord, action: Speak) -> bool:
+        """The provider's ``stream_speaker``: speak over the call's stream
+        if it has one (True), else let the provider use ``<Say>`` (False)."""
+        with self._lock:
+            bridge = self._bridges.get(record.callId)
+        if bridge is None or not bridge.alive:
+            return False
+        bridge.player.say(action.utterance_id, action.text)
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            bridges = list(self._bridges.values())
+        for bridge in bridges:
+            bridge.close()
+
+
+class Bridge:
+    """One call's open media stream."""
+
+    def __init__(self, hub: StreamHub, call_id: str, ws: simple_websocket.Server, stream_sid: str) -> None:
+        cfg = hub.config
+        self.hub = hub
+        self.call_id = call_id
+        self.ws = ws
+        self.stream_sid = stream_sid
+        self.alive = True
+        self._send_lock = threading.Lock()
+        self._closed = False
+        self.frames_in = 0
+        api_key = cfg.streaming.openaiApiKey
+        self.synthesizer = Synthesizer(cfg.tts.baseUrl, api_key, model=cfg.tts.model, voice=cfg.tts.voice)
+        self.player = Player(self._send, stream_sid, self.synthesizer.stream, on_played=self._played,
+                             on_failed=self._speech_failed, name=call_id[:8])
+        self.transcriber = Transcriber(call_id, url=cfg.streaming.realtimeUrl, api_key=api_key,
+                                       model=cfg.streaming.sttModel, threshold=float(cfg.streaming.vadThreshold),
+                                       silence_ms=int(cfg.streaming.silenceDurationMs), listener=self._heard)
+        self.transcriber.start()
+
+    def _emit(self, type_: EventType, **fields: Any) -> None:
+        self.hub.manager.handle_event(CallEvent(type_, uuid.uuid4().hex, call_id=self.call_id, **fields))
+
+    def _send(self, message: dict[str, Any]) -> None:
+        data = json.dumps(message, separators=(",", ":"))
+        with self._send_lock:
+            if self._closed:
+                return
+            try:
+                self.ws.send(data)
+            except (simple_websocket.ConnectionClosed, OSError):
+                self.alive = False
+
+    # -- from Twilio --
+
+    def run(self) -> None:
+        while self.alive:
+            try:
+                raw = self.ws.receive()
+            except simple_websocket.ConnectionClosed:
+                break
+            message = _parse(raw)
+            if message is None:
+                continue
+            event = message.get("event")
+            if event == "media":
+                media = _obj(message.get("media"))
+                if media.get("track", "inbound") in ("inbound", "inbound_track"):
+                    try:
+                        audio = base64.b64decode(media.get("payload") or "", validate=True)
+                    except (binascii.Error, ValueError):
+                        continue
+                    self.frames_in += 1
+                    self.transcriber.send_audio(audio)
+            elif event == "mark":
+                mark = _obj(message.get("mark"))
+                self.player.mark_echoed(str(mark.get("name", "")))
+            elif event == "dtmf":
+                dtmf = _obj(message.get("dtmf"))
+                digit = str(dtmf.get("digit", ""))
+                if digit:
+                    self._emit(EventType.DTMF, digits=digit)
+            elif event == "stop":
+                log.info("call %s: media stream stopped", self.call_id)
+                break
+        self.alive = False
+
+    # -- from the transcriber and the player --
+
+    def _heard(self, event: SttEvent) -> None:
+        if event.kind == "speech_started":
+            if self.player.interrupt():
+                self._emit(EventType.INTERRUPTED)
+        elif event.kind == "partial" and event.text:
+            self._emit(EventType.SPEECH, transcript=event.text, is_final=False)
+        elif event.kind == "final" and event.text:
+            self._emit(EventType.SPEECH, transcript=event.text, is_final=True)
+        elif event.kind == "error":
+            self._emit(EventType.ERROR, message=f"speech-to-text failed: {event.text}")
+
+    def _played(self, utterance_id: str) -> None:
+        self._emit(EventType.PLAYED, utterance_id=utterance_id)
+
+    def _speech_failed(self, utterance_id: str, message: str) -> None:
+        self._emit(EventType.ERROR, message=f"text-to-speech failed: {message}")
+
+    def close(self) -> None:
+        with self._send_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.alive = False
+        self.player.close()
+        self.transcriber.close()
+        self.synthesizer.close()
+        try:
+            self.ws.close()
+        except (simple_websocket.ConnectionClosed, OSError):
+            pass
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _parse(raw: Any) -> dict[str, Any] | None:
+    try:
+        message = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def _refuse(ws: simple_websocket.Server, why: str) -> None:
+    log.warning("media stream closed: %s", why)
+    try:
+        ws.close(reason=POLICY_VIOLATION, message=why[:120])
+    except (simple_websocket.ConnectionClosed, OSError):
+        pass
+
+
+def _finish(ws: simple_websocket.Server, environ: dict[str, Any]) -> None:
+    """Close the WebSocket and make sure its reader thread ends, so a
+    finished stream leaves no thread or socket behind."""
+    try:
+        if ws.connected:
+            ws.close()
+    except (simple_websocket.ConnectionClosed, OSError):
+        pass
+    ws.thread.join(1.0)
+    sock = environ.get("werkzeug.socket")
+    if sock is not None:
+        try:
+            sock.shutdown(2)  # SHUT_RDWR: werkzeug would otherwise wait for another request
+        except OSError:
+            pass
+    ws.thread.join(1.0)
