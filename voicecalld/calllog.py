@@ -38,7 +38,8 @@ def log_event(params: EventParams) -> None:
     elif name == "call.transcript":
         text = str(data.get("text") or "")
         final = "final" if data.get("isFinal", True) else "partial"
-        log.info("call %s: %s said %d characters (%s)", call_id, data.get("speaker"), len(text), final)
+        if final == "final":  # partials come many per utterance: debug detail
+            log.info("call %s: %s said %d characters", call_id, data.get("speaker"), len(text))
         log.debug("call %s: %s said %r (%s)", call_id, data.get("speaker"), text, final)
     elif name == "call.dtmf":
         digits = str(data.get("digits") or "")

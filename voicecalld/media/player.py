@@ -42,7 +42,8 @@ Synthesize = Callable[[str], Iterable[bytes]]
 class Player:
     def __init__(self, send: Send, stream_sid: str, synthesize: Synthesize, *,
                  on_played: Callable[[str], None], on_failed: Callable[[str, str], None],
-                 name: str = "", clock: Callable[[], float] = time.monotonic) -> None:
+                 name: str = "", clock: Callable[[], float] = time.monotonic,
+                 lateness: collections.deque[float] | None = None) -> None:
         self._send = send
         self.stream_sid = stream_sid
         self._synthesize = synthesize
@@ -58,8 +59,10 @@ class Player:
         self._t0 = 0.0
         self._frames = 0
         self._closed = False
-        #: Lateness of each frame against its due time (seconds), for benchmarks.
-        self.lateness: collections.deque[float] = collections.deque(maxlen=100_000)
+        #: Lateness of each frame against its due time (seconds); may be
+        #: shared by the players of many calls, for statistics.
+        self.lateness: collections.deque[float] = lateness if lateness is not None else collections.deque(
+            maxlen=100_000)
         self.frames_sent = 0
         self._thread = threading.Thread(target=self._run, name=f"player-{name}", daemon=True)
         self._thread.start()
@@ -135,9 +138,11 @@ class Player:
                     self._on_failed(utterance_id, str(getattr(exc, "message", exc)))
 
     def _play(self, utterance_id: str, text: str, generation: int) -> None:
-        idle = self._frames == 0 or self._clock() > self._due(self._frames) + REANCHOR_AFTER * FRAME_SECONDS
-        if idle:
-            self._anchor()
+        if self._frames and self._clock() > self._due(self._frames) + REANCHOR_AFTER * FRAME_SECONDS:
+            # The line went quiet since the last utterance: a new schedule
+            # starts with this one's first frame (once its audio exists, so
+            # the synthesis request's latency is not counted as lateness).
+            self._frames = 0
         pending = b""
         for chunk in self._synthesize(text):
             pending += chunk
@@ -164,6 +169,8 @@ class Player:
         return self._t0 + max(0, n - LEAD_FRAMES) * FRAME_SECONDS
 
     def _send_frame(self, frame: bytes, generation: int) -> bool:
+        if self._frames == 0:
+            self._anchor()
         due = self._due(self._frames)
         now = self._clock()
         if now < due:

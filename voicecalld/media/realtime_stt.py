@@ -146,7 +146,12 @@ class _Session:
             self.ws.send(json.dumps(event, separators=(",", ":")))
 
     def append(self, audio: bytes) -> None:
-        self.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode("ascii")})
+        # The hot path (50 times a second per call): base64 needs no JSON
+        # escaping, so the message is assembled directly.
+        payload = '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(audio).decode("ascii") + '"}'
+        assert self.ws is not None
+        with self.send_lock:
+            self.ws.send(payload)
 
     def close(self) -> None:
         self.closing = True

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import json
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -65,6 +67,10 @@ class StreamHub:
         self._pending = 0
         self._bridges: dict[str, Bridge] = {}
         self._closing = False
+        #: Frame lateness of every call's playback (seconds), for daemon.status.
+        self.lateness: collections.deque[float] = collections.deque(maxlen=20_000)
+        self._synthesizer: Synthesizer | None = None
+        self.frames_in = 0
         provider.stream_speaker = self.speak
 
     @property
@@ -75,6 +81,26 @@ class StreamHub:
     def open_streams(self) -> int:
         with self._lock:
             return len(self._bridges)
+
+    @property
+    def synthesizer(self) -> Synthesizer:
+        """One text-to-speech client (one pooled HTTP session) for all streams."""
+        cfg = self.config
+        with self._lock:
+            if self._synthesizer is None:
+                self._synthesizer = Synthesizer(cfg.tts.baseUrl, cfg.streaming.openaiApiKey, model=cfg.tts.model,
+                                                voice=cfg.tts.voice)
+            return self._synthesizer
+
+    def stats(self) -> dict[str, Any]:
+        """For daemon.status: open streams and how punctually audio is paced."""
+        late = sorted(self.lateness)
+
+        def ms(q: float) -> float | None:
+            return round(late[min(len(late) - 1, int(q * len(late)))] * 1e3, 3) if late else None
+
+        return {"openStreams": self.open_streams, "framesIn": self.frames_in,
+                "pacing": {"frames": len(late), "latenessP50Ms": ms(0.5), "latenessP99Ms": ms(0.99)}}
 
     # -- the WSGI side --
 
@@ -97,6 +123,14 @@ class StreamHub:
                 return _json(503, "too many media streams")
             self._pending += 1
         pending = True
+        sock = environ.get("werkzeug.socket")
+        if sock is not None:
+            # Paced 20 ms frames are small: with Nagle's algorithm on, each one
+            # could wait for the previous one's (delayed) ACK, up to 40 ms.
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         try:
             ws = simple_websocket.Server.accept(environ)
         except Exception:  # noqa: BLE001 - a broken handshake is the client's problem, not ours
@@ -186,6 +220,8 @@ class StreamHub:
             bridges = list(self._bridges.values())
         for bridge in bridges:
             bridge.close()
+        if self._synthesizer is not None:
+            self._synthesizer.close()
 
 
 class Bridge:
@@ -201,11 +237,9 @@ class Bridge:
         self._send_lock = threading.Lock()
         self._closed = False
         self.frames_in = 0
-        api_key = cfg.streaming.openaiApiKey
-        self.synthesizer = Synthesizer(cfg.tts.baseUrl, api_key, model=cfg.tts.model, voice=cfg.tts.voice)
-        self.player = Player(self._send, stream_sid, self.synthesizer.stream, on_played=self._played,
-                             on_failed=self._speech_failed, name=call_id[:8])
-        self.transcriber = Transcriber(call_id, url=cfg.streaming.realtimeUrl, api_key=api_key,
+        self.player = Player(self._send, stream_sid, hub.synthesizer.stream, on_played=self._played,
+                             on_failed=self._speech_failed, name=call_id[:8], lateness=hub.lateness)
+        self.transcriber = Transcriber(call_id, url=cfg.streaming.realtimeUrl, api_key=cfg.streaming.openaiApiKey,
                                        model=cfg.streaming.sttModel, threshold=float(cfg.streaming.vadThreshold),
                                        silence_ms=int(cfg.streaming.silenceDurationMs), listener=self._heard)
         self.transcriber.start()
@@ -243,6 +277,7 @@ class Bridge:
                     except (binascii.Error, ValueError):
                         continue
                     self.frames_in += 1
+                    self.hub.frames_in += 1
                     self.transcriber.send_audio(audio)
             elif event == "mark":
                 mark = _obj(message.get("mark"))
@@ -284,7 +319,6 @@ class Bridge:
         self.alive = False
         self.player.close()
         self.transcriber.close()
-        self.synthesizer.close()
         try:
             self.ws.close()
         except (simple_websocket.ConnectionClosed, OSError):
