@@ -65,9 +65,10 @@ def test_corrupt_lines_in_the_middle_lose_nothing_else(tmp_path) -> None:
              json.dumps({"no": "callId"}), json.dumps(rec("a", "completed")), ""]
     path.write_text("\n".join(lines) + "\n")
     path.write_bytes(path.read_bytes() + b"\xff\xfe\n")  # invalid UTF-8
+    path.write_bytes(path.read_bytes() + b"[" * 100_000 + b"\n")  # nested past the parser's recursion limit
     result = Store(str(tmp_path)).load()
     assert result.records == {"a": rec("a", "completed"), "b": rec("b")}
-    assert result.corrupt == 5
+    assert result.corrupt == 6
 
 
 def test_ten_thousand_records_reload(tmp_path) -> None:

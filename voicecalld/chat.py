@@ -10,10 +10,11 @@ real API refuses provider-prefixed names with a 404.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from . import jsonsafe
 
 #: Transcript entries sent per request: a long call must not grow every
 #: request (and its cost and latency) without bound.
@@ -150,7 +151,7 @@ def parse_completion(data: Any) -> Reply:
         goodbye = ""
         raw = function.get("arguments")
         try:
-            args = json.loads(raw) if isinstance(raw, str) and raw.strip() else (raw or {})
+            args = jsonsafe.loads(raw) if isinstance(raw, str) and raw.strip() else (raw or {})
         except ValueError:
             args = {}
         if isinstance(args, dict) and isinstance(args.get("goodbye"), str):

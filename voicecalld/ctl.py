@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any
 
-from . import __version__, paths, tool
+from . import __version__, jsonsafe, paths, tool
 from .control.client import Client, RpcError, Unreachable
 
 EX_OK, EX_ERROR, EX_USAGE, EX_UNAVAILABLE = 0, 1, 2, 69
@@ -50,7 +50,7 @@ def _configured(path: str | None) -> dict[str, Any]:
         return {}
     try:
         if path.endswith(".json"):
-            data = json.loads(raw)
+            data = jsonsafe.loads(raw)
         else:
             import tomllib
 
@@ -112,7 +112,7 @@ def _print(value: Any) -> None:
 def _read_tool_call() -> dict[str, Any]:
     text = sys.stdin.read()
     try:
-        data = json.loads(text)
+        data = jsonsafe.loads(text)
     except ValueError as exc:
         raise Usage(f"voicecallctl tool: stdin is not JSON: {exc}") from None
     try:

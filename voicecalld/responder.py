@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from . import chat
+from . import chat, jsonsafe
 from .calls import TERMINAL
 from .errors import NotConnected, ProviderError, VoiceCallError
 from .events import EventBus, EventParams
@@ -279,7 +279,7 @@ class Responder:
                 raise _ToolsRefused(message)
             raise Unusable(f"HTTP {response.status_code} from {base}: {message}")
         try:
-            return response.json()
+            return jsonsafe.loads(response.content)
         except ValueError:
             raise Unusable(f"{base} answered with something that is not JSON") from None
 
@@ -343,7 +343,7 @@ class _ToolsRefused(Unusable):
 def _error_message(response: requests.Response) -> str:
     """The error's message from an OpenAI-style error body, short and on one line."""
     try:
-        data = response.json()
+        data = jsonsafe.loads(response.content)
         message = data["error"]["message"] if isinstance(data.get("error"), dict) else data.get("error")
     except (ValueError, AttributeError, KeyError, TypeError):
         message = None

@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import jsonsafe
+
 log = logging.getLogger(__name__)
 
 LOG_NAME = "calls.jsonl"
@@ -43,7 +45,7 @@ class LoadResult:
 
 def _parse(line: bytes) -> dict[str, Any] | None:
     try:
-        record = json.loads(line)
+        record = jsonsafe.loads(line)
     except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(record, dict) or not isinstance(record.get("callId"), str):
@@ -153,7 +155,7 @@ class Store:
                     continue
                 latest.pop(record["callId"], None)  # re-insert: dict order = order of last logging
                 latest[record["callId"]] = raw
-        ended = [cid for cid, raw in latest.items() if _ended(json.loads(raw))]
+        ended = [cid for cid, raw in latest.items() if _ended(jsonsafe.loads(raw))]
         for cid in ended[:max(0, len(ended) - self.keep_calls)]:
             del latest[cid]
         tmp = self.path + ".compact"

@@ -11,10 +11,10 @@ errors, so a model can read them and recover.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from typing import Any, Protocol
 
+from . import jsonsafe
 from .errors import CallNotFound, VoiceCallError
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def arguments_of(call: object) -> dict[str, Any]:
         call = call["arguments"] if "arguments" in call else call["input"]
         if isinstance(call, str):
             try:
-                call = json.loads(call) if call.strip() else {}
+                call = jsonsafe.loads(call) if call.strip() else {}
             except ValueError as exc:
                 raise ValueError(f"the arguments string is not JSON: {exc}") from None
     if not isinstance(call, dict):
@@ -119,7 +119,7 @@ def call(calls: Calls, arguments: object) -> dict[str, Any]:
     """Run the tool; always returns a result object."""
     if isinstance(arguments, str):  # OpenAI hands arguments over as a JSON string
         try:
-            arguments = json.loads(arguments)
+            arguments = jsonsafe.loads(arguments)
         except ValueError as exc:
             return {"error": f"arguments is not valid JSON: {exc}"}
     if not isinstance(arguments, dict):

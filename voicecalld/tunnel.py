@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import jsonsafe
+
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 30.0     # seconds a tunnel may take to come up before READY=1
@@ -180,7 +182,7 @@ def parse_ngrok_line(line: str) -> dict[str, Any] | None:
     if not line.startswith("{"):
         return None
     try:
-        data = json.loads(line)
+        data = jsonsafe.loads(line)
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
@@ -380,7 +382,7 @@ class Tailscale:
         """The node's MagicDNS name, after checking that it is logged in."""
         out = self.run(["status", "--json"])
         try:
-            status = json.loads(out)
+            status = jsonsafe.loads(out)
         except ValueError:
             raise TunnelError("tailscale status --json printed something that is not JSON") from None
         state = status.get("BackendState")

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import itertools
-import json
 import socket
 from collections.abc import Iterator
 from typing import Any
 
+from .. import jsonsafe
 from . import protocol
 
 
@@ -63,7 +63,7 @@ class Client:
             if not data:
                 raise Unreachable(f"voicecalld at {self.path} closed the connection")
             self._lines += [line for line in self._buffer.feed(data) if line]
-        message = json.loads(self._lines.pop(0))
+        message = jsonsafe.loads(self._lines.pop(0))
         if not isinstance(message, dict):
             raise Unreachable(f"voicecalld at {self.path} sent something that is not JSON-RPC")
         return message

@@ -31,6 +31,8 @@ from typing import Any
 
 import websocket
 
+from .. import jsonsafe
+
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
@@ -168,7 +170,7 @@ class _Session:
                 raw = self.ws.recv()
                 if not raw:
                     break
-                self.owner._on_message(self, json.loads(raw))
+                self.owner._on_message(self, jsonsafe.loads(raw))
         except (websocket.WebSocketException, OSError, ValueError) as exc:
             if not self.closing:
                 log.warning("call %s: speech-to-text session dropped: %s", self.owner.name, exc or type(exc).__name__)

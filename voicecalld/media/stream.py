@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import simple_websocket
 from werkzeug.wrappers import Request, Response
 
+from .. import jsonsafe
 from ..calls import CallEvent, CallRecord, EventType, Speak
 from ..providers import twilio_signature
 from .player import Player
@@ -331,7 +332,7 @@ def _obj(value: Any) -> dict[str, Any]:
 
 def _parse(raw: Any) -> dict[str, Any] | None:
     try:
-        message = json.loads(raw)
+        message = jsonsafe.loads(raw)
     except (TypeError, ValueError):
         return None
     return message if isinstance(message, dict) else None

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import requests
 
+from .. import jsonsafe
 from ..errors import ProviderError
 from . import mulaw
 from .resample import Decimator
@@ -65,6 +66,6 @@ class Synthesizer:
 
 def _error_message(response: requests.Response) -> str:
     try:
-        return str(response.json()["error"]["message"])
+        return str(jsonsafe.loads(response.content)["error"]["message"])
     except (ValueError, KeyError, TypeError):
         return response.text[:200] or response.reason

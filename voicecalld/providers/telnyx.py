@@ -52,6 +52,7 @@ from urllib.parse import quote
 import nacl.signing
 from werkzeug.wrappers import Response
 
+from .. import jsonsafe
 from ..calls import CallEvent, CallRecord, EventType, Speak, State
 from ..errors import ProviderError
 from ..phone import mask
@@ -181,7 +182,7 @@ class TelnyxProvider(Provider):
             headers={"Authorization": f"Bearer {telnyx.apiKey or ''}"})
         if 200 <= response.status_code < 300:
             try:
-                document = response.json()
+                document = jsonsafe.loads(response.content)
             except ValueError:
                 document = None
             data = document.get("data") if isinstance(document, dict) else None
@@ -342,7 +343,7 @@ class TelnyxProvider(Provider):
                                                  "report the call's status").message,
                                 status=response.status_code)
         try:
-            data = response.json()["data"]
+            data = jsonsafe.loads(response.content)["data"]
             alive = bool(data["is_alive"])
         except (ValueError, KeyError, TypeError):
             return None
@@ -354,7 +355,9 @@ class TelnyxProvider(Provider):
         # Runs under the call's lock in the manager: dictionary work only.
         with self._lock:
             leg = self._by_call.pop(record.callId, None)
-            for ccid in {record.providerCallId, leg.ccid if leg else None}:
+            if leg is None:
+                return
+            for ccid in {record.providerCallId, leg.ccid}:
                 if ccid and self._by_ccid.get(ccid) is leg:
                     del self._by_ccid[ccid]
 

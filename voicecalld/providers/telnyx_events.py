@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import jsonsafe
 from ..calls import State
 
 #: Our call ids are UUIDs; anything else decoded from client_state is not ours.
@@ -57,7 +57,7 @@ class Webhook:
 def parse(raw: bytes) -> Webhook:
     """The envelope ``{"data": {"event_type", "id", "payload"}, "meta": {...}}``."""
     try:
-        document = json.loads(raw)
+        document = jsonsafe.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise WebhookFormatError("the body is not JSON") from None
     data = document.get("data") if isinstance(document, dict) else None
@@ -190,7 +190,7 @@ class ApiFailure:
 def api_failure(status: int, body: bytes, what: str) -> ApiFailure:
     """A sentence from Telnyx's ``{"errors": [{code, title, detail, source}]}``."""
     try:
-        document = json.loads(body) if body else None
+        document = jsonsafe.loads(body) if body else None
     except (ValueError, UnicodeDecodeError):
         document = None
     errors = document.get("errors") if isinstance(document, dict) else None

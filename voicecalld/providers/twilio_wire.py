@@ -11,6 +11,7 @@ from urllib.parse import quote, urlsplit
 
 from werkzeug.wrappers import Request, Response
 
+from .. import jsonsafe
 from ..calls import EventType, State
 from . import twiml
 
@@ -86,7 +87,7 @@ def first(params: list[tuple[str, str]], name: str) -> str | None:
 
 def json_body(response: Any) -> Any:
     try:
-        return response.json()
+        return jsonsafe.loads(response.content)
     except ValueError:
         return None
 
@@ -98,7 +99,7 @@ def form_params(request: Request) -> tuple[list[tuple[str, str]] | None, bytes |
     raw = request.get_data(cache=True)
     if request.mimetype == "application/json":
         try:
-            data = json.loads(raw)
+            data = jsonsafe.loads(raw)
         except (ValueError, UnicodeDecodeError):
             return None, None
         if not isinstance(data, dict):
