@@ -326,3 +326,14 @@ def test_refused_speech_is_marked_and_does_not_block_listening() -> None:
     assert Persist() in actions and call.state == S.LISTENING
     assert call.record.transcript[-1]["undelivered"] is True
     assert call.speak_failed(speak.utterance_id) == []
+
+
+def test_goodbye_stops_listening_and_hangs_up_after_playing() -> None:
+    from voicecalld.calls import StopListening
+
+    call = make_call(S.LISTENING, Mode.CONVERSATION)
+    actions = call.say_goodbye("Goodbye!", 1)
+    assert actions[-1] == StopListening()
+    (speak,) = [a for a in actions if isinstance(a, Speak)]
+    assert speak.then == "hangup"
+    assert ArmTimer("notify-hangup", 2) in call.handle(ev(EventType.PLAYED, utterance_id=speak.utterance_id), 2)

@@ -27,7 +27,9 @@ PAGES = {"voicecalld.8": 8, "voicecallctl.1": 1, "voicecalld.toml.5": 5, "voicec
 ORDER = ["NAME", "SYNOPSIS", "CONFIGURATION", "DESCRIPTION", "OPTIONS", "EXIT STATUS", "RETURN VALUE",
          "ERRORS", "ENVIRONMENT", "FILES", "ATTRIBUTES", "VERSIONS", "STANDARDS", "HISTORY", "NOTES", "CAVEATS",
          "BUGS", "EXAMPLES", "AUTHORS", "REPORTING BUGS", "COPYRIGHT", "SEE ALSO"]
-EXTRA_SECTIONS = {"CREDENTIALS"}  # voicecalld.toml(5): placed after DESCRIPTION, before ENVIRONMENT
+# voicecalld.toml(5) CREDENTIALS: after DESCRIPTION, before ENVIRONMENT;
+# voicecalld(8) SECURITY: after FILES, before NOTES.
+EXTRA_SECTIONS = {"CREDENTIALS", "SECURITY"}
 
 
 def text(page: str) -> str:
@@ -166,3 +168,12 @@ def test_setup_cfg_installs_every_page() -> None:
     files = cfg["options.data_files"]
     for page, section in PAGES.items():
         assert f"man/{page}" in files.get(f"share/man/man{section}", "").split(), page
+
+
+def test_voicecalld_8_has_a_security_section() -> None:
+    page = (MAN / "voicecalld.8").read_text()
+    security = page.split(".SH SECURITY", 1)[1].split("\n.SH ", 1)[0]
+    for needle in (".SS What is verified", ".SS What is trusted", ".SS Behind a reverse proxy",
+                   "X\\-Twilio\\-Signature", "Ed25519", "1008", "control.mode", "Caller ID is not authentication",
+                   "twilio.trustForwardedHeaders"):
+        assert needle in security, needle

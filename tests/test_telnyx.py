@@ -545,3 +545,20 @@ def test_call_status_asks_telnyx(fake: FakeTelnyx) -> None:
         assert provider.call_status(record) is None
     finally:
         provider.stop()
+
+
+def test_goodbye_from_the_responder_stops_transcription_then_hangs_up(fake: FakeTelnyx, telnyx: StartTelnyx) -> None:
+    from voicecalld.testing.fake_openai import FakeOpenAI
+
+    with FakeOpenAI(api_key="sk-test") as llm:
+        llm.chat_replies.put({"content": "Goodbye!", "tool_call": {"name": "hang_up", "arguments": {}}})
+        d = telnyx({"responder": "llm", "responseBaseUrl": llm.base_url, "responseApiKey": "sk-test"})
+        call_id, call = dial(fake, d, "Hi, anything else?", mode="conversation")
+        listening(fake, d, call_id, call)
+        fake.callee_says(call.call_control_id, "no thanks, bye")
+        final = d.wait_state(call_id, "hangup-bot", timeout=15)
+        names = [c.name for c in call.commands if c.accepted]
+        stop = names.index("transcription_stop")
+        assert names.index("transcription_start") < stop < names.index("hangup")
+        assert final["transcript"][-1]["text"] == "Goodbye!"
+        assert not call.transcribing

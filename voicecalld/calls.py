@@ -201,6 +201,12 @@ class Listen:
 
 
 @dataclass(frozen=True)
+class StopListening:
+    """The bot is done listening (it is saying goodbye): stop transcribing,
+    so the callee's last words start no new turn."""
+
+
+@dataclass(frozen=True)
 class Hangup:
     reason: State
 
@@ -230,7 +236,7 @@ class Finished:
     reason: State
 
 
-Action = Persist | Publish | Speak | Listen | Hangup | ArmTimer | CancelTimer | Deliver | Finished
+Action = Persist | Publish | Speak | Listen | StopListening | Hangup | ArmTimer | CancelTimer | Deliver | Finished
 
 
 # --- the core ---------------------------------------------------------------------------
@@ -390,7 +396,7 @@ class Call:
         actions = self.speak(text, now_ms, then="hangup")
         if self.end_requested is None:
             self.end_requested = reason
-        return actions
+        return [*actions, StopListening()]
 
     def begin_turn(self, text: str, now_ms: int) -> list[Action]:
         """``continue``: speak, then listen for the callee's reply."""

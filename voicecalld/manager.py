@@ -40,6 +40,7 @@ from .calls import (
     Publish,
     Speak,
     State,
+    StopListening,
     TimerKind,
 )
 from .config import Config
@@ -442,6 +443,8 @@ class CallManager:
                 self.provider.speak(record, action)
             elif isinstance(action, Listen):
                 self.provider.start_listening(record, action.turn)
+            elif isinstance(action, StopListening):
+                self.provider.stop_listening(record)
             elif isinstance(action, Hangup):
                 self._hangup(live, action.reason, raise_errors)
             elif isinstance(action, Deliver):

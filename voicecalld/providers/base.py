@@ -81,6 +81,10 @@ class Provider(ABC):
     def start_listening(self, record: CallRecord, turn: int | None) -> None:
         """Begin a listening turn. Carriers that listen continuously need not."""
 
+    def stop_listening(self, record: CallRecord) -> None:
+        """Stop listening (the bot is saying goodbye). A later
+        ``start_listening`` starts again."""
+
     def call_status(self, record: CallRecord) -> CarrierStatus | None:
         """Ask the carrier about a call; None if it cannot tell."""
         return None

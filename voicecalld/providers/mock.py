@@ -49,6 +49,7 @@ class _MockCall:
     speaking_until: float = 0.0
     timers: list[Timer] = field(default_factory=list)
     reason: str | None = None  # end reason once ended
+    replies: list[Timer] = field(default_factory=list)  # the callee's scheduled answers
 
 
 class MockProvider(Provider):
@@ -112,7 +113,7 @@ class MockProvider(Provider):
     def _mock(self) -> Any:
         return self.manager.config.mock
 
-    def _later(self, mc: _MockCall, delay: float, type_: EventType, **fields: Any) -> None:
+    def _later(self, mc: _MockCall, delay: float, type_: EventType, **fields: Any) -> Timer | None:
         event = CallEvent(type_, uuid.uuid4().hex, call_id=mc.call_id, provider_call_id=mc.provider_id,
                           **fields)
 
@@ -132,9 +133,12 @@ class MockProvider(Provider):
                 self.emit(event)
 
         with self._lock:
-            if not mc.ended:
-                mc.timers = [t for t in mc.timers if t.active]
-                mc.timers.append(self._timers.call_later(delay, fire))
+            if mc.ended:
+                return None
+            mc.timers = [t for t in mc.timers if t.active]
+            timer = self._timers.call_later(delay, fire)
+            mc.timers.append(timer)
+            return timer
 
     def _get(self, call_id: str) -> _MockCall:
         with self._lock:
@@ -180,7 +184,20 @@ class MockProvider(Provider):
         if turn is None or not 0 < turn <= len(replies):
             return  # the callee stays silent until mock.say
         mc = self._get(record.callId)
-        self._later(mc, self._mock.replyDelayMs / 1000, EventType.SPEECH, transcript=replies[turn - 1])
+        timer = self._later(mc, self._mock.replyDelayMs / 1000, EventType.SPEECH, transcript=replies[turn - 1])
+        if timer is not None:
+            with self._lock:
+                mc.replies = [t for t in mc.replies if t.active] + [timer]
+
+    def stop_listening(self, record: CallRecord) -> None:
+        """The simulated callee's scheduled replies are no longer heard."""
+        with self._lock:
+            mc = self._calls.get(record.callId)
+            if mc is None:
+                return
+            replies, mc.replies = mc.replies, []
+        for t in replies:
+            self._timers.cancel(t)
 
     def call_status(self, record: CallRecord) -> CarrierStatus | None:
         with self._lock:

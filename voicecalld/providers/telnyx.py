@@ -328,6 +328,14 @@ class TelnyxProvider(Provider):
                 leg.transcribing = False
             raise
 
+    def stop_listening(self, record: CallRecord) -> None:
+        with self._lock:
+            leg = self._by_call.get(record.callId)
+            if leg is None or not leg.transcribing:
+                return
+            leg.transcribing = False
+        self._command(self._ccid(record), "transcription_stop", {}, "stop transcription", ended_ok=True)
+
     def call_status(self, record: CallRecord) -> CarrierStatus | None:
         if not record.providerCallId:
             return None
