@@ -1,5 +1,6 @@
-"""Soak test: a real voicecalld on the mock carrier driven by many
-concurrent callers for a long run.
+"""Soak test: a real voicecalld on the mock carrier (or, with ``--provider
+twilio``, on the fake Twilio service) driven by many concurrent callers for
+a long run.
 
 Each worker loops: place a call (notify or conversation), run 0-3
 ``continue`` turns, then end it, or let the simulated callee hang up
@@ -29,6 +30,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -68,18 +70,57 @@ class Stats:
             return client.call(method, params)
         finally:
             with self.lock:
-                self.latencies.append(time.perf_counter() - t0)
+                (self.turns if method == "voicecall.continue" else self.latencies).append(time.perf_counter() - t0)
 
 
-def worker(path: str, seed: int, stats: Stats, target: int, deadline: float) -> None:
+class MockCallee:
+    """The mock carrier's callee answers turns from mock.calleeReplies by itself."""
+
+    def answer_turn(self, c: Client, call_id: str) -> None:
+        pass
+
+    def hang_up(self, c: Client, call_id: str) -> None:
+        c.call("mock.hangup", {"callId": call_id})
+
+
+class TwilioCallee:
+    """On the fake Twilio the callee speaks into the daemon's <Gather>."""
+
+    def __init__(self, fake: Any) -> None:
+        self.fake = fake
+
+    def _sid(self, c: Client, call_id: str) -> str:
+        return str(c.call("voicecall.status", {"callId": call_id})["providerCallId"])
+
+    def answer_turn(self, c: Client, call_id: str) -> None:
+        sid = self._sid(c, call_id)
+        heard = len(self.fake.calls[sid].said)
+        threading.Thread(target=self._say, args=(sid, heard), daemon=True).start()
+
+    def _say(self, sid: str, heard: int) -> None:
+        """Reply once the question (the next thing said) has reached the callee."""
+        call = self.fake.calls[sid]
+        deadline = time.monotonic() + 10
+        while len(call.said) <= heard and time.monotonic() < deadline:
+            time.sleep(0.005)
+        try:
+            self.fake.callee_says(sid, "fine thanks", wait=10)
+        except AssertionError:
+            pass  # the call ended first; the continue reports that
+
+    def hang_up(self, c: Client, call_id: str) -> None:
+        self.fake.callee_hangs_up(self._sid(c, call_id))
+
+
+def worker(path: str, seed: int, stats: Stats, target: int, deadline: float, callee: Any) -> None:
     try:
-        run_calls(path, seed, stats, target, deadline)
+        run_calls(path, seed, stats, target, deadline, callee)
     except Unreachable as exc:
         with stats.lock:
             stats.errors.append(f"daemon unreachable: {exc}")
 
 
-def run_calls(path: str, seed: int, stats: Stats, target: int, deadline: float) -> None:
+def run_calls(path: str, seed: int, stats: Stats, target: int, deadline: float, callee: Any) -> None:
     rng = random.Random(seed)
     with Client(path, timeout=30) as c:
         while time.monotonic() < deadline:
@@ -105,12 +146,13 @@ def run_calls(path: str, seed: int, stats: Stats, target: int, deadline: float) 
                             "listening", *TERMINAL):
                         time.sleep(0.01)
                     for _ in range(rng.randint(0, 3)):
+                        callee.answer_turn(c, call_id)
                         stats.timed(c, "voicecall.continue", {"callId": call_id, "message": "how are you?"})
                     if rng.random() < 0.2:
                         hung_up = True
                         with stats.lock:
                             stats.injected += 1
-                        stats.timed(c, "mock.hangup", {"callId": call_id})
+                        callee.hang_up(c, call_id)
                         time.sleep(rng.uniform(0, 0.02))
                     stats.timed(c, "voicecall.end", {"callId": call_id})
                 with stats.lock:
@@ -129,16 +171,34 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--max-seconds", type=float, default=900)
+    parser.add_argument("--provider", choices=("mock", "twilio"), default="mock")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="vc-soak-"))
     sock = str(tmp / "control.sock")
-    (tmp / "v.toml").write_text(
-        f'store = "{tmp}/state"\ntoNumber = "+15550001234"\nmaxConcurrentCalls = {args.concurrency}\n'
-        'transcriptTimeoutMs = 10000\n'
-        f'[serve]\nport = 0\n[control]\nsocket = "{sock}"\n[outbound]\nnotifyHangupDelaySec = 0\n'
-        '[mock]\nanswerDelayMs = 20\nmsPerChar = 0.2\nreplyDelayMs = 5\n'
-        'calleeReplies = ["fine thanks", "sure", "bye"]\n')
+    common = (f'store = "{tmp}/state"\ntoNumber = "+15550001234"\nmaxConcurrentCalls = {args.concurrency}\n'
+              'transcriptTimeoutMs = 10000\nresponder = "off"\n')
+    fake = None
+    callee: Any = MockCallee()
+    if args.provider == "twilio":
+        from voicecalld.testing.fake_twilio import FakeTwilio
+
+        sid, token = "AC" + "5" * 32, "soak-auth-token"
+        fake = FakeTwilio(sid, token, ms_per_char=0.2, time_scale=0.02)
+        fake.start()
+        callee = TwilioCallee(fake)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        (tmp / "v.toml").write_text(
+            common + f'provider = "twilio"\nfromNumber = "+15550009999"\npublicUrl = "http://127.0.0.1:{port}"\n'
+            f'[serve]\nport = {port}\n[control]\nsocket = "{sock}"\n[outbound]\nnotifyHangupDelaySec = 0\n'
+            f'[twilio]\naccountSid = "{sid}"\nauthToken = "{token}"\napiBaseUrl = "{fake.base_url}"\n')
+    else:
+        (tmp / "v.toml").write_text(
+            common + f'[serve]\nport = 0\n[control]\nsocket = "{sock}"\n[outbound]\nnotifyHangupDelaySec = 0\n'
+            '[mock]\nanswerDelayMs = 20\nmsPerChar = 0.2\nreplyDelayMs = 5\n'
+            'calleeReplies = ["fine thanks", "sure", "bye"]\n')
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     daemon = subprocess.Popen([sys.executable, "-m", "voicecalld", "--config", str(tmp / "v.toml")], env=env,
                               stdout=subprocess.DEVNULL, stderr=open(tmp / "daemon.log", "wb"))
@@ -156,7 +216,7 @@ def main() -> None:
         start = time.monotonic()
         deadline = start + args.max_seconds
         warm_rss = None
-        threads = [threading.Thread(target=worker, args=(sock, i, stats, args.calls, deadline))
+        threads = [threading.Thread(target=worker, args=(sock, i, stats, args.calls, deadline, callee))
                    for i in range(args.concurrency)]
         for t in threads:
             t.start()
@@ -172,6 +232,8 @@ def main() -> None:
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(60)
+        if fake is not None:
+            fake.stop()
 
     loaded = Store(str(tmp / "state")).load()
     lost = [cid for cid in stats.calls if cid not in loaded.records]
@@ -199,7 +261,7 @@ def main() -> None:
     for err in stats.errors[:5]:
         print("  error:", err)
     print(json.dumps({
-        "benchmark": "soak", "provider": "mock", "concurrency": args.concurrency, "seconds": round(elapsed, 1),
+        "benchmark": "soak", "provider": args.provider, "concurrency": args.concurrency, "seconds": round(elapsed, 1),
         "calls": len(stats.calls), "completed": stats.completed, "lost_records": len(lost),
         "non_terminal_records": len(unfinished), "corrupt_lines": loaded.corrupt, "errors": len(stats.errors),
         "injected_hangups": stats.injected, "control_p50_ms": round(p(0.5), 3), "control_p99_ms": round(p(0.99), 3),
