@@ -223,9 +223,12 @@ class Responder:
             return True  # a local server may need no key
         if self._warned_key is not cfg:
             self._warned_key = cfg
-            log.warning("automatic replies are off: responder llm needs an API key for %s (responseApiKey or "
-                        "OPENAI_API_KEY), or point responseBaseUrl at a local server; set responder = \"off\" "
-                        "to silence this", cfg.responseBaseUrl)
+            # On a real carrier callers would meet silence: a warning. On the
+            # mock carrier (first runs, demos, tests) it is just information.
+            level = logging.INFO if cfg.provider == "mock" else logging.WARNING
+            log.log(level, "automatic replies are off: responder llm needs an API key for %s (responseApiKey or "
+                    "OPENAI_API_KEY), or point responseBaseUrl at a local server; set responder = \"off\" "
+                    "to silence this", cfg.responseBaseUrl)
         return False
 
     def _ask_llm(self, record: dict[str, Any], cfg: Config) -> Outcome:
