@@ -18,7 +18,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -28,31 +27,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _harness import start_daemon, stop_daemon  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def start_daemon(tmp: Path) -> tuple[subprocess.Popen, str]:
-    sock = str(tmp / "control.sock")
-    (tmp / "v.toml").write_text(
-        f'store = "{tmp}/state"\nmaxConcurrentCalls = 4\nringTimeoutMs = 3600000\n'
-        f'[serve]\nport = 0\n[control]\nsocket = "{sock}"\n[mock]\nanswerDelayMs = 3600000\n')
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "voicecalld", "--config", str(tmp / "v.toml")], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.connect(sock)
-            return proc, sock
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("voicecalld did not start")
 
 
 def rpc(sock: socket.socket, buf: bytearray, rid: int, method: str, params: dict) -> dict:
@@ -116,7 +98,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30, help="process starts per command for the CLI rows (30)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="vc-bench-"))
-    proc, path = start_daemon(tmp)
+    path = str(tmp / "control.sock")
+    config = (f'store = "{tmp}/state"\nmaxConcurrentCalls = 4\nringTimeoutMs = 3600000\n'
+              f'[serve]\nport = 0\n[control]\nsocket = "{path}"\n[mock]\nanswerDelayMs = 3600000\n')
+    proc = start_daemon(tmp, config, path)
     try:
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(path)
@@ -129,8 +114,7 @@ def main() -> None:
         bare = wall([sys.executable, "-c", "pass"], args.runs, env)
         ctl_time = wall([*ctl_cmd, "--socket", path, "status", "--call-id", call_id], args.runs, env)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        stop_daemon(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"{'voicecall.status':<20}{'requests':>10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")

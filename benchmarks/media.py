@@ -32,9 +32,6 @@ import os
 import queue
 import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +40,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _harness import start_daemon, stop_daemon  # noqa: E402
+
+from voicecalld.testing.ports import free_port  # noqa: E402
 
 SID = "AC" + "b" * 32
 TOKEN = "bench-auth-token"
@@ -140,12 +142,6 @@ def proc_cpu_rss(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_round(n: int, seconds: float, client_procs: int, speak: bool = True) -> dict[str, Any]:
     from voicecalld.control.client import Client
     from voicecalld.testing.fake_twilio import FakeTwilio
@@ -175,7 +171,7 @@ def run_round(n: int, seconds: float, client_procs: int, speak: bool = True) -> 
     twilio.on_stream = on_stream
     tmp = Path(tempfile.mkdtemp(prefix="vc-media-"))
     sock = str(tmp / "control.sock")
-    (tmp / "v.toml").write_text(
+    config = (
         f'provider = "twilio"\nfromNumber = "+15550001111"\ntoNumber = "+15550002222"\n'
         f'publicUrl = "http://127.0.0.1:{port}"\nmaxConcurrentCalls = {n + 10}\nresponder = "off"\n'
         f'store = "{tmp}/state"\nmaxDurationSeconds = 600\n'
@@ -183,17 +179,8 @@ def run_round(n: int, seconds: float, client_procs: int, speak: bool = True) -> 
         f'[twilio]\naccountSid = "{SID}"\nauthToken = "{TOKEN}"\napiBaseUrl = "{twilio.base_url}"\n'
         f'[streaming]\nenabled = true\nopenaiApiKey = "sk-bench"\nrealtimeUrl = "{realtime_url}"\n'
         f'maxStreams = {n + 10}\nmaxPendingStreams = {n + 10}\n[tts]\nbaseUrl = "{base_url}"\n')
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    daemon = subprocess.Popen([sys.executable, "-m", "voicecalld", "--config", str(tmp / "v.toml")], env=env,
-                              stdout=subprocess.DEVNULL, stderr=open(tmp / "daemon.log", "wb"))
+    daemon = start_daemon(tmp, config, sock)
     try:
-        for _ in range(400):
-            try:
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.connect(sock)
-                break
-            except OSError:
-                time.sleep(0.05)
         time.sleep(0.5)
         cpu_idle, rss_idle = proc_cpu_rss(daemon.pid)
         call_ids = []
@@ -243,11 +230,7 @@ def run_round(n: int, seconds: float, client_procs: int, speak: bool = True) -> 
                 except Exception:  # noqa: BLE001 - a call the daemon already ended is fine here
                     pass
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(60)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+        stop_daemon(daemon)
         for q in requests:
             q.put(("stop",))
         for h in hosts:

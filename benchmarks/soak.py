@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +31,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _harness import start_daemon, stop_daemon  # noqa: E402
 
 from voicecalld.control.client import Client, RpcError, Unreachable  # noqa: E402
 from voicecalld.store import Store  # noqa: E402
@@ -190,26 +190,17 @@ def main() -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        (tmp / "v.toml").write_text(
+        config = (
             common + f'provider = "twilio"\nfromNumber = "+15550009999"\npublicUrl = "http://127.0.0.1:{port}"\n'
             f'[serve]\nport = {port}\n[control]\nsocket = "{sock}"\n[outbound]\nnotifyHangupDelaySec = 0\n'
             f'[twilio]\naccountSid = "{sid}"\nauthToken = "{token}"\napiBaseUrl = "{fake.base_url}"\n')
     else:
-        (tmp / "v.toml").write_text(
+        config = (
             common + f'[serve]\nport = 0\n[control]\nsocket = "{sock}"\n[outbound]\nnotifyHangupDelaySec = 0\n'
             '[mock]\nanswerDelayMs = 20\nmsPerChar = 0.2\nreplyDelayMs = 5\n'
             'calleeReplies = ["fine thanks", "sure", "bye"]\n')
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    daemon = subprocess.Popen([sys.executable, "-m", "voicecalld", "--config", str(tmp / "v.toml")], env=env,
-                              stdout=subprocess.DEVNULL, stderr=open(tmp / "daemon.log", "wb"))
+    daemon = start_daemon(tmp, config, sock)
     try:
-        for _ in range(400):
-            try:
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.connect(sock)
-                break
-            except OSError:
-                time.sleep(0.05)
         time.sleep(0.5)
         baseline = proc_status(daemon.pid)
         stats = Stats()
@@ -230,8 +221,7 @@ def main() -> None:
         with Client(sock) as c:
             active = c.call("daemon.status")["activeCalls"]
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(60)
+        stop_daemon(daemon)
         if fake is not None:
             fake.stop()
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import socket
 import statistics
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from voicecalld.daemon import Daemon  # noqa: E402
 from voicecalld.providers import telnyx_signature  # noqa: E402
 from voicecalld.testing import _telnyx_wire  # noqa: E402
 from voicecalld.testing.fake_telnyx import FakeTelnyx  # noqa: E402
+from voicecalld.testing.ports import free_port  # noqa: E402
 
 
 def event(event_type: str = "call.dtmf.received", **payload: Any) -> bytes:
@@ -54,12 +54,6 @@ def event(event_type: str = "call.dtmf.received", **payload: Any) -> bytes:
                                          "payload": {"call_control_id": "v3:bench-" + uuid.uuid4().hex,
                                                      "digit": "5", **payload}},
                                 "meta": {"attempt": 1, "delivered_to": "http://127.0.0.1/voice/webhook"}})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_daemon(fake: FakeTelnyx, tmp: str, skip: bool) -> Daemon:

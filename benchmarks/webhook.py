@@ -22,11 +22,7 @@ import argparse
 import http.client
 import json
 import multiprocessing as mp
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,16 +33,15 @@ from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _harness import start_daemon, stop_daemon  # noqa: E402
+
+from voicecalld.testing.ports import free_port  # noqa: E402
 
 SID = "AC" + "c" * 32
 TOKEN = "webhook-bench-token"
 FROM, TO = "+15550001111", "+15550002222"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bare_server(port: int) -> None:
@@ -158,21 +153,12 @@ def main() -> None:
     port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix="vc-webhook-"))
     sock = str(tmp / "control.sock")
-    (tmp / "v.toml").write_text(
+    config = (
         f'provider = "twilio"\nfromNumber = "{FROM}"\ntoNumber = "{TO}"\npublicUrl = "http://127.0.0.1:{port}"\n'
         f'ringTimeoutMs = 600000\nstore = "{tmp}/state"\n[serve]\nport = {port}\n[control]\nsocket = "{sock}"\n'
         f'[twilio]\naccountSid = "{SID}"\nauthToken = "{TOKEN}"\napiBaseUrl = "{twilio.base_url}"\n')
-    daemon = subprocess.Popen([sys.executable, "-m", "voicecalld", "--config", str(tmp / "v.toml")],
-                              env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
-                              stderr=open(tmp / "daemon.log", "wb"))
+    daemon = start_daemon(tmp, config, sock)
     try:
-        for _ in range(400):
-            try:
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.connect(sock)
-                break
-            except OSError:
-                time.sleep(0.05)
         with Client(sock) as c:
             call_id = c.call("voicecall.initiate", {"message": "benchmark"})["callId"]
         call_sid = twilio.wait_call(to=TO, timeout=10).sid
@@ -184,11 +170,7 @@ def main() -> None:
         daemon_rps, daemon_err = measure(port, f"/voice/webhook?callId={call_id}&type=status", bodies,
                                          args.procs, args.connections, args.seconds)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+        stop_daemon(daemon)
         bare.terminate()
         twilio.stop()
         shutil.rmtree(tmp, ignore_errors=True)

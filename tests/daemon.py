@@ -20,7 +20,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from voicecalld.config import toml_value
 from voicecalld.control.client import Client
+from voicecalld.testing._wait import wait_until
 
 FAST_MOCK: dict[str, Any] = {
     "toNumber": "+15550001111",
@@ -31,19 +33,9 @@ FAST_MOCK: dict[str, Any] = {
 }
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(value)
-
-
 def to_toml(data: dict[str, Any]) -> str:
-    top = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
-    sections = [f"\n[{k}]\n" + "\n".join(f"{kk} = {_toml_value(vv)}" for kk, vv in v.items())
+    top = [f"{k} = {toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    sections = [f"\n[{k}]\n" + "\n".join(f"{kk} = {toml_value(vv)}" for kk, vv in v.items())
                 for k, v in data.items() if isinstance(v, dict)]
     return "\n".join(top) + "\n" + "\n".join(sections) + "\n"
 
@@ -189,14 +181,7 @@ class Daemon:
         return proc.returncode, out, proc.stderr
 
     def wait(self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            last = predicate()
-            if last:
-                return last
-            time.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what} (last: {last!r})\n{self.log()[-3000:]}")
+        return wait_until(predicate, timeout, what, interval=0.02, context=lambda: self.log()[-3000:])
 
     def wait_state(self, call_id: str, *states: str, timeout: float = 10.0) -> dict[str, Any]:
         return self.wait(lambda: (r := self.rpc("voicecall.status", {"callId": call_id}))["state"] in states

@@ -4,15 +4,17 @@ store) for tests of the call engine without the daemon around it."""
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from typing import Any
+
+from daemon import merge
 
 from voicecalld import config as cfgmod
 from voicecalld.events import EventBus
 from voicecalld.manager import CallManager
 from voicecalld.providers.mock import STATE_FILE, MockProvider
 from voicecalld.store import Store
+from voicecalld.testing._wait import wait_until
 from voicecalld.timers import TimerService, WorkerPool
 
 #: Fast mock timings so flows finish in a fraction of a second.
@@ -22,16 +24,6 @@ FAST: dict[str, Any] = {
     "mock": {"answerDelayMs": 40, "msPerChar": 1, "replyDelayMs": 10},
     "outbound": {"notifyHangupDelaySec": 0.05},
 }
-
-
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k].update(v)
-        else:
-            out[k] = v
-    return out
 
 
 class Engine:
@@ -57,13 +49,7 @@ class Engine:
         self.store.close()
 
     def wait(self, predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.005)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        return wait_until(predicate, timeout, what)
 
     def wait_state(self, call_id: str, *states: str, timeout: float = 5.0) -> dict[str, Any]:
         return self.wait(lambda: (r := self.manager.status(call_id))["state"] in states and r,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -26,18 +25,13 @@ from hypothesis import strategies as st
 
 from voicecalld.providers.twilio_signature import compute_signature
 from voicecalld.store import Store
+from voicecalld.testing.ports import free_port
 
 SID = "AC" + "d" * 32
 TOKEN = "hostile-test-token"
 FROM, TO, CALLER = "+15550001111", "+15550002222", "+15557770000"
 HOSTILE = 'R&D <Hangup/>]]> "quoted" \'single\' \x00\x07\x1b[2J\u2028 ok'
 ALLOWED_STATUSES = {200, 204, 400, 401, 403, 404, 405, 409, 413, 415, 431}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def closed_port_url() -> str:

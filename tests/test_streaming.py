@@ -9,7 +9,6 @@ is the Realtime speech-to-text service and the TTS endpoint.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from typing import Any
@@ -22,16 +21,11 @@ from voicecalld.providers.twilio_signature import compute_signature
 from voicecalld.testing.fake_openai import FakeOpenAI
 from voicecalld.testing.fake_twilio import FakeTwilio, StreamRequest
 from voicecalld.testing.media_client import MediaStreamClient, silence, speech_like
+from voicecalld.testing.ports import free_port
 
 SID = "AC" + "1" * 32
 TOKEN = "twilio-test-token"
 FROM, TO = "+15550001111", "+15550002222"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def threads_of(pid: int) -> int:

@@ -21,17 +21,12 @@ from daemon import Daemon, merge
 from voicecalld.control.client import RpcError
 from voicecalld.testing import _telnyx_wire
 from voicecalld.testing.fake_telnyx import FakeCall, FakeTelnyx
+from voicecalld.testing.ports import free_port
 
 OURS = "+15550009999"      # fromNumber: the daemon's number
 CALLEE = "+15550001111"    # FAST_MOCK's toNumber
 CALLER = "+15557770000"    # an inbound caller
 STATE_ORDER = ["initiated", "ringing", "answered", "active", "speaking", "listening"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def b64(text: str) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import threading
 import time
 import uuid
@@ -32,17 +31,12 @@ from voicecalld.control.client import RpcError
 from voicecalld.providers.twilio_signature import validate
 from voicecalld.testing._twilio_signing import url_with_port
 from voicecalld.testing.fake_twilio import Callee, FakeTwilio, StreamRequest
+from voicecalld.testing.ports import free_port
 
 FROM = "+15550001111"
 TO = "+15550002222"
 CALLER = "+15557770000"
 HOSTILE = 'Tom & "Jerry" <Hangup/></Say><Play>http://evil/x</Play> ]]> \x00\x07 ok'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def new_fake() -> FakeTwilio:

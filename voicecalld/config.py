@@ -553,13 +553,14 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Confi
 # --- rendering --------------------------------------------------------------------
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """A value as TOML (strings as JSON strings, which TOML accepts)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
 
 
@@ -575,7 +576,7 @@ def render_toml(config: Config) -> str:
             if value is None:
                 lines.append(f"# {name} = (unset)")
             else:
-                lines.append(f"{name} = {_toml_value(value)}")
+                lines.append(f"{name} = {toml_value(value)}")
 
     emit(nested)
     for section in SECTIONS:
@@ -591,4 +592,4 @@ def describe_default(s: Setting) -> str:
         return "unset"
     if s.kind == "mode" or isinstance(s.default, str):
         return f'"{s.default}"'
-    return _toml_value(s.default)
+    return toml_value(s.default)

@@ -44,6 +44,7 @@ from ._scheduler import Scheduler
 from ._telnyx_calls import Callee, Command, FakeCall, SpeakJob
 from ._telnyx_sim import DTMF_DIGITS, Simulation, Timing
 from ._telnyx_webhooks import Deliverer, Delivery
+from ._wait import wait_until
 
 __all__ = ["Callee", "Delivery", "FakeCall", "FakeTelnyx", "RestRequest", "Timing"]
 
@@ -328,15 +329,7 @@ class FakeTelnyx:
     def wait_for(self, predicate: Callable[[], T], timeout: float = 2.0, what: str | None = None) -> T:
         """Poll ``predicate`` until it returns something truthy; return that.
         Raises AssertionError describing the fake's state on timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                name = what or getattr(predicate, "__name__", repr(predicate))
-                raise AssertionError(f"timed out after {timeout:g} s waiting for {name}\n{self.describe()}")
-            time.sleep(0.005)
+        return wait_until(predicate, timeout, what or "", context=self.describe)
 
     def wait_event(self, call_control_id: str, event_type: str, timeout: float = 2.0, *,
                    ok: bool = False, nth: int = 1) -> Delivery:

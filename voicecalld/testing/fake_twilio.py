@@ -26,7 +26,6 @@ from __future__ import annotations
 import re
 import socketserver
 import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -49,6 +48,7 @@ from ._twilio_model import (
 from ._twilio_rest import CreateFault, CreateRequest, RestApp
 from ._twilio_signing import Params, compute_signature
 from ._twilio_webhooks import WebhookSender
+from ._wait import wait_until
 
 __all__ = ["Callee", "Delivery", "FakeCall", "FakeError", "FakeTwilio", "RestRequest",
            "StreamRequest"]
@@ -293,15 +293,7 @@ class FakeTwilio:
     def wait_for(self, predicate: Callable[[], T | None], timeout: float = 5.0, *, message: str = "",
                  interval: float = 0.01) -> T:
         """Poll ``predicate`` until it returns something truthy; return that."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                what = message or getattr(predicate, "__name__", repr(predicate))
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{self.describe()}")
-            time.sleep(interval)
+        return wait_until(predicate, timeout, message, interval=interval, context=self.describe)
 
     def wait_call(self, *, to: str | None = None, direction: str | None = None, count: int = 1,
                   timeout: float = 5.0) -> FakeCall:

@@ -1,0 +1,44 @@
+"""What the benchmarks share: starting a real voicecalld on a config file
+and waiting until its control socket answers, and stopping it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_daemon(tmp: Path, config: str, socket_path: str, timeout: float = 20.0) -> subprocess.Popen:
+    """Write ``config`` to ``tmp/v.toml``, run the daemon from this source
+    tree (stderr to ``tmp/daemon.log``), and return once ``socket_path`` accepts."""
+    (tmp / "v.toml").write_text(config)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "voicecalld", "--config", str(tmp / "v.toml")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / "daemon.log", "wb"))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(socket_path)
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"voicecalld did not start; see {tmp / 'daemon.log'}:\n{(tmp / 'daemon.log').read_text()[-2000:]}")
+
+
+def stop_daemon(proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
