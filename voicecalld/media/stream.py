@@ -13,6 +13,16 @@ A bridge forwards the caller's µ-law frames to a ``Transcriber`` and turns
 its results into call events (partials, finals, barge-in), speaks the
 call's utterances through a ``Player``, and reports DTMF. When Twilio sends
 ``stop`` or the socket closes, the bridge tears everything down.
+
+simple-websocket does the handshake and the framing, but its reader thread
+per connection is replaced (``thread_class``) by one ``ReadLoop`` thread
+that reads every stream's socket, and messages are handled as they are
+parsed (``event_class``, see ``Doorbell``) instead of waking the request's
+thread: per-frame thread wake-ups and interpreter-lock hand-offs, not the
+work, were what saturated a core at a hundred calls. Call events (DTMF,
+marks, transcripts) go to the manager through a per-call serial work queue,
+because the manager writes the log and may call the carrier, which must not
+stall the loop.
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ from werkzeug.wrappers import Request, Response
 from .. import jsonsafe
 from ..calls import CallEvent, CallRecord, EventType, Speak
 from ..providers import twilio_signature
+from ..workqueue import KeyedWorkQueue
+from .loop import RECEIVE_BYTES, Doorbell, LoopReader, ReadLoop
 from .player import Player
 from .realtime_stt import SttEvent, Transcriber
 from .tts import Synthesizer
@@ -72,6 +84,9 @@ class StreamHub:
         self.lateness: collections.deque[float] = collections.deque(maxlen=20_000)
         self._synthesizer: Synthesizer | None = None
         self.frames_in = 0
+        self.loop = ReadLoop()
+        #: Call events from the streams, in order per call, off the loop thread.
+        self.events = KeyedWorkQueue("media-events", workers=4, idle=1.0)
         provider.stream_speaker = self.speak
 
     @property
@@ -133,11 +148,13 @@ class StreamHub:
             except OSError:
                 pass
         try:
-            ws = simple_websocket.Server.accept(environ)
+            ws = simple_websocket.Server.accept(environ, receive_bytes=RECEIVE_BYTES, thread_class=LoopReader,
+                                                event_class=Doorbell)
         except Exception:  # noqa: BLE001 - a broken handshake is the client's problem, not ours
             with self._lock:
                 self._pending -= 1
             return _json(400, "WebSocket handshake failed")
+        over = self.loop.add_websocket(ws)
         try:
             bridge = self._start(ws)
             with self._lock:
@@ -162,7 +179,7 @@ class StreamHub:
             if pending:
                 with self._lock:
                     self._pending -= 1
-            _finish(ws, environ)
+            _finish(ws, environ, self.loop, over)
         raise StreamFinished("media stream finished")
 
     def _signed(self, request: Request) -> bool:
@@ -221,6 +238,7 @@ class StreamHub:
             bridges = list(self._bridges.values())
         for bridge in bridges:
             bridge.close()
+        self.events.stop()
         if self._synthesizer is not None:
             self._synthesizer.close()
 
@@ -236,6 +254,8 @@ class Bridge:
         self.stream_sid = stream_sid
         self.alive = True
         self._send_lock = threading.Lock()
+        self._drain_lock = threading.Lock()
+        self._ended = threading.Event()
         self._closed = False
         self.frames_in = 0
         self.player = Player(self._send, stream_sid, hub.synthesizer.stream, on_played=self._played,
@@ -246,7 +266,9 @@ class Bridge:
         self.transcriber.start()
 
     def _emit(self, type_: EventType, **fields: Any) -> None:
-        self.hub.manager.handle_event(CallEvent(type_, uuid.uuid4().hex, call_id=self.call_id, **fields))
+        event = CallEvent(type_, uuid.uuid4().hex, call_id=self.call_id, **fields)
+        if not self.hub.events.submit(self.call_id, lambda: self.hub.manager.handle_event(event)):
+            log.warning("call %s: %s event dropped (daemon stopping or overloaded)", self.call_id, type_.value)
 
     def _send(self, message: dict[str, Any]) -> None:
         data = json.dumps(message, separators=(",", ":"))
@@ -261,37 +283,64 @@ class Bridge:
     # -- from Twilio --
 
     def run(self) -> None:
-        while self.alive:
-            try:
-                raw = self.ws.receive()
-            except simple_websocket.ConnectionClosed:
-                break
-            message = _parse(raw)
-            if message is None:
-                continue
-            event = message.get("event")
-            if event == "media":
-                media = _obj(message.get("media"))
-                if media.get("track", "inbound") in ("inbound", "inbound_track"):
-                    try:
-                        audio = base64.b64decode(media.get("payload") or "", validate=True)
-                    except (binascii.Error, ValueError):
-                        continue
-                    self.frames_in += 1
-                    self.hub.frames_in += 1
-                    self.transcriber.send_audio(audio)
-            elif event == "mark":
-                mark = _obj(message.get("mark"))
-                self.player.mark_echoed(str(mark.get("name", "")))
-            elif event == "dtmf":
-                dtmf = _obj(message.get("dtmf"))
-                digit = str(dtmf.get("digit", ""))
-                if digit:
-                    self._emit(EventType.DTMF, digits=digit)
-            elif event == "stop":
-                log.info("call %s: media stream stopped", self.call_id)
-                break
+        """Handle the stream's messages until ``stop`` or the socket
+        closes. The messages are handled on the WebSocket's reader thread;
+        this (the request's) thread only waits for the end."""
+        bell = self.ws.event
+        if isinstance(bell, Doorbell):
+            bell.handler = self._drain
+            self._drain()  # whatever arrived before the handler was attached
+            self._ended.wait()
+        else:  # pragma: no cover - a socket made without the Doorbell
+            while not self._ended.is_set():
+                self._ended.wait(0.02)
+                self._drain()
         self.alive = False
+
+    def _drain(self) -> None:
+        # Both the reader thread and run() may drain; the lock keeps the
+        # messages in order and handled once.
+        with self._drain_lock:
+            while not self._ended.is_set():
+                try:
+                    raw = self.ws.receive(timeout=0)
+                except simple_websocket.ConnectionClosed:
+                    self._ended.set()
+                    return
+                if raw is None:
+                    return
+                try:
+                    self._handle(raw)
+                except Exception:  # noqa: BLE001 - one bad message must not kill the reader thread
+                    log.exception("call %s: media stream message failed", self.call_id)
+
+    def _handle(self, raw: Any) -> None:
+        message = _parse(raw)
+        if message is None:
+            return
+        event = message.get("event")
+        if event == "media":
+            media = _obj(message.get("media"))
+            if media.get("track", "inbound") in ("inbound", "inbound_track"):
+                try:
+                    audio = base64.b64decode(media.get("payload") or "", validate=True)
+                except (binascii.Error, ValueError):
+                    return
+                self.frames_in += 1
+                self.hub.frames_in += 1
+                self.transcriber.send_audio(audio)
+        elif event == "mark":
+            mark = _obj(message.get("mark"))
+            self.player.mark_echoed(str(mark.get("name", "")))
+        elif event == "dtmf":
+            dtmf = _obj(message.get("dtmf"))
+            digit = str(dtmf.get("digit", ""))
+            if digit:
+                self._emit(EventType.DTMF, digits=digit)
+        elif event == "stop":
+            log.info("call %s: media stream stopped", self.call_id)
+            self.alive = False
+            self._ended.set()
 
     # -- from the transcriber and the player --
 
@@ -318,6 +367,7 @@ class Bridge:
                 return
             self._closed = True
         self.alive = False
+        self._ended.set()
         self.player.close()
         self.transcriber.close()
         try:
@@ -346,19 +396,19 @@ def _refuse(ws: simple_websocket.Server, why: str) -> None:
         pass
 
 
-def _finish(ws: simple_websocket.Server, environ: dict[str, Any]) -> None:
-    """Close the WebSocket and make sure its reader thread ends, so a
-    finished stream leaves no thread or socket behind."""
+def _finish(ws: simple_websocket.Server, environ: dict[str, Any], loop: ReadLoop, over: threading.Event) -> None:
+    """Close the WebSocket and stop reading its socket, so a finished
+    stream leaves no reader or socket behind."""
     try:
         if ws.connected:
             ws.close()
     except (simple_websocket.ConnectionClosed, OSError):
         pass
-    ws.thread.join(1.0)
+    over.wait(1.0)  # let the peer answer the closing handshake before the socket is cut
     sock = environ.get("werkzeug.socket")
     if sock is not None:
         try:
-            sock.shutdown(2)  # SHUT_RDWR: werkzeug would otherwise wait for another request
+            sock.shutdown(socket.SHUT_RDWR)  # werkzeug would otherwise wait for another request
         except OSError:
             pass
-    ws.thread.join(1.0)
+    loop.remove(ws.sock)

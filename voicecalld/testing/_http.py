@@ -16,6 +16,8 @@ import simple_websocket
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from ..media.loop import RECEIVE_BYTES, LoopReader, ReadLoop
+
 __all__ = [
     "BackgroundServer",
     "json_response",
@@ -151,11 +153,15 @@ def is_websocket_upgrade(request: Request) -> bool:
     )
 
 
+_READ_LOOP = ReadLoop("fake-websockets")
+
+
 def serve_websocket(
     environ: dict[str, Any],
     session: Callable[[simple_websocket.Server], None],
     on_accept: Callable[[simple_websocket.Server], None] | None = None,
     close_wait: float = 1.0,
+    event_class: type[threading.Event] | None = None,
 ) -> NoReturn:
     """Upgrade the request, run ``session(ws)`` on this thread, and tear down.
 
@@ -171,7 +177,13 @@ def serve_websocket(
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
         pass  # not TCP (a Unix socket): nothing to tune
-    ws = simple_websocket.Server.accept(environ)
+    # One thread reads every connection's socket, as in the daemon: a
+    # reader thread per connection would make the fake, not the code under
+    # test, the bottleneck of a load test.
+    ws = simple_websocket.Server.accept(
+        environ, receive_bytes=RECEIVE_BYTES, thread_class=LoopReader, event_class=event_class
+    )
+    over = _READ_LOOP.add_websocket(ws)
     try:
         if on_accept is not None:
             on_accept(ws)
@@ -182,14 +194,13 @@ def serve_websocket(
                 ws.close()
             except (simple_websocket.ConnectionClosed, OSError):
                 pass
-        # Let simple-websocket's reader thread see the peer's closing
-        # handshake and exit before the socket is cut.
-        ws.thread.join(close_wait)
+        # Let the peer's closing handshake be read before the socket is cut.
+        over.wait(close_wait)
         # werkzeug keeps "Connection: Upgrade" requests alive and would read
-        # the socket for a next HTTP request, racing the WebSocket reader;
-        # shutting the socket down makes that read see EOF at once.
+        # the socket for a next HTTP request; shutting the socket down makes
+        # that read see EOF at once.
         abort_socket(sock)
-        ws.thread.join(close_wait)
+        _READ_LOOP.remove(sock)
     raise ConnectionError("websocket session finished")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import heapq
 import itertools
 import json
@@ -76,7 +77,8 @@ class RealtimeRecord:
     ``audio_bytes`` holds the appended audio exactly as sent (base64-decoded,
     still in the session format: µ-law for ``audio/pcmu``). ``frames``
     counts ``input_audio_buffer.append`` events and ``append_times`` holds
-    their arrival times (``time.monotonic``), for latency measurements.
+    their arrival times (``time.monotonic`` when the message was read off the
+    socket, see ``ArrivalStamps``), for latency measurements.
     """
 
     headers: Headers
@@ -127,6 +129,20 @@ class _Outbox:
         return ready
 
 
+class ArrivalStamps(threading.Event):
+    """The connection's ``event_class``: notes when each message was parsed
+    off the socket, so latency figures do not include the time the message
+    then waited for this fake's own connection thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stamps: collections.deque[float] = collections.deque()
+
+    def set(self) -> None:
+        self.stamps.append(time.monotonic())
+        super().set()
+
+
 class _Stop(Exception):
     """The connection is over (closed, dropped or expired)."""
 
@@ -150,6 +166,7 @@ class RealtimeConnection:
         self.last_committed: str | None = None
         self.turns = 0
         self.held: tuple[float, dict[str, Any]] | None = None  # completion kept back for reordering
+        self.arrived = now  # when the message being handled was read off the socket
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -168,6 +185,8 @@ class RealtimeConnection:
             while not self.fake.stopping:
                 raw = self.ws.receive(timeout=self._wait_time())
                 if raw is not None:
+                    stamps = getattr(self.ws.event, "stamps", None)
+                    self.arrived = stamps.popleft() if stamps else time.monotonic()
                     self._handle(raw)
                 self._tick()
             self._close(1001, "server shutting down")
@@ -314,7 +333,7 @@ class RealtimeConnection:
         self._send({"type": "session.updated", "event_id": _event_id(), "session": merged})
 
     def _on_append(self, event: dict[str, Any], client_id: str | None) -> None:
-        self.record.append_times.append(time.monotonic())
+        self.record.append_times.append(self.arrived)
         audio = event.get("audio")
         if not isinstance(audio, str):
             self._error(

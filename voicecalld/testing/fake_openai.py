@@ -50,7 +50,7 @@ from ._http import (
     serve_websocket,
 )
 from ._openai_chat import ChatRequestError, build_completion, validate_chat_request
-from ._openai_realtime import RealtimeConnection, RealtimeRecord
+from ._openai_realtime import ArrivalStamps, RealtimeConnection, RealtimeRecord
 from ._openai_session import DEFAULT_MODELS
 from ._openai_speech import SpeechRequestError, synthesize, validate_speech_request
 
@@ -400,7 +400,7 @@ class FakeOpenAI:
                 conn_box[0].run()
 
         try:
-            serve_websocket(environ, session, on_accept=on_accept)
+            serve_websocket(environ, session, on_accept=on_accept, event_class=ArrivalStamps)
         finally:
             if conn_box:
                 conn_box[0].finish()
