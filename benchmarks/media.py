@@ -11,13 +11,19 @@ generators do not share the daemon's (or each other's) interpreter lock;
 all times are CLOCK_MONOTONIC, which is system-wide.
 
 Reported per N: per-frame forwarding latency p50/p99 (a frame leaving the
-simulated Twilio to its arrival at the speech-to-text service), frames
+simulated Twilio to its arrival at the speech-to-text service, so it also
+holds the load generators' own delays on the same two cores), the
+daemon's own share of it (``daemon.status`` media.forwarding: socket read
+to speech-to-text send), frames
 lost, daemon CPU (% of one core) and RSS per call, and TTS pacing jitter
 p99: the daemon's own figure (``daemon.status`` media.pacing: each
 frame's send time against its due time), plus, for information, the
 inter-arrival jitter the simulated Twilio observes (which includes that
 process's own scheduling noise). Each call speaks once, at a random moment
-in the middle half of the run. Targets (issue 6):
+in the middle half of the run; each caller's speech/silence cycle starts at
+its own phase (``--sync-turns`` makes all of them start and stop together,
+the worst case for the speech-to-text events that follow every turn).
+Targets (issue 6):
 100 concurrent streams with p99 forwarding under 20 ms, no frame lost and
 pacing jitter p99 under 5 ms. Prints a table and one JSON line.
 """
@@ -107,12 +113,18 @@ def clients_process(requests: Any, results: Any, port: int) -> None:
             clients.append((index, client))
             results.put(("connected", index))
         elif item[0] == "play":
-            seconds = item[1]
+            seconds, sync_turns = item[1], item[2]
             pattern = (speech_like(1.0) + silence(1.0)) * int(seconds // 2 + 1)
             pattern = pattern[:int(seconds * 8000) // FRAME * FRAME]
             for index, client in clients:
                 marker = b"MARK" + index.to_bytes(4, "big")
-                client.start_streaming_in_background(marker + b"\xff" * (FRAME - 8) + pattern[FRAME:])
+                audio = pattern
+                if not sync_turns:
+                    # Callers do not all stop talking in the same 20 ms: each
+                    # one's speech/silence cycle starts at its own phase.
+                    shift = random.Random(index).randrange(0, 2 * 8000, FRAME)
+                    audio = pattern[shift:] + pattern[:shift]
+                client.start_streaming_in_background(marker + b"\xff" * (FRAME - 8) + audio[FRAME:])
             results.put(("playing", len(clients)))
         elif item[0] == "collect":
             for _, client in clients:
@@ -142,7 +154,8 @@ def proc_cpu_rss(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
-def run_round(n: int, seconds: float, client_procs: int, speak: bool = True) -> dict[str, Any]:
+def run_round(n: int, seconds: float, client_procs: int, speak: bool = True, sync_turns: bool = False,
+              dump: str | None = None) -> dict[str, Any]:
     from voicecalld.control.client import Client
     from voicecalld.testing.fake_twilio import FakeTwilio
 
@@ -199,7 +212,7 @@ def run_round(n: int, seconds: float, client_procs: int, speak: bool = True) -> 
         cpu0, rss_connected = proc_cpu_rss(daemon.pid)
         t0 = time.monotonic()
         for q in requests:
-            q.put(("play", seconds))
+            q.put(("play", seconds, sync_turns))
         for _ in requests:
             results.get(timeout=60)
         # Each call speaks once, at a random moment in the middle half of the
@@ -251,6 +264,10 @@ def run_round(n: int, seconds: float, client_procs: int, speak: bool = True) -> 
         if session is not None:
             received_bytes += session["bytes"]
             latencies += [b - a for a, b in zip(client["sent"], session["append_times"], strict=False)]
+            if dump is not None:
+                with open(dump, "a") as fh:
+                    for a, b in zip(client["sent"], session["append_times"], strict=False):
+                        fh.write(f"{n} {client['index']} {a:.6f} {b - a:.6f}\n")
         received = client["received"]
         runs: list[list[float]] = [[]]
         for t in received:  # split into utterances at gaps
@@ -266,6 +283,7 @@ def run_round(n: int, seconds: float, client_procs: int, speak: bool = True) -> 
         "forward_p50_ms": percentile(latencies, 0.5) * 1e3, "forward_p99_ms": percentile(latencies, 0.99) * 1e3,
         "cpu_pct_per_call": (cpu1 - cpu0) / busy * 100 / n, "cpu_pct_total": (cpu1 - cpu0) / busy * 100,
         "rss_kib_per_call": (rss_connected - rss_idle) / n, "rss_kib_end": rss_end,
+        "daemon_forward_p99_ms": media.get("forwarding", {}).get("p99Ms") or float("nan"),
         "pacing_p99_ms": media.get("pacing", {}).get("latenessP99Ms") or float("nan"),
         "pacing_frames": media.get("pacing", {}).get("frames", 0),
         "arrival_jitter_p99_ms": percentile(jitter, 0.99) * 1e3,
@@ -278,20 +296,29 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="streaming time per round")
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--no-speak", action="store_true", help="stream only; no TTS in the middle")
+    parser.add_argument("--dump", metavar="FILE",
+                        help="append every frame's latency to FILE (N, stream, sent at, seconds)")
+    parser.add_argument("--sync-turns", action="store_true",
+                        help="worst case: every caller starts and stops talking in the same frame")
     args = parser.parse_args()
-    rows = [run_round(int(n), args.seconds, args.client_procs, not args.no_speak) for n in args.calls.split(",")]
-    header = (f"{'N':>5}{'conn':>6}{'fwd p50':>9}{'fwd p99':>9}{'lost':>7}{'cpu%/call':>11}{'cpu% all':>10}"
+    rows = [run_round(int(n), args.seconds, args.client_procs, not args.no_speak, args.sync_turns, args.dump)
+            for n in args.calls.split(",")]
+    header = (f"{'N':>5}{'conn':>6}{'fwd p50':>9}{'fwd p99':>9}{'own p99':>9}{'lost':>7}{'cpu%/call':>11}"
+              f"{'cpu% all':>10}"
               f"{'RSS KiB/call':>14}{'pacing p99':>12}{'arrival jit p99':>17}")
     print(header)
     for r in rows:
         print(f"{r['n']:>5}{r['streams_connected']:>6}{r['forward_p50_ms']:>9.2f}{r['forward_p99_ms']:>9.2f}"
+              f"{r['daemon_forward_p99_ms']:>9.2f}"
               f"{r['frames_lost']:>7}{r['cpu_pct_per_call']:>11.2f}{r['cpu_pct_total']:>10.1f}"
               f"{r['rss_kib_per_call']:>14.0f}{r['pacing_p99_ms']:>12.2f}{r['arrival_jitter_p99_ms']:>17.2f}")
-    print("(ms; pacing = the daemon's send time against each frame's due time; arrival jitter = the same as seen "
+    print("(ms; fwd = simulated Twilio's send to the fake STT's read, both processes sharing this machine's cores; "
+          "own = the daemon's figure from daemon.status media.forwarding, socket read to STT send; "
+          "pacing = the daemon's send time against each frame's due time; arrival jitter = the same as seen "
           "by the simulated Twilio process, including its own scheduling noise)")
     ok = [r for r in rows if r["forward_p99_ms"] < 20 and r["frames_lost"] == 0 and r["pacing_p99_ms"] < 5
           and r["streams_connected"] == r["n"]]
-    print(json.dumps({"benchmark": "media", "seconds": args.seconds,
+    print(json.dumps({"benchmark": "media", "seconds": args.seconds, "sync_turns": args.sync_turns,
                       "rows": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
                       "max_n_meeting_targets": max((r["n"] for r in ok), default=0),
                       "targets": {"n": 100, "forward_p99_ms": 20, "frames_lost": 0, "pacing_p99_ms": 5}}))

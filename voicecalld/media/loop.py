@@ -29,6 +29,7 @@ import logging
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -193,6 +194,7 @@ class LoopReader:
     def pump(ws: simple_websocket.Server) -> bool:
         """Read what the socket has and let simple-websocket handle it, as
         its own reader thread would; False once the connection is over."""
+        ws.read_at = time.monotonic()  # for forwarding-time figures
         try:
             data = ws.sock.recv(RECEIVE_BYTES, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):

@@ -82,6 +82,9 @@ class StreamHub:
         self._closing = False
         #: Frame lateness of every call's playback (seconds), for daemon.status.
         self.lateness: collections.deque[float] = collections.deque(maxlen=20_000)
+        #: Time from reading a caller frame off the socket to handing it to
+        #: speech-to-text (seconds), for daemon.status.
+        self.forwarding: collections.deque[float] = collections.deque(maxlen=20_000)
         self._synthesizer: Synthesizer | None = None
         self.frames_in = 0
         self.loop = ReadLoop()
@@ -111,12 +114,14 @@ class StreamHub:
     def stats(self) -> dict[str, Any]:
         """For daemon.status: open streams and how punctually audio is paced."""
         late = sorted(self.lateness)
+        forward = sorted(self.forwarding)
 
-        def ms(q: float) -> float | None:
-            return round(late[min(len(late) - 1, int(q * len(late)))] * 1e3, 3) if late else None
+        def ms(values: list[float], q: float) -> float | None:
+            return round(values[min(len(values) - 1, int(q * len(values)))] * 1e3, 3) if values else None
 
         return {"openStreams": self.open_streams, "framesIn": self.frames_in,
-                "pacing": {"frames": len(late), "latenessP50Ms": ms(0.5), "latenessP99Ms": ms(0.99)}}
+                "forwarding": {"frames": len(forward), "p50Ms": ms(forward, 0.5), "p99Ms": ms(forward, 0.99)},
+                "pacing": {"frames": len(late), "latenessP50Ms": ms(late, 0.5), "latenessP99Ms": ms(late, 0.99)}}
 
     # -- the WSGI side --
 
@@ -329,6 +334,9 @@ class Bridge:
                 self.frames_in += 1
                 self.hub.frames_in += 1
                 self.transcriber.send_audio(audio)
+                read_at = getattr(self.ws, "read_at", None)
+                if read_at is not None:
+                    self.hub.forwarding.append(time.monotonic() - read_at)
         elif event == "mark":
             mark = _obj(message.get("mark"))
             self.player.mark_echoed(str(mark.get("name", "")))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from .. import jsonsafe
 from ..errors import ProviderError
@@ -28,6 +29,9 @@ class Synthesizer:
         self.voice = voice
         self.timeout = timeout
         self.session = requests.Session()
+        # One session serves every call that speaks: keep a connection per
+        # concurrent utterance instead of requests' default ten.
+        self.session.mount(self.url.split("/", 3)[0] + "//", HTTPAdapter(pool_connections=1, pool_maxsize=64))
         self.session.headers.update({"Authorization": f"Bearer {api_key}", "User-Agent": "voicecalld"})
 
     def close(self) -> None:
