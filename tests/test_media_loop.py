@@ -1,0 +1,217 @@
+"""The media read loop: one thread reading many sockets, and the adapters
+that put simple-websocket connections on it (real sockets, real threads)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import simple_websocket
+from werkzeug.serving import make_server
+
+from voicecalld.media.loop import Doorbell, LoopReader, ReadLoop
+from voicecalld.testing._wait import wait_until
+
+
+def loop_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "test-loop"]
+
+
+@pytest.fixture
+def loop() -> Iterator[ReadLoop]:
+    rl = ReadLoop("test-loop")
+    yield rl
+    wait_until(lambda: not loop_threads(), timeout=5, what="the loop thread to exit")
+
+
+def reader_for(sock: socket.socket, got: list[bytes], done: threading.Event | None = None):
+    def read() -> bool:
+        data = sock.recv(4096)
+        if not data:
+            if done is not None:
+                done.set()
+            return False
+        got.append(data)
+        return True
+
+    return read
+
+
+def test_one_thread_reads_many_sockets_in_order(loop: ReadLoop) -> None:
+    pairs = [socket.socketpair() for _ in range(20)]
+    got: list[list[bytes]] = [[] for _ in pairs]
+    for (ours, _), sink in zip(pairs, got, strict=True):
+        loop.add(ours, reader_for(ours, sink))
+    for round_ in range(5):
+        for i, (_, theirs) in enumerate(pairs):
+            theirs.send(f"{i}:{round_};".encode())
+    wait_until(lambda: all(b"".join(g).count(b";") == 5 for g in got), timeout=5, what="every message")
+    for i, sink in enumerate(got):
+        assert b"".join(sink) == b"".join(f"{i}:{r};".encode() for r in range(5))
+    assert len(loop_threads()) == 1
+    assert loop.sockets == 20
+    for ours, theirs in pairs:
+        loop.remove(ours)
+        ours.close()
+        theirs.close()
+    assert loop.sockets == 0
+
+
+def test_remove_means_the_reader_is_never_called_again(loop: ReadLoop) -> None:
+    ours, theirs = socket.socketpair()
+    calls: list[bytes] = []
+    loop.add(ours, reader_for(ours, calls))
+    theirs.send(b"a")
+    wait_until(lambda: calls, timeout=5, what="the first read")
+    loop.remove(ours)
+    theirs.send(b"b")
+    time.sleep(0.1)
+    assert calls == [b"a"]
+    ours.close()
+    theirs.close()
+
+
+@pytest.mark.parametrize("how", ["reader returns False", "reader raises"])
+def test_a_finished_or_failing_reader_is_dropped_and_the_others_go_on(loop: ReadLoop, how: str) -> None:
+    bad, bad_peer = socket.socketpair()
+    good, good_peer = socket.socketpair()
+    got: list[bytes] = []
+
+    def bad_reader() -> bool:
+        bad.recv(4096)
+        if how == "reader raises":
+            raise RuntimeError("a bug in one stream")
+        return False
+
+    loop.add(bad, bad_reader)
+    loop.add(good, reader_for(good, got))
+    bad_peer.send(b"x")
+    wait_until(lambda: loop.sockets == 1, timeout=5, what="the bad socket to be dropped")
+    good_peer.send(b"still here")
+    wait_until(lambda: got == [b"still here"], timeout=5, what="the good socket to be read")
+    loop.remove(bad)  # already gone: a no-op
+    loop.remove(good)
+    for s in (bad, bad_peer, good, good_peer):
+        s.close()
+
+
+def test_the_thread_exits_when_idle_and_restarts_on_demand(loop: ReadLoop) -> None:
+    for _ in range(3):
+        ours, theirs = socket.socketpair()
+        got: list[bytes] = []
+        loop.add(ours, reader_for(ours, got))
+        theirs.send(b"hi")
+        wait_until(lambda got=got: got == [b"hi"], timeout=5, what="a read")
+        loop.remove(ours)
+        wait_until(lambda: not loop_threads(), timeout=5, what="the idle loop thread to exit")
+        ours.close()
+        theirs.close()
+
+
+def test_a_reader_may_remove_its_own_socket(loop: ReadLoop) -> None:
+    ours, theirs = socket.socketpair()
+    removed = threading.Event()
+
+    def read() -> bool:
+        ours.recv(4096)
+        loop.remove(ours)  # must not wait for itself
+        removed.set()
+        return True
+
+    loop.add(ours, read)
+    theirs.send(b"x")
+    assert removed.wait(5)
+    wait_until(lambda: loop.sockets == 0, timeout=5, what="the removal")
+    ours.close()
+    theirs.close()
+
+
+# -- simple-websocket on the loop ---------------------------------------------------------
+
+
+class EchoApp:
+    """A WebSocket endpoint on werkzeug: ``event_class=Doorbell`` with an
+    attached handler, read by the loop; echoes every message."""
+
+    def __init__(self, loop: ReadLoop) -> None:
+        self.loop = loop
+        self.handler_threads: set[str] = set()
+        self.finished = threading.Event()
+
+    def __call__(self, environ, start_response):  # noqa: ANN001, ANN204 - WSGI
+        ws = simple_websocket.Server.accept(environ, thread_class=LoopReader, event_class=Doorbell)
+        over = self.loop.add_websocket(ws)
+        ended = threading.Event()
+
+        def on_message() -> None:
+            self.handler_threads.add(threading.current_thread().name)
+            while True:
+                try:
+                    message = ws.receive(timeout=0)
+                except simple_websocket.ConnectionClosed:
+                    ended.set()
+                    return
+                if message is None:
+                    return
+                ws.send(message)
+
+        ws.event.handler = on_message
+        ended.wait(10)
+        over.wait(1)
+        environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
+        self.loop.remove(ws.sock)
+        self.finished.set()
+        raise ConnectionError("websocket finished")
+
+
+@pytest.fixture
+def echo(loop: ReadLoop) -> Iterator[tuple[str, EchoApp]]:
+    app = EchoApp(loop)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"ws://127.0.0.1:{server.server_port}/", app
+    server.shutdown()
+    thread.join(5)
+
+
+def test_websocket_messages_are_handled_on_the_loop_thread(echo: tuple[str, EchoApp]) -> None:
+    url, app = echo
+    client = simple_websocket.Client.connect(url)
+    try:
+        for i in range(50):
+            client.send(f"message {i}")
+        replies = [client.receive(timeout=5) for _ in range(50)]
+        assert replies == [f"message {i}" for i in range(50)]
+        big = "x" * 200_000  # many reads for one message
+        client.send(big)
+        assert client.receive(timeout=5) == big
+    finally:
+        client.close()
+    assert app.finished.wait(5)
+    assert app.handler_threads == {"test-loop"}
+
+
+def test_a_peer_that_vanishes_ends_the_connection(echo: tuple[str, EchoApp]) -> None:
+    url, app = echo
+    client = simple_websocket.Client.connect(url)
+    client.send("hello")
+    assert client.receive(timeout=5) == "hello"
+    client.sock.shutdown(socket.SHUT_RDWR)  # no closing handshake
+    assert app.finished.wait(5)
+    client.sock.close()
+
+
+def test_doorbell_without_a_handler_is_a_plain_event() -> None:
+    bell = Doorbell()
+    assert not bell.is_set()
+    bell.set()
+    assert bell.is_set()
+    rang: list[int] = []
+    bell.clear()
+    bell.handler = lambda: rang.append(1)
+    bell.set()
+    assert rang == [1] and not bell.is_set()
