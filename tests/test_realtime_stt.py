@@ -213,3 +213,80 @@ def test_unreachable_service_keeps_retrying_and_buffers(fake) -> None:
         wait(lambda: sink.finals() == ["made it"], what="the buffered audio to be transcribed")
     finally:
         t.close()
+
+
+class StallingService:
+    """A Realtime endpoint that confirms the session, then stops reading
+    until told to go on; it records the audio it gets, in order."""
+
+    def __init__(self) -> None:
+        import simple_websocket
+        from werkzeug.serving import make_server
+
+        self.go_on = threading.Event()
+        self.audio = bytearray()
+        self.done = threading.Event()
+
+        def app(environ, start_response):  # noqa: ANN001, ANN202 - WSGI
+            import base64
+            import json
+            import socket as socket_mod
+
+            sock = environ["werkzeug.socket"]
+            sock.setsockopt(socket_mod.SOL_SOCKET, socket_mod.SO_RCVBUF, 4096)
+            ws = simple_websocket.Server.accept(environ, receive_bytes=1024)
+            ws.receive(timeout=5)  # session.update
+            ws.send(json.dumps({"type": "session.updated", "session": {}}))
+            self.go_on.wait(30)
+            try:
+                while True:
+                    raw = ws.receive(timeout=2)
+                    if raw is None:
+                        break
+                    event = json.loads(raw)
+                    if event.get("type") == "input_audio_buffer.append":
+                        self.audio += base64.b64decode(event["audio"])
+            except simple_websocket.ConnectionClosed:
+                pass
+            self.done.set()
+            sock.shutdown(socket_mod.SHUT_RDWR)
+            raise ConnectionError("done")
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"ws://127.0.0.1:{self.server.server_port}/v1/realtime?intent=transcription"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.go_on.set()
+        self.server.shutdown()
+        self.thread.join(5)
+
+
+def test_a_service_that_stops_reading_never_blocks_the_caller_and_loses_nothing() -> None:
+    """send_audio runs on the thread that reads every call's media: a full
+    socket must queue the audio, not block, and the audio must all arrive
+    in order once the service reads again."""
+    import socket
+
+    service = StallingService()
+    sink = Collector()
+    t = Transcriber("stall", url=service.url, api_key="sk-test", model="gpt-4o-transcribe", threshold=0.5,
+                    silence_ms=500, listener=sink)
+    t.start()
+    try:
+        wait(lambda: t._active is not None and t._active.ready.is_set(), what="the session")
+        t._active.ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # fill up quickly
+        frames = [bytes([i % 256]) * 160 for i in range(600)]  # 12 s of audio, within the replay limit
+        sender = threading.Thread(target=lambda: [t.send_audio(f) for f in frames])
+        sender.start()
+        sender.join(10)
+        assert not sender.is_alive(), "send_audio blocked on a full socket"
+        assert t.congestions > 0
+        service.go_on.set()
+        wait(lambda: len(service.audio) == 600 * 160, timeout=15, what="all audio at the service")
+        assert bytes(service.audio) == b"".join(frames)
+        wait(lambda: not t._congested, what="the transcriber to send directly again")
+    finally:
+        t.close()
+        service.stop()

@@ -4,7 +4,10 @@ WebSocket (GA interface only; protocols.md H).
 ``Transcriber`` keeps a call transcribed for as long as it lasts:
 
 * audio is appended as it arrives (Twilio's µ-law goes in unchanged, as
-  ``audio/pcmu``), from the caller's thread, with no extra hop;
+  ``audio/pcmu``), from the caller's thread, with no extra hop and without
+  ever blocking it: that thread reads every call's media, so when a
+  session's socket cannot take more, the audio is queued and this call's
+  own supervisor thread sends it, waiting as long as it takes;
 * if the socket drops, it reconnects with capped exponential backoff and
   replays the audio that arrived meanwhile (bounded), so the call keeps its
   transcript;
@@ -23,6 +26,7 @@ import base64
 import collections
 import json
 import logging
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -118,6 +122,12 @@ class TurnOrder:
         return len(self._order)
 
 
+def _append_message(audio: bytes) -> str:
+    # The hot path (50 times a second per call): base64 needs no JSON
+    # escaping, so the message is assembled directly.
+    return '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(audio).decode("ascii") + '"}'
+
+
 class _Session:
     """One WebSocket session and its reader thread."""
 
@@ -131,6 +141,7 @@ class _Session:
         self.thread = threading.Thread(target=self._run, name=f"stt-{owner.name}-{index}", daemon=True)
         self.closing = False
         self.send_lock = threading.Lock()
+        self.writable: select.poll | None = None  # POLLOUT on the socket, for try_append
 
     def connect(self) -> None:
         o = self.owner
@@ -138,6 +149,10 @@ class _Session:
             o.url, timeout=CONNECT_TIMEOUT, header=[f"Authorization: Bearer {o.api_key}"],
             enable_multithread=True, skip_utf8_validation=True)
         self.ws.settimeout(None)
+        sock = self.ws.sock
+        assert sock is not None
+        self.writable = select.poll()
+        self.writable.register(sock, select.POLLOUT)
         self.send(session_update(o.model, o.threshold, o.silence_ms))
         self.opened_at = time.monotonic()
         self.thread.start()
@@ -147,13 +162,28 @@ class _Session:
         with self.send_lock:
             self.ws.send(json.dumps(event, separators=(",", ":")))
 
+    def try_append(self, audio: bytes) -> bool:
+        """Append only if it cannot block: False (nothing sent, the audio is
+        the caller's to keep) when the socket's send buffer is nearly full or
+        a blocking send is under way. A TCP socket reports writable while a
+        third of its buffer is free, far more than one frame, so the send
+        that follows returns at once, on a TLS socket too."""
+        assert self.ws is not None and self.writable is not None
+        if not self.send_lock.acquire(blocking=False):
+            return False  # the supervisor is catching up with blocking sends
+        try:
+            if not self.writable.poll(0):
+                return False
+            self.ws.send(_append_message(audio))
+            return True
+        finally:
+            self.send_lock.release()
+
     def append(self, audio: bytes) -> None:
-        # The hot path (50 times a second per call): base64 needs no JSON
-        # escaping, so the message is assembled directly.
-        payload = '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(audio).decode("ascii") + '"}'
+        """Append, waiting for the socket as long as it takes."""
         assert self.ws is not None
         with self.send_lock:
-            self.ws.send(payload)
+            self.ws.send(_append_message(audio))
 
     def close(self) -> None:
         self.closing = True
@@ -196,11 +226,13 @@ class Transcriber:
         self._partials: dict[str, str] = {}
         self._in_speech = False
         self._closed = False
+        self._congested = False  # audio waits in _backlog until the supervisor has sent it
         self._sessions = 0
         self._supervisor = threading.Thread(target=self._supervise, name=f"stt-{name}", daemon=True)
         self._wake = threading.Event()
         self.reconnects = 0
         self.rotations = 0
+        self.congestions = 0  # times the session's socket was too full to take audio at once
         self.frames_sent = 0
 
     # -- public --
@@ -209,18 +241,29 @@ class Transcriber:
         self._supervisor.start()
 
     def send_audio(self, ulaw: bytes) -> None:
-        """Forward caller audio (any length); never blocks on a reconnect."""
+        """Forward caller audio (any length); never blocks, neither on a
+        reconnect nor on a session that is slow to take audio."""
         with self._lock:
             session = self._active if self._active is not None and self._active.ready.is_set() else None
-            if session is None or self._backlog:
+            if session is None or self._backlog or self._congested:
                 self._buffer(ulaw)
                 return
         try:
-            session.append(ulaw)
-            self.frames_sent += 1
+            sent = session.try_append(ulaw)
         except (websocket.WebSocketException, OSError):
             with self._lock:
                 self._buffer(ulaw)  # the reader notices the drop; the audio is replayed after reconnect
+            return
+        if sent:
+            self.frames_sent += 1
+            return
+        # The socket is (nearly) full: from now on audio queues up, in order,
+        # until the supervisor has caught up with blocking sends.
+        with self._lock:
+            self._buffer(ulaw)
+            self._congested = True
+        self.congestions += 1
+        self._wake.set()
 
     def close(self) -> None:
         with self._lock:
@@ -257,8 +300,11 @@ class Transcriber:
         the active one. False if the session failed meanwhile."""
         while True:
             with self._lock:
+                if session.ended.is_set():
+                    return False  # died meanwhile: keep the backlog for the next session
                 if not self._backlog:
                     self._active = session  # from now on audio goes straight to it
+                    self._congested = False
                     return True
                 chunk = b"".join(self._backlog)
                 self._backlog.clear()
@@ -294,6 +340,9 @@ class Transcriber:
                 if self._flush_backlog(session):
                     delay = BACKOFF_FIRST
                 continue
+            if self._congested:
+                self._catch_up(active)
+                continue
             age = time.monotonic() - active.opened_at
             if age >= self.lifetime and (not self._in_speech or age >= self.lifetime + ROTATE_GRACE):
                 self._rotate(active)
@@ -301,6 +350,14 @@ class Transcriber:
             self._wake.wait(max(0.05, min(1.0, self.lifetime - age)) if age < self.lifetime else 0.2)
             self._wake.clear()
             self._release_stale()
+
+    def _catch_up(self, session: _Session) -> None:
+        """Send what queued up while the session's socket was full, with
+        blocking sends on this (the call's own) thread."""
+        if self._flush_backlog(session):
+            log.debug("call %s: speech-to-text caught up after a full socket", self.name)
+        else:
+            session.ended.wait(1.0)  # the reader ends; the next turn reconnects
 
     def _rotate(self, old: _Session) -> None:
         try:
