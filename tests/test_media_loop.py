@@ -159,11 +159,16 @@ class EchoApp:
                 ws.send(message)
 
         ws.event.handler = on_message
-        ended.wait(10)
-        over.wait(1)
-        environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
-        self.loop.remove(ws.sock)
-        self.finished.set()
+        try:
+            ended.wait(10)
+            over.wait(1)
+            try:
+                environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # the peer was quicker
+            self.loop.remove(ws.sock)
+        finally:
+            self.finished.set()
         raise ConnectionError("websocket finished")
 
 
