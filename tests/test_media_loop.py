@@ -161,12 +161,7 @@ class EchoApp:
         ws.event.handler = on_message
         try:
             ended.wait(10)
-            over.wait(1)
-            try:
-                environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # the peer was quicker
-            self.loop.remove(ws.sock)
+            self.loop.finish_websocket(ws, over)
         finally:
             self.finished.set()
         raise ConnectionError("websocket finished")

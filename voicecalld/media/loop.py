@@ -85,16 +85,33 @@ class ReadLoop:
         self.add(ws.sock, reader)
         return over
 
+    def finish_websocket(self, ws: simple_websocket.Server, over: threading.Event, close_wait: float = 1.0) -> None:
+        """End a connection from ``add_websocket``: close it if still open,
+        give the peer ``close_wait`` seconds to answer the closing handshake,
+        cut the socket (werkzeug keeps "Connection: Upgrade" requests alive
+        and would otherwise read it for a next HTTP request) and stop
+        reading it, so nothing of the connection is left behind."""
+        try:
+            if ws.connected:
+                ws.close()
+        except (simple_websocket.ConnectionClosed, OSError):
+            pass
+        over.wait(close_wait)
+        try:
+            ws.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed or never connected: nothing to cut
+        self.remove(ws.sock)
+
     def remove(self, sock: socket.socket) -> None:
         """Stop reading ``sock``; when this returns its reader is not
         running and will not be called again."""
-        done = threading.Event()
         with self._lock:
             thread = self._thread
             if thread is None:
                 return
-            if thread is threading.current_thread():
-                done = None  # type: ignore[assignment]  # a reader removing itself: no waiting on ourselves
+            # A reader removing its own socket must not wait on itself.
+            done = None if thread is threading.current_thread() else threading.Event()
             self._requests.append(("remove", sock, None, done))
             self._wake()
         if done is not None and not done.wait(REMOVE_TIMEOUT):
@@ -109,7 +126,7 @@ class ReadLoop:
         try:
             assert self._wake_w is not None
             self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):
+        except OSError:
             pass  # already woken (buffer full) or shutting down
 
     def _apply(self, selector: selectors.BaseSelector) -> None:

@@ -184,7 +184,7 @@ class StreamHub:
             if pending:
                 with self._lock:
                     self._pending -= 1
-            _finish(ws, environ, self.loop, over)
+            self.loop.finish_websocket(ws, over)
         raise StreamFinished("media stream finished")
 
     def _signed(self, request: Request) -> bool:
@@ -291,15 +291,9 @@ class Bridge:
         """Handle the stream's messages until ``stop`` or the socket
         closes. The messages are handled on the WebSocket's reader thread;
         this (the request's) thread only waits for the end."""
-        bell = self.ws.event
-        if isinstance(bell, Doorbell):
-            bell.handler = self._drain
-            self._drain()  # whatever arrived before the handler was attached
-            self._ended.wait()
-        else:  # pragma: no cover - a socket made without the Doorbell
-            while not self._ended.is_set():
-                self._ended.wait(0.02)
-                self._drain()
+        self.ws.event.handler = self._drain  # the hub accepts every stream with a Doorbell
+        self._drain()  # whatever arrived before the handler was attached
+        self._ended.wait()
         self.alive = False
 
     def _drain(self) -> None:
@@ -402,21 +396,3 @@ def _refuse(ws: simple_websocket.Server, why: str) -> None:
         ws.close(reason=POLICY_VIOLATION, message=why[:120])
     except (simple_websocket.ConnectionClosed, OSError):
         pass
-
-
-def _finish(ws: simple_websocket.Server, environ: dict[str, Any], loop: ReadLoop, over: threading.Event) -> None:
-    """Close the WebSocket and stop reading its socket, so a finished
-    stream leaves no reader or socket behind."""
-    try:
-        if ws.connected:
-            ws.close()
-    except (simple_websocket.ConnectionClosed, OSError):
-        pass
-    over.wait(1.0)  # let the peer answer the closing handshake before the socket is cut
-    sock = environ.get("werkzeug.socket")
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)  # werkzeug would otherwise wait for another request
-        except OSError:
-            pass
-    loop.remove(ws.sock)

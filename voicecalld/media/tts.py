@@ -8,6 +8,7 @@ start before the whole utterance has been synthesized.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -31,7 +32,7 @@ class Synthesizer:
         self.session = requests.Session()
         # One session serves every call that speaks: keep a connection per
         # concurrent utterance instead of requests' default ten.
-        self.session.mount(self.url.split("/", 3)[0] + "//", HTTPAdapter(pool_connections=1, pool_maxsize=64))
+        self.session.mount(urlsplit(self.url).scheme + "://", HTTPAdapter(pool_connections=1, pool_maxsize=64))
         self.session.headers.update({"Authorization": f"Bearer {api_key}", "User-Agent": "voicecalld"})
 
     def close(self) -> None:

@@ -189,18 +189,7 @@ def serve_websocket(
             on_accept(ws)
         session(ws)
     finally:
-        if ws.connected:
-            try:
-                ws.close()
-            except (simple_websocket.ConnectionClosed, OSError):
-                pass
-        # Let the peer's closing handshake be read before the socket is cut.
-        over.wait(close_wait)
-        # werkzeug keeps "Connection: Upgrade" requests alive and would read
-        # the socket for a next HTTP request; shutting the socket down makes
-        # that read see EOF at once.
-        abort_socket(sock)
-        _READ_LOOP.remove(sock)
+        _READ_LOOP.finish_websocket(ws, over, close_wait)
     raise ConnectionError("websocket session finished")
 
 
