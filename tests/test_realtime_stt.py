@@ -216,31 +216,54 @@ def test_unreachable_service_keeps_retrying_and_buffers(fake) -> None:
 
 
 class StallingService:
-    """A Realtime endpoint that confirms the session, then stops reading
-    until told to go on; it records the audio it gets, in order."""
+    """A Realtime endpoint that confirms the session, then reads nothing
+    at all until told to go on; it records the audio it gets, in order.
+
+    It must really stop reading its socket: simple-websocket's own reader
+    thread would keep draining the socket into memory and the sender would
+    never see a full socket. So the socket is read only here, on the
+    request thread, through the media loop's ``LoopReader.pump``, and the
+    listening socket's small receive buffer is inherited by the connection
+    (set after connecting, the window already offered would stay large).
+    """
 
     def __init__(self) -> None:
+        import socket as socket_mod
+
         import simple_websocket
         from werkzeug.serving import make_server
+
+        from voicecalld.media.loop import LoopReader
 
         self.go_on = threading.Event()
         self.audio = bytearray()
         self.done = threading.Event()
 
+        def next_message(ws: simple_websocket.Server, timeout: float) -> str | bytes | None:
+            import select
+
+            deadline = time.monotonic() + timeout
+            while True:
+                message = ws.receive(timeout=0)
+                if message is not None or not ws.connected:
+                    return message
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([ws.sock], [], [], left)[0]:
+                    return None
+                LoopReader.pump(ws)
+
         def app(environ, start_response):  # noqa: ANN001, ANN202 - WSGI
             import base64
             import json
-            import socket as socket_mod
 
             sock = environ["werkzeug.socket"]
-            sock.setsockopt(socket_mod.SOL_SOCKET, socket_mod.SO_RCVBUF, 4096)
-            ws = simple_websocket.Server.accept(environ, receive_bytes=1024)
-            ws.receive(timeout=5)  # session.update
+            ws = simple_websocket.Server.accept(environ, receive_bytes=1024, thread_class=LoopReader)
+            next_message(ws, 5)  # session.update
             ws.send(json.dumps({"type": "session.updated", "session": {}}))
             self.go_on.wait(30)
             try:
                 while True:
-                    raw = ws.receive(timeout=2)
+                    raw = next_message(ws, 2)
                     if raw is None:
                         break
                     event = json.loads(raw)
@@ -253,6 +276,7 @@ class StallingService:
             raise ConnectionError("done")
 
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.server.socket.setsockopt(socket_mod.SOL_SOCKET, socket_mod.SO_RCVBUF, 4096)
         self.url = f"ws://127.0.0.1:{self.server.server_port}/v1/realtime?intent=transcription"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
