@@ -654,3 +654,28 @@ def test_vad_result_does_not_depend_on_chunking(cuts: list[int]) -> None:
         pos += size
     events += vad.feed(VAD_AUDIO[pos:])
     assert events == whole
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 24000, 44100, 11025])
+def test_the_speech_signal_is_the_same_sample_for_sample_however_it_is_built(rate: int) -> None:
+    """The signal is built over one repeating stretch and tiled (fast
+    enough not to stall a loaded fake); it must equal the formula evaluated
+    at every sample."""
+    import array
+    import math
+
+    from voicecalld.testing import _audio_signals as sig
+
+    norm = sum(w for _, w in sig._HARMONICS)
+    peak = 0.5 * 32767 / norm
+    expected = array.array("h")
+    for n in range(rate):
+        t = n / rate
+        voiced = sum(w * math.sin(2 * math.pi * sig._FUNDAMENTAL_HZ * k * t) for k, w in sig._HARMONICS)
+        envelope = sig._ENVELOPE_FLOOR + (1 - sig._ENVELOPE_FLOOR) * (
+            0.5 - 0.5 * math.cos(2 * math.pi * sig._SYLLABLE_HZ * t))
+        expected.append(round(peak * envelope * voiced))
+    got = array.array("h", speech_like_pcm(1.0 + 0.01, rate)[: 2 * rate])  # past the fade-out
+    if struct.pack("=h", 1) != struct.pack("<h", 1):
+        got.byteswap()
+    assert got == expected

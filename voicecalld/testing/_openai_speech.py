@@ -100,6 +100,12 @@ def validate_speech_request(body: Any) -> None:
         )
 
 
+def prepare() -> None:
+    """Build the cached signal now, so that the first speech request costs
+    no more than any other (a fake under load must not hiccup on it)."""
+    speech_like_pcm(0.02, RATE)
+
+
 def synthesize(body: dict[str, Any], ms_per_char: float) -> tuple[bytes, str]:
     """Speech-like audio for a validated request: (body bytes, content type).
 

@@ -52,7 +52,7 @@ from ._http import (
 from ._openai_chat import ChatRequestError, build_completion, validate_chat_request
 from ._openai_realtime import ArrivalStamps, RealtimeConnection, RealtimeRecord
 from ._openai_session import DEFAULT_MODELS
-from ._openai_speech import SpeechRequestError, synthesize, validate_speech_request
+from ._openai_speech import SpeechRequestError, prepare, synthesize, validate_speech_request
 
 __all__ = ["FakeOpenAI", "InjectedError", "RealtimeRecord", "RecordedRequest"]
 
@@ -144,6 +144,7 @@ class FakeOpenAI:
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> Self:
+        prepare()
         self._stopping.clear()
         self._server.start()
         self._started = True
