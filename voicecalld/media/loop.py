@@ -89,8 +89,9 @@ class ReadLoop:
         """End a connection from ``add_websocket``: close it if still open,
         give the peer ``close_wait`` seconds to answer the closing handshake,
         cut the socket (werkzeug keeps "Connection: Upgrade" requests alive
-        and would otherwise read it for a next HTTP request) and stop
-        reading it, so nothing of the connection is left behind."""
+        and would otherwise read it for a next HTTP request), stop reading
+        it and drop what was left unread, so nothing of the connection is
+        left behind."""
         try:
             if ws.connected:
                 ws.close()
@@ -102,6 +103,15 @@ class ReadLoop:
         except OSError:
             pass  # already closed or never connected: nothing to cut
         self.remove(ws.sock)
+        # Bytes the peer sent that nobody read (after its close frame, or
+        # past the last read) are still readable after the shutdown;
+        # werkzeug would parse them as a next request and log a 400.
+        # Dropping them leaves it the end of the stream.
+        try:
+            while ws.sock.recv(RECEIVE_BYTES, socket.MSG_DONTWAIT):
+                pass
+        except OSError:
+            pass  # nothing queued (EAGAIN), or the peer reset: werkzeug sees a dropped connection
 
     def remove(self, sock: socket.socket) -> None:
         """Stop reading ``sock``; when this returns its reader is not
