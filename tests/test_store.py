@@ -76,13 +76,10 @@ def test_ten_thousand_records_reload(tmp_path) -> None:
     for i in range(10_000):
         store.append(rec(f"call-{i % 2500}", "answered" if i < 7500 else "completed", n=i))
     store.close()
-    start = time.monotonic()
     result = Store(str(tmp_path)).load()
-    elapsed = time.monotonic() - start
     assert len(result.records) == 2500 and result.lines == 10_000
     assert all(r["state"] == "completed" for r in result.records.values())
     assert result.records["call-7"]["n"] == 7507
-    assert elapsed < 30  # generous: only guards against pathological behaviour
 
 
 def test_find_and_history_scan_from_the_end(tmp_path) -> None:
