@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import array
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -25,16 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from voicecalld.media import mulaw  # noqa: E402
 from voicecalld.media.resample import Decimator  # noqa: E402
-
-
-def pcm_tone(rate: int, seconds: float = 1.0) -> bytes:
-    """A loud 440 Hz tone with some noise-like content, s16le."""
-    n = int(rate * seconds)
-    samples = array.array("h", (int(20000 * math.sin(2 * math.pi * 440 * i / rate)
-                                    + 3000 * math.sin(i * 1.7)) for i in range(n)))
-    if sys.byteorder == "big":
-        samples.byteswap()
-    return samples.tobytes()
+from voicecalld.testing._audio_signals import speech_like_pcm  # noqa: E402
 
 
 def best_of(fn: Callable[[], object], repeats: int) -> float:
@@ -51,12 +41,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
 
-    pcm8k = pcm_tone(8000)
+    pcm8k = speech_like_pcm(1.0, 8000)
     samples = array.array("h", pcm8k)
     if sys.byteorder == "big":
         samples.byteswap()
     codes = mulaw.encode(pcm8k)
-    pcm24k = pcm_tone(24000)
+    pcm24k = speech_like_pcm(1.0, 24000)
 
     # The fast paths must agree with the references they are measured against.
     assert codes == bytes(mulaw.encode_sample(s) for s in samples)

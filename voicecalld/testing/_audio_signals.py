@@ -49,7 +49,7 @@ def _one_second_of(rate: int, hz: float, wave: Callable[[float], float]) -> list
     a time took ~20 ms of CPU, enough to stall a fake serving a hundred
     streams while it answered its first speech request."""
     repeat = rate // math.gcd(rate, int(hz)) if hz.is_integer() and hz > 0 else rate
-    cycle = [wave(n / rate) for n in range(min(repeat, rate))]
+    cycle = [wave(n / rate) for n in range(repeat)]
     return (cycle * (rate // len(cycle) + 1))[:rate]
 
 
