@@ -8,7 +8,6 @@ import itertools
 import json
 import queue
 import re
-import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from werkzeug.wrappers import Request, Response
 from voicecalld.media import mulaw
 from voicecalld.testing._http import BackgroundServer, serve_websocket
 from voicecalld.testing._openai_vad import EnergyVad
+from voicecalld.testing._wait import wait_until
 from voicecalld.testing.media_client import (
     FRAME_BYTES,
     MediaStreamClient,
@@ -100,9 +100,10 @@ def server() -> Iterator[StreamServer]:
     srv.outbox.put(_CLOSE)
     srv.closed.wait(2)
     assert srv.http.stop() == []
-    time.sleep(0.01)
-    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-    assert leaked == []
+    # A joined thread may still be winding down for a moment: wait for it, bounded.
+    wait_until(lambda: not [t for t in threading.enumerate() if t not in before and t.is_alive()], 5,
+               "the stream's threads to end",
+               context=lambda: repr([t for t in threading.enumerate() if t not in before and t.is_alive()]))
 
 
 @pytest.fixture
@@ -152,16 +153,16 @@ def test_media_frames_paced_without_drift(server: StreamServer, client: MediaStr
     assert all(len(p) == FRAME_BYTES for p in payloads)
     assert b"".join(payloads) == audio
 
-    # Pacing: each frame left at its absolute slot, so lateness does not add up.
+    # Pacing: each frame is scheduled at its absolute slot (start + n x 20 ms),
+    # so lateness cannot add up into drift, and none leaves before its slot.
+    # (How late frames leave is a speed figure: benchmarks/media_client.py.)
     sent = client.sent_frames
-    lateness = [f.sent_at - (sent[0].due + i * 0.020) for i, f in enumerate(sent)]
-    assert statistics.median(lateness) < 0.003
-    assert statistics.median(lateness[-10:]) < 0.003  # no drift by the end
-    assert min(lateness) >= 0  # never early
+    assert [f.chunk for f in sent] == list(range(1, 51))
+    assert all(f.due == pytest.approx(sent[0].due + i * 0.020, abs=1e-9) for i, f in enumerate(sent))
+    assert all(f.sent_at >= f.due for f in sent)
+    assert [f.timestamp_ms for f in sent] == stamps
     arrivals = [t for _, t in frames]
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert abs(statistics.mean(gaps) - 0.020) < 0.001
-    assert abs((arrivals[-1] - arrivals[0]) - 49 * 0.020) < 0.010
+    assert arrivals == sorted(arrivals) and arrivals[0] >= sent[0].due
 
 
 def test_partial_frame_is_padded_with_silence(server: StreamServer, client: MediaStreamClient) -> None:
@@ -179,40 +180,57 @@ def test_mark_echoed_after_queued_audio_plays(server: StreamServer, client: Medi
     (echo1, t1), (echo2, t2) = server.wait_for("mark", 2)
     assert echo1["mark"] == {"name": "utt-1"} and echo2["mark"] == {"name": "utt-2"}
     assert echo1["streamSid"] == client.stream_sid and echo1["sequenceNumber"].isdigit()
-    # 3200 bytes at 8000 bytes/s: 0.4 s after the audio arrived, not before.
-    assert 0.38 <= t1 - sent_at <= 0.5
-    assert t2 >= t1
-    mark = client.wait_for_mark("utt-1")
-    assert not mark.cleared
+    assert int(echo1["sequenceNumber"]) < int(echo2["sequenceNumber"])
+    # 3200 bytes at 8000 bytes/s: a mark is due when the audio queued before
+    # it has played, 0.4 s after that audio arrived, and is echoed then, never before.
+    (audio,) = client.received_media
+    mark1 = client.wait_for_mark("utt-1")
+    mark2 = client.wait_for_mark("utt-2")
+    for mark in (mark1, mark2):
+        assert mark.play_done == pytest.approx(max(mark.at, audio.at + 0.4))
+    assert mark1.echoed_at is not None and mark1.echoed_at >= mark1.play_done
+    assert t1 - sent_at >= 0.4 and t2 >= t1
+    assert not mark1.cleared and not mark2.cleared
     assert len(client.inbound_audio) == 3200
 
 
 def test_mark_without_audio_is_echoed_at_once(server: StreamServer, client: MediaStreamClient) -> None:
     server.wait_for("start")
-    sent_at = server.send({"event": "mark", "streamSid": client.stream_sid, "mark": {"name": "now"}})
-    ((_, echoed),) = server.wait_for("mark")
-    assert echoed - sent_at < 0.1
+    server.send({"event": "mark", "streamSid": client.stream_sid, "mark": {"name": "now"}})
+    ((echo, _),) = server.wait_for("mark")
+    assert echo["mark"] == {"name": "now"}
+    mark = client.wait_for_mark("now")
+    # Nothing queued: due the moment it arrived, not after any playout.
+    assert mark.play_done == mark.at and not mark.cleared
+    assert client.received_media == []
 
 
 def test_clear_returns_pending_marks_immediately(server: StreamServer, client: MediaStreamClient) -> None:
     server.wait_for("start")
-    server.send(media_message(silence(2.0), client.stream_sid))
+    # Ten seconds queued: the clear comes long before it could have played out.
+    server.send(media_message(silence(10.0), client.stream_sid))
     server.send({"event": "mark", "streamSid": client.stream_sid, "mark": {"name": "long"}})
     assert client.wait_for(lambda: len(client.marks) == 1)
-    time.sleep(0.1)
-    assert server.events("mark") == []  # still "playing"
-    cleared_at = server.send({"event": "clear", "streamSid": client.stream_sid})
-    ((echo, echoed),) = server.wait_for("mark")
+    long = client.marks[0]
+    assert long.play_done == pytest.approx(max(long.at, client.received_media[0].at + 10.0))
+    server.send({"event": "clear", "streamSid": client.stream_sid})
+    ((echo, _),) = server.wait_for("mark")
     assert echo["mark"]["name"] == "long"
-    assert echoed - cleared_at < 0.1
-    assert client.marks[0].cleared and len(client.clears) == 1
+    client.wait_for_mark("long")
+    # ``cleared``: the echo went out because the clear emptied the queue (a
+    # mark already echoed before the clear would not be pending to clear).
+    assert long.cleared and len(client.clears) == 1
+    assert long.echoed_at is not None and long.echoed_at >= client.clears[0]
 
-    # After a clear the playout queue is empty: new audio plays from now.
+    # After a clear the playout queue is empty: new audio plays from its
+    # arrival, not after what was left of the cleared 10 s.
     sent_at = server.send(media_message(silence(0.2), client.stream_sid))
     server.send({"event": "mark", "streamSid": client.stream_sid, "mark": {"name": "next"}})
     (_, _), (echo, echoed) = server.wait_for("mark", 2)
     assert echo["mark"]["name"] == "next"
-    assert 0.18 <= echoed - sent_at <= 0.3
+    following = client.wait_for_mark("next")
+    assert following.play_done == pytest.approx(max(following.at, client.received_media[1].at + 0.2))
+    assert not following.cleared and echoed - sent_at >= 0.2
 
 
 def test_dtmf_and_stop(server: StreamServer) -> None:

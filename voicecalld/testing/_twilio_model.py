@@ -232,6 +232,7 @@ class FakeCall:
         self._accepting: frozenset[str] = frozenset()
         self._hangup_at: float | None = None
         self._stream_open = False
+        self._waiting = False  # the call thread is blocked in wait()
         self._silent = False  # ended by stop(): post nothing more
         self.thread: threading.Thread | None = None
 
@@ -263,6 +264,14 @@ class FakeCall:
     @property
     def stream_open(self) -> bool:
         return self._stream_open
+
+    @property
+    def waiting(self) -> bool:
+        """True while the call thread is blocked (ringing, a Say, a Pause, a
+        Gather, an open stream) until time passes or something happens: a
+        test's positive signal that the fake reached a blocking point and
+        will do nothing more on its own until then."""
+        return self._waiting
 
     @property
     def duration(self) -> int | None:
@@ -370,7 +379,11 @@ class FakeCall:
                 wake = [t for t in (deadline, self._hangup_at) if t is not None]
                 if deadline is not None and now >= deadline:
                     return False
-                self._cond.wait(min(wake) - now if wake else None)
+                self._waiting = True
+                try:
+                    self._cond.wait(min(wake) - now if wake else None)
+                finally:
+                    self._waiting = False
 
     def _check_signals(self) -> None:
         if self._hangup_at is not None and time.monotonic() >= self._hangup_at:
