@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from voicecalld.media import mulaw
 from voicecalld.testing._audio_signals import silence_pcm, speech_like_pcm
 from voicecalld.testing._openai_vad import EnergyVad, rms_threshold
+from voicecalld.testing._wait import wait_until
 from voicecalld.testing.fake_openai import FakeOpenAI
 
 KEY = "sk-test"
@@ -36,10 +37,13 @@ def fake() -> Iterator[FakeOpenAI]:
     server.start()
     yield server
     server.stop()
-    # stop() must leave nothing running behind it.
-    time.sleep(0.01)
-    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-    assert leaked == []
+
+    # stop() must leave nothing running behind it (a joined thread may take a
+    # moment to leave threading.enumerate(): wait for that, bounded).
+    def leaked() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t not in before and t.is_alive()]
+
+    wait_until(lambda: not leaked(), 5, "the fake's threads to end", context=lambda: repr(leaked()))
 
 
 @pytest.fixture

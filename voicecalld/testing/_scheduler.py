@@ -26,6 +26,7 @@ class Scheduler:
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._stopping = False
+        self._running = False  # a callback is executing on the scheduler thread
         self._thread: threading.Thread | None = None
         self.errors: list[BaseException] = []  # callback failures, for tests to inspect
 
@@ -47,6 +48,14 @@ class Scheduler:
             heapq.heappush(self._heap, (due, next(self._seq), callback))
             self._cond.notify()
 
+    @property
+    def idle(self) -> bool:
+        """True when no callback is pending or running: nothing more happens
+        until someone schedules something (a test's positive signal that a
+        simulation has come to rest, instead of sleeping and looking)."""
+        with self._cond:
+            return not self._heap and not self._running
+
     def stop(self, timeout: float = 10.0) -> None:
         """Drop pending callbacks and join the thread (after the running one)."""
         with self._cond:
@@ -66,6 +75,7 @@ class Scheduler:
                     due = self._heap[0][0]
                     wait = due - time.monotonic()
                     if wait <= 0:
+                        self._running = True  # under the lock that pops it: idle never flickers
                         return heapq.heappop(self._heap)[2]
                     self._cond.wait(wait)
                 else:
@@ -81,3 +91,6 @@ class Scheduler:
                 # ``errors`` (FakeTelnyx.stop re-raises the first one).
                 log.exception("%s: callback failed", self._name)
                 self.errors.append(exc)
+            finally:
+                with self._cond:
+                    self._running = False

@@ -331,6 +331,11 @@ class FakeTelnyx:
         Raises AssertionError describing the fake's state on timeout."""
         return wait_until(predicate, timeout, what or "", context=self.describe)
 
+    def wait_idle(self, timeout: float = 2.0) -> None:
+        """Wait until nothing is scheduled or running: every webhook sent (retries
+        included), every timer fired. Nothing more happens until the test acts."""
+        self.wait_for(lambda: self._scheduler.idle, timeout, what="the simulation to come to rest")
+
     def wait_event(self, call_control_id: str, event_type: str, timeout: float = 2.0, *,
                    ok: bool = False, nth: int = 1) -> Delivery:
         """Wait until the ``nth`` distinct (by ``data.id``, not forged)
