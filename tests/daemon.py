@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -18,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from voicecalld.config import toml_value
 from voicecalld.control.client import Client
@@ -113,6 +114,35 @@ class NotifySocket:
         self.sock.close()
 
 
+class LineReader:
+    """Reads a child process's output on a thread, so that a test waits for
+    the next line with a timeout instead of blocking on ``readline()``."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        try:
+            for line in stream:
+                self._lines.put(line)
+        except (OSError, ValueError):
+            pass  # the stream was closed under us
+        finally:
+            self._lines.put("")  # EOF, as readline() reports it
+
+    def readline(self, timeout: float = 10.0) -> str:
+        """The next line (with its newline), or "" at end of file."""
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no output line within {timeout} s") from None
+        if line == "":
+            self._lines.put("")  # stay at EOF for later calls
+        return line
+
+
 class Daemon:
     def __init__(self, tmp: Path, config: dict[str, Any] | None = None, *, env: dict[str, str] | None = None,
                  args: Sequence[str] = (), wait_ready: bool = True, pass_fds: Sequence[int] = (),
@@ -197,7 +227,7 @@ class Daemon:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait()
+                self.proc.wait(10)
                 raise AssertionError(f"voicecalld did not stop within {timeout} s:\n{self.log()}") from None
         self.notify.close()
         self._log.close()
@@ -206,7 +236,7 @@ class Daemon:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+            self.proc.wait(10)  # SIGKILL cannot be ignored; the bound is for a stuck kernel
         self.notify.close()
         self._log.close()
 
