@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,6 +46,13 @@ def inbound(d: Daemon) -> str:
 def wait_lines(d: Daemon, call_id: str, n: int) -> dict[str, Any]:
     return d.wait(lambda: len((r := d.rpc("voicecall.status", {"callId": call_id}))["transcript"]) >= n and r,
                   what=f"{n} transcript entries on {call_id}")
+
+
+def wait_log(d: Daemon, text: str, count: int = 1) -> None:
+    """Wait for the daemon to log ``text`` (``count`` times): the positive
+    signal that the responder has dealt with a turn, where the outcome to
+    check is that nothing was said. Debug lines need the daemon run with -v."""
+    d.wait(lambda: d.log().count(text) >= count, what=f"{text!r} x{count} in the daemon log")
 
 
 def say_and_wait(d: Daemon, call_id: str, text: str) -> dict[str, Any]:
@@ -163,7 +169,7 @@ def test_the_request_runs_on_the_responder_pool_without_a_lock(make_engine, fake
 def test_speech_while_the_model_thinks_gets_one_reply_to_all_of_it(start_daemon, fake) -> None:
     fake.chat_replies.put({"content": "Stale answer to one.", "delay": 0.6})
     fake.chat_replies.put("One reply to both.")
-    d = start_daemon(llm_config(fake))
+    d = start_daemon(llm_config(fake), args=["-v"])
     call_id = inbound(d)
     d.rpc("mock.say", {"callId": call_id, "text": "one"})
     d.wait(lambda: len(fake.chat_requests) == 1, what="the first request")
@@ -173,21 +179,25 @@ def test_speech_while_the_model_thinks_gets_one_reply_to_all_of_it(start_daemon,
     assert len(fake.chat_requests) == 2
     assert fake.chat_requests[1].body["messages"][-1] == {"role": "user", "content": "one two"}
     d.wait(lambda: fake.chat_requests[0].status == 200, what="the stale reply to arrive")
-    time.sleep(0.2)
+    # ...and it was dropped, the turn asked again with everything said:
+    wait_log(d, f"call {call_id}: caller spoke again; asking again with the whole turn")
+    # The turn is over once its one reply has been dealt with.
+    wait_log(d, f"call {call_id}: turn answered in")
     assert lines(d.rpc("voicecall.status", {"callId": call_id})) == lines(record)
     assert len(fake.chat_requests) == 2
 
 
 def test_a_call_that_ends_while_the_model_thinks_gets_nothing(start_daemon, fake) -> None:
     fake.chat_replies.put({"content": "Too late for this.", "delay": 0.5})
-    d = start_daemon(llm_config(fake))
+    d = start_daemon(llm_config(fake), args=["-v"])
     call_id = inbound(d)
     d.rpc("mock.say", {"callId": call_id, "text": "hello?"})
     d.wait(lambda: len(fake.chat_requests) == 1, what="the request")
     d.rpc("mock.hangup", {"callId": call_id})
     d.wait_state(call_id, "hangup-user")
     d.wait(lambda: fake.chat_requests[0].status == 200, what="the reply to arrive")
-    time.sleep(0.2)
+    wait_log(d, f"call {call_id}: ended before the reply could be spoken")
+    wait_log(d, f"call {call_id}: turn answered in")  # the worker is done with the call
     record = d.rpc("voicecall.status", {"callId": call_id})
     assert lines(record)[-1] == ("user", "hello?") and record["endReason"] == "hangup-user"
     assert "Traceback" not in d.log() and "WARNING" not in d.log()
@@ -195,16 +205,15 @@ def test_a_call_that_ends_while_the_model_thinks_gets_nothing(start_daemon, fake
 
 def test_only_inbound_and_conversation_calls_and_unclaimed_speech_are_answered(start_daemon, fake) -> None:
     d = start_daemon(llm_config(fake, maxConcurrentCalls=2, outbound={"notifyHangupDelaySec": 2},
-                                mock={"calleeReplies": ["fine"]}))
+                                mock={"calleeReplies": ["fine"]}), args=["-v"])
     conv = d.rpc("voicecall.initiate", {"message": "How are you?", "mode": "conversation"})["callId"]
     d.wait_state(conv, "listening")
     assert d.rpc("voicecall.continue", {"callId": conv, "message": "Really?"})["transcript"] == "fine"
     notify = d.rpc("voicecall.initiate", {"message": "Build failed.", "mode": "notify"})["callId"]
-    d.wait(lambda: len(d.rpc("voicecall.status", {"callId": notify})["transcript"]) == 1, what="notify message")
-    time.sleep(0.1)  # the message plays
+    d.wait_state(notify, "speaking")  # the message is playing (a notify call stays so until its hang-up)
     d.rpc("mock.say", {"callId": notify, "text": "what?"})
     wait_lines(d, notify, 2)
-    time.sleep(0.3)
+    wait_log(d, f"call {notify}: no automatic reply: the call ended, or is neither inbound nor a conversation")
     assert fake.chat_requests == []  # continue claimed "fine"; notify calls are not conversations
     assert lines(d.rpc("voicecall.status", {"callId": notify}))[-1] == ("user", "what?")
     d.rpc("voicecall.end", {"callId": conv})
@@ -238,6 +247,7 @@ def test_without_a_key_for_the_openai_api_the_responder_stays_quiet(make_engine,
     e = make_engine(inboundPolicy="open")  # default responseBaseUrl, no key anywhere
     with caplog.at_level("INFO", logger="voicecalld.responder"):
         responder = Responder(e.manager, e.bus)
+    caplog.set_level("DEBUG", logger="voicecalld.responder")
     assert "automatic replies are off" in caplog.text  # said at start-up
     # Information on the mock carrier (first runs and demos), a warning on a real one.
     assert [r.levelname for r in caplog.records if "automatic replies" in r.getMessage()] == ["INFO"]
@@ -247,7 +257,8 @@ def test_without_a_key_for_the_openai_api_the_responder_stays_quiet(make_engine,
         e.wait_state(call_id, "listening")
         e.provider.say(call_id, "hello")
         e.wait(lambda: len(e.manager.status(call_id)["transcript"]) == 2, what="the caller's words")
-        time.sleep(0.1)
+        e.wait(lambda: f"call {call_id}: caller turn left unanswered: the responder is without an API key"
+               in caplog.text, what="the responder to pass the turn by")
         assert lines(e.manager.status(call_id))[-1] == ("user", "hello")  # no apology into the call
         assert caplog.text.count("automatic replies are off") == 1
     finally:
@@ -321,7 +332,7 @@ class Events:
 
 
 def test_socket_mode_an_agent_answers_over_the_control_socket(start_daemon, fake) -> None:
-    d = start_daemon(llm_config(fake, responder="socket", responseTimeoutMs=600))
+    d = start_daemon(llm_config(fake, responder="socket", responseTimeoutMs=600), args=["-v"])
     call_id = inbound(d)
     agent = Events(d)
     try:
@@ -333,7 +344,9 @@ def test_socket_mode_an_agent_answers_over_the_control_socket(start_daemon, fake
         assert turn["call"]["from"] == CALLER and lines(turn["call"])[-1] == ("user", "what time is it?")
         d.rpc("voicecall.speak", {"callId": call_id, "message": "It is noon."})
         wait_lines(d, call_id, 3)
-        time.sleep(0.8)  # past responseTimeoutMs: the answer counted, so no apology follows
+        # The agent's speech counted as the answer: the turn ends without an apology.
+        wait_log(d, f"call {call_id}: turn answered in")
+        assert len(d.rpc("voicecall.status", {"callId": call_id})["transcript"]) == 3
         # Turn two: nobody answers, so the caller hears the apology.
         d.rpc("mock.say", {"callId": call_id, "text": "hello?"})
         assert agent.until("call.turn")["data"]["text"] == "hello?"
@@ -348,7 +361,7 @@ def test_socket_mode_an_agent_answers_over_the_control_socket(start_daemon, fake
 
 def test_sighup_switches_the_responder(start_daemon, fake) -> None:
     fake.chat_replies.put("From the LLM.")
-    d = start_daemon(llm_config(fake, maxDurationSeconds=60))
+    d = start_daemon(llm_config(fake, maxDurationSeconds=60), args=["-v"])
     call_id = inbound(d)
     assert lines(say_and_wait(d, call_id, "hi"))[-1] == ("bot", "From the LLM.")
     d.write_config(merge(d.config, {"responder": "off"}))
@@ -357,6 +370,6 @@ def test_sighup_switches_the_responder(start_daemon, fake) -> None:
     d.notify.wait_for("READY=1", after=after)
     d.rpc("mock.say", {"callId": call_id, "text": "anyone?"})
     wait_lines(d, call_id, 4)
-    time.sleep(0.3)
+    wait_log(d, f"call {call_id}: caller turn left unanswered: the responder is off")
     assert lines(d.rpc("voicecall.status", {"callId": call_id}))[-1] == ("user", "anyone?")
     assert len(fake.chat_requests) == 1

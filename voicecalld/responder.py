@@ -104,6 +104,8 @@ class Responder:
     def on_unclaimed(self, call_id: str, text: str) -> None:
         cfg = self.config
         if self._stopping or cfg.responder == "off" or not self.configured(cfg):
+            why = "stopping" if self._stopping else "off" if cfg.responder == "off" else "without an API key"
+            log.debug("call %s: caller turn left unanswered: the responder is %s", call_id, why)
             return
         with self._lock:
             if call_id in self._closing:
@@ -126,6 +128,8 @@ class Responder:
             while not self._stopping:
                 record = self._record(call_id)
                 if record is None:
+                    log.debug("call %s: no automatic reply: the call ended, or is neither inbound nor a "
+                              "conversation", call_id)
                     return
                 # Built from the record, so it includes every transcript so far.
                 if chat.unanswered(record.get("transcript") or []):
