@@ -252,7 +252,12 @@ class WebhookServer(BaseWSGIServer):
                     elif key.data is self._wake_r:
                         self._drain_wake()
                     else:
-                        self._read(selector, key.data)
+                        try:
+                            self._read(selector, key.data)
+                        except Exception:  # a bug must cost one connection, not the server
+                            self.handle_error(key.fileobj, key.data.addr)
+                            if key.data in self._parked:
+                                self._drop(selector, key.data)
                 self._expire(selector)
         finally:
             for conn in list(self._parked):
