@@ -4,8 +4,9 @@ Threads: the webhook server (one loop thread that accepts connections and
 reads requests, and a thread per request once it has arrived; see
 ``httpserver``), the control server (one per connection), the timer wheel
 and its worker pool, the auto-responder's worker pool (LLM requests), and
-the main thread, which only waits: for signals (recorded by the handlers and acted on here), for
-watchdog deadlines, and for status changes to report to systemd.
+the main thread, which only waits: for signals (recorded by the handlers
+and acted on here), for watchdog deadlines, and for status changes to
+report to systemd.
 """
 
 from __future__ import annotations

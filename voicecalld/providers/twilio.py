@@ -35,8 +35,9 @@ How the core's model maps onto TwiML (see ``twilio_script.py``):
   ``<Connect><Stream>`` instead; the media-stream side checks the stream's
   per-call token with ``check_stream_token`` and the upgrade's signature
   over ``stream_url`` (the exact ``wss://`` URL written into ``<Stream url>``).
-  Speech stays ``<Say>`` unless it installs a ``stream_speaker``. A stream that ends by itself (its ``<Connect>``
-  action) drops the call back to ``<Gather>``.
+  Speech stays ``<Say>`` unless it installs a ``stream_speaker``. A stream
+  that ends by itself (its ``<Connect>`` action) drops the call back to
+  ``<Gather>``.
 
 Webhooks are authenticated by ``X-Twilio-Signature`` over the URL Twilio
 requested (the webhook URL + the request's query; ``X-Forwarded-*`` only when
