@@ -240,8 +240,26 @@ def test_ready_means_both_ports_accept(start_daemon) -> None:
     assert "READY=1" in d.notify.lines()
     with urllib.request.urlopen(f"http://127.0.0.1:{d.webhook_port}/healthz", timeout=5) as resp:
         body = json.loads(resp.read())
-    assert resp.status == 200 and body["status"] == "ok"
+    # The internet learns only the verdict; the detail is on the control socket.
+    assert resp.status == 200 and body == {"status": "ok"}
+    assert d.rpc("daemon.status")["health"] == {"ok": True, "problems": []}
     assert any(line.startswith("STATUS=0 active calls") for line in d.notify.lines())
+
+
+def test_healthz_says_unhealthy_and_nothing_more_while_stopping(start_daemon) -> None:
+    import requests
+
+    d = start_daemon({"shutdownGraceSeconds": 30})
+    call_id = d.rpc("voicecall.initiate", {"message": "Still here", "mode": "conversation"})["callId"]
+    d.wait_state(call_id, "listening")
+    d.signal(signal.SIGTERM)  # the daemon now waits for the call to finish
+    url = f"http://127.0.0.1:{d.webhook_port}/healthz"
+    body = d.wait(lambda: (r := requests.get(url, timeout=5)).status_code == 503 and r.json(), what="a 503")
+    assert body == {"status": "unhealthy"}
+    health = d.rpc("daemon.status")["health"]
+    assert health == {"ok": False, "problems": ["the daemon is stopping"]}
+    d.rpc("mock.hangup", {"callId": call_id})
+    assert d.stop() == 0
 
 
 def test_control_socket_is_private(start_daemon) -> None:

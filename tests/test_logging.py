@@ -76,3 +76,39 @@ def test_debug_log_shows_numbers_and_speech_but_no_secrets(start_daemon, tmp_pat
     assert all(number not in line for line in log.splitlines() if " INFO " in line for number in (OUT, IN))
     for secret in [*SECRETS.values(), *CREDENTIALS.values()]:
         assert secret not in log
+
+
+CRASH = r'''
+import sys, threading
+from voicecalld import logs
+
+SECRET = sys.argv[1]
+logs.setup(secrets=[SECRET])
+
+
+def boom() -> None:
+    raise RuntimeError(f"could not reach https://api.example/?key={SECRET}\nsecond line")
+
+
+worker = threading.Thread(target=boom, name="worker-thread")
+worker.start()
+worker.join()
+raise ValueError(f"the main thread has {SECRET} too")
+'''
+
+
+def test_uncaught_exceptions_in_any_thread_go_through_the_scrubbing_formatter(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    secret = SECRETS["TWILIO_AUTH_TOKEN"]
+    proc = subprocess.run([sys.executable, "-c", CRASH, secret], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert secret not in proc.stderr and secret not in proc.stdout
+    lines = proc.stderr.splitlines()
+    thread_line = next(line for line in lines if "uncaught exception in thread worker-thread" in line)
+    main_line = next(line for line in lines if "uncaught exception in the main thread" in line)
+    # One line each, traceback included, the secret replaced.
+    assert "RuntimeError: could not reach https://api.example/?key=<redacted>\\nsecond line" in thread_line
+    assert "ValueError: the main thread has <redacted> too" in main_line
+    assert len(lines) == 2, proc.stderr

@@ -186,8 +186,10 @@ SETTINGS: tuple[Setting, ...] = (
     _s("fromNumber", "e164", None, "Caller ID for outbound calls (E.164). Required for twilio and telnyx."),
     _s("toNumber", "e164", None, "Default destination when a call request has no number (E.164)."),
     _s("publicUrl", "url", None,
-       "Public base URL where the carrier reaches the webhook (serve.path is appended). "
-       "Takes precedence over a tunnel."),
+       "Where carriers reach the webhook: an origin (https://voice.example.com, to which serve.path is "
+       "appended) or the whole webhook URL with a path (https://voice.example.com/voice/webhook), used "
+       "exactly as given. Media streams go to wss:// on the same host, under the path prefix in front of "
+       "serve.path if there is one, at streaming.streamPath. Takes precedence over a tunnel."),
     _s("store", "path", None,
        "Directory of the call log calls.jsonl. Default: $STATE_DIRECTORY, else "
        "$XDG_STATE_HOME/voicecalld (~/.local/state/voicecalld)."),
@@ -239,6 +241,14 @@ SETTINGS: tuple[Setting, ...] = (
        maximum=65535),
     _s("serve.bind", "str", "127.0.0.1", "Address the webhook server listens on."),
     _s("serve.path", "urlpath", "/voice/webhook", "URL path of the carrier webhook."),
+    _s("serve.maxConnections", "int", 512,
+       "Connections the webhook server keeps open while their request arrives, and requests it answers at "
+       "once: at most this many of each, media streams not counted. When the waiting connections are at the "
+       "limit, the one that has waited longest is closed to make room for a new one; a request that arrives "
+       "while this many are being answered gets 503.", minimum=1),
+    _s("serve.readTimeoutSec", "number", 10,
+       "A connection must deliver its whole request (line, headers and body) within this many seconds of "
+       "connecting, or it is closed. Media streams are exempt once upgraded.", positive=True),
     # --- [outbound] ---
     _s("outbound.defaultMode", "choice", "notify",
        "Mode of a call request without one: notify (speak, then hang up) or conversation.",
@@ -506,6 +516,9 @@ def _cross_checks(v: Mapping[str, Any]) -> list[str]:
             and v["tailscale.mode"] == "off":
         problems.append(f"publicUrl: provider {provider} needs a public URL for its webhooks "
                         "(set publicUrl, or tunnel.provider)")
+    if v["publicUrl"] and (urlsplit(v["publicUrl"]).query or "#" in v["publicUrl"]):
+        problems.append("publicUrl: expected an origin or a webhook URL without a query or fragment, like "
+                        f"https://voice.example.com/voice/webhook, got {_got(v['publicUrl'])}")
     if v["inboundPolicy"] in ("allowlist", "pairing") and not v["allowFrom"]:
         problems.append(f"allowFrom: inboundPolicy {v['inboundPolicy']} needs at least one number "
                         "(or use inboundPolicy = \"disabled\")")

@@ -1,10 +1,12 @@
 """``voicecalld``: the daemon process.
 
-Threads: the werkzeug webhook server (one thread per request), the control
-server (one per connection), the timer wheel and its worker pool, the
-auto-responder's worker pool (LLM requests), and the main thread, which
-only waits: for signals (recorded by the handlers and acted on here), for
-watchdog deadlines, and for status changes to report to systemd.
+Threads: the webhook server (one loop thread that accepts connections and
+reads requests, and a thread per request once it has arrived; see
+``httpserver``), the control server (one per connection), the timer wheel
+and its worker pool, the auto-responder's worker pool (LLM requests), and
+the main thread, which only waits: for signals (recorded by the handlers
+and acted on here), for watchdog deadlines, and for status changes to
+report to systemd.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-from . import __version__, calllog, config, logs, paths, providers
+from . import __version__, calllog, config, httpserver, logs, paths, providers
 from .config import Config, ConfigError
 from .control.server import ControlServer, SocketError, bind_socket
 from .errors import InvalidParams, VoiceCallError
@@ -41,7 +43,8 @@ EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 #: Settings that shape listening sockets or the carrier connection; a reload
 #: keeps their old values (and says so) because changing them needs a restart.
 RESTART_KEYS = (
-    "provider", "store", "publicUrl", "serve.port", "serve.bind", "serve.path", "control.socket", "control.mode",
+    "provider", "store", "publicUrl", "serve.port", "serve.bind", "serve.path", "serve.maxConnections",
+    "serve.readTimeoutSec", "control.socket", "control.mode",
     "control.maxConnections", "control.lineTimeoutSec", "streaming.enabled", "streaming.streamPath",
     "tunnel.provider", "tunnel.ngrokAuthToken", "tunnel.ngrokDomain", "tunnel.allowNgrokFreeTier",
     "tailscale.mode", "tailscale.path",
@@ -66,7 +69,7 @@ class Daemon:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.public_url: str | None = cfg.publicUrl
         self.socket_path = paths.socket_path(cfg.control.socket)
-        self.webhook_server: Any = None
+        self.webhook_server: httpserver.WebhookServer | None = None
         self.webhook_port: int | None = None
         self._webhook_thread: threading.Thread | None = None
         self.control: ControlServer | None = None
@@ -81,6 +84,8 @@ class Daemon:
         # the interpreter lock should get it within about a millisecond, not
         # the default 5 ms per competing thread.
         sys.setswitchinterval(SWITCH_INTERVAL)
+        soft, _ = httpserver.raise_fd_limit()
+        log.debug("open file limit: %d", soft)
         store_dir = paths.store_dir(cfg.store)
         try:
             self.store = Store(store_dir, compact_bytes=cfg.storeCompactBytes, keep_calls=cfg.storeKeepCalls)
@@ -120,11 +125,6 @@ class Daemon:
                  self.provider.name, cfg.serve.bind, self.webhook_port, cfg.serve.path, self.socket_path)
 
     def _start_webhook_server(self) -> None:
-        from werkzeug.serving import WSGIRequestHandler, make_server
-
-        class Handler(WSGIRequestHandler):
-            timeout = 30  # a client that stalls mid-request does not hold a thread forever
-
         cfg = self.config
         stream_handler = None
         if cfg.provider == "twilio" and cfg.streaming.enabled:
@@ -132,15 +132,13 @@ class Daemon:
 
             self.streams = StreamHub(self.manager, self.provider)  # type: ignore[arg-type]
             stream_handler = self.streams.handle
-        app = WebhookApp(self.provider, cfg.serve.path, self.health, cfg.streaming.streamPath, stream_handler)
+        app = WebhookApp(self.provider, cfg.serve.path, self.healthy, cfg.streaming.streamPath, stream_handler)
         try:
-            self.webhook_server = make_server(cfg.serve.bind, cfg.serve.port, app, threaded=True,
-                                              request_handler=Handler)
-        except (OSError, SystemExit) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc)
-            raise StartupError(f"cannot listen on {cfg.serve.bind}:{cfg.serve.port} for webhooks: {reason}") \
-                from None
-        self.webhook_port = self.webhook_server.server_port
+            self.webhook_server = httpserver.create(cfg, app)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {cfg.serve.bind}:{cfg.serve.port} for webhooks: "
+                               f"{exc.strerror or exc}") from None
+        self.webhook_port = self.webhook_server.port
         self._webhook_thread = threading.Thread(target=self.webhook_server.serve_forever, kwargs={"poll_interval": 0.5},
                                                 name="webhook-server", daemon=True)
         self._webhook_thread.start()
@@ -201,11 +199,18 @@ class Daemon:
     # -- what the control server and the web app ask --
 
     def daemon_status(self) -> dict[str, Any]:
+        problems = self.health_problems()
+        webhook: dict[str, Any] = {"bind": self.config.serve.bind, "port": self.webhook_port,
+                                   "path": self.config.serve.path}
+        if self.public_url:
+            webhook["url"] = self.provider.webhook_url
+        if self.webhook_server is not None:
+            webhook["connections"] = self.webhook_server.stats()
         return {
             "version": __version__, "provider": self.provider.name, "publicUrl": self.public_url,
             "activeCalls": self.manager.active_count, "uptimeSeconds": round(time.monotonic() - self.started, 3),
-            "webhook": {"bind": self.config.serve.bind, "port": self.webhook_port, "path": self.config.serve.path},
-            "controlSocket": self.socket_path, "pid": os.getpid(), "stopping": self.stopping,
+            "health": {"ok": not problems, "problems": problems},
+            "webhook": webhook, "controlSocket": self.socket_path, "pid": os.getpid(), "stopping": self.stopping,
             **({"media": self.streams.stats()} if self.streams is not None else {}),
             "tunnel": self.tunnels.describe() if self.tunnels is not None else None,
         }
@@ -222,11 +227,12 @@ class Daemon:
             raise VoiceCallError(str(exc)) from None
         return {"ok": True, "mode": result["mode"], "publicUrl": self.public_url}
 
-    def health(self) -> dict[str, Any]:
-        problems = self._health_problems()
-        status = "stopping" if self.stopping else ("ok" if not problems else "degraded")
-        return {"status": status, "activeCalls": self.manager.active_count, "problems": problems,
-                "uptimeSeconds": round(time.monotonic() - self.started, 3)}
+    def healthy(self) -> bool:
+        """What ``GET /healthz`` tells the internet; the detail is in daemon.status."""
+        return not self.health_problems()
+
+    def health_problems(self) -> list[str]:
+        return (["the daemon is stopping"] if self.stopping else []) + self._health_problems()
 
     def _health_problems(self) -> list[str]:
         now = time.monotonic()

@@ -4,13 +4,17 @@ Under journald each line starts with a ``<N>`` syslog priority, and a
 record's newlines (tracebacks, hostile text) are escaped so that a record
 stays one journal entry. The formatter scrubs configured secrets from every
 line as a last line of defence; code should never log them anyway.
+Exceptions nobody caught, in any thread, go through it too.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
 
 # syslog priorities (sd-daemon.h)
 _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
@@ -79,4 +83,38 @@ def setup(verbose: int = 0, journald: bool = False, secrets: Iterable[str] = ())
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # werkzeug logs every request at info; that is debug detail for a daemon.
     logging.getLogger("werkzeug").setLevel(logging.INFO if verbose > 1 else logging.WARNING)
+    _route_uncaught_exceptions()
     return formatter
+
+
+_crash_log = logging.getLogger("voicecalld.crash")
+
+
+def _route_uncaught_exceptions() -> None:
+    """Send exceptions nobody caught through the log (and so through the
+    formatter, which scrubs secrets and keeps a traceback on one line)
+    instead of Python's default of printing them raw to stderr."""
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return  # a thread that exits on purpose, as the default hook treats it
+        name = args.thread.name if args.thread is not None else "?"
+        _crash_log.critical("uncaught exception in thread %s", name,
+                            exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
+
+    def main_hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        if issubclass(exc_type, KeyboardInterrupt):
+            sys.__excepthook__(exc_type, exc, tb)
+            return
+        _crash_log.critical("uncaught exception in the main thread", exc_info=(exc_type, exc, tb))
+
+    def unraisable_hook(unraisable: Any) -> None:
+        # Errors in __del__ methods, finalizers and the like.
+        exc = unraisable.exc_value
+        what = unraisable.err_msg or "exception ignored"
+        info = (unraisable.exc_type, exc, unraisable.exc_traceback) if exc is not None else None
+        _crash_log.error("%s: %r", what, unraisable.object, exc_info=info)
+
+    threading.excepthook = thread_hook
+    sys.excepthook = main_hook
+    sys.unraisablehook = unraisable_hook

@@ -1,4 +1,4 @@
-"""The HTTP surface (DESIGN.md section 7): carrier webhooks at
+"""The HTTP surface (voicecalld(8)): carrier webhooks at
 ``serve.path``, ``GET /healthz``, and the media-stream WebSocket at
 ``streaming.streamPath``.
 
@@ -35,11 +35,11 @@ StreamHandler = Callable[["WSGIEnvironment"], Response]
 
 
 class WebhookApp:
-    def __init__(self, provider: Provider, webhook_path: str, health: Callable[[], dict[str, Any]],
+    def __init__(self, provider: Provider, webhook_path: str, healthy: Callable[[], bool],
                  stream_path: str | None = None, stream_handler: StreamHandler | None = None) -> None:
         self.provider = provider
         self.webhook_path = webhook_path
-        self.health = health
+        self.healthy = healthy
         self.stream_path = stream_path
         self.stream_handler = stream_handler
 
@@ -68,15 +68,21 @@ class WebhookApp:
         if path == "/healthz":
             if request.method not in ("GET", "HEAD"):
                 return _json(405, {"error": "use GET"})
-            status = self.health()
-            return _json(200 if status.get("status") == "ok" else 503, status)
+            # Only the verdict: call counts, uptime and problems are for the
+            # operator (daemon.status on the control socket), not the internet.
+            if self.healthy():
+                return _json(200, {"status": "ok"})
+            return _json(503, {"status": "unhealthy"})
         if path == self.webhook_path:
             if request.method != "POST":
                 return _json(405, {"error": "webhooks are POSTed"})
             if (request.content_length or 0) > MAX_BODY:
                 return _json(413, {"error": f"body over {MAX_BODY} bytes"})
             try:
-                request.get_data(cache=True)  # read within the limit before anyone parses it
+                # Read within the limit before anyone parses it. (werkzeug
+                # turns a body that stops coming, within serve.readTimeoutSec,
+                # into ClientDisconnected: a 400 like any broken request.)
+                request.get_data(cache=True)
                 return self.provider.handle_webhook(request)
             except RequestEntityTooLarge:
                 return _json(413, {"error": f"body over {MAX_BODY} bytes"})

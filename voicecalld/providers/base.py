@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .. import publicurl
 from ..calls import CallEvent, CallRecord, Speak, State
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,8 +39,9 @@ class Provider(ABC):
 
     def __init__(self) -> None:
         self._manager: CallManager | None = None
-        #: Public base URL the carrier reaches us at (``publicUrl``, or the
-        #: tunnel's); None until known. Webhook URLs are built from it.
+        #: Where the carrier reaches us (``publicUrl``, or the tunnel's
+        #: origin); None until known. Webhook and stream URLs are built from
+        #: it by ``publicurl``, for every carrier alike.
         self.public_url: str | None = None
 
     def bind(self, manager: CallManager) -> None:
@@ -55,10 +57,21 @@ class Provider(ABC):
 
     @property
     def webhook_url(self) -> str:
-        """The public webhook URL (``public_url`` + ``serve.path``)."""
+        """The public webhook URL: ``public_url`` when it has a path, else
+        ``public_url`` + ``serve.path`` (see ``publicurl``)."""
         if not self.public_url:
             raise RuntimeError("no public URL: set publicUrl or configure a tunnel")
-        return self.public_url.rstrip("/") + self.manager.config.serve.path
+        return publicurl.webhook_url(self.public_url, self.manager.config.serve.path)
+
+    @property
+    def stream_url(self) -> str | None:
+        """The public ``wss://`` URL of the media-stream endpoint, exactly as
+        carriers are given it (Twilio signs the upgrade over it); None
+        without a public URL."""
+        if not self.public_url:
+            return None
+        cfg = self.manager.config
+        return publicurl.stream_url(self.public_url, cfg.serve.path, cfg.streaming.streamPath)
 
     def emit(self, event: CallEvent) -> None:
         self.manager.handle_event(event)

@@ -5,7 +5,8 @@ Outbound calls are created with ``Url`` = the webhook plus ``?callId=`` and
 ``StatusCallback`` = the same plus ``&type=status``; every later webhook URL
 we hand Twilio carries the ``callId`` too, so a request finds its call even
 before ``initiate`` has returned. Inbound calls arrive at the bare webhook
-URL (configure the number's voice URL as ``publicUrl + serve.path`` and its
+URL (configure the number's voice URL as the webhook URL, ``webhook_url``:
+``publicUrl``, plus ``serve.path`` when ``publicUrl`` is an origin; and its
 status callback as the same plus ``?type=status``, both HTTP POST).
 
 How the core's model maps onto TwiML (see ``twilio_script.py``):
@@ -33,12 +34,13 @@ How the core's model maps onto TwiML (see ``twilio_script.py``):
 * With ``streaming.enabled`` (and an OpenAI key) the call listens through
   ``<Connect><Stream>`` instead; the media-stream side checks the stream's
   per-call token with ``check_stream_token`` and the upgrade's signature
-  over ``stream_url``. Speech stays ``<Say>`` unless it installs a
-  ``stream_speaker``. A stream that ends by itself (its ``<Connect>``
-  action) drops the call back to ``<Gather>``.
+  over ``stream_url`` (the exact ``wss://`` URL written into ``<Stream url>``).
+  Speech stays ``<Say>`` unless it installs a ``stream_speaker``. A stream
+  that ends by itself (its ``<Connect>`` action) drops the call back to
+  ``<Gather>``.
 
-Webhooks are authenticated by ``X-Twilio-Signature`` over the public URL
-(``publicUrl`` + the request's path and query; ``X-Forwarded-*`` only when
+Webhooks are authenticated by ``X-Twilio-Signature`` over the URL Twilio
+requested (the webhook URL + the request's query; ``X-Forwarded-*`` only when
 ``twilio.trustForwardedHeaders`` is on), and a replayed request (same
 idempotency token or same signature) is answered from a bounded cache,
 never processed twice.
@@ -54,7 +56,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlencode
 
 from werkzeug.wrappers import Request, Response
 
@@ -160,15 +162,6 @@ class TwilioProvider(Provider):
         are not verified) answers use the bare path, which Twilio resolves
         against the URL it requested."""
         return self.webhook_url if self.public_url else self._cfg.serve.path
-
-    @property
-    def stream_url(self) -> str | None:
-        """The exact ``wss://`` URL written into ``<Stream url>``; Twilio signs
-        the WebSocket upgrade over it."""
-        if not self.public_url:
-            return None
-        parts = urlsplit(self.public_url.rstrip("/"))
-        return urlunsplit(("wss", parts.netloc, parts.path + self._cfg.streaming.streamPath, "", ""))
 
     def _urls(self, call_id: str) -> _CallUrls:
         return _CallUrls(self._base(), call_id, self.stream_url)
@@ -426,7 +419,8 @@ class TwilioProvider(Provider):
     def _verify(self, request: Request, signature: str, params: list[tuple[str, str]],
                 body: bytes | None) -> str | None:
         auth_token = self._cfg.twilio.authToken or ""
-        urls = signed_urls(request, self.public_url, bool(self._cfg.twilio.trustForwardedHeaders))
+        urls = signed_urls(request, self.webhook_url if self.public_url else None,
+                           bool(self._cfg.twilio.trustForwardedHeaders))
         if not urls:
             return "no publicUrl to check the signature against"
         for url in urls:

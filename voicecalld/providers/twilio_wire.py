@@ -13,6 +13,7 @@ from werkzeug.wrappers import Request, Response
 
 from .. import jsonsafe
 from ..calls import EventType, State
+from ..publicurl import with_query
 from . import twiml
 
 LIVE_STATUSES = frozenset({"queued", "initiated", "ringing", "in-progress"})
@@ -119,21 +120,21 @@ def raw_target(request: Request) -> tuple[str, str]:
     return quote(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")), environ.get("QUERY_STRING", "")
 
 
-def signed_urls(request: Request, public_url: str | None, trust_forwarded: bool) -> list[str]:
-    """The URLs Twilio may have signed: the public URL plus this request's
-    path and query. Headers a client controls (Host, X-Forwarded-*) only
-    count when the operator says a proxy sets them."""
+def signed_urls(request: Request, webhook_url: str | None, trust_forwarded: bool) -> list[str]:
+    """The URLs Twilio may have signed. Twilio signs the URL it requested:
+    the public webhook URL (whatever path a proxy in front of us strips or
+    adds) with this request's query. Headers a client controls (Host,
+    X-Forwarded-*) only count when the operator says a proxy sets them."""
     path, query = raw_target(request)
-    suffix = path + ("?" + query if query else "")
     urls = []
-    if public_url:
-        urls.append(public_url.rstrip("/") + suffix)
+    if webhook_url:
+        urls.append(with_query(webhook_url, query))
     if trust_forwarded:
         host = first_header(request, "X-Forwarded-Host")
         if host:
             proto = first_header(request, "X-Forwarded-Proto") or "https"
             prefix = (first_header(request, "X-Forwarded-Prefix") or "").rstrip("/")
-            urls.append(f"{proto}://{host}{prefix}{suffix}")
+            urls.append(f"{proto}://{host}{prefix}{path}" + ("?" + query if query else ""))
     return urls
 
 
