@@ -15,7 +15,9 @@ LIMIT_REACHED = -32001
 NOT_CONNECTED = -32002
 PROVIDER_ERROR = -32003
 TRANSCRIPT_TIMEOUT = -32004
-SHUTTING_DOWN = -32005
+STORE_FAILED = -32005
+# -32006 is TurnInProgress (manager.py), -32007 too many control connections (control/server.py).
+SHUTTING_DOWN = -32008
 
 
 class VoiceCallError(Exception):
@@ -72,3 +74,14 @@ class TranscriptTimeout(VoiceCallError):
 
 class ShuttingDown(VoiceCallError):
     code = SHUTTING_DOWN
+
+
+class StoreFailed(VoiceCallError):
+    """The call log could not be written (disk full, I/O error, closed).
+    Nothing that depends on the failed write is acknowledged."""
+
+    code = STORE_FAILED
+
+    def __init__(self, reason: str, data: dict[str, Any] | None = None) -> None:
+        super().__init__(f"the call log cannot be written: {reason}", data)
+        self.reason = reason
