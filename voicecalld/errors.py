@@ -16,7 +16,8 @@ NOT_CONNECTED = -32002
 PROVIDER_ERROR = -32003
 TRANSCRIPT_TIMEOUT = -32004
 STORE_FAILED = -32005
-# -32006 is TurnInProgress (manager.py), -32007 too many control connections (control/server.py).
+TURN_IN_PROGRESS = -32006
+# -32007: too many control connections (control/server.py)
 SHUTTING_DOWN = -32008
 
 
@@ -70,6 +71,12 @@ class ProviderError(VoiceCallError):
 
 class TranscriptTimeout(VoiceCallError):
     code = TRANSCRIPT_TIMEOUT
+
+
+class TurnInProgress(VoiceCallError):
+    """A ``continue`` is already waiting for the callee on this call."""
+
+    code = TURN_IN_PROGRESS
 
 
 class ShuttingDown(VoiceCallError):
