@@ -9,13 +9,17 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import requests
+from daemon import Daemon, remove, short_tmp
 from engine import Engine
 
+from voicecalld.control.client import RpcError
 from voicecalld.errors import CallNotFound, NotConnected, ProviderError, StoreFailed, TurnInProgress
 from voicecalld.store import Store
 
@@ -184,3 +188,56 @@ def test_a_continue_whose_speech_fails_leaves_no_turn_behind(make_engine, failur
     # ... and the next continue is not refused as "turn in progress".
     reply = e.manager.continue_(call_id, "sorry, can you hear me now?")
     assert reply["transcript"] in ("first", "second", "third")
+
+
+# --- the real daemon, whose call log hits a file size limit -----------------------------------------
+
+
+def test_daemon_with_an_unwritable_log_ends_calls_refuses_new_ones_and_recovers() -> None:
+    """RLIMIT_FSIZE makes every write that would grow calls.jsonl fail with
+    EFBIG ("File too large"), in the real daemon process, as a full disk
+    would; lifting it is the disk getting room again."""
+    tmp = short_tmp("fsize")
+    store_dir = tmp / "state"
+    store_dir.mkdir(parents=True)
+    # Old ended calls make the log larger than the daemon's own output will
+    # grow during the test, so the limit stops only the log.
+    with open(store_dir / "calls.jsonl", "w") as fh:
+        for i in range(2000):
+            fh.write(json.dumps({"callId": f"old-{i}", "provider": "mock", "state": "completed",
+                                 "endedAt": 1, "pad": "o" * 400}) + "\n")
+    d = Daemon(tmp, {"maxConcurrentCalls": 1, "responder": "off"})
+    try:
+        first = d.rpc("voicecall.initiate", {"message": "hello", "mode": "conversation"})["callId"]
+        d.wait_state(first, "listening")
+        log_size = os.path.getsize(store_dir / "calls.jsonl")
+        resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (log_size, resource.RLIM_INFINITY))
+
+        with pytest.raises(RpcError) as info:
+            d.rpc("voicecall.end", {"callId": first})
+        assert info.value.code == -32005
+        assert info.value.message.startswith("the call log cannot be written: File too large")
+        status = d.rpc("daemon.status")
+        assert status["activeCalls"] == 0 and status["store"]["ok"] is False
+        assert "File too large" in status["store"]["error"]
+        health = requests.get(f"http://127.0.0.1:{status['webhook']['port']}/healthz", timeout=10)
+        assert health.status_code == 503
+        assert any(p.startswith("call log cannot be written: File too large") for p in health.json()["problems"])
+        with pytest.raises(RpcError) as refused:
+            d.rpc("voicecall.initiate", {"message": "again", "mode": "conversation"})
+        assert refused.value.code == -32005 and d.rpc("daemon.status")["activeCalls"] == 0
+
+        resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        second = d.rpc("voicecall.initiate", {"message": "room again", "mode": "conversation"})["callId"]
+        assert d.rpc("daemon.status")["store"] == {"ok": True, "error": None,
+                                                   "path": str(store_dir / "calls.jsonl")}
+        assert requests.get(f"http://127.0.0.1:{status['webhook']['port']}/healthz", timeout=10).status_code == 200
+        d.wait_state(second, "listening")
+        d.rpc("voicecall.end", {"callId": second})
+        assert d.stop() == 0
+        records = Store(str(store_dir)).load().records
+        assert records[first]["state"] == "hangup-bot"  # written once the log took writes again
+        assert records[second]["state"] == "hangup-bot"
+    finally:
+        d.kill()
+        remove(tmp)
