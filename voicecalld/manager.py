@@ -15,9 +15,8 @@ that ran the step, or to the log for carrier events. A new call whose first
 record cannot be written is refused (``StoreFailed``) before the carrier is
 asked, so nothing is acknowledged that is not on disk; since every call
 start tries the log again, the first write that succeeds lets calls in again.
-The final record of a call that ended while the log failed is kept in
-memory and written as soon as the log takes writes again (tried after every
-successful write, and every ``LOG_RETRY`` seconds).
+The final record of a call that ended while the log failed waits in the
+backlog (backlog.py) until the log takes writes again.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import calls, inbound
+from .backlog import Backlog
 from .calls import (
     Action,
     AfterSpeech,
@@ -82,8 +82,6 @@ _RECENT = 256             # ended calls kept in memory for status
 #: start) so a replayed inbound webhook can never start a call again.
 ENDED_IDS = 100_000
 SHUTDOWN_HANGUPS = 32     # hang-ups sent in parallel at shutdown
-LOG_RETRY = 1.0           # seconds between attempts to write final records the log refused
-_UNLOGGED = 10_000        # such final records kept at most
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -138,9 +136,7 @@ class CallManager:
         self._recent: Bounded[str, dict[str, Any]] = Bounded(_RECENT)
         self._ended_ids: Bounded[str, str] = Bounded(ENDED_IDS)  # carrier call id -> callId
         self._idle = threading.Condition(self._lock)  # notified when the last live call ends
-        #: Final records the log refused, by callId, until it takes them.
-        self._unlogged: Bounded[str, dict[str, Any]] = Bounded(_UNLOGGED)
-        self._unlogged_retry: Timer | None = None
+        self._backlog = Backlog(lambda record: self.store.append(record), timers)
         self._accepting = True
         #: Called (off any lock) with (callId, text) for a final callee
         #: transcript that no continue is waiting for: the auto-responder.
@@ -479,37 +475,10 @@ class CallManager:
             self.store.append(snapshot)
         except StoreFailed:
             if live.call.terminal:  # no later snapshot will carry this one's news
-                with self._lock:
-                    self._unlogged.put(live.call.id, snapshot)
-                    if self._unlogged_retry is None:
-                        self._unlogged_retry = self.timers.call_later(LOG_RETRY, self._retry_unlogged)
+                self._backlog.keep(live.call.id, snapshot)
             raise
-        if self._unlogged:
-            self._write_unlogged()
-
-    def _write_unlogged(self) -> bool:
-        """Write the final records the log refused before; True once none is left."""
-        with self._lock:
-            waiting = [(call_id, self._unlogged.get(call_id)) for call_id in self._unlogged]
-        for call_id, snapshot in waiting:
-            if snapshot is None:
-                continue
-            try:
-                self.store.append(snapshot)
-            except StoreFailed:
-                return False
-            with self._lock:
-                if self._unlogged.get(call_id) is snapshot:
-                    self._unlogged.pop(call_id)
-            log.info("call %s: its final record is logged now", call_id)
-        return True
-
-    def _retry_unlogged(self) -> None:
-        done = self._write_unlogged()
-        with self._lock:
-            self._unlogged_retry = None
-            if not done and self._unlogged:
-                self._unlogged_retry = self.timers.call_later(LOG_RETRY, self._retry_unlogged)
+        if self._backlog:
+            self._backlog.write()
 
     def _apply_local(self, live: _Live, action: Action, remote: list[Action]) -> None:
         """Under the call's lock: an action that does no network I/O."""
@@ -698,9 +667,8 @@ class CallManager:
         for call_id in stuck:
             log.warning("call %s: the hang-up was not confirmed within %g s; closing the call", call_id, grace)
             self.close_restored(call_id, State.HANGUP_BOT, "voicecalld stopped before the hang-up was confirmed")
-        if self._unlogged and not self._write_unlogged():
-            with self._lock:
-                lost = list(self._unlogged)
+        if self._backlog and not self._backlog.write():
+            lost = self._backlog.call_ids()
             log.error("the final records of %d call(s) could not be logged: %s", len(lost), ", ".join(lost))
 
     def _hang_up_some(self, pending: queue.SimpleQueue[str]) -> None:
