@@ -22,7 +22,6 @@ backlog (backlog.py) until the log takes writes again.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -81,7 +80,7 @@ _RECENT = 256             # ended calls kept in memory for status
 #: Carrier call ids of ended calls, remembered (and rebuilt from the log at
 #: start) so a replayed inbound webhook can never start a call again.
 ENDED_IDS = 100_000
-SHUTDOWN_HANGUPS = 32     # hang-ups sent in parallel at shutdown
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -651,15 +650,19 @@ class CallManager:
         with self._lock:
             self._idle.wait_for(lambda: not self._live, grace)
             remaining = list(self._live)
-        if not remaining:
-            return
+        if remaining:
+            self._hang_up_all(remaining, grace)
+        if self._backlog and not self._backlog.write():
+            lost = self._backlog.call_ids()
+            log.error("the final records of %d call(s) could not be logged: %s", len(lost), ", ".join(lost))
+
+    def _hang_up_all(self, remaining: list[str], grace: float) -> None:
         log.info("hanging up %d call(s)", len(remaining))
-        pending: queue.SimpleQueue[str] = queue.SimpleQueue()
         for call_id in remaining:
-            pending.put(call_id)
-        for i in range(min(len(remaining), SHUTDOWN_HANGUPS)):
+            # A thread per call, so every hang-up is on its way at once, even
+            # those whose call is closed below before the carrier answered.
             # Daemon threads: a carrier request that hangs cannot hold up the exit.
-            threading.Thread(target=self._hang_up_some, args=(pending,), name=f"shutdown-hangup-{i}",
+            threading.Thread(target=self._hang_up_at_shutdown, args=(call_id,), name="shutdown-hangup",
                              daemon=True).start()
         with self._lock:
             self._idle.wait_for(lambda: not self._live, grace)
@@ -667,17 +670,9 @@ class CallManager:
         for call_id in stuck:
             log.warning("call %s: the hang-up was not confirmed within %g s; closing the call", call_id, grace)
             self.close_restored(call_id, State.HANGUP_BOT, "voicecalld stopped before the hang-up was confirmed")
-        if self._backlog and not self._backlog.write():
-            lost = self._backlog.call_ids()
-            log.error("the final records of %d call(s) could not be logged: %s", len(lost), ", ".join(lost))
 
-    def _hang_up_some(self, pending: queue.SimpleQueue[str]) -> None:
-        while True:
-            try:
-                call_id = pending.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                self.hang_up(call_id, State.HANGUP_BOT)
-            except Exception:
-                log.exception("call %s: hangup at shutdown failed", call_id)
+    def _hang_up_at_shutdown(self, call_id: str) -> None:
+        try:
+            self.hang_up(call_id, State.HANGUP_BOT)
+        except Exception:
+            log.exception("call %s: hangup at shutdown failed", call_id)
