@@ -255,6 +255,33 @@ def test_a_failed_write_leaves_no_fragment_and_the_log_recovers(tmp_path, monkey
     assert sorted(result.records) == ["after", "before"] and result.corrupt == 0
 
 
+def test_a_fragment_that_cannot_be_cut_off_costs_only_itself(tmp_path, monkeypatch) -> None:
+    store = Store(str(tmp_path))
+    store.append(rec("before"))
+    real_write = os.write
+    calls = {"n": 0}
+
+    def short_then_full(fd: int, data) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            real_write(fd, bytes(data[:10]))
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    def no_truncate(fd: int, size: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "write", short_then_full)
+    monkeypatch.setattr(os, "ftruncate", no_truncate)
+    with pytest.raises(StoreFailed):
+        store.append(rec("lost", pad="p" * 100))
+    store.append(rec("after"))  # starts a line of its own
+    store.append(rec("later"))
+    store.close()
+    result = Store(str(tmp_path)).load()
+    assert sorted(result.records) == ["after", "before", "later"] and result.corrupt == 1
+
+
 def test_append_after_close_fails_cleanly(tmp_path) -> None:
     store = Store(str(tmp_path))
     store.append(rec("a"))

@@ -145,6 +145,10 @@ class Store:
                 self._compacting = True
         try:
             self._sync(mine)
+        except StoreFailed:
+            if compact:
+                self._compacting = False  # not now; a later append tries again
+            raise
         finally:
             with self._write_lock:
                 self._pending -= 1
@@ -181,6 +185,10 @@ class Store:
             os.ftruncate(self._fd, self._size)
         except OSError:
             self._torn = True
+            try:  # the fragment stays: count it, so compaction cuts the file at a line's end
+                self._size = os.fstat(self._fd).st_size
+            except OSError:
+                pass
 
     def _failed(self, exc: OSError) -> StoreFailed:
         reason = f"{exc.strerror or exc} ({self.path})"
