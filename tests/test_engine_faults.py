@@ -206,7 +206,7 @@ def test_daemon_with_an_unwritable_log_ends_calls_refuses_new_ones_and_recovers(
         for i in range(2000):
             fh.write(json.dumps({"callId": f"old-{i}", "provider": "mock", "state": "completed",
                                  "endedAt": 1, "pad": "o" * 400}) + "\n")
-    d = Daemon(tmp, {"maxConcurrentCalls": 1, "responder": "off"})
+    d = Daemon(tmp, {"maxConcurrentCalls": 1, "responder": "off"}, env={"WATCHDOG_USEC": "400000"})
     try:
         first = d.rpc("voicecall.initiate", {"message": "hello", "mode": "conversation"})["callId"]
         d.wait_state(first, "listening")
@@ -226,6 +226,11 @@ def test_daemon_with_an_unwritable_log_ends_calls_refuses_new_ones_and_recovers(
         with pytest.raises(RpcError) as refused:
             d.rpc("voicecall.initiate", {"message": "again", "mode": "conversation"})
         assert refused.value.code == -32005 and d.rpc("daemon.status")["activeCalls"] == 0
+        # Not a reason for systemd to restart the daemon (which would not free
+        # the disk): the watchdog pings go on.
+        pings = d.notify.lines().count("WATCHDOG=1")
+        d.wait(lambda: d.notify.lines().count("WATCHDOG=1") >= pings + 2, what="two more watchdog pings")
+        assert d.rpc("daemon.status")["store"]["ok"] is False
 
         resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         second = d.rpc("voicecall.initiate", {"message": "room again", "mode": "conversation"})["callId"]

@@ -105,7 +105,7 @@ def test_call_restored_while_ringing_says_its_message_when_answered(tmp: Path, d
     with FakeTwilio(ms_per_char=1, webhook_retries=400, retry_delay=0.05, owned_numbers=[FROM]) as fake:
         port = free_port()
         config = twilio_config(fake, port, ringTimeoutMs=60_000, outbound={"notifyHangupDelaySec": 0})
-        fake.next_callee(Callee(answer_after=3.0))
+        fake.next_callee(Callee(answer_after=4.0))
         d = Daemon(tmp, config)
         daemons.append(d)
         call_id = d.rpc("voicecall.initiate", {"message": "Build 42 failed", "mode": "notify"})["callId"]
