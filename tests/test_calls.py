@@ -139,6 +139,36 @@ def test_answer_arms_max_duration_cancels_ring_and_speaks_opening() -> None:
     assert call.record.transcript[0]["speaker"] == "bot"
 
 
+def test_answered_after_a_restart_arms_only_the_remaining_time() -> None:
+    call = make_call(S.RINGING, Mode.NOTIFY, opening="Build failed")
+    actions = call.answered(7000, 42.5)
+    assert ArmTimer("max-duration", 42.5) in actions and CancelTimer("ring") in actions
+    assert not any(isinstance(a, ArmTimer) and a.kind == "ring" for a in actions)
+    assert call.record.answeredAt == 7000 and call.state == S.SPEAKING
+    assert call.answered(8000, 10) == []  # once
+
+
+def test_opening_and_whether_it_was_spoken_round_trip_through_the_record() -> None:
+    call = make_call(S.RINGING, Mode.NOTIFY, opening="Build failed")
+    line = call.record.to_dict()
+    assert (line["opening"], line["openingSpoken"]) == ("Build failed", False)
+    call.handle(ev(EventType.ANSWERED), 1)
+    assert call.record.to_dict()["openingSpoken"] is True
+    again = CallRecord.from_dict(line)
+    assert (again.opening, again.openingSpoken) == ("Build failed", False)
+    # A line written before these keys existed: restored as then, opening counted as spoken.
+    old = CallRecord.from_dict({k: v for k, v in line.items() if k not in ("opening", "openingSpoken")})
+    assert (old.opening, old.openingSpoken) == (None, True)
+
+
+def test_fail_ends_the_call_as_error_keeping_the_first_error() -> None:
+    call = make_call(S.LISTENING, Mode.CONVERSATION)
+    assert call.fail("the call log cannot be written: disk full") == [Hangup(S.ERROR)]
+    assert call.record.error == "the call log cannot be written: disk full"
+    call.fail("later")
+    assert call.record.error == "the call log cannot be written: disk full"
+
+
 def test_conversation_opening_listens_after_playing() -> None:
     call = make_call(S.RINGING, Mode.CONVERSATION, opening="Hello")
     actions = call.handle(ev(EventType.ANSWERED), 1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -62,10 +61,8 @@ def test_continue_times_out_with_a_clear_error(make_engine) -> None:
     e = make_engine(transcriptTimeoutMs=150)
     call_id = e.manager.initiate("hello", mode="conversation")["callId"]
     e.wait_state(call_id, "listening")
-    start = time.monotonic()
     with pytest.raises(TranscriptTimeout) as info:
         e.manager.continue_(call_id, "anyone?")
-    assert time.monotonic() - start >= 0.15
     assert "no reply from the callee within 0.15 s" in info.value.message
     assert e.manager.status(call_id)["state"] == "listening"  # the call survives
     e.provider.say(call_id, "sorry, I was away")  # a late reply is not lost
@@ -212,18 +209,19 @@ def test_no_network_io_under_the_manager_lock(make_engine) -> None:
 
     def blocking_initiate(record):
         if record.to == "+15550002222":
-            slow.wait(5)
+            slow.wait(30)
         return original(record)
 
     e.provider.initiate = blocking_initiate  # type: ignore[method-assign]
     t = threading.Thread(target=e.manager.initiate, args=("slow one",), kwargs={"to": "+15550002222"})
     t.start()
     e.wait(lambda: e.manager.active_count == 1)
-    start = time.monotonic()
     assert len(e.manager.active_calls()) == 1
     fast = e.manager.initiate("fast one")
-    assert time.monotonic() - start < 2  # not blocked behind the slow carrier request
     e.wait_state(fast["callId"], "completed")
+    # The whole second call ran while the first one's carrier request was
+    # still blocked: nothing waited behind it.
+    assert t.is_alive() and not slow.is_set()
     slow.set()
     t.join(5)
 

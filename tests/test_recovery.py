@@ -8,9 +8,9 @@ import time
 import pytest
 from engine import Engine
 
-from voicecalld.calls import CallRecord, Direction, Mode, State
+from voicecalld.calls import CallEvent, CallRecord, Direction, EventType, Mode, Speak, State
 from voicecalld.providers.base import CarrierStatus
-from voicecalld.recovery import AskCarrier, Close, HangUp, Keep, Recovery, Retry, plan_after, plan_before
+from voicecalld.recovery import Answer, AskCarrier, Close, HangUp, Keep, Recovery, Retry, plan_after, plan_before
 
 NOW = 1_000_000_000
 
@@ -49,6 +49,10 @@ AFTER = [
     (record(answeredAt=NOW - 100_000), CarrierStatus(live=True, answered=True), Keep("max-duration", 200.0)),
     (record(startedAt=NOW - 10_000), CarrierStatus(live=True), Keep("ring", 20.0)),
     (record(startedAt=NOW - 40_000), CarrierStatus(live=True), Keep("ring", 0.0)),
+    # Answered while voicecalld was down: answered now, with the whole
+    # maximum duration ahead (the carrier gives no time), never the ring deadline.
+    (record(startedAt=NOW - 40_000), CarrierStatus(live=True, answered=True), Answer(300.0)),
+    (record(state=State.INITIATED), CarrierStatus(live=True, answered=True), Answer(300.0)),
 ]
 
 
@@ -60,6 +64,51 @@ def test_plan_after_asking(rec, status, expected) -> None:
         assert plan.reason == expected.reason
     if isinstance(plan, Keep):
         assert (plan.kind, plan.remaining) == (expected.kind, pytest.approx(expected.remaining))
+    if isinstance(plan, Answer):
+        assert plan.remaining == pytest.approx(expected.remaining)
+
+
+def log_line(**fields) -> dict:
+    """A record as a log line; ``None`` values drop the key (lines written
+    before the key existed)."""
+    line = record(callId="r", mode=Mode.NOTIFY, opening="Build failed").to_dict()
+    line.update(fields)
+    return {k: v for k, v in line.items() if v is not None}
+
+
+#: A call restored from its last log line, then answered: what it says.
+RESTORED = [
+    (log_line(openingSpoken=False), ("Build failed", "hangup")),           # still ringing: says its message
+    (log_line(openingSpoken=False, mode="conversation", opening="Hi"), ("Hi", "listen")),
+    (log_line(openingSpoken=True), None),                                   # already said
+    (log_line(opening=None, openingSpoken=None), None),                     # an old line: as restored before
+    (log_line(opening="", openingSpoken=False), None),                      # nothing to say (no greeting)
+]
+
+
+@pytest.mark.parametrize("line,says", RESTORED)
+def test_restored_call_says_its_opening_once_answered(tmp_path, line, says) -> None:
+    e = Engine(str(tmp_path))
+    try:
+        assert e.manager.restore({"r": line}) == ["r"]
+        call = e.manager._live["r"].call
+        with e.manager._live["r"].lock:
+            actions = call.handle(CallEvent(EventType.ANSWERED, "ev1", call_id="r"), NOW)
+        spoken = [(a.text, a.then) for a in actions if isinstance(a, Speak)]
+        assert spoken == ([says] if says else [])
+        assert call.record.to_dict()["openingSpoken"] is True or not says
+    finally:
+        e.close()
+
+
+def test_opening_and_whether_it_was_spoken_are_in_the_log(tmp_path) -> None:
+    e = Engine(str(tmp_path), mock={"answerDelayMs": 60_000})
+    try:
+        call_id = e.manager.initiate("Build failed")["callId"]
+        logged = e.store.load().records[call_id]
+        assert (logged["opening"], logged["openingSpoken"]) == ("Build failed", False)
+    finally:
+        e.close()
 
 
 def restart(directory: str, **overrides) -> tuple[Engine, list[str]]:

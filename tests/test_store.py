@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from voicecalld.errors import StoreFailed
 from voicecalld.store import LOG_NAME, Store
 
 
@@ -130,6 +131,10 @@ _WRITER = textwrap.dedent("""
 
 @pytest.mark.parametrize("acks", [1, 37, 400])
 def test_kill_9_mid_write_keeps_every_acknowledged_record(tmp_path, acks) -> None:
+    """The process dies, the machine does not: this catches a line
+    acknowledged before it was written (buffered), not a missing fsync (the
+    kernel keeps unsynced data across a process kill); the fsync is checked
+    by test_append_returns_only_after_its_line_was_synced."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], stdout=subprocess.PIPE, env=env)
     assert proc.stdout is not None
@@ -142,6 +147,153 @@ def test_kill_9_mid_write_keeps_every_acknowledged_record(tmp_path, acks) -> Non
     for i in range(seen + 1):
         assert f"k{i}" in result.records
     assert result.corrupt <= 1  # at most the line being written when killed
+
+
+class SyncRecorder:
+    """Stands in for os.fdatasync/os.fsync: records, for every sync of the
+    log, how many bytes of it were written by then, then really syncs."""
+
+    def __init__(self, monkeypatch, path: str) -> None:
+        self.path = path
+        self.synced: list[int] = []  # file size at each sync, in order
+        self.lock = threading.Lock()
+        self.fail_next: OSError | None = None
+        for name in ("fdatasync", "fsync"):
+            real = getattr(os, name)
+            monkeypatch.setattr(os, name, self._wrap(real))
+
+    def _wrap(self, real):
+        def sync(fd: int) -> None:
+            is_log = os.path.exists(self.path) and os.path.samestat(os.fstat(fd), os.stat(self.path))
+            if is_log:
+                with self.lock:
+                    failure, self.fail_next = self.fail_next, None
+                    if failure is not None:
+                        raise failure
+                    self.synced.append(os.fstat(fd).st_size)
+            real(fd)
+        return sync
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.synced)
+
+    def covered_by(self, n: int) -> int:
+        """The most bytes any of the first ``n`` syncs covered."""
+        with self.lock:
+            return max(self.synced[:n], default=0)
+
+
+def end_of_line(path: str, call_id: str) -> int:
+    data = open(path, "rb").read()
+    start = data.index(json.dumps(call_id).encode())
+    return data.index(b"\n", start) + 1
+
+
+def test_append_returns_only_after_its_line_was_synced(tmp_path, monkeypatch) -> None:
+    store = Store(str(tmp_path))
+    syncs = SyncRecorder(monkeypatch, store.path)
+    for i in range(20):
+        store.append(rec(f"s{i}", pad="x" * i))
+        assert syncs.covered_by(syncs.count()) >= end_of_line(store.path, f"s{i}")
+
+    # Concurrent appenders share syncs, but none returns before a sync covered its line.
+    problems: list[str] = []
+
+    def writer(k: int) -> None:
+        for i in range(50):
+            call_id = f"w{k}-{i}"
+            store.append(rec(call_id))
+            seen = syncs.count()  # syncs that happened before append returned
+            if syncs.covered_by(seen) < end_of_line(store.path, call_id):
+                problems.append(call_id)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert problems == []
+    assert syncs.count() <= 20 + 300  # at most one sync per append
+    store.close()
+
+
+def test_a_failed_sync_fails_every_append_it_covered(tmp_path, monkeypatch) -> None:
+    store = Store(str(tmp_path))
+    syncs = SyncRecorder(monkeypatch, store.path)
+    syncs.fail_next = OSError(5, "Input/output error")
+    with pytest.raises(StoreFailed) as info:
+        store.append(rec("a"))
+    assert info.value.code == -32005
+    assert info.value.message == f"the call log cannot be written: Input/output error ({store.path})"
+    assert store.failure == f"Input/output error ({store.path})"
+    store.append(rec("b"))  # the next sync works: the log is usable again
+    assert store.failure is None
+    store.close()
+
+
+def test_a_failed_write_leaves_no_fragment_and_the_log_recovers(tmp_path, monkeypatch) -> None:
+    store = Store(str(tmp_path))
+    store.append(rec("before"))
+    real_write = os.write
+    calls = {"n": 0}
+
+    def short_then_full(fd: int, data) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            real_write(fd, bytes(data[:10]))  # part of the line reaches the file ...
+            raise OSError(28, "No space left on device")  # ... then the disk is full
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", short_then_full)
+    with pytest.raises(StoreFailed, match="No space left on device"):
+        store.append(rec("lost", pad="p" * 100))
+    monkeypatch.setattr(os, "write", real_write)
+    store.append(rec("after"))
+    store.close()
+    result = Store(str(tmp_path)).load()
+    assert sorted(result.records) == ["after", "before"] and result.corrupt == 0
+
+
+def test_a_fragment_that_cannot_be_cut_off_costs_only_itself(tmp_path, monkeypatch) -> None:
+    store = Store(str(tmp_path))
+    store.append(rec("before"))
+    real_write = os.write
+    calls = {"n": 0}
+
+    def short_then_full(fd: int, data) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            real_write(fd, bytes(data[:10]))
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    def no_truncate(fd: int, size: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "write", short_then_full)
+    monkeypatch.setattr(os, "ftruncate", no_truncate)
+    with pytest.raises(StoreFailed):
+        store.append(rec("lost", pad="p" * 100))
+    store.append(rec("after"))  # starts a line of its own
+    store.append(rec("later"))
+    store.close()
+    result = Store(str(tmp_path)).load()
+    assert sorted(result.records) == ["after", "before", "later"] and result.corrupt == 1
+
+
+def test_append_after_close_fails_cleanly(tmp_path) -> None:
+    store = Store(str(tmp_path))
+    store.append(rec("a"))
+    store.close()
+    store.close()  # twice is fine
+    unrelated = os.open(os.devnull, os.O_WRONLY)  # may reuse the log's descriptor number
+    try:
+        with pytest.raises(StoreFailed, match="closed"):
+            store.append(rec("late"))
+    finally:
+        os.close(unrelated)
+    assert list(Store(str(tmp_path)).load().records) == ["a"]
 
 
 # --- compaction ------------------------------------------------------------------------------

@@ -120,7 +120,14 @@ class CallEvent:
 
 @dataclass
 class CallRecord:
-    """What the log stores and the socket returns (DESIGN.md section 4)."""
+    """What the log stores and the socket returns (DESIGN.md section 4).
+
+    Besides the documented fields it keeps what a restarted daemon needs to
+    carry on: ``opening`` (what to say once the callee answers: the message,
+    or the inbound greeting) and ``openingSpoken``. Lines written before
+    these existed load with the opening counted as spoken, as they were
+    restored then.
+    """
 
     callId: str
     provider: str
@@ -136,6 +143,8 @@ class CallRecord:
     endReason: State | None = None
     transcript: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    opening: str | None = None
+    openingSpoken: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -145,11 +154,13 @@ class CallRecord:
             "answeredAt": self.answeredAt, "endedAt": self.endedAt,
             "endReason": None if self.endReason is None else str(self.endReason),
             "transcript": [dict(t) for t in self.transcript], "error": self.error,
+            "opening": self.opening, "openingSpoken": self.openingSpoken,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CallRecord:
         end = d.get("endReason")
+        opening = d.get("opening")
         return cls(
             callId=str(d["callId"]), provider=str(d["provider"]), direction=Direction(d["direction"]),
             mode=Mode(d["mode"]), to=str(d.get("to") or ""), from_=str(d.get("from") or ""),
@@ -157,6 +168,8 @@ class CallRecord:
             startedAt=int(d.get("startedAt") or 0), answeredAt=d.get("answeredAt"),
             endedAt=d.get("endedAt"), endReason=State(end) if end else None,
             transcript=list(d.get("transcript") or []), error=d.get("error"),
+            opening=opening if isinstance(opening, str) and opening else None,
+            openingSpoken=bool(d.get("openingSpoken", True)),
         )
 
     @property
@@ -268,9 +281,8 @@ class Call:
     def __init__(self, record: CallRecord, policy: Policy, opening: str | None = None) -> None:
         self.record = record
         self.policy = policy
-        #: What to say once the callee answers (the message, or the inbound greeting).
-        self.opening = opening
-        self.opening_spoken = False
+        if opening is not None:
+            record.opening = opening
         #: The reason the bot asked to end the call; wins over what the carrier reports next.
         self.end_requested: State | None = None
         #: Notify mode: the message finished playing.
@@ -291,6 +303,19 @@ class Call:
     @property
     def terminal(self) -> bool:
         return self.record.state in TERMINAL
+
+    @property
+    def opening(self) -> str | None:
+        """What to say once the callee answers (the message, or the inbound greeting)."""
+        return self.record.opening
+
+    @property
+    def opening_spoken(self) -> bool:
+        return self.record.openingSpoken
+
+    @opening_spoken.setter
+    def opening_spoken(self, value: bool) -> None:
+        self.record.openingSpoken = value
 
     # -- helpers --
 
@@ -351,6 +376,14 @@ class Call:
         if self.end_requested is None:
             self.end_requested = reason
         return [Hangup(self.end_requested)]
+
+    def fail(self, error: str) -> list[Action]:
+        """Something went wrong on our side: the call ends as ``error``."""
+        if self.terminal:
+            return []
+        if not self.record.error:
+            self.record.error = error
+        return self.request_end(State.ERROR)
 
     def hangup_failed(self) -> None:
         """The carrier refused the hangup; a later request may choose anew."""
@@ -442,12 +475,19 @@ class Call:
         return out
 
     def _on_answered(self, event: CallEvent, now_ms: int) -> list[Action]:
+        return self.answered(now_ms, self.policy.max_duration)
+
+    def answered(self, now_ms: int, max_duration_left: float) -> list[Action]:
+        """The callee picked up: from a carrier event, or, after a restart,
+        because the carrier says the call was answered meanwhile (then only
+        the remaining time is armed). The ring deadline no longer applies;
+        the opening is spoken unless it already was."""
         out: list[Action] = []
         if not self._advance(State.ANSWERED, out):
             return out
         if self.record.answeredAt is None:
             self.record.answeredAt = now_ms
-        out += [CancelTimer("ring"), ArmTimer("max-duration", self.policy.max_duration), Persist()]
+        out += [CancelTimer("ring"), ArmTimer("max-duration", max_duration_left), Persist()]
         if self.opening and not self.opening_spoken:
             self.opening_spoken = True
             then: AfterSpeech = "hangup" if self.record.mode == Mode.NOTIFY else "listen"

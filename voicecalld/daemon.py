@@ -213,7 +213,12 @@ class Daemon:
             "webhook": webhook, "controlSocket": self.socket_path, "pid": os.getpid(), "stopping": self.stopping,
             **({"media": self.streams.stats()} if self.streams is not None else {}),
             "tunnel": self.tunnels.describe() if self.tunnels is not None else None,
+            "store": self._store_status(),
         }
+
+    def _store_status(self) -> dict[str, Any]:
+        failure = self.store.failure
+        return {"ok": failure is None, "error": failure, "path": self.store.path}
 
     def expose(self, mode: str) -> dict[str, Any]:
         """``daemon.expose``: publish the webhook with Tailscale serve or funnel, or stop."""
@@ -235,6 +240,17 @@ class Daemon:
         return (["the daemon is stopping"] if self.stopping else []) + self._health_problems()
 
     def _health_problems(self) -> list[str]:
+        """Everything wrong: /healthz answers 503 while this is not empty."""
+        problems = self._stuck_problems()
+        failure = self.store.failure
+        if failure is not None:
+            problems.append(f"call log cannot be written: {failure}")
+        return problems
+
+    def _stuck_problems(self) -> list[str]:
+        """Stuck threads, which a restart cures (so they withhold the watchdog
+        ping). A log that cannot be written is not one of them: a restart
+        would not free the disk, and it would drop what only memory holds."""
         now = time.monotonic()
         problems = []
         if now - self.timers.heartbeat > HEALTH_STALE:
@@ -273,7 +289,7 @@ class Daemon:
                     log.info("received %s; shutting down", signal.Signals(signum).name)
                     return self.shutdown()
             if interval is not None and time.monotonic() >= next_ping:
-                problems = self._health_problems()
+                problems = self._stuck_problems()
                 if problems:
                     # No ping: systemd's watchdog restarts a daemon that is stuck.
                     log.error("unhealthy, withholding the watchdog ping: %s", "; ".join(problems))
@@ -324,6 +340,9 @@ class Daemon:
         self.provider.stop()
         if self.webhook_server is not None:
             self.webhook_server.shutdown()
+        # Drain the work pools before the log closes, so what they still do
+        # is logged; anything later (a worker that outlived the pool's join
+        # timeout) gets a clean "log closed" error instead of a write.
         self.timers.stop()
         self.pool.stop()
         self.store.close()

@@ -15,7 +15,10 @@ LIMIT_REACHED = -32001
 NOT_CONNECTED = -32002
 PROVIDER_ERROR = -32003
 TRANSCRIPT_TIMEOUT = -32004
-SHUTTING_DOWN = -32005
+STORE_FAILED = -32005
+TURN_IN_PROGRESS = -32006
+# -32007: too many control connections (control/server.py)
+SHUTTING_DOWN = -32008
 
 
 class VoiceCallError(Exception):
@@ -70,5 +73,22 @@ class TranscriptTimeout(VoiceCallError):
     code = TRANSCRIPT_TIMEOUT
 
 
+class TurnInProgress(VoiceCallError):
+    """A ``continue`` is already waiting for the callee on this call."""
+
+    code = TURN_IN_PROGRESS
+
+
 class ShuttingDown(VoiceCallError):
     code = SHUTTING_DOWN
+
+
+class StoreFailed(VoiceCallError):
+    """The call log could not be written (disk full, I/O error, closed).
+    Nothing that depends on the failed write is acknowledged."""
+
+    code = STORE_FAILED
+
+    def __init__(self, reason: str, data: dict[str, Any] | None = None) -> None:
+        super().__init__(f"the call log cannot be written: {reason}", data)
+        self.reason = reason

@@ -7,6 +7,16 @@ snapshots reach the log and subscribers in order), and then applies the
 carrier actions (speak, hang up, listen) with no lock held: a slow carrier
 never stalls other calls, and no network I/O ever happens under a lock.
 Lock order is call lock, then manager lock; never the reverse.
+
+A step always runs to its end: when the log cannot be written (or a
+subscriber fails) the remaining actions still apply (timers, the end of the
+call, its slot), and the failure is reported afterwards: to the command
+that ran the step, or to the log for carrier events. A new call whose first
+record cannot be written is refused (``StoreFailed``) before the carrier is
+asked, so nothing is acknowledged that is not on disk; since every call
+start tries the log again, the first write that succeeds lets calls in again.
+The final record of a call that ended while the log failed waits in the
+backlog (backlog.py) until the log takes writes again.
 """
 
 from __future__ import annotations
@@ -15,12 +25,12 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import calls, inbound
+from .backlog import Backlog
 from .calls import (
     Action,
     AfterSpeech,
@@ -51,10 +61,13 @@ from .errors import (
     NotConnected,
     ProviderError,
     ShuttingDown,
+    StoreFailed,
     TranscriptTimeout,
+    TurnInProgress,
     VoiceCallError,
 )
 from .events import EventBus
+from .lru import Bounded
 from .phone import is_e164, mask
 from .providers.base import Provider
 from .store import Store
@@ -64,11 +77,9 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 3000  # Telnyx's speak limit, the strictest of the carriers
 _RECENT = 256             # ended calls kept in memory for status
-TURN_IN_PROGRESS = -32006
-
-
-class TurnInProgress(VoiceCallError):
-    code = TURN_IN_PROGRESS
+#: Carrier call ids of ended calls, remembered (and rebuilt from the log at
+#: start) so a replayed inbound webhook can never start a call again.
+ENDED_IDS = 100_000
 
 
 def now_ms() -> int:
@@ -121,8 +132,10 @@ class CallManager:
         self._lock = threading.Lock()
         self._live: dict[str, _Live] = {}
         self._by_provider_id: dict[str, str] = {}
-        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._rejected: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._recent: Bounded[str, dict[str, Any]] = Bounded(_RECENT)
+        self._ended_ids: Bounded[str, str] = Bounded(ENDED_IDS)  # carrier call id -> callId
+        self._idle = threading.Condition(self._lock)  # notified when the last live call ends
+        self._backlog = Backlog(lambda record: self.store.append(record), timers)
         self._accepting = True
         #: Called (off any lock) with (callId, text) for a final callee
         #: transcript that no continue is waiting for: the auto-responder.
@@ -223,8 +236,14 @@ class CallManager:
                                    "end one or raise maxConcurrentCalls",
                                    {"active": len(self._live), "limit": limit})
             self._live[record.callId] = live
+        try:
+            self._run(live, lambda c: c.start(), raise_errors=True)
+        except StoreFailed as exc:
+            why = exc.message
+            log.error("call %s: not dialed: %s", record.callId, why)
+            self._run(live, lambda c: c.finish(State.FAILED, now_ms(), error=why))
+            raise
         log.info("call %s: dialing %s (%s)", record.callId, mask(record.to), record.mode)
-        self._run(live, lambda c: c.start())
         try:
             provider_id = self.provider.initiate(record)
         except Exception as exc:
@@ -237,19 +256,30 @@ class CallManager:
             if isinstance(exc, ProviderError):
                 raise
             raise ProviderError(message) from exc
-        self._set_provider_id(live, provider_id)
+        try:
+            self._set_provider_id(live, provider_id)
+        except StoreFailed as exc:
+            # Without its carrier id on disk a restart could not find the
+            # call again: end it rather than acknowledge it.
+            why = exc.message
+            log.error("call %s: hanging up: %s", record.callId, why)
+            self._run(live, lambda c: c.fail(why))
+            raise
         with live.lock:
             return {"callId": record.callId, "state": str(live.call.state)}
 
     def _set_provider_id(self, live: _Live, provider_id: str) -> None:
+        """Raises ``StoreFailed`` if the id cannot be logged (it is kept in memory)."""
         with live.lock:
-            if live.call.record.providerCallId != provider_id:
-                live.call.record.providerCallId = provider_id
-                if not live.call.terminal:
-                    self.store.append(live.call.record.to_dict())
-            if not live.call.terminal:  # an ended call must not be findable (or leak) by its carrier id
-                with self._lock:
-                    self._by_provider_id[provider_id] = live.call.id
+            if live.call.record.providerCallId == provider_id:
+                return
+            live.call.record.providerCallId = provider_id
+            with self._lock:
+                if live.call.terminal:  # an ended call must not be findable (or leak) by its carrier id
+                    self._ended_ids.put(provider_id, live.call.id)
+                    return
+                self._by_provider_id[provider_id] = live.call.id
+            self.store.append(live.call.record.to_dict())
 
     def speak(self, call_id: object, message: object, *, listen: bool = False) -> dict[str, Any]:
         """Say ``message``. ``listen``: then listen for the callee (the
@@ -283,7 +313,10 @@ class CallManager:
 
         try:
             self._run(live, begin, raise_errors=True)
-        except ProviderError:
+        except BaseException:
+            # Whatever failed (the carrier, the call being gone, the log), this
+            # turn is over: a waiter left behind would refuse every later
+            # continue and swallow the callee's next words.
             self._drop_waiter(live, waiter)
             raise
         timeout = self.config.transcriptTimeoutMs / 1000
@@ -323,10 +356,18 @@ class CallManager:
         call gets a terminal record, once per carrier call id."""
         if provider_call_id is not None:
             with self._lock:
-                seen = self._rejected.get(provider_call_id)
+                ended = self._ended_ids.get(provider_call_id)
                 known = self._by_provider_id.get(provider_call_id)
-            if seen is not None:
-                return seen, False
+            if ended is not None:
+                # A retry, or a replay after the carrier's webhook cache forgot
+                # it: that call is over, and no new one starts. (The record
+                # comes from memory only: a replay never costs a log scan.)
+                log.info("call %s: inbound request for carrier call %s, which has ended; refused", ended,
+                         provider_call_id)
+                with self._lock:
+                    recent = self._recent.get(ended)
+                return (recent if recent is not None else {"callId": ended, "providerCallId": provider_call_id},
+                        False)
             if known is not None:
                 return self.status(known), True
         decision = inbound.decide(self.config.inboundPolicy, self.config.allowFrom, from_)
@@ -349,15 +390,16 @@ class CallManager:
             log.info("call %s: rejected inbound call from %s: %s", record.callId, mask(from_), reason)
             live.call.record.error = f"rejected: {reason}"
             self._run(live, lambda c: c.finish(State.HANGUP_BOT, now_ms()))
-            snapshot = record.to_dict()
-            if provider_call_id is not None:
-                with self._lock:
-                    self._rejected[provider_call_id] = snapshot
-                    while len(self._rejected) > _RECENT:
-                        self._rejected.popitem(last=False)
-            return snapshot, False
+            return record.to_dict(), False
+        try:
+            self._run(live, lambda c: c.start(), raise_errors=True)
+        except StoreFailed as exc:
+            why = f"rejected: {exc.message}"
+            log.error("call %s: %s inbound call from %s", record.callId, why, mask(from_))
+            self._run(live, lambda c: c.finish(State.HANGUP_BOT, now_ms(), error=why))
+            with live.lock:
+                return record.to_dict(), False
         log.info("call %s: accepted inbound call from %s", record.callId, mask(from_))
-        self._run(live, lambda c: c.start())
         with live.lock:
             return record.to_dict(), True
 
@@ -380,40 +422,79 @@ class CallManager:
         """A carrier told us its id for a call (e.g. before initiate returned)."""
         live = self._live.get(call_id)
         if live is not None:
-            self._set_provider_id(live, provider_call_id)
+            try:
+                self._set_provider_id(live, provider_call_id)
+            except StoreFailed as exc:
+                # The next snapshot of the call carries the id to the log.
+                log.warning("call %s: %s", call_id, exc.message)
 
     # -- applying actions --
 
     def _run(self, live: _Live, step: Callable[[Call], list[Action]], raise_errors: bool = False) -> None:
+        """Run ``step`` and apply its actions. With ``raise_errors`` (a command
+        is waiting for the answer) a failed carrier request or log write is
+        raised, after every action of the step has been applied; otherwise
+        it is logged."""
         remote: list[Action] = []
+        store_error: StoreFailed | None = None
         with live.lock:
             actions = step(live.call)
             snapshot: dict[str, Any] | None = None
             for action in actions:
-                if isinstance(action, Persist):
-                    snapshot = live.call.record.to_dict()
-                    self.store.append(snapshot)
-                elif isinstance(action, Publish):
-                    if self.bus:
-                        snapshot = snapshot or live.call.record.to_dict()
-                        self.bus.publish(action.name, live.call.id, snapshot, action.data)
-                elif isinstance(action, ArmTimer):
-                    self.timers.cancel(live.timers.pop(action.kind, None))
-                    live.timers[action.kind] = self.timers.call_later(
-                        action.delay, self._timer_fired, live, action.kind)
-                elif isinstance(action, CancelTimer):
-                    self.timers.cancel(live.timers.pop(action.kind, None))
-                elif isinstance(action, Deliver):
-                    if live.waiter is not None and live.waiter.resolve(action.text):
-                        self.timers.cancel(live.waiter.timer)
+                try:
+                    if isinstance(action, Persist):
+                        snapshot = live.call.record.to_dict()
+                        self._persist(live, snapshot)
+                    elif isinstance(action, Publish):
+                        if self.bus:
+                            snapshot = snapshot or live.call.record.to_dict()
+                            self.bus.publish(action.name, live.call.id, snapshot, action.data)
                     else:
-                        remote.append(action)
-                elif isinstance(action, Finished):
-                    self._finished(live, action.reason)
-                else:
-                    remote.append(action)
+                        self._apply_local(live, action, remote)
+                except StoreFailed as exc:
+                    store_error = store_error or exc
+                except Exception:
+                    log.exception("call %s: %s failed", live.call.id, type(action).__name__.lower())
+        error: Exception | None = None
         for action in remote:
-            self._apply_remote(live, action, raise_errors)
+            try:
+                self._apply_remote(live, action, raise_errors)
+            except Exception as exc:  # only with raise_errors; the rest of the step still applies
+                error = error or exc
+        if store_error is not None:
+            if raise_errors and error is None:
+                raise store_error
+            log.warning("call %s: %s", live.call.id, store_error.message)
+        if error is not None:
+            raise error
+
+    def _persist(self, live: _Live, snapshot: dict[str, Any]) -> None:
+        """Under the call's lock: log ``snapshot``; raises ``StoreFailed``."""
+        try:
+            self.store.append(snapshot)
+        except StoreFailed:
+            if live.call.terminal:  # no later snapshot will carry this one's news
+                self._backlog.keep(live.call.id, snapshot)
+            raise
+        if self._backlog:
+            self._backlog.write()
+
+    def _apply_local(self, live: _Live, action: Action, remote: list[Action]) -> None:
+        """Under the call's lock: an action that does no network I/O."""
+        if isinstance(action, ArmTimer):
+            self.timers.cancel(live.timers.pop(action.kind, None))
+            live.timers[action.kind] = self.timers.call_later(action.delay, self._timer_fired, live, action.kind)
+        elif isinstance(action, CancelTimer):
+            self.timers.cancel(live.timers.pop(action.kind, None))
+        elif isinstance(action, Deliver):
+            if live.waiter is not None and live.waiter.resolve(action.text):
+                self.timers.cancel(live.waiter.timer)
+            else:
+                remote.append(action)
+        elif isinstance(action, Finished):
+            self._finished(live, action.reason)
+        else:
+            remote.append(action)
 
     def _finished(self, live: _Live, reason: State) -> None:
         """Under the call's lock: the call reached a terminal state."""
@@ -425,11 +506,12 @@ class CallManager:
         snapshot = call.record.to_dict()
         with self._lock:
             self._live.pop(call.id, None)
-            self._recent[call.id] = snapshot
-            while len(self._recent) > _RECENT:
-                self._recent.popitem(last=False)
+            self._recent.put(call.id, snapshot)
             if call.record.providerCallId:
                 self._by_provider_id.pop(call.record.providerCallId, None)
+                self._ended_ids.put(call.record.providerCallId, call.id)
+            if not self._live:
+                self._idle.notify_all()
         log.info("call %s: ended (%s)", call.id, reason)
         try:
             self.provider.forget(call.record)
@@ -481,7 +563,7 @@ class CallManager:
                       message, reason)
             self._run(live, lambda c: c.finish(reason, now_ms(), error=f"hangup failed: {message}"))
             return
-        self._run(live, lambda c: c.finish(reason, now_ms()))
+        self._run(live, lambda c: c.finish(reason, now_ms()), raise_errors=explicit)
 
     def _timer_fired(self, live: _Live, kind: TimerKind) -> None:
         with live.lock:
@@ -505,17 +587,22 @@ class CallManager:
         They count against the concurrency limit until recovery (see
         recovery.py) has confirmed them with the carrier or closed them."""
         restored = []
+        terminal = {str(s) for s in calls.TERMINAL}
         for snapshot in records.values():
-            if snapshot.get("state") in {str(s) for s in calls.TERMINAL}:
+            if snapshot.get("state") in terminal:
+                provider_id = snapshot.get("providerCallId")
+                if isinstance(provider_id, str) and provider_id:
+                    with self._lock:
+                        self._ended_ids.put(provider_id, str(snapshot["callId"]))
                 continue
             try:
                 record = CallRecord.from_dict(snapshot)
             except (KeyError, ValueError, TypeError):
                 log.warning("call %s: unreadable record not restored", snapshot.get("callId"))
                 continue
-            call = Call(record, self.policy)
-            call.opening_spoken = True
-            live = _Live(call)
+            # The record says whether the opening was spoken: a call restored
+            # while ringing still says its message once answered.
+            live = _Live(Call(record, self.policy))
             with self._lock:
                 self._live[record.callId] = live
                 if record.providerCallId:
@@ -537,6 +624,12 @@ class CallManager:
         if live is not None:
             self._run(live, lambda c: c.finish(reason, now_ms(), error=error))
 
+    def answer_restored(self, call_id: str, max_duration_left: float) -> None:
+        """The carrier says the call was answered while we were down."""
+        live = self._live.get(call_id)
+        if live is not None:
+            self._run(live, lambda c: c.answered(now_ms(), max_duration_left))
+
     def hang_up(self, call_id: str, reason: State) -> None:
         """End a call for a deadline (no caller to report a failure to)."""
         live = self._live.get(call_id)
@@ -550,13 +643,36 @@ class CallManager:
 
     def shutdown(self, grace: float) -> None:
         """Stop taking calls; let active ones finish for ``grace`` seconds,
-        then hang up the rest."""
+        then hang up the rest, all at once, waiting at most ``grace`` seconds
+        more for the carrier. A call whose hang-up is not done by then is
+        closed in the log anyway, so every call ends with a final record."""
         self.stop_accepting()
-        deadline = time.monotonic() + grace
-        while self._live and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for call_id in list(self._live):
-            try:
-                self.hang_up(call_id, State.HANGUP_BOT)
-            except Exception:
-                log.exception("call %s: hangup at shutdown failed", call_id)
+        with self._lock:
+            self._idle.wait_for(lambda: not self._live, grace)
+            remaining = list(self._live)
+        if remaining:
+            self._hang_up_all(remaining, grace)
+        if self._backlog and not self._backlog.write():
+            lost = self._backlog.call_ids()
+            log.error("the final records of %d call(s) could not be logged: %s", len(lost), ", ".join(lost))
+
+    def _hang_up_all(self, remaining: list[str], grace: float) -> None:
+        log.info("hanging up %d call(s)", len(remaining))
+        for call_id in remaining:
+            # A thread per call, so every hang-up is on its way at once, even
+            # those whose call is closed below before the carrier answered.
+            # Daemon threads: a carrier request that hangs cannot hold up the exit.
+            threading.Thread(target=self._hang_up_at_shutdown, args=(call_id,), name="shutdown-hangup",
+                             daemon=True).start()
+        with self._lock:
+            self._idle.wait_for(lambda: not self._live, grace)
+            stuck = list(self._live)
+        for call_id in stuck:
+            log.warning("call %s: the hang-up was not confirmed within %g s; closing the call", call_id, grace)
+            self.close_restored(call_id, State.HANGUP_BOT, "voicecalld stopped before the hang-up was confirmed")
+
+    def _hang_up_at_shutdown(self, call_id: str) -> None:
+        try:
+            self.hang_up(call_id, State.HANGUP_BOT)
+        except Exception:
+            log.exception("call %s: hangup at shutdown failed", call_id)

@@ -4,8 +4,11 @@ A restart never re-dials anyone. Each call the log says was in progress is
 checked: calls with no carrier id are closed as ``error``; calls older than
 ``maxDurationSeconds`` are hung up as ``timeout``; otherwise the carrier is
 asked. Ended calls are closed with the carrier's reason; live ones are kept
-with only their *remaining* deadline re-armed; when the carrier cannot be
-asked, the call is kept and asked again later with backoff.
+with only their *remaining* deadline re-armed; a call the carrier says was
+answered while the daemon was down is answered now (its opening is spoken
+if it was not yet, and only the maximum duration applies, never the ring
+deadline); when the carrier cannot be asked, the call is kept and asked
+again later with backoff.
 
 ``plan_before`` and ``plan_after`` are the I/O-free decisions; ``Recovery``
 runs them on the timer wheel's worker pool, off the start-up path.
@@ -54,11 +57,20 @@ class Keep:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """The carrier says the callee picked up while we were down: move the
+    call to answered (at ``now``, as the carrier gives no time) with
+    ``remaining`` seconds of maximum duration."""
+
+    remaining: float
+
+
+@dataclass(frozen=True)
 class Retry:
     pass
 
 
-Plan = Close | HangUp | AskCarrier | Keep | Retry
+Plan = Close | HangUp | AskCarrier | Keep | Answer | Retry
 
 
 def plan_before(record: CallRecord, now_ms: int, max_duration: float) -> Plan:
@@ -79,6 +91,8 @@ def plan_after(record: CallRecord, status: CarrierStatus | None, now_ms: int, ma
         return Close(status.reason or State.COMPLETED, "the call ended while voicecalld was not running")
     if record.answeredAt is not None:
         return Keep("max-duration", max(0.0, max_duration - (now_ms - record.answeredAt) / 1000))
+    if status.answered:
+        return Answer(max_duration)
     return Keep("ring", max(0.0, ring_timeout - (now_ms - record.startedAt) / 1000))
 
 
@@ -114,5 +128,7 @@ class Recovery:
             m.hang_up(call_id, plan.reason)
         elif isinstance(plan, Keep):
             m.arm(call_id, plan.kind, plan.remaining)  # type: ignore[arg-type]
+        elif isinstance(plan, Answer):
+            m.answer_restored(call_id, plan.remaining)
         else:
             m.timers.call_later(retry_in, self._check, call_id, min(RETRY_MAX, retry_in * 2))

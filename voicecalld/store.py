@@ -8,6 +8,15 @@ N fsyncs while each caller still waits for its own line to be on disk.
 Loading keeps the last snapshot per ``callId`` and skips, and counts, lines
 that are torn (a crash mid-write) or corrupt, without losing the others.
 
+A write or sync that fails (disk full, I/O error) raises ``StoreFailed``
+and nothing is acknowledged: a partly written line is cut off again (or,
+if that fails too, ended by the next line's leading newline, so it loads as
+one skipped line), and every appender whose line a failed sync covered gets
+the error, even if a later sync succeeds. ``failure`` holds the last error
+until an append succeeds again; each line is a full snapshot, so the next
+successful append of a call brings its record up to date. After ``close``
+appends fail with ``StoreFailed`` rather than touching a closed descriptor.
+
 Compaction: once the file grows past ``compact_bytes``, a background thread
 rewrites it keeping only the last snapshot of each call: every call still
 in progress, and the ``keep_calls`` most recently logged ended calls (older
@@ -29,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import jsonsafe
+from .errors import StoreFailed
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +85,12 @@ class Store:
         self._sync_lock = threading.Lock()
         self._written = 0  # lines written so far
         self._synced = 0   # lines known to be on disk
+        #: The last write or sync error (a sentence), None while appends succeed.
+        self.failure: str | None = None
+        self._closed = False
+        self._torn = False  # a failed write left a fragment that could not be cut off
+        self._pending = 0   # appenders between their write and the verdict on its sync
+        self._lost: list[tuple[int, int]] = []  # (after, through]: lines whose sync failed
         self._terminate_torn_line()
         self._size = os.fstat(self._fd).st_size
 
@@ -105,27 +121,82 @@ class Store:
             view = view[n:]
 
     def append(self, record: dict[str, Any]) -> None:
-        """Append one snapshot; returns once it is on disk."""
+        """Append one snapshot; returns once it is on disk, raises
+        ``StoreFailed`` if it cannot be written or synced."""
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
         with self._write_lock:
-            self._write_all(line)
+            if self._closed:
+                raise StoreFailed(f"the log is closed because voicecalld is stopping ({self.path})")
+            if self._torn:
+                line = b"\n" + line
+            try:
+                self._write_all(line)
+            except OSError as exc:
+                self._cut_partial_write()
+                raise self._failed(exc) from None
+            self._torn = False
             self._written += 1
             self._size += len(line)
+            self._pending += 1
             mine = self._written
             compact = (self.compact_bytes is not None and self._size > self.compact_bytes
                        and not self._compacting)
             if compact:
                 self._compacting = True
+        try:
+            self._sync(mine)
+        except StoreFailed:
+            if compact:
+                self._compacting = False  # not now; a later append tries again
+            raise
+        finally:
+            with self._write_lock:
+                self._pending -= 1
+                if self._pending == 0:
+                    self._lost.clear()  # nobody is left to tell
+        if self.failure is not None:
+            self.failure = None
+            log.warning("%s: the call log is writable again", self.path)
+        if compact:
+            threading.Thread(target=self._compact_in_background, name="store-compact", daemon=True).start()
+
+    def _sync(self, mine: int) -> None:
         with self._sync_lock:
-            if self._synced < mine:  # else another appender's fsync already covered our line
-                with self._write_lock:
-                    covered = self._written
+            if any(after < mine <= through for after, through in self._lost):
+                raise StoreFailed(self.failure or "an earlier sync of the log failed")
+            if self._synced >= mine:
+                return  # another appender's fsync (or close) already covered our line
+            with self._write_lock:
+                covered = self._written
+            try:
                 # fdatasync covers the data and the new file size, which is
                 # all an append changes; it skips the mtime-only inode flush.
                 os.fdatasync(self._fd)
-                self._synced = covered
-        if compact:
-            threading.Thread(target=self._compact_in_background, name="store-compact", daemon=True).start()
+            except OSError as exc:
+                # Linux reports a failed writeback once, then forgets it: a
+                # later fsync may succeed without these lines being on disk.
+                self._lost.append((self._synced, covered))
+                raise self._failed(exc) from None
+            self._synced = covered
+
+    def _cut_partial_write(self) -> None:
+        """Under the write lock: remove what a failed write left behind."""
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError:
+            self._torn = True
+            try:  # the fragment stays: count it, so compaction cuts the file at a line's end
+                self._size = os.fstat(self._fd).st_size
+            except OSError:
+                pass
+
+    def _failed(self, exc: OSError) -> StoreFailed:
+        reason = f"{exc.strerror or exc} ({self.path})"
+        if self.failure is None:
+            log.error("the call log cannot be written: %s; calls go on, new calls are refused until a "
+                      "write succeeds", reason)
+        self.failure = reason
+        return StoreFailed(reason)
 
     # -- compaction --
 
@@ -165,6 +236,8 @@ class Store:
                 for raw in latest.values():
                     out.write(raw)
             with self._sync_lock, self._write_lock:
+                if self._closed:
+                    return  # the daemon is stopping: leave the log as it is
                 # Catch up with what was appended since the snapshot, then swap.
                 with open(self.path, "rb") as fh:
                     fh.seek(cut)
@@ -250,8 +323,17 @@ class Store:
         return list(reversed(seen.values()))
 
     def close(self) -> None:
-        with self._write_lock:
-            if self._fd >= 0:
+        """Sync and close; later appends fail with ``StoreFailed``."""
+        with self._sync_lock, self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
                 os.fsync(self._fd)
+                self._synced = self._written  # appenders still waiting for a sync are covered
+            except OSError as exc:
+                self._lost.append((self._synced, self._written))
+                log.error("%s: the last lines could not be synced at close: %s", self.path, exc.strerror or exc)
+            finally:
                 os.close(self._fd)
                 self._fd = -1
