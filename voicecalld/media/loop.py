@@ -129,6 +129,10 @@ class ReadLoop:
         like the reader thread ending upstream."""
         over = threading.Event()
         sock = ws.sock
+        # Non-blocking for real: on a socket with a timeout (werkzeug sets
+        # one) Python waits for the socket to be ready before every send or
+        # receive, MSG_DONTWAIT or not.
+        sock.setblocking(False)
         fd = sock.fileno()
         outbox = Outbox(sock, lambda: self._want_write(fd), self.name)
         ws.sock = LoopSocket(sock, outbox)
@@ -248,7 +252,7 @@ class ReadLoop:
                     self._restart.clear()
                     with self._lock:
                         self._down = None
-                    log.info("%s restarted with %d connection(s)", self.name, len(self._entries))
+                    log.info("%s restarted with %d connection(s)", self.name, self.sockets)
         finally:
             wake_r.close()
 

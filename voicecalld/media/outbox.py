@@ -21,7 +21,9 @@ class Outbox:
     ``send`` tries a non-blocking send; what the socket does not take waits
     here, behind nothing else, and the loop sends it when the socket is
     writable. The lock is only ever held for non-blocking work, so any
-    thread (the loop's included) may send."""
+    thread (the loop's included) may send. The socket must be in
+    non-blocking mode (no timeout either: Python waits for a socket with a
+    timeout to be writable before sending, whatever the flags)."""
 
     def __init__(self, sock: socket.socket, want_write: Callable[[], None], name: str = "media",
                  limit: int = OUTBOX_LIMIT) -> None:
