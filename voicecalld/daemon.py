@@ -202,7 +202,8 @@ class Daemon:
 
     def daemon_status(self) -> dict[str, Any]:
         return {
-            "version": __version__, "provider": self.provider.name, "publicUrl": self.public_url,
+            "version": __version__, "provider": self.provider.name, "carrier": self.provider.describe(),
+            "publicUrl": self.public_url,
             "activeCalls": self.manager.active_count, "uptimeSeconds": round(time.monotonic() - self.started, 3),
             "webhook": {"bind": self.config.serve.bind, "port": self.webhook_port, "path": self.config.serve.path},
             "controlSocket": self.socket_path, "pid": os.getpid(), "stopping": self.stopping,
