@@ -244,3 +244,41 @@ def test_a_reader_that_raises_is_dropped_and_its_owner_told() -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+# -- the simulated Twilio side -------------------------------------------------------------------------
+
+
+def test_a_media_client_counts_as_connected_only_once_it_has_started(
+        echo_server: tuple[int, LoopEchoApp, ReadLoop], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests wait for ``connected`` and then play audio from their own
+    thread; media before ``start`` (and before ``started_at``) is an error,
+    so ``connected`` must not be true while ``connect`` is still at it."""
+    from voicecalld.testing.media_client import MediaStreamClient
+
+    port, _, _ = echo_server
+    client = MediaStreamClient(f"ws://127.0.0.1:{port}/")
+    sending_start = threading.Event()
+    go_on = threading.Event()
+    real_send = MediaStreamClient._send
+
+    def send(self: MediaStreamClient, message: dict, numbered: bool = True) -> None:
+        if message.get("event") == "start":
+            sending_start.set()
+            assert go_on.wait(5)
+        real_send(self, message, numbered)
+
+    monkeypatch.setattr(MediaStreamClient, "_send", send)
+    connecting = threading.Thread(target=client.connect)
+    connecting.start()
+    try:
+        assert sending_start.wait(5)
+        assert not client.connected  # the socket is open, but the stream has not started
+        go_on.set()
+        connecting.join(5)
+        assert client.connected and client.started_at is not None
+        assert client.play(bytes(160)) == 1
+    finally:
+        go_on.set()
+        connecting.join(5)
+        client.close()
