@@ -238,8 +238,8 @@ class Daemon:
             problems.append("control server is not accepting")
         if self._webhook_thread is None or not self._webhook_thread.is_alive():
             problems.append("webhook server stopped")
-        if self.streams is not None and self.streams.health:
-            problems.append(self.streams.health)
+        if self.streams is not None and (media := self.streams.health):
+            problems.append(media)
         return problems
 
     def _status_line(self) -> str:

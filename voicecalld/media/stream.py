@@ -28,6 +28,12 @@ work, were what saturated a core at a hundred calls. Call events (DTMF,
 marks, transcripts) go to the manager through a per-call serial work queue,
 because the manager writes the log and may call the carrier, which must not
 stall the loop.
+
+The loop serves every call, so nothing it does may wait on one: its writes
+never block (``outbox``), it handles a stream's messages alone (no lock
+shared with the request's thread), and it takes no lock of a call's player
+or bridge; the locks it does take (the transcriber's, the work queue's) are
+never held across I/O.
 """
 
 from __future__ import annotations
@@ -388,8 +394,10 @@ class Bridge:
                 if read_at is not None:
                     self.hub.forwarding.append(time.monotonic() - read_at)
         elif event == "mark":
-            mark = _obj(message.get("mark"))
-            self.player.mark_echoed(str(mark.get("name", "")))
+            name = str(_obj(message.get("mark")).get("name", ""))
+            # With the call's events, off the loop: the loop takes no lock of a call's player.
+            if not self.hub.events.submit(self.call_id, lambda: self.player.mark_echoed(name)):
+                log.warning("call %s: mark %s dropped (daemon stopping or overloaded)", self.call_id, name[:40])
         elif event == "dtmf":
             dtmf = _obj(message.get("dtmf"))
             digit = str(dtmf.get("digit", ""))
