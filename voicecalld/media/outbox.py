@@ -44,25 +44,28 @@ class Outbox:
     def send(self, data: bytes) -> int:
         """Write ``data`` after whatever is waiting; returns ``len(data)``.
         Raises OSError once the connection failed, was given up or closed."""
+        size = len(data)
         watch = cut = False
         with self._lock:
             if self._failed is not None:
                 raise BrokenPipeError(self._failed)
-            view = memoryview(data)
+            rest: bytes | memoryview = data
             if not self._pending:
                 try:
-                    view = view[self._try_send(view):]
+                    sent = self._try_send(data)
                 except OSError as exc:
                     self._failed = f"send failed: {exc}"
                     raise
-            if view:
-                self._pending += view
-                if len(self._pending) > self._limit:
-                    self._failed = "the peer stopped reading"
-                    self._pending.clear()
-                    cut = True
-                elif not self._watching:
-                    self._watching = watch = True
+                if sent == size:
+                    return size  # the usual case: the socket took it all
+                rest = memoryview(data)[sent:]
+            self._pending += rest
+            if len(self._pending) > self._limit:
+                self._failed = "the peer stopped reading"
+                self._pending.clear()
+                cut = True
+            elif not self._watching:
+                self._watching = watch = True
         if cut:
             log.warning("%s: a media connection left %d bytes unread; cutting it off", self.name, self._limit)
             try:
@@ -74,7 +77,7 @@ class Outbox:
             raise BrokenPipeError("the peer stopped reading")
         if watch:
             self._want_write()
-        return len(data)
+        return size
 
     def flush(self) -> bool:
         """On the loop thread, the socket being writable: send what waits.
@@ -98,7 +101,7 @@ class Outbox:
                 self._failed = "closed"
             self._pending.clear()
 
-    def _try_send(self, data: memoryview | bytearray) -> int:
+    def _try_send(self, data: bytes | bytearray) -> int:
         try:
             return self._sock.send(data, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
@@ -113,6 +116,9 @@ class LoopSocket:
     def __init__(self, sock: socket.socket, outbox: Outbox) -> None:
         self.raw = sock
         self.outbox = outbox
+        # Read on every frame: the socket's own methods, not a lookup each time.
+        self.recv = sock.recv
+        self.fileno = sock.fileno
 
     def send(self, data: bytes) -> int:
         return self.outbox.send(data)
