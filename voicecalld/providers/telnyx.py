@@ -374,7 +374,13 @@ class TelnyxProvider(Provider):
                 log.warning("call %s: %s", call_id, exc.message)
             return
         if self._legs.answering(call_id, ccid) is None:
-            return  # ended and forgotten already
+            # The call ended (and was forgotten) before it could be answered:
+            # do not leave the caller ringing.
+            try:
+                self._command(ccid, "hangup", {}, "hang up the call", ended_ok=True)
+            except ProviderError as exc:
+                log.warning("call %s: %s", call_id, exc.message)
+            return
         log.info("call %s: answering Telnyx call from %s", call_id, mask(from_))
         try:
             # client_state from here on names our call in every webhook.
