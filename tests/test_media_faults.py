@@ -54,12 +54,13 @@ def open_stalled_websocket(port: int, path: str = "/", headers: dict[str, str] |
     return sock
 
 
-def flood_until_stalled_or_cut(sock: socket.socket, limit: int = 8 * OUTBOX_LIMIT) -> str:
+def flood_until_stalled_or_cut(sock: socket.socket, limit: int = 32 * OUTBOX_LIMIT) -> str:
     """Send pings, never reading the pongs, until the server stops taking
     them (it stopped reading: "stalled"), cuts the connection ("cut"), or
-    ``limit`` bytes went out ("sent")."""
+    ``limit`` bytes went out ("sent"). The limit leaves room for the
+    buffers on the way, which on loopback can hold megabytes."""
     chunk = ping_flood(256)
-    sock.settimeout(1.0)
+    sock.settimeout(5.0)
     sent = 0
     try:
         while sent < limit:
