@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import socket
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -63,16 +62,23 @@ def test_one_thread_reads_many_sockets_in_order(loop: ReadLoop) -> None:
 
 def test_remove_means_the_reader_is_never_called_again(loop: ReadLoop) -> None:
     ours, theirs = socket.socketpair()
+    probe, probe_peer = socket.socketpair()
     calls: list[bytes] = []
+    probed: list[bytes] = []
     loop.add(ours, reader_for(ours, calls))
+    loop.add(probe, reader_for(probe, probed))
     theirs.send(b"a")
     wait_until(lambda: calls, timeout=5, what="the first read")
     loop.remove(ours)
     theirs.send(b"b")
-    time.sleep(0.1)
+    # Readable before the probe: had it still been watched, the loop would
+    # have read it no later than the probe.
+    probe_peer.send(b"p")
+    wait_until(lambda: probed, timeout=5, what="the probe's read")
     assert calls == [b"a"]
-    ours.close()
-    theirs.close()
+    loop.remove(probe)
+    for s in (ours, theirs, probe, probe_peer):
+        s.close()
 
 
 @pytest.mark.parametrize("how", ["reader returns False", "reader raises"])
@@ -213,23 +219,39 @@ def test_bytes_left_after_the_closing_handshake_are_not_read_as_an_http_request(
     close frame, unread, must not come back as a "400 Bad request syntax"
     error in the daemon's log."""
     url, app = echo
-    client = simple_websocket.Client.connect(url)
-    client.send("hello")
-    assert client.receive(timeout=5) == "hello"
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    # A raw client: simple-websocket's would close its socket on the close
+    # reply, and the test reads the connection to its end.
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101")
     mask = b"\x01\x02\x03\x04"
-    code = (1000).to_bytes(2, "big")
-    close_frame = b"\x88\x82" + mask + bytes(c ^ mask[i] for i, c in enumerate(code))
+
+    def frame(opcode: int, payload: bytes) -> bytes:
+        masked = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+        return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+
+    sock.sendall(frame(0x1, b"hello"))
+    assert sock.recv(7) == b"\x81\x05hello"
     # More than one read of the loop takes, so some stays in the socket; no
     # line break, so whatever is left is one bad request line (a 400 or 414).
     trailing = b"x" * (2 * RECEIVE_BYTES)
     with caplog.at_level("INFO", logger="werkzeug"):
-        client.sock.sendall(close_frame + trailing)
+        sock.sendall(frame(0x8, (1000).to_bytes(2, "big")) + trailing)
         assert app.finished.wait(5)
-        time.sleep(0.3)  # werkzeug's handler would read the leftovers now
+        # werkzeug closes the connection once it is done with it: after
+        # answering the leftovers as a request, had it read them.
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
     errors = [r.getMessage() for r in caplog.records
               if r.name == "werkzeug" and re.search(r"code 4\d\d", r.getMessage())]
-    assert errors == []
-    client.sock.close()
+    assert errors == [] and b"HTTP/1" not in answer
+    sock.close()
 
 
 def test_doorbell_without_a_handler_is_a_plain_event() -> None:

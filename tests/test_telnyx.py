@@ -9,7 +9,6 @@ import json
 import signal
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -284,7 +283,10 @@ def test_inbound_caller_not_allowed_is_hung_up_exactly_once(fake: FakeTelnyx, te
     ccid = fake.inbound_call(CALLER, OURS, d.url)  # type: ignore[attr-defined]
     call = fake.calls[ccid]
     fake.wait_event(ccid, "call.hangup", ok=True)
-    time.sleep(0.2)  # room for a (wrong) second hang-up or answer
+    # Once every webhook the daemon took is processed, a (wrong) second
+    # hang-up or answer would have been sent.
+    d.wait(lambda: (c := d.rpc("daemon.status")["carrier"])["processedEvents"] == c["acceptedEvents"],
+           what="the webhooks to be processed")
     deliveries = [w for w in call.webhooks if w.event_type == "call.initiated"]
     assert len(deliveries) == 2 and all(w.ok for w in deliveries)  # the duplicate did arrive
     assert [c.name for c in call.commands] == ["hangup"]
@@ -440,7 +442,7 @@ def test_hanging_up_a_call_that_already_ended_is_success(fake: FakeTelnyx, telny
     listening(fake, d, call_id, call)
     fake.inject_webhook_fault("drop", event_type="call.hangup")
     assert fake.callee_hangs_up(call.call_control_id)  # the daemon never hears of it
-    time.sleep(0.1)
+    fake.wait_for(lambda: ("call.hangup", call.call_control_id) in fake.dropped_webhooks, what="the drop")
     assert d.rpc("voicecall.status", {"callId": call_id})["state"] == "listening"
     assert d.rpc("voicecall.end", {"callId": call_id})["endReason"] == "hangup-bot"
     last = rest(fake, "/actions/hangup")[-1]

@@ -301,10 +301,14 @@ SETTINGS: tuple[Setting, ...] = (
     _s("streaming.silenceDurationMs", "int", 800, "Silence that ends a caller turn.", minimum=0),
     _s("streaming.realtimeUrl", "url", "wss://api.openai.com/v1/realtime?intent=transcription",
        "OpenAI Realtime transcription WebSocket URL.", choices=("ws", "wss")),
-    _s("streaming.maxStreams", "int", 100, "Media streams open at once; more are refused with 503.",
-       minimum=1),
-    _s("streaming.maxPendingStreams", "int", 16,
-       "Media streams that have connected but not yet sent start; more are refused with 503.", minimum=1),
+    _s("streaming.maxStreams", "int", None,
+       "Media streams open at once; more are refused with 503 (the call then listens with <Gather>). "
+       "Unset, it follows maxConcurrentCalls: twice its value, so every call can open a stream while its "
+       "previous one closes.", minimum=1),
+    _s("streaming.maxPendingStreams", "int", None,
+       "Media streams that have connected but not yet sent start; more are refused with 503 (the call then "
+       "listens with <Gather>). Unset, it follows maxConcurrentCalls: every call can open its stream at "
+       "once.", minimum=1),
     # --- [tts] ---
     _s("tts.provider", "choice", "openai", "Text-to-speech service for streamed calls.", choices=("openai",)),
     _s("tts.model", "str", "gpt-4o-mini-tts", "Text-to-speech model."),

@@ -207,7 +207,8 @@ class Daemon:
         if self.webhook_server is not None:
             webhook["connections"] = self.webhook_server.stats()
         return {
-            "version": __version__, "provider": self.provider.name, "publicUrl": self.public_url,
+            "version": __version__, "provider": self.provider.name, "carrier": self.provider.describe(),
+            "publicUrl": self.public_url,
             "activeCalls": self.manager.active_count, "uptimeSeconds": round(time.monotonic() - self.started, 3),
             "health": {"ok": not problems, "problems": problems},
             "webhook": webhook, "controlSocket": self.socket_path, "pid": os.getpid(), "stopping": self.stopping,
@@ -259,6 +260,8 @@ class Daemon:
             problems.append("control server is not accepting")
         if self._webhook_thread is None or not self._webhook_thread.is_alive():
             problems.append("webhook server stopped")
+        if self.streams is not None and (media := self.streams.health):
+            problems.append(media)
         return problems
 
     def _status_line(self) -> str:

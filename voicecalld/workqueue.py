@@ -10,7 +10,14 @@ of different calls run in parallel on up to ``workers`` threads.
 Everything is bounded: the number of threads, and the number of queued
 tasks (``submit`` refuses beyond it, so the carrier's retry can try again
 later instead of the daemon's memory growing). Threads start on demand and
-exit after ``idle`` seconds without work.
+exit after ``idle`` seconds without work. A key that becomes ready never
+waits behind another key's task while a thread could still be started for
+it: an idle thread is only counted on for as many ready keys as there are
+idle threads.
+
+``stop`` either drops what is queued (the tasks can be redone: a retry
+will come) or, with ``drain``, runs it first within the time given (the
+tasks were acknowledged to someone who will not send them again).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ class KeyedWorkQueue:
         self._threads: set[threading.Thread] = set()
         self._idle_threads = 0
         self._stopping = False
+        self._draining = False  # stopping, but queued tasks still run
         self._seq = 0
 
     @property
@@ -66,14 +74,21 @@ class KeyedWorkQueue:
             return True
 
     def _wake_or_spawn(self) -> None:
-        if self._idle_threads > 0:
+        """Under the lock, after a key was added to ``_ready``: make sure a
+        thread will take it. A notified idle thread only leaves the count of
+        idle threads once it runs again, so while ready keys outnumber idle
+        threads the ones already notified are spoken for: start another."""
+        if len(self._ready) <= self._idle_threads:
             self._cond.notify()
         elif len(self._threads) < self.workers:
-            self._seq += 1
-            thread = threading.Thread(target=self._run, name=f"{self.name}-{self._seq}", daemon=True)
-            self._threads.add(thread)
-            thread.start()
+            self._spawn()
         # else: every thread is busy; the key waits in _ready for the first free one.
+
+    def _spawn(self) -> None:
+        self._seq += 1
+        thread = threading.Thread(target=self._run, name=f"{self.name}-{self._seq}", daemon=True)
+        self._threads.add(thread)
+        thread.start()
 
     def _next_key(self) -> str | None:
         """Under the lock: a ready key, or None when the thread should exit."""
@@ -105,7 +120,7 @@ class KeyedWorkQueue:
         while True:
             with self._cond:
                 queue = self._queues.get(key)
-                if not queue or self._stopping:
+                if not queue or (self._stopping and not self._draining):
                     # Release the key: the next submit makes it ready again.
                     dropped = len(queue) if queue else 0
                     self._pending -= dropped
@@ -118,17 +133,35 @@ class KeyedWorkQueue:
             except Exception:
                 log.exception("%s: task for %s failed", self.name, key)
 
-    def stop(self, timeout: float = 5.0) -> bool:
-        """Drop queued tasks, let running ones finish for up to ``timeout``
-        seconds; True if every thread exited."""
+    def stop(self, timeout: float = 5.0, *, drain: bool = False) -> bool:
+        """Refuse new tasks and end the threads within ``timeout`` seconds;
+        True if every thread exited in time.
+
+        Without ``drain`` queued tasks are dropped and running ones may
+        finish. With ``drain`` queued tasks run first, as long as the
+        time allows; whatever is still queued at the deadline is dropped
+        (and logged)."""
+        deadline = time.monotonic() + timeout
         with self._cond:
             self._stopping = True
-            self._ready.clear()
-            for queue in self._queues.values():
-                self._pending -= len(queue)
-                queue.clear()
+            self._draining = drain
+            if drain:
+                # Ready keys wait for a free thread; start the threads the
+                # bound allows so they do not wait behind each other.
+                for _ in range(min(self.workers - len(self._threads), len(self._ready) - self._idle_threads)):
+                    self._spawn()
             self._cond.notify_all()
-            deadline = time.monotonic() + timeout
+            while self._threads and self._draining:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            if self._draining and self._pending:
+                log.warning("%s: %d queued task(s) dropped at shutdown (no time left to run them)", self.name,
+                            self._pending)
+            self._draining = False
+            self._drop_queued()
+            self._cond.notify_all()
             while self._threads:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -136,3 +169,10 @@ class KeyedWorkQueue:
                     return False
                 self._cond.wait(remaining)
         return True
+
+    def _drop_queued(self) -> None:
+        """Under the lock: forget every queued task (running ones go on)."""
+        self._ready.clear()
+        for queue in self._queues.values():
+            self._pending -= len(queue)
+            queue.clear()

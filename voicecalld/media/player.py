@@ -13,6 +13,15 @@ Barge-in: ``interrupt()`` stops the current utterance, drops the queue,
 sends ``clear`` (which makes the carrier return pending marks at once) and
 reports every utterance that will never play as played, so the call's
 bookkeeping stays consistent.
+
+A failed synthesis request is tried once more (if none of its audio went
+out); failing again, the utterance goes to ``on_failed`` with its text, so
+the caller can have it said some other way.
+
+Locks: ``_lock`` guards the player's state and is never held while
+sending or calling back, because the thread that reads every call's media
+takes it (``mark_echoed``). ``_send_lock`` keeps a frame of an interrupted
+utterance from going out after its ``clear``; that thread never takes it.
 """
 
 from __future__ import annotations
@@ -37,12 +46,15 @@ REANCHOR_AFTER = 2          # frames late before the schedule restarts instead o
 
 Send = Callable[[dict[str, Any]], None]
 Synthesize = Callable[[str], Iterable[bytes]]
+#: (utterance id, text, why): the utterance could not be synthesized or sent.
+Failed = Callable[[str, str, str], None]
 
 
 class Player:
     def __init__(self, send: Send, stream_sid: str, synthesize: Synthesize, *,
-                 on_played: Callable[[str], None], on_failed: Callable[[str, str], None],
+                 on_played: Callable[[str], None], on_failed: Failed,
                  name: str = "", clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep,
                  lateness: collections.deque[float] | None = None) -> None:
         self._send = send
         self.stream_sid = stream_sid
@@ -50,7 +62,9 @@ class Player:
         self._on_played = on_played
         self._on_failed = on_failed
         self._clock = clock
+        self._sleep = sleep
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
         self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._queued: list[str] = []        # utterance ids waiting, in order
         self._current: str | None = None
@@ -82,16 +96,17 @@ class Player:
 
     def interrupt(self) -> bool:
         """Barge-in. True if the bot was speaking."""
-        with self._lock:
-            busy = bool(self._current or self._queued or self._marks)
-            if not busy:
-                return False
-            self._generation += 1
-            dropped = list(self._queued)
-            if self._current is not None and self._current not in self._marks:
-                dropped.insert(0, self._current)
-            self._queued.clear()
-            self._current = None
+        with self._send_lock:
+            with self._lock:
+                busy = bool(self._current or self._queued or self._marks)
+                if not busy:
+                    return False
+                self._generation += 1
+                dropped = list(self._queued)
+                if self._current is not None and self._current not in self._marks:
+                    dropped.insert(0, self._current)
+                self._queued.clear()
+                self._current = None
             self._send({"event": "clear", "streamSid": self.stream_sid})
         for utterance_id in dropped:
             self._on_played(utterance_id)
@@ -105,7 +120,7 @@ class Player:
         self._on_played(name)
 
     def close(self) -> None:
-        with self._lock:
+        with self._send_lock, self._lock:
             self._closed = True
             self._generation += 1
         self._queue.put(None)
@@ -127,15 +142,30 @@ class Player:
                 self._queued.remove(utterance_id)
                 self._current = utterance_id
                 generation = self._generation
+            self._speak(utterance_id, text, generation)
+
+    def _speak(self, utterance_id: str, text: str, generation: int) -> None:
+        """Play one utterance; a failed attempt that sent nothing is made
+        once more (a 429 or 5xx is often over by then)."""
+        for attempt in (1, 2):
+            sent = self.frames_sent
             try:
                 self._play(utterance_id, text, generation)
+                return
             except Exception as exc:  # noqa: BLE001 - synthesis or socket failure: report, keep the call
-                with self._lock:
-                    current = self._current == utterance_id
-                    self._current = None
-                if current:
-                    log.warning("utterance %s could not be played: %s", utterance_id, getattr(exc, "message", exc))
-                    self._on_failed(utterance_id, str(getattr(exc, "message", exc)))
+                why = str(getattr(exc, "message", exc))
+            with self._lock:
+                current = self._current == utterance_id and generation == self._generation
+            if not current:
+                return  # interrupted or closed meanwhile: nothing to report
+            if attempt == 1 and self.frames_sent == sent:
+                log.info("utterance %s: %s; trying once more", utterance_id, why)
+                continue
+            with self._lock:
+                self._current = None
+            log.warning("utterance %s could not be played: %s", utterance_id, why)
+            self._on_failed(utterance_id, text, why)
+            return
 
     def _play(self, utterance_id: str, text: str, generation: int) -> None:
         if self._frames and self._clock() > self._due(self._frames) + REANCHOR_AFTER * FRAME_SECONDS:
@@ -154,12 +184,14 @@ class Player:
             tail = pending + bytes([SILENCE]) * (FRAME_BYTES - len(pending))
             if not self._send_frame(tail, generation):
                 return
-        with self._lock:
-            if generation != self._generation:
-                return
+        with self._send_lock:
+            with self._lock:
+                if generation != self._generation:
+                    return
+                # Known before it is sent: the echo may come back at once.
+                self._marks.add(utterance_id)
+                self._current = None
             self._send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": utterance_id}})
-            self._marks.add(utterance_id)
-            self._current = None
 
     def _anchor(self) -> None:
         self._t0 = self._clock()
@@ -174,14 +206,14 @@ class Player:
         due = self._due(self._frames)
         now = self._clock()
         if now < due:
-            time.sleep(due - now)
+            self._sleep(due - now)
         elif now - due > REANCHOR_AFTER * FRAME_SECONDS:
             # Synthesis fell behind: start a new schedule rather than burst.
             self._anchor()
             due = now
         message = {"event": "media", "streamSid": self.stream_sid,
                    "media": {"payload": base64.b64encode(frame).decode("ascii")}}
-        with self._lock:
+        with self._send_lock:
             if generation != self._generation:
                 return False
             self._send(message)

@@ -5,14 +5,19 @@ of the daemon (protocols.md E).
 The endpoint authenticates before it upgrades (``X-Twilio-Signature`` over
 the exact ``wss://`` URL written into the TwiML, unless verification is
 skipped), caps streams that have connected but not yet started and streams
-in total (503 past either cap), then requires a ``start`` message within
+in total (503 past either cap; by default every call the daemon may have
+can open its stream at once), then requires a ``start`` message within
 5 s naming a live call and carrying that call's token (constant-time
-check); anything else is closed with 1008 (policy violation).
+check); anything else is closed with 1008 (policy violation). Refusals are
+logged at a bounded rate. A call whose stream is refused listens with
+``<Gather>`` from then on (Twilio goes on to the ``<Connect>`` action).
 
 A bridge forwards the caller's µ-law frames to a ``Transcriber`` and turns
 its results into call events (partials, finals, barge-in), speaks the
-call's utterances through a ``Player``, and reports DTMF. When Twilio sends
-``stop`` or the socket closes, the bridge tears everything down.
+call's utterances through a ``Player``, and reports DTMF. An utterance the
+text-to-speech service refuses twice is said with ``<Say>`` instead: one
+failed request must not end the call. When Twilio sends ``stop`` or the
+socket closes, the bridge tears everything down.
 
 simple-websocket does the handshake and the framing, but its reader thread
 per connection is replaced (``thread_class``) by one ``ReadLoop`` thread
@@ -23,6 +28,12 @@ work, were what saturated a core at a hundred calls. Call events (DTMF,
 marks, transcripts) go to the manager through a per-call serial work queue,
 because the manager writes the log and may call the carrier, which must not
 stall the loop.
+
+The loop serves every call, so nothing it does may wait on one: its writes
+never block (``outbox``), it handles a stream's messages alone (no lock
+shared with the request's thread), and it takes no lock of a call's player
+or bridge; the locks it does take (the transcriber's, the work queue's) are
+never held across I/O.
 """
 
 from __future__ import annotations
@@ -43,7 +54,9 @@ from werkzeug.wrappers import Request, Response
 
 from .. import jsonsafe
 from ..calls import CallEvent, CallRecord, EventType, Speak
+from ..errors import NotConnected, VoiceCallError
 from ..providers import twilio_signature
+from ..ratelog import RateLimitedLog
 from ..workqueue import KeyedWorkQueue
 from .loop import RECEIVE_BYTES, Doorbell, LoopReader, ReadLoop
 from .player import Player
@@ -90,11 +103,26 @@ class StreamHub:
         self.loop = ReadLoop()
         #: Call events from the streams, in order per call, off the loop thread.
         self.events = KeyedWorkQueue("media-events", workers=4, idle=1.0)
+        self._refusals = RateLimitedLog(log)
         provider.stream_speaker = self.speak
 
     @property
     def config(self) -> Any:
         return self.manager.config
+
+    @property
+    def health(self) -> str | None:
+        """A problem for /healthz, or None."""
+        return self.loop.health
+
+    def limits(self) -> tuple[int, int]:
+        """(streams open at once, streams connected but not started). Unless
+        configured, every call the daemon may have can open its stream at
+        once, and each can have a second one open while the first closes
+        (a stream replaced after ``<Say>``)."""
+        cfg = self.config
+        calls = int(cfg.maxConcurrentCalls)
+        return int(cfg.streaming.maxStreams or 2 * calls), int(cfg.streaming.maxPendingStreams or calls)
 
     @property
     def open_streams(self) -> int:
@@ -127,22 +155,27 @@ class StreamHub:
 
     def handle(self, environ: dict[str, Any]) -> Response:
         request = Request(environ)
-        cfg = self.config.streaming
         if not self.provider.streaming():
             return _json(404, "media streaming is not enabled")
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return _json(400, "expected a WebSocket upgrade")
         if not self._signed(request):
-            log.warning("media stream upgrade with a missing or wrong X-Twilio-Signature refused")
+            self._refusals.warning("signature", "media stream upgrade from %s with a missing or wrong "
+                                   "X-Twilio-Signature refused", request.remote_addr)
             return _json(401, "invalid X-Twilio-Signature")
+        max_streams, max_pending = self.limits()
         with self._lock:
             if self._closing:
                 return _json(503, "shutting down")
-            if self._pending >= cfg.maxPendingStreams or len(self._bridges) + self._pending >= cfg.maxStreams:
-                log.warning("media stream refused: %d open, %d starting (limits %d/%d)", len(self._bridges),
-                            self._pending, cfg.maxStreams, cfg.maxPendingStreams)
-                return _json(503, "too many media streams")
-            self._pending += 1
+            open_, starting = len(self._bridges), self._pending
+            busy = starting >= max_pending or open_ + starting >= max_streams
+            if not busy:
+                self._pending += 1
+        if busy:
+            self._refusals.warning("limit", "media stream refused: %d open, %d starting (limits: "
+                                   "streaming.maxStreams %d, streaming.maxPendingStreams %d); its call listens "
+                                   "with <Gather> instead", open_, starting, max_streams, max_pending)
+            return _json(503, "too many media streams")
         pending = True
         sock = environ.get("werkzeug.socket")
         if sock is not None:
@@ -206,24 +239,32 @@ class StreamHub:
             except simple_websocket.ConnectionClosed:
                 return None
             if raw is None:
-                _refuse(ws, "no start message within 5 s")
+                self._refuse(ws, "no start message within 5 s")
                 return None
             message = _parse(raw)
             if message is None or message.get("event") == "connected":
                 continue
             if message.get("event") != "start":
-                _refuse(ws, f"expected start, got {message.get('event')!r}")
+                self._refuse(ws, f"expected start, got {str(message.get('event'))[:40]!r}")
                 return None
             start = _obj(message.get("start"))
             params = _obj(start.get("customParameters"))
             call_id, token = params.get("callId"), params.get("token")
             if not isinstance(call_id, str) or not self.provider.check_stream_token(call_id, str(token)) \
                     or self.manager.live_record(call_id) is None:
-                _refuse(ws, "unknown call or wrong stream token")
+                self._refuse(ws, "unknown call or wrong stream token")
                 return None
             stream_sid = str(message.get("streamSid") or start.get("streamSid") or "")
             log.info("call %s: media stream %s started", call_id, stream_sid)
             return Bridge(self, call_id, ws, stream_sid)
+
+    def _refuse(self, ws: simple_websocket.Server, why: str) -> None:
+        """Close a stream that did not start properly with 1008."""
+        self._refusals.warning("start", "media stream closed: %s", why)
+        try:
+            ws.close(reason=POLICY_VIOLATION, message=why[:120])
+        except (simple_websocket.ConnectionClosed, OSError):
+            pass
 
     # -- the call side --
 
@@ -234,8 +275,25 @@ class StreamHub:
             bridge = self._bridges.get(record.callId)
         if bridge is None or not bridge.alive:
             return False
-        bridge.player.say(action.utterance_id, action.text)
+        bridge.say(action)
         return True
+
+    def say_instead(self, call_id: str, action: Speak, why: str) -> None:
+        """On the call's event worker: streamed speech failed, so the
+        carrier says the utterance (``<Say>``). If that fails too, it is
+        only logged: the conversation goes on."""
+        record = self.manager.live_record(call_id)
+        if record is None:
+            return  # the call is over
+        log.warning("call %s: text-to-speech failed (%s); saying utterance %s with <Say> instead", call_id, why,
+                    action.utterance_id)
+        try:
+            self.provider.speak_with_say(record, action)
+        except NotConnected:
+            log.debug("call %s: ended before <Say> could take over", call_id)
+        except VoiceCallError as exc:
+            log.warning("call %s: utterance %s could not be said with <Say> either: %s", call_id,
+                        action.utterance_id, exc.message)
 
     def close(self) -> None:
         with self._lock:
@@ -259,8 +317,10 @@ class Bridge:
         self.stream_sid = stream_sid
         self.alive = True
         self._send_lock = threading.Lock()
-        self._drain_lock = threading.Lock()
         self._ended = threading.Event()
+        #: Utterances given to the player and not yet played, by id. (Single
+        #: dict operations: the loop thread must not wait for a lock here.)
+        self._speaking: dict[str, Speak] = {}
         self._closed = False
         self.frames_in = 0
         self.player = Player(self._send, stream_sid, hub.synthesizer.stream, on_played=self._played,
@@ -269,6 +329,10 @@ class Bridge:
                                        model=cfg.streaming.sttModel, threshold=float(cfg.streaming.vadThreshold),
                                        silence_ms=int(cfg.streaming.silenceDurationMs), listener=self._heard)
         self.transcriber.start()
+
+    def say(self, action: Speak) -> None:
+        self._speaking[action.utterance_id] = action
+        self.player.say(action.utterance_id, action.text)
 
     def _emit(self, type_: EventType, **fields: Any) -> None:
         event = CallEvent(type_, uuid.uuid4().hex, call_id=self.call_id, **fields)
@@ -289,29 +353,27 @@ class Bridge:
 
     def run(self) -> None:
         """Handle the stream's messages until ``stop`` or the socket
-        closes. The messages are handled on the WebSocket's reader thread;
+        closes. The messages are handled on the loop thread, and only
+        there (so in order, and without a lock the loop could wait for);
         this (the request's) thread only waits for the end."""
         self.ws.event.handler = self._drain  # the hub accepts every stream with a Doorbell
-        self._drain()  # whatever arrived before the handler was attached
+        self.hub.loop.call_soon(self._drain)  # whatever arrived before the handler was attached
         self._ended.wait()
         self.alive = False
 
     def _drain(self) -> None:
-        # Both the reader thread and run() may drain; the lock keeps the
-        # messages in order and handled once.
-        with self._drain_lock:
-            while not self._ended.is_set():
-                try:
-                    raw = self.ws.receive(timeout=0)
-                except simple_websocket.ConnectionClosed:
-                    self._ended.set()
-                    return
-                if raw is None:
-                    return
-                try:
-                    self._handle(raw)
-                except Exception:  # noqa: BLE001 - one bad message must not kill the reader thread
-                    log.exception("call %s: media stream message failed", self.call_id)
+        while not self._ended.is_set():
+            try:
+                raw = self.ws.receive(timeout=0)
+            except simple_websocket.ConnectionClosed:
+                self._ended.set()
+                return
+            if raw is None:
+                return
+            try:
+                self._handle(raw)
+            except Exception:  # noqa: BLE001 - one bad message must not stop the loop
+                log.exception("call %s: media stream message failed", self.call_id)
 
     def _handle(self, raw: Any) -> None:
         message = _parse(raw)
@@ -332,8 +394,10 @@ class Bridge:
                 if read_at is not None:
                     self.hub.forwarding.append(time.monotonic() - read_at)
         elif event == "mark":
-            mark = _obj(message.get("mark"))
-            self.player.mark_echoed(str(mark.get("name", "")))
+            name = str(_obj(message.get("mark")).get("name", ""))
+            # With the call's events, off the loop: the loop takes no lock of a call's player.
+            if not self.hub.events.submit(self.call_id, lambda: self.player.mark_echoed(name)):
+                log.warning("call %s: mark %s dropped (daemon stopping or overloaded)", self.call_id, name[:40])
         elif event == "dtmf":
             dtmf = _obj(message.get("dtmf"))
             digit = str(dtmf.get("digit", ""))
@@ -358,10 +422,13 @@ class Bridge:
             self._emit(EventType.ERROR, message=f"speech-to-text failed: {event.text}")
 
     def _played(self, utterance_id: str) -> None:
+        self._speaking.pop(utterance_id, None)
         self._emit(EventType.PLAYED, utterance_id=utterance_id)
 
-    def _speech_failed(self, utterance_id: str, message: str) -> None:
-        self._emit(EventType.ERROR, message=f"text-to-speech failed: {message}")
+    def _speech_failed(self, utterance_id: str, text: str, why: str) -> None:
+        action = self._speaking.pop(utterance_id, None) or Speak(text, utterance_id)
+        if not self.hub.events.submit(self.call_id, lambda: self.hub.say_instead(self.call_id, action, why)):
+            log.warning("call %s: utterance %s dropped (daemon stopping or overloaded)", self.call_id, utterance_id)
 
     def close(self) -> None:
         with self._send_lock:
@@ -388,11 +455,3 @@ def _parse(raw: Any) -> dict[str, Any] | None:
     except (TypeError, ValueError):
         return None
     return message if isinstance(message, dict) else None
-
-
-def _refuse(ws: simple_websocket.Server, why: str) -> None:
-    log.warning("media stream closed: %s", why)
-    try:
-        ws.close(reason=POLICY_VIOLATION, message=why[:120])
-    except (simple_websocket.ConnectionClosed, OSError):
-        pass

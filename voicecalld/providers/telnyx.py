@@ -12,7 +12,12 @@ Webhooks are verified (Ed25519, ``telnyx_signature``), deduplicated by
 serial worker (``KeyedWorkQueue``): Telnyx retries slow acknowledgements,
 and processing an event often means REST calls (answer, speak, hang up)
 that must not hold up the 2xx. One call's events stay in order; the call
-state machine ignores anything that would move a call backwards.
+state machine ignores anything that would move a call backwards. Events
+acknowledged but not yet processed when the daemon stops are processed
+first (for up to ``DRAIN_SECONDS``): Telnyx will not send them again.
+Rejected webhooks are logged at a bounded rate (``RateLimitedLog``).
+A finished call's leg is never made again by a late event or reply
+(``telnyx_legs``).
 
 Event mapping (Telnyx -> normalized):
 
@@ -39,28 +44,29 @@ the first words of a callee who answers the moment the prompt ends.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import nacl.signing
 from werkzeug.wrappers import Response
 
 from .. import jsonsafe
 from ..calls import CallEvent, CallRecord, EventType, Speak, State
 from ..errors import ProviderError
 from ..phone import mask
+from ..ratelog import RateLimitedLog
 from ..workqueue import KeyedWorkQueue
 from . import telnyx_events as wire
 from . import telnyx_signature
 from .base import CarrierStatus, Provider
 from .http import RestClient
+from .telnyx_events import ring_timeout_secs, time_limit_secs
+from .telnyx_legs import LRU, Leg, LegTable
+from .telnyx_signature import KeyCache as _KeyCache
+from .telnyx_signature import check_signature
 
 if TYPE_CHECKING:  # pragma: no cover
     from werkzeug.wrappers import Request
@@ -69,84 +75,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-MIN_RING_SECS, MAX_RING_SECS = 5, 600        # Telnyx's bounds for timeout_secs
-MIN_LIMIT_SECS, MAX_LIMIT_SECS = 30, 14400   # ... and for time_limit_secs
-LIMIT_MARGIN_SECS = 60    # the carrier's backstop lies beyond our own max-duration timer
 BASIC_VOICES = frozenset({"male", "female"})
 MACHINE_RESULTS = frozenset({"machine"})
 _SEEN_WEBHOOKS = 4096     # remembered data.id values; Telnyx retries within minutes
-_ENDED_LEGS = 1024        # call_control_ids we already hung up or rejected
+DRAIN_SECONDS = 5.0       # at shutdown, acknowledged webhooks still queued are processed for this long
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:
     return Response(json.dumps(body) + "\n", status=status, mimetype="application/json")
-
-
-@dataclass
-class _Leg:
-    """What the provider tracks about one Telnyx call leg."""
-
-    call_id: str | None
-    ccid: str | None = None
-    incoming: bool = False
-    answered: bool = False
-    dialing: bool = False          # the dial request has not returned yet
-    hangup_pending: bool = False   # a hang-up was asked for while dialing
-    transcribing: bool = False
-    end_override: State | None = None
-    #: Utterance ids in the order their speak commands were sent.
-    utterances: collections.deque[str] = field(default_factory=collections.deque)
-
-
-class _LRU:
-    """A bounded set that forgets its oldest members."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: collections.OrderedDict[str, None] = collections.OrderedDict()
-
-    def __contains__(self, item: str) -> bool:
-        return item in self._items
-
-    def add(self, item: str) -> None:
-        self._items[item] = None
-        self._items.move_to_end(item)
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
-
-    def discard(self, item: str) -> None:
-        self._items.pop(item, None)
-
-
-class _KeyCache:
-    """The parsed public key, re-parsed only when the configured text changes (SIGHUP)."""
-
-    def __init__(self) -> None:
-        self._text: str | None = None
-        self._key: nacl.signing.VerifyKey | None = None
-        self._error: str | None = None
-
-    def get(self, text: str | None) -> nacl.signing.VerifyKey:
-        if not text:
-            raise telnyx_signature.SignatureError("no telnyx.publicKey is configured to verify webhooks")
-        if text != self._text:
-            try:
-                self._key, self._error = telnyx_signature.load_public_key(text), None
-            except ValueError as exc:
-                self._key, self._error = None, str(exc)
-            self._text = text
-        if self._key is None:
-            raise telnyx_signature.SignatureError(f"telnyx.publicKey is unusable: {self._error}")
-        return self._key
-
-
-def check_signature(key: nacl.signing.VerifyKey, headers: Any, raw_body: bytes, now: float,
-                    tolerance: float | None = telnyx_signature.DEFAULT_TOLERANCE) -> None:
-    """Verify one request; raises ``SignatureError``. ``headers`` is any
-    case-insensitive mapping (werkzeug's Headers)."""
-    telnyx_signature.verify(key, signature_b64=headers.get(telnyx_signature.SIGNATURE_HEADER),
-                            timestamp=headers.get(telnyx_signature.TIMESTAMP_HEADER), raw_body=raw_body,
-                            now=now, tolerance=tolerance)
 
 
 class TelnyxProvider(Provider):
@@ -157,13 +93,14 @@ class TelnyxProvider(Provider):
         telnyx = config.telnyx
         self._rest = RestClient("Telnyx", telnyx.apiBaseUrl, headers={"Accept": "application/json"},
                                 timeout=(5.0, 10.0))
-        self._lock = threading.Lock()
-        self._by_call: dict[str, _Leg] = {}
-        self._by_ccid: dict[str, _Leg] = {}
-        self._seen = _LRU(_SEEN_WEBHOOKS)
-        self._ended = _LRU(_ENDED_LEGS)   # ccids hung up as rejected/unknown: never twice
+        self._legs = LegTable()
+        self._lock = self._legs.lock  # also guards the legs' fields
+        self._seen = LRU(_SEEN_WEBHOOKS)
         self._keys = _KeyCache()
         self._work = KeyedWorkQueue("telnyx-events", workers=workers, max_pending=max_pending)
+        self._rejections = RateLimitedLog(log)
+        self.accepted = 0   # webhooks acknowledged and queued
+        self.processed = 0  # ... and processed (for status, and tests waiting for quiet)
 
     # -- REST -------------------------------------------------------------------------
 
@@ -204,39 +141,19 @@ class TelnyxProvider(Provider):
         path = f"/v2/calls/{quote(ccid, safe=':')}/actions/{name}"  # ids are opaque: never let one add a path
         return self._post(path, body, what, ended_ok=ended_ok) is not None
 
-    def _leg_of(self, record: CallRecord) -> _Leg | None:
-        with self._lock:
-            leg = self._by_call.get(record.callId)
-            if leg is None and record.providerCallId:
-                leg = self._by_ccid.get(record.providerCallId)
-            return leg
-
     def _ccid(self, record: CallRecord) -> str:
-        leg = self._leg_of(record)
+        leg = self._legs.of(record)
         ccid = record.providerCallId or (leg.ccid if leg else None)
         if not ccid:
             raise ProviderError(f"call {record.callId} has no Telnyx call_control_id yet; try again shortly",
                                 retryable=True)
         return ccid
 
-    def _leg_for(self, record: CallRecord) -> _Leg:
-        """The record's leg, created if the daemon restarted and lost it."""
-        with self._lock:
-            leg = self._by_call.get(record.callId)
-            if leg is None:
-                leg = _Leg(record.callId, record.providerCallId, incoming=str(record.direction) == "inbound")
-                self._by_call[record.callId] = leg
-                if record.providerCallId:
-                    self._by_ccid.setdefault(record.providerCallId, leg)
-            return leg
-
     # -- call control -------------------------------------------------------------------
 
     def initiate(self, record: CallRecord) -> str:
         config = self._config
-        leg = _Leg(record.callId, dialing=True)
-        with self._lock:
-            self._by_call[record.callId] = leg
+        leg = self._legs.dialing(record.callId)
         body: dict[str, Any] = {
             "connection_id": config.telnyx.connectionId,
             "to": record.to,
@@ -255,15 +172,9 @@ class TelnyxProvider(Provider):
             if not isinstance(ccid, str) or not ccid:
                 raise ProviderError("Telnyx accepted the call but returned no call_control_id")
         except Exception:
-            with self._lock:
-                if self._by_call.get(record.callId) is leg:
-                    del self._by_call[record.callId]
+            self._legs.dial_failed(leg)
             raise
-        with self._lock:
-            leg.ccid, leg.dialing = ccid, False
-            cancel = leg.hangup_pending
-            if not cancel:  # a cancelled call has been forgotten already
-                self._by_ccid[ccid] = leg
+        cancel = self._legs.dialed(leg, ccid)
         log.debug("call %s: Telnyx call_control_id %s", record.callId, ccid)
         if cancel:
             # The call was ended while the dial was in flight: the record is
@@ -276,7 +187,7 @@ class TelnyxProvider(Provider):
         return ccid
 
     def hangup(self, record: CallRecord) -> None:
-        leg = self._leg_of(record)
+        leg = self._legs.of(record)
         ccid = record.providerCallId or (leg.ccid if leg else None)
         if ccid is None:
             if leg is not None:
@@ -289,7 +200,7 @@ class TelnyxProvider(Provider):
     def speak(self, record: CallRecord, action: Speak) -> None:
         telnyx = self._config.telnyx
         ccid = self._ccid(record)
-        leg = self._leg_for(record)
+        leg = self._legs.for_record(record)
         body: dict[str, Any] = {"payload": action.text, "payload_type": "text", "voice": telnyx.voice,
                                 "language": telnyx.language}
         if telnyx.voice in BASIC_VOICES:
@@ -309,7 +220,7 @@ class TelnyxProvider(Provider):
     def start_listening(self, record: CallRecord, turn: int | None) -> None:
         telnyx = self._config.telnyx
         ccid = self._ccid(record)
-        leg = self._leg_for(record)
+        leg = self._legs.for_record(record)
         with self._lock:
             if leg.transcribing:
                 return  # already running for this call (see the module docstring)
@@ -329,8 +240,8 @@ class TelnyxProvider(Provider):
             raise
 
     def stop_listening(self, record: CallRecord) -> None:
+        leg = self._legs.of(record)
         with self._lock:
-            leg = self._by_call.get(record.callId)
             if leg is None or not leg.transcribing:
                 return
             leg.transcribing = False
@@ -361,20 +272,17 @@ class TelnyxProvider(Provider):
 
     def forget(self, record: CallRecord) -> None:
         # Runs under the call's lock in the manager: dictionary work only.
-        with self._lock:
-            leg = self._by_call.pop(record.callId, None)
-            if leg is None:
-                return
-            for ccid in {record.providerCallId, leg.ccid}:
-                if ccid and self._by_ccid.get(ccid) is leg:
-                    del self._by_ccid[ccid]
+        self._legs.forget(record)
 
     def stop(self) -> None:
-        self._work.stop(timeout=5.0)
+        # Webhooks already acknowledged with a 2xx will not be sent again:
+        # process what is queued (for a bounded time) rather than drop it.
+        self._work.stop(timeout=DRAIN_SECONDS, drain=True)
         self._rest.close()
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "pendingEvents": self._work.pending}
+        return {"name": self.name, "pendingEvents": self._work.pending, "acceptedEvents": self.accepted,
+                "processedEvents": self.processed, "legs": len(self._legs)}
 
     # -- webhooks -------------------------------------------------------------------------
 
@@ -387,7 +295,8 @@ class TelnyxProvider(Provider):
             except telnyx_signature.SignatureError as exc:
                 # Fail closed: no key, no headers, a bad signature or a stale
                 # timestamp all get 401 and change nothing.
-                log.warning("rejected a Telnyx webhook from %s: %s", request.remote_addr, exc.reason)
+                self._rejections.warning(exc.kind, "rejected a Telnyx webhook from %s: %s", request.remote_addr,
+                                         exc.reason)
                 return _json(401, {"error": "webhook signature verification failed"})
         try:
             hook = wire.parse(raw)
@@ -402,8 +311,11 @@ class TelnyxProvider(Provider):
             log.debug("Telnyx %s %s (attempt %d) already handled", hook.type, hook.id, hook.attempt)
             return _json(200, {"ok": True, "duplicate": True})
         key = hook.call_control_id or hook.call_id or "-"
+        with self._lock:
+            self.accepted += 1  # before it can run: processed never overtakes accepted
         if not self._work.submit(key, lambda: self._process(hook)):
             with self._lock:
+                self.accepted -= 1
                 self._seen.discard(hook.id)  # not handled: Telnyx's retry must be
             log.warning("Telnyx %s for %s: event queue is full; asking Telnyx to retry", hook.type, key)
             return Response("busy; retry later\n", status=503, mimetype="text/plain",
@@ -413,26 +325,21 @@ class TelnyxProvider(Provider):
     # -- events (on the per-call worker) ------------------------------------------------------
 
     def _process(self, hook: wire.Webhook) -> None:
-        handler = _HANDLERS.get(hook.type)
-        if handler is None:
-            log.debug("Telnyx %s for %s ignored", hook.type, hook.call_control_id)
-            return
-        handler(self, hook)
+        try:
+            handler = _HANDLERS.get(hook.type)
+            if handler is None:
+                log.debug("Telnyx %s for %s ignored", hook.type, hook.call_control_id)
+                return
+            handler(self, hook)
+        finally:
+            with self._lock:
+                self.processed += 1
 
-    def _find(self, hook: wire.Webhook) -> _Leg | None:
+    def _find(self, hook: wire.Webhook) -> Leg | None:
         """The leg an event belongs to: by client_state first, else by call_control_id."""
-        call_id, ccid = hook.call_id, hook.call_control_id
-        with self._lock:
-            leg = self._by_call.get(call_id) if call_id else None
-            if leg is None and ccid:
-                leg = self._by_ccid.get(ccid)
-            if leg is not None and ccid and leg.ccid is None:
-                # call.initiated can beat the dial's response here.
-                leg.ccid = ccid
-                self._by_ccid[ccid] = leg
-            return leg
+        return self._legs.find(hook.call_id, hook.call_control_id)
 
-    def _event(self, hook: wire.Webhook, type_: EventType, leg: _Leg | None, suffix: str = "",
+    def _event(self, hook: wire.Webhook, type_: EventType, leg: Leg | None, suffix: str = "",
                **fields: Any) -> None:
         call_id = hook.call_id or (leg.call_id if leg else None)
         self.emit(CallEvent(type_, hook.id + suffix, call_id=call_id, provider_call_id=hook.call_control_id,
@@ -453,26 +360,27 @@ class TelnyxProvider(Provider):
         if not ccid:
             log.warning("Telnyx incoming call.initiated without call_control_id ignored")
             return
-        with self._lock:
-            if ccid in self._by_ccid or ccid in self._ended:
-                return  # already answered or already hung up
+        if self._legs.known(ccid):
+            return  # already answered or already hung up
         from_, to = hook.text("from") or "", hook.text("to")
         snapshot, accepted = self.manager.accept_inbound(from_, to, ccid)
         call_id = snapshot["callId"]
         if not accepted:
-            with self._lock:
-                if ccid in self._ended:
-                    return
-                self._ended.add(ccid)
+            if not self._legs.end(ccid):
+                return
             try:
                 self._command(ccid, "hangup", {}, "hang up the rejected call", ended_ok=True)
             except ProviderError as exc:
                 log.warning("call %s: %s", call_id, exc.message)
             return
-        leg = _Leg(call_id, ccid, incoming=True)
-        with self._lock:
-            self._by_call[call_id] = leg
-            self._by_ccid[ccid] = leg
+        if self._legs.answering(call_id, ccid) is None:
+            # The call ended (and was forgotten) before it could be answered:
+            # do not leave the caller ringing.
+            try:
+                self._command(ccid, "hangup", {}, "hang up the call", ended_ok=True)
+            except ProviderError as exc:
+                log.warning("call %s: %s", call_id, exc.message)
+            return
         log.info("call %s: answering Telnyx call from %s", call_id, mask(from_))
         try:
             # client_state from here on names our call in every webhook.
@@ -566,16 +474,3 @@ _HANDLERS = {
     "call.machine.premium.detection.ended": TelnyxProvider._on_machine_detection,
     "call.hangup": TelnyxProvider._on_hangup,
 }
-
-
-def ring_timeout_secs(ring_timeout_ms: int) -> int:
-    """``timeout_secs`` for the dial: our ring timeout, within Telnyx's bounds.
-    (Below 5 s our own ring timer ends the call first.)"""
-    return max(MIN_RING_SECS, min(MAX_RING_SECS, -(-int(ring_timeout_ms) // 1000)))
-
-
-def time_limit_secs(max_duration: float, ring_timeout_ms: int) -> int:
-    """``time_limit_secs``: a backstop beyond our own max-duration timer, so a
-    call cannot run on forever if the daemon dies."""
-    total = int(max_duration + ring_timeout_ms / 1000) + LIMIT_MARGIN_SECS
-    return max(MIN_LIMIT_SECS, min(MAX_LIMIT_SECS, total))

@@ -212,3 +212,21 @@ def api_failure(status: int, body: bytes, what: str) -> ApiFailure:
     if hint:
         message = message.rstrip(".") + f". {hint[0].upper()}{hint[1:]}."
     return ApiFailure(status, code, message)
+
+
+MIN_RING_SECS, MAX_RING_SECS = 5, 600        # Telnyx's bounds for timeout_secs
+MIN_LIMIT_SECS, MAX_LIMIT_SECS = 30, 14400   # ... and for time_limit_secs
+LIMIT_MARGIN_SECS = 60    # the carrier's backstop lies beyond our own max-duration timer
+
+
+def ring_timeout_secs(ring_timeout_ms: int) -> int:
+    """``timeout_secs`` for the dial: our ring timeout, within Telnyx's bounds.
+    (Below 5 s our own ring timer ends the call first.)"""
+    return max(MIN_RING_SECS, min(MAX_RING_SECS, -(-int(ring_timeout_ms) // 1000)))
+
+
+def time_limit_secs(max_duration: float, ring_timeout_ms: int) -> int:
+    """``time_limit_secs``: a backstop beyond our own max-duration timer, so a
+    call cannot run on forever if the daemon dies."""
+    total = int(max_duration + ring_timeout_ms / 1000) + LIMIT_MARGIN_SECS
+    return max(MIN_LIMIT_SECS, min(MAX_LIMIT_SECS, total))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from typing import Any
 
 import nacl.exceptions
 import nacl.signing
@@ -34,11 +35,16 @@ _PEM_RE = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END ([A-Z0-9 ]+)---
 
 
 class SignatureError(Exception):
-    """A webhook failed verification; ``reason`` says why, for the log."""
+    """A webhook failed verification; ``reason`` says why, for the log, and
+    ``kind`` sorts reasons for rate-limited logging: ``missing`` headers,
+    ``forged`` (bad signature or malformed headers), ``stale`` or
+    ``future`` timestamps (genuine but late, or a clock problem), ``config``
+    (no usable public key)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, kind: str = "forged") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind = kind
 
 
 def _b64decode(text: str, what: str) -> bytes:
@@ -120,10 +126,10 @@ def _decode_signature(signature_b64: str) -> bytes:
 def _check_window(ts: int, now: float, tolerance: float) -> None:
     skew = now - ts
     if skew > tolerance:
-        raise SignatureError(f"timestamp is {skew:.0f} s old (tolerance {tolerance:g} s); possible replay")
+        raise SignatureError(f"timestamp is {skew:.0f} s old (tolerance {tolerance:g} s); possible replay", "stale")
     if -skew > tolerance:
         raise SignatureError(f"timestamp is {-skew:.0f} s in the future (tolerance {tolerance:g} s); "
-                             "check this host's clock")
+                             "check this host's clock", "future")
 
 
 def verify(
@@ -143,7 +149,7 @@ def verify(
     case an operator needs to tell apart from forgery.
     """
     if not signature_b64 or not timestamp:
-        raise SignatureError(_missing_reason(signature_b64, timestamp))
+        raise SignatureError(_missing_reason(signature_b64, timestamp), "missing")
     if not _TIMESTAMP_RE.fullmatch(timestamp):
         raise SignatureError(f"{TIMESTAMP_HEADER} {timestamp[:32]!r} is not an integer number of seconds")
     signature = _decode_signature(signature_b64)
@@ -154,3 +160,34 @@ def verify(
         raise SignatureError("signature does not match the body and timestamp (wrong key or forged)") from None
     if tolerance is not None:
         _check_window(int(timestamp), now, tolerance)
+
+
+class KeyCache:
+    """The parsed public key, re-parsed only when the configured text changes (SIGHUP)."""
+
+    def __init__(self) -> None:
+        self._text: str | None = None
+        self._key: nacl.signing.VerifyKey | None = None
+        self._error: str | None = None
+
+    def get(self, text: str | None) -> nacl.signing.VerifyKey:
+        if not text:
+            raise SignatureError("no telnyx.publicKey is configured to verify webhooks", "config")
+        if text != self._text:
+            try:
+                self._key, self._error = load_public_key(text), None
+            except ValueError as exc:
+                self._key, self._error = None, str(exc)
+            self._text = text
+        if self._key is None:
+            raise SignatureError(f"telnyx.publicKey is unusable: {self._error}", "config")
+        return self._key
+
+
+def check_signature(key: nacl.signing.VerifyKey, headers: Any, raw_body: bytes, now: float,
+                    tolerance: float | None = DEFAULT_TOLERANCE) -> None:
+    """Verify one request; raises ``SignatureError``. ``headers`` is any
+    case-insensitive mapping (werkzeug's Headers)."""
+    verify(key, signature_b64=headers.get(SIGNATURE_HEADER),
+                            timestamp=headers.get(TIMESTAMP_HEADER), raw_body=raw_body,
+                            now=now, tolerance=tolerance)

@@ -52,7 +52,6 @@ import hmac
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -63,6 +62,7 @@ from werkzeug.wrappers import Request, Response
 from ..calls import CallEvent, CallRecord, EventType, Mode, Speak, State
 from ..errors import CallNotFound, InvalidParams, NotConnected, ProviderError
 from ..phone import mask
+from ..ratelog import RateLimitedLog
 from . import twilio_errors, twiml
 from .base import CarrierStatus, Provider
 from .http import RestClient
@@ -92,7 +92,6 @@ MAX_TIMEOUT = 600            # Twilio's limit on a call's ring Timeout, seconds
 REPLAY_WINDOW = 600.0        # seconds a delivery is remembered
 REPLAY_SIZE = 4096           # deliveries remembered at most
 DUPLICATE_WAIT = 10.0        # a duplicate waits this long for the first delivery's answer
-REJECT_LOG_INTERVAL = 10.0   # at most one "signature rejected" warning per this many seconds
 
 
 class _CallUrls:
@@ -122,8 +121,7 @@ class TwilioProvider(Provider):
         self._replays: ReplayGuard[Answer] = ReplayGuard(REPLAY_SIZE, REPLAY_WINDOW)
         self._client: RestClient | None = None
         self._client_key: tuple[str, str, str] | None = None
-        self._reject_logged = 0.0
-        self._rejects_unlogged = 0
+        self._rejections = RateLimitedLog(log)
         #: Set by the media-stream side: given a call and an utterance, speak
         #: it over the call's open stream and return True, or return False to
         #: leave it to TwiML ``<Say>`` (the default, and the fallback).
@@ -272,6 +270,11 @@ class TwilioProvider(Provider):
         speaker = self.stream_speaker
         if speaker is not None and speaker(record, action):
             return
+        self.speak_with_say(record, action)
+
+    def speak_with_say(self, record: CallRecord, action: Speak) -> None:
+        """Say it with TwiML ``<Say>``: speech on calls without a media
+        stream, and the fallback when streamed speech cannot be made."""
         script = self._adopt(record.callId, record.providerCallId)
         if script is None:
             raise NotConnected(f"call {record.callId} has ended", {"callId": record.callId})
@@ -404,16 +407,7 @@ class TwilioProvider(Provider):
         return answer.response()
 
     def _refuse(self, request: Request, problem: str) -> Answer:
-        now = time.monotonic()
-        with self._lock:
-            due = now - self._reject_logged >= REJECT_LOG_INTERVAL
-            if due:
-                self._reject_logged, skipped, self._rejects_unlogged = now, self._rejects_unlogged, 0
-            else:
-                self._rejects_unlogged += 1
-        if due:
-            more = f" ({skipped} more since the last warning)" if skipped else ""
-            log.warning("rejected a webhook from %s: %s%s", request.remote_addr, problem, more)
+        self._rejections.warning(problem, "rejected a webhook from %s: %s", request.remote_addr, problem)
         return text_answer(401, "webhook signature verification failed")
 
     def _verify(self, request: Request, signature: str, params: list[tuple[str, str]],

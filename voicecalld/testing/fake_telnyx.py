@@ -353,6 +353,12 @@ class FakeTelnyx:
         assert isinstance(found, Delivery)
         return found
 
+    @property
+    def dropped_webhooks(self) -> list[tuple[str, str | None]]:
+        """(event type, call_control_id) of each webhook a ``drop`` fault
+        kept from being sent, in order."""
+        return [(e.event_type, e.call_control_id) for e in list(self._deliverer.dropped)]
+
     def describe(self) -> str:
         """A readable summary of calls, webhooks and requests, for failures."""
         lines = []

@@ -137,6 +137,7 @@ class MediaStreamClient:
         self._receiver: threading.Thread | None = None
         self._background: list[threading.Thread] = []
         self._closed = threading.Event()
+        self._started = threading.Event()  # connect() has sent ``start``: media may follow
         self.close_code: int | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -184,6 +185,7 @@ class MediaStreamClient:
         )
         self._receiver = threading.Thread(target=self._receive_loop, name="media-client-recv", daemon=True)
         self._receiver.start()
+        self._started.set()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -229,7 +231,9 @@ class MediaStreamClient:
 
     @property
     def connected(self) -> bool:
-        return self._ws is not None and self._ws.connected
+        """The stream is open and started (``connect`` has returned), so
+        media may be played: another thread that sees True may ``play``."""
+        return self._started.is_set() and self._ws is not None and self._ws.connected
 
     @property
     def closed(self) -> bool:

@@ -1,0 +1,159 @@
+"""The Telnyx provider's table of call legs: by our call id and by Telnyx's
+``call_control_id``.
+
+A leg lives from the dial (or the incoming ``call.initiated``) until the
+manager forgets the call. After that nothing brings it back: a late reply
+(the manager speaking on a call that ended meanwhile) gets ``NotConnected``
+instead of a fresh leg, and a late or repeated incoming ``call.initiated``
+for its ``call_control_id`` is not a new call. Both memories are bounded,
+so a daemon that runs for months keeps a constant-size table.
+
+Every method takes ``lock``, which the provider also holds to change a
+leg's fields.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from dataclasses import dataclass, field
+
+from ..calls import CallRecord, State
+from ..errors import NotConnected
+
+ENDED_LEGS = 1024        # call_control_ids we hung up as rejected
+FORGOTTEN = 2048         # call ids and call_control_ids of forgotten legs: never made again
+
+
+@dataclass
+class Leg:
+    """What the provider tracks about one Telnyx call leg."""
+
+    call_id: str | None
+    ccid: str | None = None
+    incoming: bool = False
+    answered: bool = False
+    dialing: bool = False          # the dial request has not returned yet
+    hangup_pending: bool = False   # a hang-up was asked for while dialing
+    transcribing: bool = False
+    end_override: State | None = None
+    #: Utterance ids in the order their speak commands were sent.
+    utterances: collections.deque[str] = field(default_factory=collections.deque)
+
+
+class LRU:
+    """A bounded set that forgets its oldest members."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def __contains__(self, item: str) -> bool:
+        return item in self._items
+
+    def add(self, item: str) -> None:
+        self._items[item] = None
+        self._items.move_to_end(item)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def discard(self, item: str) -> None:
+        self._items.pop(item, None)
+
+
+class LegTable:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._by_call: dict[str, Leg] = {}
+        self._by_ccid: dict[str, Leg] = {}
+        self._ended = LRU(ENDED_LEGS)      # ccids hung up as rejected: never hung up twice
+        self._forgotten = LRU(FORGOTTEN)   # call ids and ccids of forgotten legs: never a leg again
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self._by_call)
+
+    def of(self, record: CallRecord) -> Leg | None:
+        with self.lock:
+            leg = self._by_call.get(record.callId)
+            if leg is None and record.providerCallId:
+                leg = self._by_ccid.get(record.providerCallId)
+            return leg
+
+    def for_record(self, record: CallRecord) -> Leg:
+        """The record's leg, made if the daemon restarted and lost it; a
+        call that was forgotten raises NotConnected instead."""
+        with self.lock:
+            leg = self._by_call.get(record.callId)
+            if leg is None and record.callId in self._forgotten:
+                raise NotConnected(f"call {record.callId} has ended", {"callId": record.callId})
+            if leg is None:
+                leg = Leg(record.callId, record.providerCallId, incoming=str(record.direction) == "inbound")
+                self._by_call[record.callId] = leg
+                if record.providerCallId:
+                    self._by_ccid.setdefault(record.providerCallId, leg)
+            return leg
+
+    def dialing(self, call_id: str) -> Leg:
+        leg = Leg(call_id, dialing=True)
+        with self.lock:
+            self._by_call[call_id] = leg
+        return leg
+
+    def dial_failed(self, leg: Leg) -> None:
+        with self.lock:
+            if leg.call_id is not None and self._by_call.get(leg.call_id) is leg:
+                del self._by_call[leg.call_id]
+
+    def dialed(self, leg: Leg, ccid: str) -> bool:
+        """The dial returned ``ccid``; True if the call was ended meanwhile
+        (the leg is then left forgotten, for the caller to hang up)."""
+        with self.lock:
+            leg.ccid, leg.dialing = ccid, False
+            if leg.call_id is not None and self._by_call.get(leg.call_id) is leg:
+                self._by_ccid[ccid] = leg
+            return leg.hangup_pending
+
+    def find(self, call_id: str | None, ccid: str | None) -> Leg | None:
+        """The leg of an event: by our call id first, else by call_control_id."""
+        with self.lock:
+            leg = self._by_call.get(call_id) if call_id else None
+            if leg is None and ccid:
+                leg = self._by_ccid.get(ccid)
+            if leg is not None and ccid and leg.ccid is None:
+                # call.initiated can beat the dial's response here.
+                leg.ccid = ccid
+                self._by_ccid[ccid] = leg
+            return leg
+
+    def known(self, ccid: str) -> bool:
+        """Is ``ccid`` a leg we have, or one that is over for us?"""
+        with self.lock:
+            return ccid in self._by_ccid or ccid in self._ended or ccid in self._forgotten
+
+    def end(self, ccid: str) -> bool:
+        """Mark ``ccid`` over (a rejected call); False if it already was."""
+        with self.lock:
+            if ccid in self._ended:
+                return False
+            self._ended.add(ccid)
+            return True
+
+    def answering(self, call_id: str, ccid: str) -> Leg | None:
+        """A leg for an accepted incoming call; None if the call was
+        forgotten in the meantime."""
+        with self.lock:
+            if call_id in self._forgotten:
+                return None
+            leg = self._by_call[call_id] = self._by_ccid[ccid] = Leg(call_id, ccid, incoming=True)
+            return leg
+
+    def forget(self, record: CallRecord) -> None:
+        with self.lock:
+            self._forgotten.add(record.callId)
+            leg = self._by_call.pop(record.callId, None)
+            for ccid in {record.providerCallId, leg.ccid if leg else None}:
+                if ccid:
+                    self._forgotten.add(ccid)  # a late or repeated call.initiated is not a new call
+                    if leg is not None and self._by_ccid.get(ccid) is leg:
+                        del self._by_ccid[ccid]
