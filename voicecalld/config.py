@@ -610,3 +610,13 @@ def describe_default(s: Setting) -> str:
     if s.kind == "mode" or isinstance(s.default, str):
         return f'"{s.default}"'
     return toml_value(s.default)
+
+
+def stream_limits(config: Config) -> tuple[int, int]:
+    """(media streams open at once, streams connected but not started).
+    Unless configured, every call the daemon may have can open its stream
+    at once, and each can have a second one open while the first closes
+    (a stream replaced after ``<Say>``)."""
+    calls = int(config.maxConcurrentCalls)
+    streaming = config.streaming
+    return int(streaming.maxStreams or 2 * calls), int(streaming.maxPendingStreams or calls)

@@ -44,10 +44,10 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, get_sockaddr, select_address_family
 
+from .config import Config, stream_limits
+
 if TYPE_CHECKING:  # pragma: no cover
     from _typeshed.wsgi import WSGIApplication
-
-    from .config import Config
 
 log = logging.getLogger("voicecalld.http")
 
@@ -455,7 +455,7 @@ def create(cfg: Config, app: WSGIApplication) -> WebhookServer:
         return WebhookServer(host, port, app, max_connections=cfg.serve.maxConnections,
                              read_timeout=float(cfg.serve.readTimeoutSec),
                              stream_path=streaming.streamPath if streaming.enabled else None,
-                             stream_slots=streaming.maxStreams + streaming.maxPendingStreams, fd=sock.fileno())
+                             stream_slots=sum(stream_limits(cfg)), fd=sock.fileno())
 
 
 def _close(sock: socket.socket, answer: bytes | None = None) -> None:

@@ -54,6 +54,7 @@ from werkzeug.wrappers import Request, Response
 
 from .. import jsonsafe
 from ..calls import CallEvent, CallRecord, EventType, Speak
+from ..config import stream_limits
 from ..errors import NotConnected, VoiceCallError
 from ..providers import twilio_signature
 from ..ratelog import RateLimitedLog
@@ -116,13 +117,8 @@ class StreamHub:
         return self.loop.health
 
     def limits(self) -> tuple[int, int]:
-        """(streams open at once, streams connected but not started). Unless
-        configured, every call the daemon may have can open its stream at
-        once, and each can have a second one open while the first closes
-        (a stream replaced after ``<Say>``)."""
-        cfg = self.config
-        calls = int(cfg.maxConcurrentCalls)
-        return int(cfg.streaming.maxStreams or 2 * calls), int(cfg.streaming.maxPendingStreams or calls)
+        """(streams open at once, streams connected but not started)."""
+        return stream_limits(self.config)
 
     @property
     def open_streams(self) -> int:
