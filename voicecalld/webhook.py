@@ -9,13 +9,14 @@ means, and how it is authenticated, is the provider's business.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
+
+from .httpjson import json_response
 
 if TYPE_CHECKING:  # pragma: no cover
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -26,9 +27,6 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20  # 1 MiB
 
-
-def _json(status: int, body: dict[str, Any]) -> Response:
-    return Response(json.dumps(body) + "\n", status=status, mimetype="application/json")
 
 
 StreamHandler = Callable[["WSGIEnvironment"], Response]
@@ -60,24 +58,24 @@ class WebhookApp:
             # Only a bug gets here: providers answer bad input themselves.
             log.exception("call %s: webhook handling failed (%s %s)",
                           request.args.get("callId", "?"), request.method, request.path)
-            response = _json(500, {"error": "internal error; see the voicecalld log"})
+            response = json_response(500, {"error": "internal error; see the voicecalld log"})
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
         path = request.path
         if path == "/healthz":
             if request.method not in ("GET", "HEAD"):
-                return _json(405, {"error": "use GET"})
+                return json_response(405, {"error": "use GET"})
             # Only the verdict: call counts, uptime and problems are for the
             # operator (daemon.status on the control socket), not the internet.
             if self.healthy():
-                return _json(200, {"status": "ok"})
-            return _json(503, {"status": "unhealthy"})
+                return json_response(200, {"status": "ok"})
+            return json_response(503, {"status": "unhealthy"})
         if path == self.webhook_path:
             if request.method != "POST":
-                return _json(405, {"error": "webhooks are POSTed"})
+                return json_response(405, {"error": "webhooks are POSTed"})
             if (request.content_length or 0) > MAX_BODY:
-                return _json(413, {"error": f"body over {MAX_BODY} bytes"})
+                return json_response(413, {"error": f"body over {MAX_BODY} bytes"})
             try:
                 # Read within the limit before anyone parses it. (werkzeug
                 # turns a body that stops coming, within serve.readTimeoutSec,
@@ -85,7 +83,7 @@ class WebhookApp:
                 request.get_data(cache=True)
                 return self.provider.handle_webhook(request)
             except RequestEntityTooLarge:
-                return _json(413, {"error": f"body over {MAX_BODY} bytes"})
+                return json_response(413, {"error": f"body over {MAX_BODY} bytes"})
             except HTTPException as exc:
-                return _json(exc.code or 400, {"error": exc.description or "bad request"})
-        return _json(404, {"error": "not found"})
+                return json_response(exc.code or 400, {"error": exc.description or "bad request"})
+        return json_response(404, {"error": "not found"})

@@ -56,6 +56,7 @@ from .. import jsonsafe
 from ..calls import CallEvent, CallRecord, EventType, Speak
 from ..config import stream_limits
 from ..errors import NotConnected, VoiceCallError
+from ..httpjson import error_response
 from ..providers import twilio_signature
 from ..ratelog import RateLimitedLog
 from ..workqueue import KeyedWorkQueue
@@ -79,9 +80,6 @@ class StreamFinished(ConnectionError):
     WebSocket, so werkzeug must not write an HTTP response on it (its dev
     server treats ConnectionError as a dropped connection)."""
 
-
-def _json(status: int, message: str) -> Response:
-    return Response(json.dumps({"error": message}) + "\n", status=status, mimetype="application/json")
 
 
 class StreamHub:
@@ -152,17 +150,17 @@ class StreamHub:
     def handle(self, environ: dict[str, Any]) -> Response:
         request = Request(environ)
         if not self.provider.streaming():
-            return _json(404, "media streaming is not enabled")
+            return error_response(404, "media streaming is not enabled")
         if request.headers.get("Upgrade", "").lower() != "websocket":
-            return _json(400, "expected a WebSocket upgrade")
+            return error_response(400, "expected a WebSocket upgrade")
         if not self._signed(request):
             self._refusals.warning("signature", "media stream upgrade from %s with a missing or wrong "
                                    "X-Twilio-Signature refused", request.remote_addr)
-            return _json(401, "invalid X-Twilio-Signature")
+            return error_response(401, "invalid X-Twilio-Signature")
         max_streams, max_pending = self.limits()
         with self._lock:
             if self._closing:
-                return _json(503, "shutting down")
+                return error_response(503, "shutting down")
             open_, starting = len(self._bridges), self._pending
             busy = starting >= max_pending or open_ + starting >= max_streams
             if not busy:
@@ -171,7 +169,7 @@ class StreamHub:
             self._refusals.warning("limit", "media stream refused: %d open, %d starting (limits: "
                                    "streaming.maxStreams %d, streaming.maxPendingStreams %d); its call listens "
                                    "with <Gather> instead", open_, starting, max_streams, max_pending)
-            return _json(503, "too many media streams")
+            return error_response(503, "too many media streams")
         pending = True
         sock = environ.get("werkzeug.socket")
         if sock is not None:
@@ -187,7 +185,7 @@ class StreamHub:
         except Exception:  # noqa: BLE001 - a broken handshake is the client's problem, not ours
             with self._lock:
                 self._pending -= 1
-            return _json(400, "WebSocket handshake failed")
+            return error_response(400, "WebSocket handshake failed")
         over = self.loop.add_websocket(ws)
         try:
             bridge = self._start(ws)

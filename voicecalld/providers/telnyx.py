@@ -44,7 +44,6 @@ the first words of a callee who answers the moment the prompt ends.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -56,6 +55,7 @@ from werkzeug.wrappers import Response
 from .. import jsonsafe
 from ..calls import CallEvent, CallRecord, EventType, Speak, State
 from ..errors import ProviderError
+from ..httpjson import json_response
 from ..phone import mask
 from ..ratelog import RateLimitedLog
 from ..workqueue import KeyedWorkQueue
@@ -80,9 +80,6 @@ MACHINE_RESULTS = frozenset({"machine"})
 _SEEN_WEBHOOKS = 4096     # remembered data.id values; Telnyx retries within minutes
 DRAIN_SECONDS = 5.0       # at shutdown, acknowledged webhooks still queued are processed for this long
 
-
-def _json(status: int, body: dict[str, Any]) -> Response:
-    return Response(json.dumps(body) + "\n", status=status, mimetype="application/json")
 
 
 class TelnyxProvider(Provider):
@@ -297,19 +294,19 @@ class TelnyxProvider(Provider):
                 # timestamp all get 401 and change nothing.
                 self._rejections.warning(exc.kind, "rejected a Telnyx webhook from %s: %s", request.remote_addr,
                                          exc.reason)
-                return _json(401, {"error": "webhook signature verification failed"})
+                return json_response(401, {"error": "webhook signature verification failed"})
         try:
             hook = wire.parse(raw)
         except wire.WebhookFormatError as exc:
             log.warning("ignored a malformed Telnyx webhook: %s", exc)
-            return _json(400, {"error": f"not a Telnyx webhook: {exc}"})
+            return json_response(400, {"error": f"not a Telnyx webhook: {exc}"})
         with self._lock:
             duplicate = hook.id in self._seen
             if not duplicate:
                 self._seen.add(hook.id)
         if duplicate:
             log.debug("Telnyx %s %s (attempt %d) already handled", hook.type, hook.id, hook.attempt)
-            return _json(200, {"ok": True, "duplicate": True})
+            return json_response(200, {"ok": True, "duplicate": True})
         key = hook.call_control_id or hook.call_id or "-"
         with self._lock:
             self.accepted += 1  # before it can run: processed never overtakes accepted
@@ -320,7 +317,7 @@ class TelnyxProvider(Provider):
             log.warning("Telnyx %s for %s: event queue is full; asking Telnyx to retry", hook.type, key)
             return Response("busy; retry later\n", status=503, mimetype="text/plain",
                             headers={"Retry-After": "1"})
-        return _json(200, {"ok": True})
+        return json_response(200, {"ok": True})
 
     # -- events (on the per-call worker) ------------------------------------------------------
 
