@@ -2,17 +2,20 @@
 keeps that carrier's quirks to itself.
 
 Providers report what happens on their calls as normalized ``CallEvent``s
-through the sink the manager binds, whether the news arrives by webhook,
-media stream or (for the mock) the timer wheel. They never touch call
-records directly.
+through the ``CallSink`` the engine binds, whether the news arrives by
+webhook, media stream or (for the mock) the timer wheel. They never touch
+call records directly, and they see nothing of the engine beyond
+``CallSink``. What differs between carriers and matters to the engine (how
+long a message may be, what ``Speak.then`` and ``StopListening`` mean) each
+one declares in its ``capabilities``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .. import publicurl
 from ..calls import CallEvent, CallRecord, Speak, State
@@ -20,9 +23,40 @@ from ..calls import CallEvent, CallRecord, Speak, State
 if TYPE_CHECKING:  # pragma: no cover
     from werkzeug.wrappers import Request, Response
 
-    from ..manager import CallManager
+    from ..config import Config
+    from ..control.methods import Method
 
-EventSink = Callable[[CallEvent], None]
+
+class CallSink(Protocol):
+    """What a carrier may ask of the engine."""
+
+    @property
+    def config(self) -> Config: ...
+    def handle_event(self, event: CallEvent) -> None: ...
+    def accept_inbound(self, from_: str, to: str | None,
+                       provider_call_id: str | None = None) -> tuple[dict[str, Any], bool]: ...
+    def find_by_provider_id(self, provider_call_id: str) -> str | None: ...
+    def attach_provider_id(self, call_id: str, provider_call_id: str) -> None: ...
+    def live_record(self, call_id: str) -> CallRecord | None: ...
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a carrier can do, as far as the engine needs to know."""
+
+    #: The longest message (characters) the carrier's text-to-speech takes
+    #: in one utterance; longer ones are refused before anything is dialed.
+    max_message_chars: int
+    #: The carrier scripts the call ahead of time (TwiML): it reads
+    #: ``Speak.then`` as it speaks and itself listens (or hangs up) when the
+    #: words end, so the ``Listen`` that follows ``played`` asks nothing of
+    #: it. False: ``Speak.then`` is for the engine alone, and the carrier
+    #: starts listening only when ``start_listening`` says so.
+    scripts_speech: bool = False
+    #: ``stop_listening`` stops the carrier's recognition (the callee's last
+    #: words start no new turn). False: the carrier has nothing to stop;
+    #: what follows a goodbye was already settled by ``Speak.then``.
+    stops_listening: bool = True
 
 
 @dataclass(frozen=True)
@@ -36,24 +70,25 @@ class CarrierStatus:
 
 class Provider(ABC):
     name: str = "?"
+    capabilities: ClassVar[Capabilities]
 
     def __init__(self) -> None:
-        self._manager: CallManager | None = None
+        self._sink: CallSink | None = None
         #: Where the carrier reaches us (``publicUrl``, or the tunnel's
         #: origin); None until known. Webhook and stream URLs are built from
         #: it by ``publicurl``, for every carrier alike.
         self.public_url: str | None = None
 
-    def bind(self, manager: CallManager) -> None:
-        """Called once by the manager: events go to ``manager.handle_event``,
-        inbound calls to ``manager.accept_inbound``."""
-        self._manager = manager
+    def bind(self, sink: CallSink) -> None:
+        """Called once by the engine: events go to ``sink.handle_event``,
+        inbound calls to ``sink.accept_inbound``."""
+        self._sink = sink
 
     @property
-    def manager(self) -> CallManager:
-        if self._manager is None:
-            raise RuntimeError(f"{self.name} provider is not bound to a manager")
-        return self._manager
+    def sink(self) -> CallSink:
+        if self._sink is None:
+            raise RuntimeError(f"{self.name} provider is not bound to the engine")
+        return self._sink
 
     @property
     def webhook_url(self) -> str:
@@ -61,7 +96,7 @@ class Provider(ABC):
         ``public_url`` + ``serve.path`` (see ``publicurl``)."""
         if not self.public_url:
             raise RuntimeError("no public URL: set publicUrl or configure a tunnel")
-        return publicurl.webhook_url(self.public_url, self.manager.config.serve.path)
+        return publicurl.webhook_url(self.public_url, self.sink.config.serve.path)
 
     @property
     def stream_url(self) -> str | None:
@@ -70,11 +105,11 @@ class Provider(ABC):
         without a public URL."""
         if not self.public_url:
             return None
-        cfg = self.manager.config
+        cfg = self.sink.config
         return publicurl.stream_url(self.public_url, cfg.serve.path, cfg.streaming.streamPath)
 
     def emit(self, event: CallEvent) -> None:
-        self.manager.handle_event(event)
+        self.sink.handle_event(event)
 
     # -- call control (may block on the network; never called under a lock) --
 
@@ -120,3 +155,10 @@ class Provider(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
+
+    # -- control --
+
+    def control_methods(self) -> Mapping[str, Method]:
+        """Control methods this carrier adds to the daemon's (the mock's
+        simulated callee); merged by ``control.methods.table``."""
+        return {}

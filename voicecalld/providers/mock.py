@@ -111,7 +111,7 @@ class MockProvider(Provider):
 
     @property
     def _mock(self) -> Any:
-        return self.manager.config.mock
+        return self.sink.config.mock
 
     def _later(self, mc: _MockCall, delay: float, type_: EventType, **fields: Any) -> Timer | None:
         event = CallEvent(type_, uuid.uuid4().hex, call_id=mc.call_id, provider_call_id=mc.provider_id,
@@ -229,7 +229,7 @@ class MockProvider(Provider):
 
     def inbound(self, from_: str, to: str | None) -> dict[str, Any]:
         provider_id = "mock-in-" + uuid.uuid4().hex[:17]
-        snapshot, accepted = self.manager.accept_inbound(from_, to, provider_id)
+        snapshot, accepted = self.sink.accept_inbound(from_, to, provider_id)
         if not accepted:
             return {"rejected": True, "callId": snapshot["callId"]}
         mc = _MockCall(snapshot["callId"], provider_id)

@@ -103,7 +103,7 @@ class TelnyxProvider(Provider):
 
     @property
     def _config(self) -> Any:
-        return self.manager.config
+        return self.sink.config
 
     def _post(self, path: str, body: dict[str, Any], what: str, *,
               ended_ok: bool = False) -> dict[str, Any] | None:
@@ -349,7 +349,7 @@ class TelnyxProvider(Provider):
         leg = self._find(hook)
         call_id = hook.call_id or (leg.call_id if leg else None)
         if call_id and hook.call_control_id:
-            self.manager.attach_provider_id(call_id, hook.call_control_id)
+            self.sink.attach_provider_id(call_id, hook.call_control_id)
         self._event(hook, EventType.RINGING, leg)
 
     def _inbound(self, hook: wire.Webhook) -> None:
@@ -360,7 +360,7 @@ class TelnyxProvider(Provider):
         if self._legs.known(ccid):
             return  # already answered or already hung up
         from_, to = hook.text("from") or "", hook.text("to")
-        snapshot, accepted = self.manager.accept_inbound(from_, to, ccid)
+        snapshot, accepted = self.sink.accept_inbound(from_, to, ccid)
         call_id = snapshot["callId"]
         if not accepted:
             if not self._legs.end(ccid):

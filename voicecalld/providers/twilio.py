@@ -60,7 +60,7 @@ from urllib.parse import quote, urlencode
 from werkzeug.wrappers import Request, Response
 
 from ..calls import CallEvent, CallRecord, EventType, Mode, Speak, State
-from ..errors import CallNotFound, InvalidParams, NotConnected, ProviderError
+from ..errors import NotConnected, ProviderError
 from ..phone import mask
 from ..ratelog import RateLimitedLog
 from . import twilio_errors, twiml
@@ -131,7 +131,7 @@ class TwilioProvider(Provider):
 
     @property
     def _cfg(self) -> Any:
-        return self.manager.config
+        return self.sink.config
 
     def _rest(self) -> tuple[RestClient, str]:
         tw = self._cfg.twilio
@@ -176,17 +176,14 @@ class TwilioProvider(Provider):
         script = self._script(call_id)
         if script is not None:
             return script
-        try:
-            record = self.manager.status(call_id)
-        except (CallNotFound, InvalidParams):
-            return None
-        if record.get("endReason") is not None:
+        record = self.sink.live_record(call_id)
+        if record is None or record.endReason is not None:
             return None
         with self._lock:
             script = self._scripts.get(call_id)
             if script is None:
-                script = CallScript(call_id, Mode(record["mode"]), sid=record.get("providerCallId") or sid,
-                                    fetched=record.get("answeredAt") is not None)
+                script = CallScript(call_id, record.mode, sid=record.providerCallId or sid,
+                                    fetched=record.answeredAt is not None)
                 self._scripts[call_id] = script
         return script
 
@@ -456,7 +453,7 @@ class TwilioProvider(Provider):
             known, script.sid = script.sid, sid
         if known is None:
             # Twilio's first callback can beat initiate()'s own return.
-            self.manager.attach_provider_id(script.call_id, sid)
+            self.sink.attach_provider_id(script.call_id, sid)
 
     @contextmanager
     def _answering(self, script: CallScript) -> Iterator[list[str]]:
@@ -533,7 +530,7 @@ class TwilioProvider(Provider):
     def _on_status(self, call_id: str | None, sid: str | None, params: list[tuple[str, str]]) -> Answer:
         call_status = first(params, "CallStatus") or ""
         if call_id is None and sid is not None:
-            call_id = self.manager.find_by_provider_id(sid)  # inbound: no callId in the URL
+            call_id = self.sink.find_by_provider_id(sid)  # inbound: no callId in the URL
         script = self._adopt(call_id, sid) if call_id else None
         if script is None:
             log.debug("status %s for an unknown or ended call (%s)", call_status, call_id)
@@ -584,7 +581,7 @@ class TwilioProvider(Provider):
         if call_status not in LIVE_STATUSES:
             return self._on_status(None, sid, params)  # a status callback configured without ?type=status
         caller = first(params, "From") or ""
-        snapshot, accepted = self.manager.accept_inbound(caller, first(params, "To"), sid)
+        snapshot, accepted = self.sink.accept_inbound(caller, first(params, "To"), sid)
         if not accepted:
             return xml_answer(twiml.reject())
         call_id = snapshot["callId"]
