@@ -61,7 +61,7 @@ from ..ratelog import RateLimitedLog
 from ..workqueue import KeyedWorkQueue
 from . import telnyx_events as wire
 from . import telnyx_signature
-from .base import CarrierStatus, Provider
+from .base import Capabilities, CarrierStatus, Provider
 from .http import RestClient
 from .telnyx_events import ring_timeout_secs, time_limit_secs
 from .telnyx_legs import LRU, Leg, LegTable
@@ -84,6 +84,10 @@ DRAIN_SECONDS = 5.0       # at shutdown, acknowledged webhooks still queued are 
 
 class TelnyxProvider(Provider):
     name = "telnyx"
+    # speak's payload: "There is a 3,000 character limit"
+    # (https://developers.telnyx.com/api/call-control/speak-call). Speech is
+    # one command per utterance; listening is transcription_start/_stop.
+    capabilities = Capabilities(max_message_chars=3000)
 
     def __init__(self, config: Config, *, workers: int = 8, max_pending: int = 2048) -> None:
         super().__init__()

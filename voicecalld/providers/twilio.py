@@ -64,7 +64,7 @@ from ..errors import NotConnected, ProviderError
 from ..phone import mask
 from ..ratelog import RateLimitedLog
 from . import twilio_errors, twiml
-from .base import CarrierStatus, Provider
+from .base import Capabilities, CarrierStatus, Provider
 from .http import RestClient
 from .replay import ReplayGuard
 from .twilio_script import CallScript, Style
@@ -113,6 +113,12 @@ class _CallUrls:
 
 class TwilioProvider(Provider):
     name = "twilio"
+    # <Say> takes 4096 characters with the basic voices (3000 with Polly,
+    # 5000 with Google): https://www.twilio.com/docs/voice/twiml/say and
+    # https://www.twilio.com/docs/api/errors/13521. The TwiML after the
+    # speech already listens (<Gather>) or hangs up, as Speak.then says, so
+    # there is no recognition to stop separately.
+    capabilities = Capabilities(max_message_chars=4096, scripts_speech=True, stops_listening=False)
 
     def __init__(self) -> None:
         super().__init__()
