@@ -95,8 +95,14 @@ def test_unknown_method_suggests_a_close_one() -> None:
         methods.lookup("voicecall.stats")
 
 
-def test_every_design_method_exists() -> None:
-    assert set(methods.METHODS) >= {
-        "voicecall.initiate", "voicecall.continue", "voicecall.speak", "voicecall.end", "voicecall.status",
-        "voicecall.list", "voicecall.history", "events.subscribe", "tool.schema", "tool.call", "daemon.status",
-        "mock.say", "mock.hangup", "mock.inbound"}
+def test_every_design_method_exists(engine) -> None:
+    core = {"voicecall.initiate", "voicecall.continue", "voicecall.speak", "voicecall.end", "voicecall.status",
+            "voicecall.list", "voicecall.history", "events.subscribe", "tool.schema", "tool.call", "daemon.status"}
+    mock = {"mock.say", "mock.hangup", "mock.inbound"}
+    assert set(methods.METHODS) >= core
+    # The mock carrier brings its own methods; a daemon serves both.
+    assert set(engine.provider.control_methods()) == mock
+    assert set(methods.table(engine)) >= core | mock
+    assert methods.lookup("mock.say", engine).params[1].name == "text"
+    with pytest.raises(methods.MethodNotFound, match="did you mean mock.say"):
+        methods.lookup("mock.sya", engine)

@@ -370,6 +370,17 @@ def test_unverified_from_number(twilio_daemon) -> None:
     assert "21210" in err and "fromNumber +*******0000" in err and "verify" in err
 
 
+def test_mock_methods_are_not_served_by_a_twilio_daemon(env: Env) -> None:
+    for method, params in (("mock.say", {"callId": "x", "text": "hi"}), ("mock.inbound", {"from": CALLER})):
+        with pytest.raises(RpcError) as info:
+            env.d.rpc(method, params)
+        assert info.value.code == -32601
+        assert info.value.message == "mock methods only exist with provider = mock (this daemon uses twilio)"
+    with pytest.raises(RpcError) as info:
+        env.d.rpc("voicecall.stats", {})
+    assert info.value.code == -32601 and "did you mean voicecall.status" in info.value.message
+
+
 def test_bad_credentials(twilio_daemon) -> None:
     d = twilio_daemon(twilio={"authToken": "not-the-token"})
     with pytest.raises(RpcError) as info:

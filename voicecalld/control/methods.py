@@ -1,15 +1,19 @@
-"""The control protocol's methods (DESIGN.md section 5) as a table: name,
+"""The control protocol's methods (voicecalld-tools(7)) as a table: name,
 named parameters with their types, and the handler. Validation happens here,
-once, so handlers receive well-typed arguments."""
+once, so handlers receive well-typed arguments.
+
+The core's methods are ``METHODS``; a carrier may add its own
+(``Provider.control_methods``: the mock's simulated callee), and ``table``
+is what a daemon serves: both together."""
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .. import tool
+from .. import providers, tool
 from ..errors import InvalidParams, VoiceCallError
 from . import protocol
 
@@ -81,13 +85,6 @@ def validate(method: str, spec: Method, params: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def _mock(services: Services) -> Any:
-    provider = services.manager.provider
-    if provider.name != "mock":
-        raise MethodNotFound(f"mock methods only exist with provider = mock (this daemon uses {provider.name})")
-    return provider
-
-
 def _history(s: Services, _: Session, p: dict[str, Any]) -> dict[str, Any]:
     limit = p.get("limit", 50)
     if not 1 <= limit <= 10_000:
@@ -113,20 +110,6 @@ def _tool_call(s: Services, _: Session, p: dict[str, Any]) -> dict[str, Any]:
     return tool.call(s.manager, p["arguments"])
 
 
-def _mock_say(s: Services, _: Session, p: dict[str, Any]) -> dict[str, Any]:
-    _mock(s).say(p["callId"], p["text"])
-    return {"callId": p["callId"], "ok": True}
-
-
-def _mock_hangup(s: Services, _: Session, p: dict[str, Any]) -> dict[str, Any]:
-    _mock(s).callee_hangup(p["callId"])
-    return {"callId": p["callId"], "ok": True}
-
-
-def _mock_inbound(s: Services, _: Session, p: dict[str, Any]) -> dict[str, Any]:
-    return dict(_mock(s).inbound(p["from"], p.get("to")))
-
-
 _CALL_ID = Param("callId", str)
 _MESSAGE = Param("message", str)
 
@@ -146,16 +129,30 @@ METHODS: dict[str, Method] = {
     "tool.call": Method((Param("name", str), Param("arguments", (dict, str))), _tool_call, slow=True),
     "daemon.status": Method((), lambda s, _, p: s.daemon_status()),
     "daemon.expose": Method((Param("mode", str),), lambda s, _, p: s.expose(p["mode"])),
-    "mock.say": Method((_CALL_ID, Param("text", str)), _mock_say),
-    "mock.hangup": Method((_CALL_ID,), _mock_hangup),
-    "mock.inbound": Method((Param("from", str), Param("to", str, False)), _mock_inbound),
 }
 
 
-def lookup(name: str) -> Method:
-    spec = METHODS.get(name)
+def table(services: Services | None = None) -> Mapping[str, Method]:
+    """The methods a daemon serves: the core's, and its carrier's own."""
+    if services is None:
+        return METHODS
+    extra = services.manager.provider.control_methods()
+    return {**METHODS, **extra} if extra else METHODS
+
+
+def lookup(name: str, services: Services | None = None) -> Method:
+    """The method ``name`` as the daemon behind ``services`` serves it
+    (without ``services``: the core's methods only)."""
+    methods = table(services)
+    spec = methods.get(name)
     if spec is None:
-        close = difflib.get_close_matches(name, METHODS, n=1)
+        carrier = name.partition(".")[0]
+        used = services.manager.provider.name if services is not None else None
+        if used is not None and carrier != used and carrier in providers.NAMES:
+            # Another carrier's method (mock.say on a Twilio daemon): say why.
+            raise MethodNotFound(f"{carrier} methods only exist with provider = {carrier} "
+                                 f"(this daemon uses {used})")
+        close = difflib.get_close_matches(name, methods, n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
         raise MethodNotFound(f"Method not found: {name!r}{hint}")
     return spec

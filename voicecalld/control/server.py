@@ -207,7 +207,7 @@ class Connection:
             self.send(protocol.error(req.id, req.code, req.message))
             return
         try:
-            spec = methods.lookup(req.method)
+            spec = methods.lookup(req.method, self.server.services)
             params = methods.validate(req.method, spec, req.params)
         except VoiceCallError as exc:
             if not req.notification:

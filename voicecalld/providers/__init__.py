@@ -10,6 +10,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .base import Provider
 
 
+#: The carriers this build has (``provider`` in voicecalld.toml(5)).
+NAMES = ("mock", "telnyx", "twilio")
+
+
 def create(config: Config, timers: TimerService) -> Provider:
     name = config.provider
     if name == "mock":

@@ -24,10 +24,12 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..calls import CallEvent, CallRecord, EventType, Speak, State
+from ..control.methods import Method, Param
 from ..errors import CallNotFound, NotConnected
 from ..timers import Timer, TimerService
 from .base import Capabilities, CarrierStatus, Provider
@@ -66,6 +68,13 @@ class MockProvider(Provider):
         self._ended: dict[str, _MockCall] = {}
         self._state_path = state_path
         self._load_state()
+        call_id = Param("callId", str)
+        self._methods: dict[str, Method] = {
+            "mock.say": Method((call_id, Param("text", str)), lambda s, _, p: self._rpc_say(p)),
+            "mock.hangup": Method((call_id,), lambda s, _, p: self._rpc_hangup(p)),
+            "mock.inbound": Method((Param("from", str), Param("to", str, False)),
+                                   lambda s, _, p: self.inbound(p["from"], p.get("to"))),
+        }
 
     # -- the simulated carrier's own state file --
 
@@ -219,6 +228,17 @@ class MockProvider(Provider):
             self._timers.cancel(t)
 
     # -- the simulated callee (control methods mock.*) --
+
+    def control_methods(self) -> Mapping[str, Method]:
+        return self._methods
+
+    def _rpc_say(self, p: dict[str, Any]) -> dict[str, Any]:
+        self.say(p["callId"], p["text"])
+        return {"callId": p["callId"], "ok": True}
+
+    def _rpc_hangup(self, p: dict[str, Any]) -> dict[str, Any]:
+        self.callee_hangup(p["callId"])
+        return {"callId": p["callId"], "ok": True}
 
     def say(self, call_id: str, text: str) -> None:
         mc = self._get(call_id)
