@@ -31,6 +31,7 @@ from typing import Any
 from ..calls import CallEvent, CallRecord, EventType, Speak, State
 from ..control.methods import Method, Param
 from ..errors import CallNotFound, NotConnected
+from ..lru import Bounded
 from ..timers import Timer, TimerService
 from .base import Capabilities, CarrierStatus, Provider
 
@@ -65,7 +66,7 @@ class MockProvider(Provider):
         self._timers = timers
         self._lock = threading.Lock()
         self._calls: dict[str, _MockCall] = {}
-        self._ended: dict[str, _MockCall] = {}
+        self._ended: Bounded[str, _MockCall] = Bounded(_KEEP_ENDED)
         self._state_path = state_path
         self._load_state()
         call_id = Param("callId", str)
@@ -89,7 +90,10 @@ class MockProvider(Provider):
                                ended=bool(item["ended"]), reason=item.get("reason"))
                 if not mc.ended and not mc.answered:
                     mc.ended, mc.reason = True, str(State.NO_ANSWER)
-                (self._ended if mc.ended else self._calls)[mc.call_id] = mc
+                if mc.ended:
+                    self._ended.put(mc.call_id, mc)
+                else:
+                    self._calls[mc.call_id] = mc
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -99,10 +103,9 @@ class MockProvider(Provider):
         """Write the state file atomically (temp file, rename). Called with the lock held."""
         if not self._state_path:
             return
-        while len(self._ended) > _KEEP_ENDED:
-            self._ended.pop(next(iter(self._ended)))
+        ended = [mc for key in self._ended if (mc := self._ended.get(key)) is not None]
         items = [{"callId": m.call_id, "providerId": m.provider_id, "answered": m.answered, "ended": m.ended,
-                  "reason": m.reason} for m in (*self._calls.values(), *self._ended.values())]
+                  "reason": m.reason} for m in (*self._calls.values(), *ended)]
         tmp = self._state_path + ".tmp"
         try:
             with open(tmp, "w", encoding="utf-8") as fh:
@@ -116,7 +119,7 @@ class MockProvider(Provider):
         mc.ended = True
         mc.reason = mc.reason or str(reason)
         self._calls.pop(mc.call_id, None)
-        self._ended[mc.call_id] = mc
+        self._ended.put(mc.call_id, mc)
         pending, mc.timers = mc.timers, []
         self._save_state()
         return pending

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from ..lru import Bounded
 
 R = TypeVar("R")
 
@@ -39,18 +40,22 @@ class ReplayGuard(Generic[R]):
         self.window = window
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, Entry[R]] = OrderedDict()
+        # Bounded keeps at most ``size`` keys; ``_expire`` drops the old ones.
+        self._entries: Bounded[str, Entry[R]] = Bounded(size)
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
 
     def _expire(self, now: float) -> None:
-        while self._entries:
-            key, entry = next(iter(self._entries.items()))
-            if now - entry.created <= self.window and len(self._entries) <= self.size:
+        stale = []
+        for key in self._entries:  # oldest first
+            entry = self._entries.get(key)
+            if entry is not None and now - entry.created <= self.window:
                 break
-            del self._entries[key]
+            stale.append(key)
+        for key in stale:
+            self._entries.pop(key)
 
     def begin(self, keys: Iterable[str]) -> tuple[Entry[R], bool]:
         """Returns (entry, first). ``first`` means: process the request, then
@@ -65,8 +70,7 @@ class ReplayGuard(Generic[R]):
                     return seen, False
             entry: Entry[R] = Entry(wanted, now)
             for key in wanted:
-                self._entries[key] = entry
-            self._expire(now)
+                self._entries.put(key, entry)
             return entry, True
 
     def finish(self, entry: Entry[R], response: R) -> None:
@@ -78,7 +82,7 @@ class ReplayGuard(Generic[R]):
         with self._lock:
             for key in entry.keys:
                 if self._entries.get(key) is entry:
-                    del self._entries[key]
+                    self._entries.pop(key)
         entry.done.set()
 
     def wait(self, entry: Entry[R], timeout: float) -> R | None:

@@ -56,6 +56,7 @@ from .. import jsonsafe
 from ..calls import CallEvent, CallRecord, EventType, Speak, State
 from ..errors import ProviderError
 from ..httpjson import json_response
+from ..lru import Bounded
 from ..phone import mask
 from ..ratelog import RateLimitedLog
 from ..workqueue import KeyedWorkQueue
@@ -64,7 +65,7 @@ from . import telnyx_signature
 from .base import Capabilities, CarrierStatus, Provider
 from .http import RestClient
 from .telnyx_events import ring_timeout_secs, time_limit_secs
-from .telnyx_legs import LRU, Leg, LegTable
+from .telnyx_legs import Leg, LegTable
 from .telnyx_signature import KeyCache as _KeyCache
 from .telnyx_signature import check_signature
 
@@ -96,7 +97,7 @@ class TelnyxProvider(Provider):
                                 timeout=(5.0, 10.0))
         self._legs = LegTable()
         self._lock = self._legs.lock  # also guards the legs' fields
-        self._seen = LRU(_SEEN_WEBHOOKS)
+        self._seen: Bounded[str, None] = Bounded(_SEEN_WEBHOOKS)
         self._keys = _KeyCache()
         self._work = KeyedWorkQueue("telnyx-events", workers=workers, max_pending=max_pending)
         self._rejections = RateLimitedLog(log)
@@ -307,7 +308,7 @@ class TelnyxProvider(Provider):
         with self._lock:
             duplicate = hook.id in self._seen
             if not duplicate:
-                self._seen.add(hook.id)
+                self._seen.put(hook.id, None)
         if duplicate:
             log.debug("Telnyx %s %s (attempt %d) already handled", hook.type, hook.id, hook.attempt)
             return json_response(200, {"ok": True, "duplicate": True})
@@ -317,7 +318,7 @@ class TelnyxProvider(Provider):
         if not self._work.submit(key, lambda: self._process(hook)):
             with self._lock:
                 self.accepted -= 1
-                self._seen.discard(hook.id)  # not handled: Telnyx's retry must be
+                self._seen.pop(hook.id)  # not handled: Telnyx's retry must be
             log.warning("Telnyx %s for %s: event queue is full; asking Telnyx to retry", hook.type, key)
             return Response("busy; retry later\n", status=503, mimetype="text/plain",
                             headers={"Retry-After": "1"})

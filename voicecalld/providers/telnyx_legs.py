@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from ..calls import CallRecord, State
 from ..errors import NotConnected
+from ..lru import Bounded
 
 ENDED_LEGS = 1024        # call_control_ids we hung up as rejected
 FORGOTTEN = 2048         # call ids and call_control_ids of forgotten legs: never made again
@@ -41,33 +42,15 @@ class Leg:
     utterances: collections.deque[str] = field(default_factory=collections.deque)
 
 
-class LRU:
-    """A bounded set that forgets its oldest members."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: collections.OrderedDict[str, None] = collections.OrderedDict()
-
-    def __contains__(self, item: str) -> bool:
-        return item in self._items
-
-    def add(self, item: str) -> None:
-        self._items[item] = None
-        self._items.move_to_end(item)
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
-
-    def discard(self, item: str) -> None:
-        self._items.pop(item, None)
-
-
 class LegTable:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self._by_call: dict[str, Leg] = {}
         self._by_ccid: dict[str, Leg] = {}
-        self._ended = LRU(ENDED_LEGS)      # ccids hung up as rejected: never hung up twice
-        self._forgotten = LRU(FORGOTTEN)   # call ids and ccids of forgotten legs: never a leg again
+        # ccids hung up as rejected: never hung up twice
+        self._ended: Bounded[str, None] = Bounded(ENDED_LEGS)
+        # call ids and ccids of forgotten legs: never a leg again
+        self._forgotten: Bounded[str, None] = Bounded(FORGOTTEN)
 
     def __len__(self) -> int:
         with self.lock:
@@ -136,7 +119,7 @@ class LegTable:
         with self.lock:
             if ccid in self._ended:
                 return False
-            self._ended.add(ccid)
+            self._ended.put(ccid, None)
             return True
 
     def answering(self, call_id: str, ccid: str) -> Leg | None:
@@ -150,10 +133,10 @@ class LegTable:
 
     def forget(self, record: CallRecord) -> None:
         with self.lock:
-            self._forgotten.add(record.callId)
+            self._forgotten.put(record.callId, None)
             leg = self._by_call.pop(record.callId, None)
             for ccid in {record.providerCallId, leg.ccid if leg else None}:
                 if ccid:
-                    self._forgotten.add(ccid)  # a late or repeated call.initiated is not a new call
+                    self._forgotten.put(ccid, None)  # a late or repeated call.initiated is not a new call
                     if leg is not None and self._by_ccid.get(ccid) is leg:
                         del self._by_ccid[ccid]
