@@ -97,7 +97,7 @@ def rig(fake: FakeTwilio, tmp_path) -> Iterator[Any]:
 
 def test_hangup_while_twilio_is_still_creating_the_call(rig, fake: FakeTwilio) -> None:
     r = rig(ringTimeoutMs=50)
-    client, _ = r.provider._rest()
+    client, _ = r.provider._api._rest()
     original = client.request
 
     def slow_create(method: str, path: str, **kw: Any) -> Any:

@@ -1,5 +1,6 @@
-"""Twilio Programmable Voice: calls over the 2010-04-01 REST API, driven by
-TwiML answered from the webhook (protocols.md A-D).
+"""Twilio Programmable Voice: calls over the 2010-04-01 REST API
+(``twilio_rest``), driven by TwiML answered from the webhook
+(``twilio_webhooks``); https://www.twilio.com/docs/voice.
 
 Outbound calls are created with ``Url`` = the webhook plus ``?callId=`` and
 ``StatusCallback`` = the same plus ``&type=status``; every later webhook URL
@@ -38,60 +39,29 @@ How the core's model maps onto TwiML (see ``twilio_script.py``):
   Speech stays ``<Say>`` unless it installs a ``stream_speaker``. A stream
   that ends by itself (its ``<Connect>`` action) drops the call back to
   ``<Gather>``.
-
-Webhooks are authenticated by ``X-Twilio-Signature`` over the URL Twilio
-requested (the webhook URL + the request's query; ``X-Forwarded-*`` only when
-``twilio.trustForwardedHeaders`` is on), and a replayed request (same
-idempotency token or same signature) is answered from a bounded cache,
-never processed twice.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-import math
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from werkzeug.wrappers import Request, Response
 
-from ..calls import CallEvent, CallRecord, EventType, Mode, Speak, State
+from ..calls import CallRecord, Mode, Speak
 from ..errors import NotConnected, ProviderError
 from ..phone import mask
-from ..ratelog import RateLimitedLog
 from . import twilio_errors, twiml
 from .base import Capabilities, CarrierStatus, Provider
-from .http import RestClient
-from .replay import ReplayGuard
+from .twilio_rest import CallsApi
 from .twilio_script import CallScript, Style
-from .twilio_signature import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, validate
-from .twilio_wire import (
-    END_REASONS,
-    LIVE_STATUSES,
-    Answer,
-    classify_status,
-    confidence,
-    first,
-    form_params,
-    json_body,
-    signed_urls,
-    text_answer,
-    to_int,
-    xml_answer,
-)
+from .twilio_webhooks import Webhooks
 
 log = logging.getLogger(__name__)
-
-API_VERSION = "2010-04-01"
-STATUS_EVENTS = ("initiated", "ringing", "answered", "completed")
-MAX_TIMEOUT = 600            # Twilio's limit on a call's ring Timeout, seconds
-REPLAY_WINDOW = 600.0        # seconds a delivery is remembered
-REPLAY_SIZE = 4096           # deliveries remembered at most
-DUPLICATE_WAIT = 10.0        # a duplicate waits this long for the first delivery's answer
 
 
 class _CallUrls:
@@ -124,10 +94,8 @@ class TwilioProvider(Provider):
         super().__init__()
         self._lock = threading.Lock()
         self._scripts: dict[str, CallScript] = {}
-        self._replays: ReplayGuard[Answer] = ReplayGuard(REPLAY_SIZE, REPLAY_WINDOW)
-        self._client: RestClient | None = None
-        self._client_key: tuple[str, str, str] | None = None
-        self._rejections = RateLimitedLog(log)
+        self._api = CallsApi(self._credentials)
+        self._webhooks = Webhooks(self, self._api)
         #: Set by the media-stream side: given a call and an utterance, speak
         #: it over the call's open stream and return True, or return False to
         #: leave it to TwiML ``<Say>`` (the default, and the fallback).
@@ -139,24 +107,16 @@ class TwilioProvider(Provider):
     def _cfg(self) -> Any:
         return self.sink.config
 
-    def _rest(self) -> tuple[RestClient, str]:
+    def _credentials(self) -> tuple[str, str, str]:
         tw = self._cfg.twilio
-        key = (tw.apiBaseUrl, tw.accountSid or "", tw.authToken or "")
-        with self._lock:
-            if self._client is None or self._client_key != key:
-                # The old session is left to the garbage collector: another
-                # thread may still be using it.
-                self._client = RestClient("Twilio", tw.apiBaseUrl, auth=(key[1], key[2]))
-                self._client_key = key
-            client = self._client
-        return client, f"/{API_VERSION}/Accounts/{quote(key[1], safe='')}"
+        return tw.apiBaseUrl, tw.accountSid or "", tw.authToken or ""
 
     def streaming(self) -> bool:
         """Do calls listen through Media Streams (else ``<Gather>``)?"""
         cfg = self._cfg
         return bool(cfg.streaming.enabled and cfg.streaming.openaiApiKey and self.public_url)
 
-    def _style(self) -> Style:
+    def style(self) -> Style:
         cfg = self._cfg
         return Style(voice=cfg.twilio.voice, language=cfg.twilio.language,
                      hangup_delay=float(cfg.outbound.notifyHangupDelaySec), streaming=self.streaming())
@@ -167,7 +127,7 @@ class TwilioProvider(Provider):
         against the URL it requested."""
         return self.webhook_url if self.public_url else self._cfg.serve.path
 
-    def _urls(self, call_id: str) -> _CallUrls:
+    def urls(self, call_id: str) -> _CallUrls:
         return _CallUrls(self._base(), call_id, self.stream_url)
 
     # -- per-call scripts --
@@ -176,7 +136,7 @@ class TwilioProvider(Provider):
         with self._lock:
             return self._scripts.get(call_id)
 
-    def _adopt(self, call_id: str, sid: str | None) -> CallScript | None:
+    def adopt(self, call_id: str, sid: str | None) -> CallScript | None:
         """The script of a live call, made on first sight for calls this run
         did not start (restored after a restart)."""
         script = self._script(call_id)
@@ -193,8 +153,13 @@ class TwilioProvider(Provider):
                 self._scripts[call_id] = script
         return script
 
-    def _emit(self, type_: EventType, event_id: str, script: CallScript, **fields: Any) -> None:
-        self.emit(CallEvent(type_, event_id, call_id=script.call_id, provider_call_id=script.sid, **fields))
+    def incoming(self, call_id: str, sid: str) -> CallScript:
+        with self._lock:
+            script = self._scripts.get(call_id)
+            if script is None:
+                script = CallScript(call_id, Mode.CONVERSATION, sid=sid)
+                self._scripts[call_id] = script
+        return script
 
     # -- call control --
 
@@ -206,29 +171,9 @@ class TwilioProvider(Provider):
         script = CallScript(record.callId, record.mode)
         with self._lock:
             self._scripts[record.callId] = script
-        voice_url = f"{self.webhook_url}?{urlencode({'callId': record.callId})}"
-        ring = min(MAX_TIMEOUT, max(1, math.ceil(cfg.ringTimeoutMs / 1000)))
-        form: list[tuple[str, str]] = [
-            ("To", record.to), ("From", record.from_), ("Url", voice_url), ("Method", "POST"),
-            ("StatusCallback", voice_url + "&type=status"), ("StatusCallbackMethod", "POST"),
-            *[("StatusCallbackEvent", event) for event in STATUS_EVENTS],
-            ("Timeout", str(ring)),
-        ]
-        if cfg.twilio.machineDetection:
-            form.append(("MachineDetection", "Enable"))
-        client, account = self._rest()
-        # Not idempotent: Twilio has no idempotency key for creating calls, so
-        # a retry could ring the callee twice (RestClient only retries when
-        # Twilio certainly did not act).
-        response = client.request("POST", f"{account}/Calls.json", idempotent=False, data=form)
-        body = json_body(response)
-        if response.status_code != 201 or not isinstance(body, dict) or not isinstance(body.get("sid"), str):
-            if 200 <= response.status_code < 300:
-                raise ProviderError(f"Twilio answered HTTP {response.status_code} without a call sid "
-                                    "while placing the call", status=response.status_code)
-            raise twilio_errors.provider_error(response.status_code, body, "placing the call",
-                                               to=record.to, from_=record.from_)
-        sid = body["sid"]
+        sid = self._api.create(to=record.to, from_=record.from_,
+                               url=f"{self.webhook_url}?{urlencode({'callId': record.callId})}",
+                               ring_timeout_ms=cfg.ringTimeoutMs, machine_detection=bool(cfg.twilio.machineDetection))
         with script.lock:
             script.sid = sid
             too_late = script.hangup_requested or script.forgotten
@@ -236,7 +181,7 @@ class TwilioProvider(Provider):
             # The call was ended (ring deadline, end, shutdown) while Twilio
             # was still creating it: hang it up now that it has a sid.
             try:
-                self._hangup_sid(sid)
+                self._api.hang_up(sid)
             except ProviderError as exc:
                 log.error("call %s: Twilio call %s outlived its record and could not be hung up: %s",
                           record.callId, sid, exc.message)
@@ -253,21 +198,7 @@ class TwilioProvider(Provider):
                     sid = script.sid  # initiate may have just learnt it
             if sid is None:
                 return  # initiate() hangs it up as soon as Twilio names it
-        self._hangup_sid(sid)
-
-    def _hangup_sid(self, sid: str) -> None:
-        client, account = self._rest()
-        # Status=completed is idempotent: a second one finds the call over.
-        response = client.request("POST", f"{account}/Calls/{quote(sid, safe='')}.json", idempotent=True,
-                                  data={"Status": "completed"})
-        if response.ok:
-            return
-        body = json_body(response)
-        code, _ = twilio_errors.parse(body)
-        if code in twilio_errors.ALREADY_ENDED or (code is None and response.status_code == 404):
-            log.debug("Twilio call %s had already ended (%s)", sid, code or response.status_code)
-            return
-        raise twilio_errors.provider_error(response.status_code, body, "hanging up")
+        self._api.hang_up(sid)
 
     def speak(self, record: CallRecord, action: Speak) -> None:
         speaker = self.stream_speaker
@@ -278,10 +209,10 @@ class TwilioProvider(Provider):
     def speak_with_say(self, record: CallRecord, action: Speak) -> None:
         """Say it with TwiML ``<Say>``: speech on calls without a media
         stream, and the fallback when streamed speech cannot be made."""
-        script = self._adopt(record.callId, record.providerCallId)
+        script = self.adopt(record.callId, record.providerCallId)
         if script is None:
             raise NotConnected(f"call {record.callId} has ended", {"callId": record.callId})
-        urls, style = self._urls(record.callId), self._style()
+        urls, style = self.urls(record.callId), self.style()
         with script.lock:
             if script.forgotten:
                 raise NotConnected(f"call {record.callId} has ended", {"callId": record.callId})
@@ -299,7 +230,7 @@ class TwilioProvider(Provider):
         # fetched from the webhook instead.
         form = {"Twiml": doc.xml} if inline else {"Url": urls.turn("twiml", doc.token), "Method": "POST"}
         try:
-            self._update(sid, form, "speaking on the call")
+            self._api.update(sid, form, "speaking on the call")
         except ProviderError as exc:
             with script.lock:
                 script.update_failed(doc.token)
@@ -308,31 +239,13 @@ class TwilioProvider(Provider):
                                    {"callId": record.callId}) from None
             raise
 
-    def _update(self, sid: str, form: dict[str, str], doing: str) -> None:
-        client, account = self._rest()
-        # A TwiML update is not idempotent (a repeat restarts the speech).
-        response = client.request("POST", f"{account}/Calls/{quote(sid, safe='')}.json", idempotent=False,
-                                  data=form)
-        if not response.ok:
-            raise twilio_errors.provider_error(response.status_code, json_body(response), doing)
-
     def start_listening(self, record: CallRecord, turn: int | None) -> None:
         """Nothing to do: every document after the bot's speech listens."""
 
     def call_status(self, record: CallRecord) -> CarrierStatus | None:
         if not record.providerCallId:
             return None
-        client, account = self._rest()
-        response = client.request("GET", f"{account}/Calls/{quote(record.providerCallId, safe='')}.json",
-                                  idempotent=True)
-        body = json_body(response)
-        if not response.ok or not isinstance(body, dict):
-            return None
-        status = body.get("status")
-        if status in LIVE_STATUSES:
-            return CarrierStatus(live=True, answered=status == "in-progress")
-        reason = State.COMPLETED if status == "completed" else END_REASONS.get(str(status), State.COMPLETED)
-        return CarrierStatus(live=False, reason=reason, answered=body.get("start_time") is not None)
+        return self._api.status(record.providerCallId)
 
     def forget(self, record: CallRecord) -> None:
         with self._lock:
@@ -354,10 +267,7 @@ class TwilioProvider(Provider):
             log.warning("no publicUrl: Twilio cannot reach the webhook until a tunnel provides one")
 
     def stop(self) -> None:
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self._api.close()
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "streaming": self.streaming()}
@@ -376,227 +286,10 @@ class TwilioProvider(Provider):
             return False
         return hmac.compare_digest(expected.encode(), token.encode())
 
-    # -- webhooks --
+    # -- webhooks (twilio_webhooks) --
 
     def handle_webhook(self, request: Request) -> Response:
-        cfg = self._cfg
-        signature = request.headers.get(SIGNATURE_HEADER)
-        if not cfg.skipSignatureVerification and not signature:
-            return self._refuse(request, "no X-Twilio-Signature header").response()
-        params, body = form_params(request)
-        if params is None:
-            return text_answer(415, "expected a form-encoded (or JSON) Twilio webhook").response()
-        if not cfg.skipSignatureVerification:
-            problem = self._verify(request, signature or "", params, body)
-            if problem:
-                return self._refuse(request, problem).response()
-        token = request.headers.get(IDEMPOTENCY_HEADER)
-        keys = [f"token:{token}" if token else "", f"signature:{signature}" if signature else ""]
-        entry, first = self._replays.begin(keys)
-        if not first:
-            answer = self._replays.wait(entry, DUPLICATE_WAIT)
-            log.info("call %s: repeated Twilio webhook answered from cache, not processed again",
-                     request.args.get("callId", "?"))
-            if answer is None:
-                return text_answer(409, "a copy of this request is still being processed").response()
-            return answer.response()
-        try:
-            answer = self._dispatch(request.args.get("type") or "", request.args.get("callId"),
-                                    request.args.get("turn"), params)
-        except BaseException:
-            self._replays.abandon(entry)
-            raise
-        self._replays.finish(entry, answer)
-        return answer.response()
-
-    def _refuse(self, request: Request, problem: str) -> Answer:
-        self._rejections.warning(problem, "rejected a webhook from %s: %s", request.remote_addr, problem)
-        return text_answer(401, "webhook signature verification failed")
-
-    def _verify(self, request: Request, signature: str, params: list[tuple[str, str]],
-                body: bytes | None) -> str | None:
-        auth_token = self._cfg.twilio.authToken or ""
-        urls = signed_urls(request, self.webhook_url if self.public_url else None,
-                           bool(self._cfg.twilio.trustForwardedHeaders))
-        if not urls:
-            return "no publicUrl to check the signature against"
-        for url in urls:
-            if validate(auth_token, url, signature, None if body is not None else params, body=body):
-                return None
-        log.debug("signature checked against %s", urls)
-        return "X-Twilio-Signature does not match (check publicUrl and twilio.authToken)"
-
-    def _dispatch(self, kind: str, call_id: str | None, turn: str | None,
-                  params: list[tuple[str, str]]) -> Answer:
-        sid = first(params, "CallSid")
-        if kind == "status" or (not kind and first(params, "CallbackSource") == "call-progress-events"):
-            return self._on_status(call_id, sid, params)
-        if call_id is None:
-            if kind:
-                return text_answer(400, "a Twilio webhook with a type needs a callId")
-            return self._on_incoming(sid, params)
-        script = self._adopt(call_id, sid)
-        if script is None:
-            # A call we no longer run: whatever Twilio is doing with it, stop.
-            log.debug("call %s: webhook (%s) for an unknown or ended call; answering <Hangup/>",
-                      call_id, kind or "voice")
-            return xml_answer(twiml.hangup_now())
-        if sid is not None and script.sid is not None and sid != script.sid:
-            return text_answer(400, f"CallSid does not belong to call {call_id}")
-        self._learn_sid(script, sid)
-        if kind == "":
-            return self._on_voice(script, params)
-        if kind in ("gather", "played", "connect"):
-            return self._on_turn(script, kind, turn, params)
-        if kind == "twiml":
-            return self._on_stored(script, turn)
-        return text_answer(400, f"unknown webhook type {kind!r}")
-
-    def _learn_sid(self, script: CallScript, sid: str | None) -> None:
-        if sid is None:
-            return
-        with script.lock:
-            known, script.sid = script.sid, sid
-        if known is None:
-            # Twilio's first callback can beat initiate()'s own return.
-            self.sink.attach_provider_id(script.call_id, sid)
-
-    @contextmanager
-    def _answering(self, script: CallScript) -> Iterator[list[str]]:
-        """While a webhook for ``script``'s call is being answered, whatever
-        the call says goes into this answer. Yields a one-item list that
-        receives the TwiML."""
-        out: list[str] = []
-        with script.lock:
-            script.answering += 1
-        try:
-            yield out
-        finally:
-            with script.lock:
-                script.answering -= 1
-                if script.forgotten:
-                    out.append(twiml.hangup_now())
-                elif not out:
-                    out.append(script.compose(self._urls(script.call_id), self._style()).xml)
-
-    def _on_voice(self, script: CallScript, params: list[tuple[str, str]]) -> Answer:
-        """Twilio fetches the call's TwiML: the call is answered (inbound: we
-        answer it now)."""
-        answered_by = first(params, "AnsweredBy")
-        with self._answering(script) as out:
-            with script.lock:
-                script.fetched = True
-            event = classify_status("in-progress", answered_by=answered_by or "human",
-                                    machine_detection=bool(self._cfg.twilio.machineDetection))
-            if event is not None and event.type == EventType.ENDED:
-                log.info("call %s: %s; hanging up", script.call_id, event.message)
-                out.append(twiml.hangup_now())
-                self._emit(EventType.ENDED, f"{script.sid}:answered-by", script, reason=event.reason,
-                           message=event.message)
-            else:
-                self._emit(EventType.ANSWERED, f"{script.sid}:answered", script)
-        return xml_answer(out[0])
-
-    def _on_turn(self, script: CallScript, kind: str, turn: str | None,
-                 params: list[tuple[str, str]]) -> Answer:
-        """Twilio moved past a document: its Gather heard something (gather),
-        its speech ended (played), or its media stream closed (connect)."""
-        with self._answering(script) as out:
-            with script.lock:
-                played = script.advance(turn)
-                if played is None:
-                    out.append(script.stale_answer(self._urls(script.call_id), self._style()))
-                elif kind == "connect":
-                    script.stream_failed = True
-            if played is None:
-                log.debug("call %s: %s request for a replaced document; ignored", script.call_id, kind)
-                return xml_answer(out[0])
-            for utterance in played:
-                self._emit(EventType.PLAYED, f"{script.sid}:played:{utterance}", script, utterance_id=utterance)
-            if kind == "connect":
-                log.warning("call %s: the media stream ended (%s); listening with <Gather> from now on",
-                            script.call_id, first(params, "ErrorCode") or "closed")
-            speech = (first(params, "SpeechResult") or "").strip()
-            if kind == "gather" and speech:
-                self._emit(EventType.SPEECH, f"{script.sid}:speech:{turn}", script, transcript=speech,
-                           is_final=True, confidence=confidence(first(params, "Confidence")))
-            digits = first(params, "Digits") or ""
-            if kind == "gather" and digits:
-                self._emit(EventType.DTMF, f"{script.sid}:digits:{turn}", script, digits=digits)
-        return xml_answer(out[0])
-
-    def _on_stored(self, script: CallScript, turn: str | None) -> Answer:
-        """Twilio fetches a document too long to send inline."""
-        with script.lock:
-            doc = script.stored.get(turn or "") if script.is_current(turn) else None
-            if doc is None:
-                doc = script.stale_answer(self._urls(script.call_id), self._style())
-        return xml_answer(doc)
-
-    def _on_status(self, call_id: str | None, sid: str | None, params: list[tuple[str, str]]) -> Answer:
-        call_status = first(params, "CallStatus") or ""
-        if call_id is None and sid is not None:
-            call_id = self.sink.find_by_provider_id(sid)  # inbound: no callId in the URL
-        script = self._adopt(call_id, sid) if call_id else None
-        if script is None:
-            log.debug("status %s for an unknown or ended call (%s)", call_status, call_id)
-            return xml_answer(twiml.empty())
-        if sid is not None and script.sid is not None and sid != script.sid:
-            return text_answer(400, f"CallSid does not belong to call {call_id}")
-        self._learn_sid(script, sid)
-        sequence = to_int(first(params, "SequenceNumber"))
-        with script.lock:
-            stale = sequence is not None and sequence <= script.sequence
-            if sequence is not None:
-                script.sequence = max(script.sequence, sequence)
-            closing = script.closing
-        event = classify_status(call_status, answered_by=first(params, "AnsweredBy"),
-                                machine_detection=bool(self._cfg.twilio.machineDetection), closing=closing)
-        if event is None:
-            if call_status not in LIVE_STATUSES:
-                log.info("call %s: unknown Twilio CallStatus %r ignored", script.call_id, call_status)
-            return xml_answer(twiml.empty())
-        if stale and event.type != EventType.ENDED:
-            # An older callback overtaken by a newer one: never move backwards.
-            log.debug("call %s: out-of-order status %s (sequence %s) ignored", script.call_id, call_status,
-                      sequence)
-            return xml_answer(twiml.empty())
-        message = event.message
-        if event.reason == State.FAILED and not message:
-            sip = first(params, "SipResponseCode")
-            message = "Twilio reports the call failed" + (f" (SIP {sip})" if sip else "")
-        if event.type == EventType.ENDED and call_status == "in-progress" and script.sid:
-            # Answered, but not by a person (machine detection): the call is
-            # still up at Twilio, so end it there too.
-            log.info("call %s: %s; hanging up", script.call_id, message)
-            try:
-                self._hangup_sid(script.sid)
-            except ProviderError as exc:
-                log.warning("call %s: hanging up failed: %s", script.call_id, exc.message)
-        # The same id as the voice fetch's answer, which may come first.
-        suffix = "answered" if event.type == EventType.ANSWERED else f"status:{call_status}"
-        event_id = f"{script.sid}:{suffix}"
-        self._emit(event.type, event_id, script, reason=event.reason, message=message)
-        return xml_answer(twiml.empty())
-
-    def _on_incoming(self, sid: str | None, params: list[tuple[str, str]]) -> Answer:
-        """A call to one of our numbers (its voice URL is the bare webhook)."""
-        call_status = first(params, "CallStatus") or ""
-        if sid is None:
-            return text_answer(400, "a Twilio voice request needs CallSid")
-        if call_status not in LIVE_STATUSES:
-            return self._on_status(None, sid, params)  # a status callback configured without ?type=status
-        caller = first(params, "From") or ""
-        snapshot, accepted = self.sink.accept_inbound(caller, first(params, "To"), sid)
-        if not accepted:
-            return xml_answer(twiml.reject())
-        call_id = snapshot["callId"]
-        with self._lock:
-            script = self._scripts.get(call_id)
-            if script is None:
-                script = CallScript(call_id, Mode.CONVERSATION, sid=sid)
-                self._scripts[call_id] = script
-        return self._on_voice(script, params)
+        return self._webhooks.handle(request)
 
 
 __all__ = ["TwilioProvider"]
