@@ -24,24 +24,20 @@ events overtake a failed one, as they would in production.
 from __future__ import annotations
 
 import base64
-import json
 import logging
-import re
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import nacl.signing
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
-from werkzeug.wrappers import Request, Response
+from werkzeug.wrappers import Request
 
-from . import _telnyx_params as params
 from . import _telnyx_wire as wire
 from ._scheduler import Scheduler
-from ._telnyx_calls import Callee, Command, FakeCall, SpeakJob
+from ._telnyx_calls import Callee, FakeCall
+from ._telnyx_rest import RestApi, RestRequest
 from ._telnyx_sim import DTMF_DIGITS, Simulation, Timing
 from ._telnyx_webhooks import Deliverer, Delivery
 from ._wait import wait_until
@@ -50,30 +46,6 @@ __all__ = ["Callee", "Delivery", "FakeCall", "FakeTelnyx", "RestRequest", "Timin
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Action = Callable[[], None]
-_TAG_RE = re.compile(r"<[^>]+>")
-
-
-@dataclass
-class RestRequest:
-    """One request the daemon made to the fake's REST API."""
-
-    method: str
-    path: str
-    json: Any
-    headers: dict[str, str]
-    status: int | None = None
-    response: dict[str, Any] | None = None
-    deduped: bool = False   # answered from the command_id cache
-    injected: bool = False  # failed by fail_next()
-    at: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class _RestFault:
-    error: wire.ApiError
-    remaining: int
-    path_contains: str | None
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -144,29 +116,22 @@ class FakeTelnyx:
         self.public_key_pem = wire.public_key_pem(verify_key)
 
         # Inspection state; every mutation happens under _lock.
-        self.requests: list[RestRequest] = []
         self.deliveries: list[Delivery] = []
 
         self._lock = threading.RLock()
         self._ids = wire.Ids(seed)
         self._callees: dict[str, Callee] = {}
-        self._rest_faults: list[_RestFault] = []
-        self._results: dict[tuple[str, str], tuple[float, tuple[int, dict[str, Any]]]] = {}
         self._scheduler = Scheduler("fake-telnyx-scheduler")
         self._deliverer = Deliverer(self.signing_key, self._scheduler, retry_delays=webhook_retry_delays,
                                     timeout=webhook_timeout, record=self._record_delivery)
         self._sim = Simulation(self._lock, self._ids, self._scheduler, self._deliverer, self.timing,
                                connection_id)
         self.calls: dict[str, FakeCall] = self._sim.calls  # the simulation's own dict, live
+        self._rest = RestApi(self, self._lock, self._sim,
+                             lambda number: self._callees.get(number, self.default_callee))
+        self.requests = self._rest.requests  # the REST side's own list, live
         self._server: BaseWSGIServer | None = None
         self._server_thread: threading.Thread | None = None
-        self._commands: dict[str, Callable[[FakeCall, dict[str, Any]], Action]] = {
-            "answer": self._cmd_answer, "hangup": self._cmd_hangup, "reject": self._cmd_reject,
-            "speak": self._cmd_speak, "transcription_start": self._cmd_transcription_start,
-            "transcription_stop": self._cmd_transcription_stop, "playback_start": self._cmd_playback_start,
-            "playback_stop": self._cmd_accept, "streaming_start": self._cmd_streaming_start,
-            "streaming_stop": self._cmd_accept,
-        }
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -286,8 +251,7 @@ class FakeTelnyx:
         error = wire.ApiError(status, code or default_code, title,
                               detail or f"Injected failure (HTTP {status}) from the fake Telnyx.",
                               headers=headers)
-        with self._lock:
-            self._rest_faults.append(_RestFault(error, count, path_contains))
+        self._rest.fail(error, count, path_contains)
 
     def inject_webhook_fault(self, fault: str, *, event_type: str | None = None,
                              call_control_id: str | None = None, count: int = 1) -> None:
@@ -372,192 +336,11 @@ class FakeTelnyx:
         lines.extend(f"  simulation error: {exc!r}" for exc in self._scheduler.errors)
         return "fake Telnyx state:\n" + ("\n".join(lines) if lines else "  (nothing happened)")
 
-    # -- REST --------------------------------------------------------------------
+    # -- serving (the REST API itself is _telnyx_rest) ------------------------------
 
     def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        response = self._handle(Request(environ))
+        response = self._rest.handle(Request(environ))
         return response(environ, start_response)
-
-    def _handle(self, request: Request) -> Response:
-        raw = request.get_data(cache=False)
-        record = RestRequest(request.method, request.path, _json_or_none(raw), dict(request.headers))
-        with self._lock:
-            self.requests.append(record)
-        if self.timing.rest_latency > 0:
-            time.sleep(self.timing.rest_latency)
-        headers: dict[str, str] = {}
-        try:
-            self._injected_failure(request.path, record)
-            self._authenticate(request)
-            status, body = self._route(request.method, request.path, raw, record)
-        except wire.ApiError as err:
-            status, body, headers = err.status, err.body(), err.headers
-        record.status, record.response = status, body
-        return Response(json.dumps(body), status=status, headers=headers, content_type="application/json")
-
-    def _injected_failure(self, path: str, record: RestRequest) -> None:
-        with self._lock:
-            for fault in self._rest_faults:
-                if fault.remaining > 0 and (fault.path_contains is None or fault.path_contains in path):
-                    fault.remaining -= 1
-                    record.injected = True
-                    raise fault.error
-
-    def _authenticate(self, request: Request) -> None:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or token.strip() != self.api_key:
-            raise wire.auth_failed()
-
-    def _route(self, method: str, path: str, raw: bytes, record: RestRequest) -> tuple[int, dict[str, Any]]:
-        parts = path.strip("/").split("/")
-        if parts[:2] == ["v2", "calls"]:
-            if len(parts) == 2 and method == "POST":
-                return self._dial(raw, record)
-            if len(parts) == 3 and method == "GET":
-                with self._lock:
-                    return 200, {"data": self._call_or_404(parts[2]).status_record()}
-            if len(parts) == 5 and parts[3] == "actions" and method == "POST":
-                return self._command(parts[2], parts[4], raw, record)
-        raise wire.not_found(f"No route for {method} {path} on this fake Telnyx.")
-
-    def _call_or_404(self, call_control_id: str) -> FakeCall:
-        call = self.calls.get(call_control_id)
-        if call is None:
-            raise wire.invalid_call_id(call_control_id)
-        return call
-
-    def _cached(self, scope: str, command_id: str | None) -> tuple[int, dict[str, Any]] | None:
-        if command_id is None:
-            return None
-        hit = self._results.get((scope, command_id))
-        if hit is None or time.monotonic() - hit[0] > self.command_id_ttl:
-            return None
-        return hit[1]
-
-    def _remember(self, scope: str, command_id: str | None, result: tuple[int, dict[str, Any]]) -> None:
-        # Only successes are remembered: a retry after an error must act.
-        if command_id is not None:
-            self._results[(scope, command_id)] = (time.monotonic(), result)
-
-    def _dial(self, raw: bytes, record: RestRequest) -> tuple[int, dict[str, Any]]:
-        body = wire.parse_json_object(raw)
-        command_id = wire.optional_str(body, "command_id")
-        with self._lock:
-            cached = self._cached("dial", command_id)
-            if cached is not None:
-                record.deduped = True
-                return cached
-            dial = params.dial(body, self.connection_id)
-            call = self._sim.new_call("outgoing", dial.from_, dial.to, dial.webhook_url, dial.client_state,
-                                      status="ringing")
-            self._sim.start_outbound(call, dial, self._callees.get(dial.to, self.default_callee))
-            result = 200, {"data": {"call_control_id": call.call_control_id, "call_leg_id": call.call_leg_id,
-                                    "call_session_id": call.call_session_id, "is_alive": True,
-                                    "record_type": "call"}}
-            self._remember("dial", command_id, result)
-            return result
-
-    def _command(self, call_control_id: str, name: str, raw: bytes,
-                 record: RestRequest) -> tuple[int, dict[str, Any]]:
-        handler = self._commands.get(name)
-        if handler is None:
-            raise wire.not_found(f"actions/{name} is not implemented by this fake Telnyx.")
-        body = wire.parse_json_object(raw)
-        command_id = wire.optional_str(body, "command_id")
-        with self._lock:
-            call = self._call_or_404(call_control_id)
-            cached = self._cached(call_control_id, command_id)
-            if cached is not None:
-                record.deduped = True
-                call.commands.append(Command(name, body, cached[0], deduped=True))
-                return cached
-            try:
-                if not call.alive:
-                    raise wire.call_ended()
-                state = wire.client_state(body)
-                action = handler(call, body)  # validates; changes nothing yet
-            except wire.ApiError as err:
-                call.commands.append(Command(name, body, err.status))
-                raise
-            if state is not None:
-                # Replaces the call's state for this command's webhooks and all later ones.
-                call.client_state = state
-            call.commands.append(Command(name, body, 200))
-            action()
-            result = 200, {"data": {"result": "ok"}}
-            self._remember(call_control_id, command_id, result)
-            return result
-
-    # -- commands: each validates, then returns the action to apply ------------
-
-    def _require_answered(self, call: FakeCall, name: str) -> None:
-        if call.status != "answered":
-            raise wire.not_allowed_now(f"{name} needs an answered call; this call is {call.status}.")
-
-    def _cmd_answer(self, call: FakeCall, body: dict[str, Any]) -> Action:
-        if call.direction != "incoming":
-            raise wire.not_allowed_now("answer applies to incoming calls; this call is outgoing.")
-        if call.status != "parked":
-            raise wire.not_allowed_now("This call has already been answered.")
-        webhook_url, tracks = params.answer(body)
-
-        def act() -> None:
-            if webhook_url is not None:
-                call.webhook_url = webhook_url
-            call.transcribe_on_answer = tracks
-            self._sim.connect(call)
-        return act
-
-    def _cmd_hangup(self, call: FakeCall, body: dict[str, Any]) -> Action:
-        # Hanging up a still-ringing outbound call cancels it.
-        cause = "originator_cancel" if call.status == "ringing" else "normal_clearing"
-        return lambda: self._sim.end(call, cause, call.local_source())
-
-    def _cmd_reject(self, call: FakeCall, body: dict[str, Any]) -> Action:
-        if call.status != "parked":
-            raise wire.not_allowed_now("reject applies to incoming calls that have not been answered.")
-        cause = params.reject_cause(body)
-        return lambda: self._sim.end(call, cause, call.local_source())
-
-    def _cmd_speak(self, call: FakeCall, body: dict[str, Any]) -> Action:
-        self._require_answered(call, "speak")
-        speak = params.speak(body)
-        text = _TAG_RE.sub("", speak.payload) if speak.payload_type == "ssml" else speak.payload
-
-        def act() -> None:
-            call.said.append(speak.payload)
-            self._sim.queue_speech(call, SpeakJob(text, speak.voice))
-        return act
-
-    def _cmd_transcription_start(self, call: FakeCall, body: dict[str, Any]) -> Action:
-        self._require_answered(call, "transcription_start")
-        tracks = params.transcription_start(body)
-        return lambda: setattr(call, "transcription_tracks", tracks)
-
-    def _cmd_transcription_stop(self, call: FakeCall, body: dict[str, Any]) -> Action:
-        self._require_answered(call, "transcription_stop")
-        return lambda: setattr(call, "transcription_tracks", None)
-
-    def _cmd_playback_start(self, call: FakeCall, body: dict[str, Any]) -> Action:
-        self._require_answered(call, "playback_start")
-        playback = params.playback_start(body)
-        extra = {"media_url": playback.get("audio_url"), "media_name": playback.get("media_name"),
-                 "overlay": bool(playback.get("overlay", False))}
-
-        def act() -> None:
-            call.playbacks.append(playback)
-            self._sim.play(call, extra)
-        return act
-
-    def _cmd_streaming_start(self, call: FakeCall, body: dict[str, Any]) -> Action:
-        self._require_answered(call, "streaming_start")
-        stream = params.streaming_start(body)
-        # Recorded only: the fake opens no media WebSocket, so it never
-        # claims streaming.started.
-        return lambda: call.streams.append(stream)
-
-    def _cmd_accept(self, call: FakeCall, body: dict[str, Any]) -> Action:
-        return lambda: None
 
     # -- helpers ------------------------------------------------------------------
 
@@ -578,9 +361,3 @@ class FakeTelnyx:
             if call is not None:
                 call.webhooks.append(delivery)
 
-
-def _json_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw) if raw.strip() else None
-    except (ValueError, UnicodeDecodeError):
-        return None
