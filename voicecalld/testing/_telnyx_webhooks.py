@@ -61,7 +61,8 @@ class Delivery:
 
     @property
     def json(self) -> dict[str, Any]:
-        return json.loads(self.body)
+        document: dict[str, Any] = json.loads(self.body)
+        return document
 
     def __repr__(self) -> str:
         outcome = self.status if self.status is not None else (self.error or "pending")

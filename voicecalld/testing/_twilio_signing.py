@@ -1,8 +1,11 @@
 """X-Twilio-Signature, computed the way Twilio's servers do.
 
-Deliberately written from the protocol description (protocols.md C) and not
-imported from the daemon: the fake exists to be an *independent* check of
-the daemon's validator, so sharing code would let one bug pass both sides.
+Written from Twilio's own description of the algorithm
+(https://www.twilio.com/docs/usage/security, "Validating requests are
+coming from Twilio"), one documented step at a time, and not imported from
+the daemon: the fake exists to be an *independent* check of the daemon's
+validator (``providers/twilio_signature.py``), so sharing its code, or
+copying it, would let one bug pass both sides.
 """
 
 from __future__ import annotations
@@ -13,39 +16,35 @@ import hmac
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
+#: Form parameters: a mapping (a value may be a list of values) or name/value pairs.
 Params = Mapping[str, str | Iterable[str]] | Iterable[tuple[str, str]]
 
 
-def _pairs(params: Params | None) -> list[tuple[str, str]]:
-    """Normalise a mapping (values may be lists) or a list of pairs to pairs."""
-    if params is None:
-        return []
-    if isinstance(params, Mapping):
-        out: list[tuple[str, str]] = []
-        for name, value in params.items():
-            if isinstance(value, str):
-                out.append((name, value))
-            else:
-                out.extend((name, v) for v in value)
-        return out
-    return [(str(k), str(v)) for k, v in params]
-
-
-def signing_string(url: str, params: Params | None = None) -> str:
-    """The exact text Twilio feeds to HMAC: URL, then sorted name+value pairs.
-
-    Names sort by code point (case-sensitive) and a repeated name contributes
-    once per value, values sorted too; there are no separators at all.
-    """
-    pairs = sorted(_pairs(params))
-    return url + "".join(name + value for name, value in pairs)
+def _values_by_name(params: Params | None) -> dict[str, list[str]]:
+    """Every value sent under each name (a repeated name has several)."""
+    by_name: dict[str, list[str]] = {}
+    pairs = params.items() if isinstance(params, Mapping) else (params or ())
+    for name, value in pairs:
+        values = [value] if isinstance(value, str) else list(value)
+        by_name.setdefault(name, []).extend(values)
+    return by_name
 
 
 def compute_signature(auth_token: str, url: str, params: Params | None = None) -> str:
-    """base64(HMAC-SHA1(auth_token, url + sorted params)), as sent by Twilio."""
-    mac = hmac.new(auth_token.encode("utf-8"), signing_string(url, params).encode("utf-8"),
-                   hashlib.sha1)
-    return base64.b64encode(mac.digest()).decode("ascii")
+    """The ``X-Twilio-Signature`` Twilio sends with a request to ``url``."""
+    # 1. Take the full URL of the request, query string and all.
+    data = url
+    # 2. Sort the POST parameters by name, case-sensitively (Unix sort
+    #    order); a name sent several times comes once per value, in order.
+    by_name = _values_by_name(params)
+    # 3. Append each name and then its value, with no delimiters.
+    for name in sorted(by_name):
+        for value in sorted(by_name[name]):
+            data += name + value
+    # 4. Sign the result with HMAC-SHA1, the auth token being the key.
+    digest = hmac.digest(auth_token.encode("utf-8"), data.encode("utf-8"), "sha1")
+    # 5. Base64-encode the hash.
+    return base64.b64encode(digest).decode("ascii")
 
 
 def body_sha256_url(url: str, body: bytes) -> str:

@@ -131,8 +131,9 @@ class WebhookSender:
             # Sign what is actually requested (requests may normalise the URL).
             signature = compute_signature(self.fake.auth_token, prepared.url or "", params)
         prepared.headers["X-Twilio-Signature"] = signature
-        delivery = Delivery(kind, prepared.url or url, method, list(params),
-                            dict(prepared.headers), attempt)
+        headers_sent = {name: value if isinstance(value, str) else value.decode("latin-1")
+                        for name, value in prepared.headers.items()}
+        delivery = Delivery(kind, prepared.url or url, method, list(params), headers_sent, attempt)
         try:
             with requests.Session() as session:
                 resp = session.send(prepared, timeout=self.fake.webhook_timeout, allow_redirects=False)
