@@ -1,6 +1,6 @@
 """Telnyx wire facts without I/O: envelope parsing, client_state, the
 hang-up cause table, error sentences, dial limits and the webhook
-signature check the provider runs (protocols.md F-G)."""
+signature check the provider runs (https://developers.telnyx.com/api/call-control)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from voicecalld.providers import telnyx_events as wire
 from voicecalld.providers.telnyx import _KeyCache, check_signature, ring_timeout_secs, time_limit_secs
 from voicecalld.providers.telnyx_signature import SignatureError
 
-# protocols.md G
+# The Ed25519 vector of test_telnyx_signature.py (seed 0x00..0x1f).
 VECTOR_KEY = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
 VECTOR_TS = "1700000000"
 VECTOR_BODY = b'{"data":{"event_type":"call.hangup","id":"0ccc7b54-4df3-4bca-a65a-3da1ecc777f0"}}'

@@ -1,4 +1,6 @@
-"""Telnyx Ed25519 webhook verification (protocols.md G)."""
+"""Telnyx Ed25519 webhook verification: Telnyx signs ``timestamp|raw body``
+(the telnyx-timestamp and telnyx-signature-ed25519 headers), as the official
+SDKs check it (telnyx-python's ``lib/webhook_verification.py``)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from voicecalld.providers.telnyx_signature import (
     verify,
 )
 
-# protocols.md G: generated from seed 0x00..0x1f; Ed25519 is deterministic.
+# Generated from seed 0x00..0x1f; Ed25519 is deterministic.
 SEED = bytes(range(32))
 PUBLIC_B64 = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
 TIMESTAMP = "1700000000"

@@ -1,6 +1,7 @@
-"""X-Twilio-Signature validation: every vector of protocols.md C, the port
-variants Twilio's own validator accepts (and nothing looser), JSON bodies
-with bodySHA256, and the wss:// URL of a Media Streams upgrade."""
+"""X-Twilio-Signature validation: the vectors of twilio-python's
+tests/unit/test_request_validator.py (and a few more), the port variants
+Twilio's own validator accepts (and nothing looser), JSON bodies with
+bodySHA256, and the wss:// URL of a Media Streams upgrade."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The ``voice_call`` tool: one function an AI agent can call to place and
-run phone calls (DESIGN.md section 5).
+run phone calls (voicecalld-tools(7)).
 
 The parameters are one flat object with an ``action`` enum rather than a
 ``oneOf`` per action, because OpenAI function parameters must be a plain

@@ -1,4 +1,4 @@
-"""The Telnyx carrier: Call Control v2 (protocols.md F-G).
+"""The Telnyx carrier: Call Control v2 (https://developers.telnyx.com/api/call-control).
 
 Outbound calls are dialed with ``POST /v2/calls``; every later command is
 ``POST /v2/calls/{call_control_id}/actions/<cmd>``. Each request carries a

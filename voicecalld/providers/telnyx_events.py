@@ -1,5 +1,6 @@
 """Telnyx Call Control v2 wire facts, without I/O: the webhook envelope,
-``client_state``, the hang-up cause table and error bodies (protocols.md F).
+``client_state``, the hang-up cause table and error bodies
+(https://developers.telnyx.com/api/call-control).
 
 The provider module does the talking; everything here is pure, so it is
 tested by tables.

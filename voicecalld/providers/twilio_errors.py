@@ -1,7 +1,8 @@
 """Twilio REST errors as messages a person can act on. Pure.
 
 Twilio answers a failed request with ``{"code", "message", "more_info",
-"status"}`` (protocols.md A). The code says what to fix, and in which
+"status"}`` (https://www.twilio.com/docs/api/errors lists the codes).
+The code says what to fix, and in which
 setting of ours; Twilio's own message is kept as the fallback. Phone numbers
 in the text are masked, as everywhere in logs and errors.
 """

@@ -1,6 +1,7 @@
 """X-Twilio-Signature (HMAC-SHA1), verification side. Pure: no I/O, no clock.
 
-What Twilio signs (protocols.md C, after twilio-python's RequestValidator):
+What Twilio signs (https://www.twilio.com/docs/usage/security, and
+twilio-python's ``twilio/request_validator.py``, whose behaviour this follows):
 
 * the full URL it requested, query string included, exactly as given to it;
 * for a form POST, every parameter appended as ``name + value`` with no

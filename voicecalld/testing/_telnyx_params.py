@@ -1,7 +1,8 @@
 """Validation of the request bodies the fake Telnyx accepts.
 
 Each function checks one request's body against the Call Control v2 rules
-(protocols.md F) and returns the cleaned parameters, or raises ``ApiError``
+(https://developers.telnyx.com/api/call-control) and returns the cleaned
+parameters, or raises ``ApiError``
 naming the offending field, before anything about a call changes.
 """
 

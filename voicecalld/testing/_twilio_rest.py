@@ -1,7 +1,8 @@
 """The fake's REST surface: Twilio's 2010-04-01 Calls resource.
 
 Paths, status codes, error codes and JSON field names follow the real API
-(protocols.md A), because the daemon under test only gets ``apiBaseUrl``
+(https://www.twilio.com/docs/voice/api/call-resource), because the daemon
+under test only gets ``apiBaseUrl``
 pointed here and must not be able to tell the difference.
 """
 

@@ -36,7 +36,8 @@ def _country(number: str) -> str:
 
 
 def standard_params(call: FakeCall, call_status: str | None = None) -> list[tuple[str, str]]:
-    """What Twilio posts with every voice request (protocols.md B)."""
+    """What Twilio posts with every voice request
+    (https://www.twilio.com/docs/voice/twiml, "Twilio's request")."""
     params = [
         ("AccountSid", call.account_sid), ("ApiVersion", API_VERSION), ("CallSid", call.sid),
         ("CallStatus", call_status or call.status), ("Direction", call.direction),

@@ -3,7 +3,7 @@
 Point the daemon's ``twilio.apiBaseUrl`` at ``FakeTwilio.base_url``; every
 other thing the daemon sees (REST paths and JSON, status callbacks, signed
 webhooks, TwiML interpretation, error codes) behaves like real Twilio
-(protocols.md A-D). Tests drive the far end of each call (answer, speak,
+(https://www.twilio.com/docs/voice). Tests drive the far end of each call (answer, speak,
 hang up) and inspect everything that happened::
 
     with FakeTwilio(time_scale=0.01) as fake:
