@@ -1,12 +1,14 @@
 """The mock carrier: simulated calls with no network.
 
 It behaves like a carrier reporting by webhook: everything it does comes
-back to the manager later, as normalized events fired from the timer wheel,
-through the same ``handle_event`` path real carriers use. The callee rings,
-answers after ``mock.answerDelayMs``, "hears" speech for a time proportional
-to its length, answers each ``continue`` turn from ``mock.calleeReplies``, and
-says or hangs up whatever the ``mock.say`` / ``mock.hangup`` control methods
-ask for.
+back to the engine later, as normalized events fired from the timer wheel,
+through the same ``CallSink.handle_event`` path real carriers use. The callee
+rings, answers after ``mock.answerDelayMs``, "hears" speech for a time
+proportional to its length, answers each ``continue`` turn from
+``mock.calleeReplies``, and says or hangs up whatever the ``mock.say`` /
+``mock.hangup`` control methods ask for; ``mock.inbound`` places a call to
+the daemon. Those three methods are the mock's own (``control_methods``):
+a daemon on a real carrier does not serve them.
 
 Like a real carrier, the simulated one outlives a daemon restart: it keeps
 its calls in a small state file (``mock-carrier.json`` beside the call log),
