@@ -24,7 +24,7 @@ from werkzeug.wrappers import Request
 
 from voicecalld import config as C
 from voicecalld.calls import CallEvent, CallRecord, Direction, EventType, Mode, Speak
-from voicecalld.errors import NotConnected
+from voicecalld.errors import NotConnected, ProviderError
 from voicecalld.providers.telnyx import TelnyxProvider
 from voicecalld.testing import _telnyx_wire
 from voicecalld.testing._wait import wait_until
@@ -131,6 +131,24 @@ def test_a_reply_after_the_call_was_forgotten_makes_no_leg_and_no_request(fake: 
             provider.start_listening(record, 2)
         assert provider.describe()["legs"] == 0
         assert len(fake.requests) == requests_before
+    finally:
+        provider.stop()
+
+
+def test_the_declared_message_limit_is_the_one_telnyx_speaks(fake: FakeTelnyx) -> None:
+    provider = provider_for(fake, Recorder(telnyx_config(fake)))
+    try:
+        record = CallRecord(callId=str(uuid.uuid4()), provider="telnyx", direction=Direction.OUTBOUND,
+                            mode=Mode.CONVERSATION, to=CALLER, from_=OURS)
+        record.providerCallId = provider.initiate(record)
+        call = fake.calls[record.providerCallId]
+        fake.wait_for(lambda: call.status == "answered", what="the callee to answer")
+        limit = TelnyxProvider.capabilities.max_message_chars
+        provider.speak(record, Speak("a" * limit, "u1"))
+        assert call.said == ["a" * limit]
+        with pytest.raises(ProviderError, match="payload"):
+            provider.speak(record, Speak("a" * (limit + 1), "u2"))
+        assert call.said == ["a" * limit]
     finally:
         provider.stop()
 
