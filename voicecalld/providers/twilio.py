@@ -83,12 +83,13 @@ class _CallUrls:
 
 class TwilioProvider(Provider):
     name = "twilio"
-    # <Say> takes 4096 characters with the basic voices (3000 with Polly,
-    # 5000 with Google): https://www.twilio.com/docs/voice/twiml/say and
-    # https://www.twilio.com/docs/api/errors/13521. The TwiML after the
-    # speech already listens (<Gather>) or hangs up, as Speak.then says, so
-    # there is no recognition to stop separately.
-    capabilities = Capabilities(max_message_chars=4096, scripts_speech=True, stops_listening=False)
+    # <Say> takes 4096 characters with the basic voices, 3000 with Polly and
+    # 5000 with Google (https://www.twilio.com/docs/voice/twiml/say,
+    # https://www.twilio.com/docs/api/errors/13521). twilio.voice may name
+    # any of them, so the limit is the one every voice accepts. The TwiML
+    # after the speech already listens (<Gather>) or hangs up, as Speak.then
+    # says, so there is no recognition to stop separately.
+    capabilities = Capabilities(max_message_chars=3000, scripts_speech=True, stops_listening=False)
 
     def __init__(self) -> None:
         super().__init__()
