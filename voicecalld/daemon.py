@@ -32,9 +32,10 @@ from .recovery import Recovery
 from .responder import Responder
 from .store import Store
 from .systemd import Notifier, listen_fds, under_journald, watchdog_interval
-from .timers import TimerService, WorkerPool
+from .timers import TimerService
 from .tunnel import TunnelError, Tunnels
 from .webhook import WebhookApp
+from .workerpool import WorkerPool
 
 log = logging.getLogger("voicecalld")
 
