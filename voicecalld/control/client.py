@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import jsonsafe
+from ..errors import INTERNAL_ERROR
 from . import protocol
 
 
@@ -86,7 +87,7 @@ class Client:
                 break
         if "error" in message:
             err = message["error"]
-            raise RpcError(err.get("code", protocol.INTERNAL_ERROR), err.get("message", "error"), err.get("data"))
+            raise RpcError(err.get("code", INTERNAL_ERROR), err.get("message", "error"), err.get("data"))
         return message.get("result")
 
     def events(self) -> Iterator[dict[str, Any]]:

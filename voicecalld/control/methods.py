@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import tool
-from ..errors import InvalidParams, VoiceCallError
-from . import protocol
+from ..errors import METHOD_NOT_FOUND, InvalidParams, VoiceCallError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..manager import CallManager
@@ -52,7 +51,7 @@ class Method:
 
 
 class MethodNotFound(VoiceCallError):
-    code = protocol.METHOD_NOT_FOUND
+    code = METHOD_NOT_FOUND
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object"}
