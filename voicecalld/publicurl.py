@@ -26,8 +26,8 @@ def is_origin(public_url: str) -> bool:
 
 def webhook_url(public_url: str, serve_path: str) -> str:
     """The URL carriers post webhooks to (and sign)."""
-    parts = urlsplit(public_url)
-    if parts.path in ("", "/"):
+    if is_origin(public_url):
+        parts = urlsplit(public_url)
         return urlunsplit((parts.scheme, parts.netloc, serve_path, "", ""))
     return public_url
 

@@ -12,6 +12,7 @@ walks the tree and returns one ``Setting`` row per key, which loading,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import types
 from collections.abc import Callable
@@ -148,22 +149,6 @@ _TYPE_OF_KIND: dict[str, object] = {"path": str, "e164": str, "url": str, "urlpa
 # --- declaring settings ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Spec:
-    """What ``setting()`` records on a field; the key and kind come later."""
-
-    default: object
-    doc: str
-    kind: str | None
-    minimum: float | None
-    maximum: float | None
-    positive: bool
-    secret: bool
-    env: str | None
-    credential: str | None
-    schemes: tuple[str, ...]
-
-
 def setting(default: T, doc: str, *, kind: str | None = None, minimum: float | None = None,
             maximum: float | None = None, positive: bool = False, secret: bool = False, env: str | None = None,
             credential: str | None = None, schemes: tuple[str, ...] = ()) -> T:
@@ -172,8 +157,9 @@ def setting(default: T, doc: str, *, kind: str | None = None, minimum: float | N
     redacted and scrubbed from logs; ``credential`` and ``env`` name where
     a value missing from the file is read from (in that order); ``schemes``
     those a URL may have (http and https unless given)."""
-    spec = _Spec(default, doc, kind, minimum, maximum, positive, secret, env, credential, schemes)
-    return field(default=default, metadata={_SPEC: spec})
+    # The row without its key, and without its kind unless given: table() adds them.
+    row = Setting("", kind or "", default, doc, (), minimum, maximum, positive, secret, env, credential, schemes)
+    return field(default=default, metadata={_SPEC: row})
 
 
 def section(cls: Callable[[], T]) -> T:
@@ -210,7 +196,7 @@ class Setting:
         return _CHECKERS[self.kind](value, self)
 
 
-def _row(key: str, annotation: object, spec: _Spec) -> Setting:
+def _row(key: str, annotation: object, spec: Setting) -> Setting:
     """The table row of one field; raises TypeError when its type, kind and
     default disagree (so a mistyped declaration fails on import)."""
     # Only ``X | None`` is optional: a value is either set or None (unset).
@@ -223,14 +209,13 @@ def _row(key: str, annotation: object, spec: _Spec) -> Setting:
         kind = _KIND_OF_TYPE[base]
     else:
         raise TypeError(f"{key}: no kind of setting has the type {annotation}")
-    if spec.kind is not None:
+    if spec.kind:
         if _TYPE_OF_KIND.get(spec.kind) != base:
             raise TypeError(f"{key}: kind {spec.kind} does not go with the type {annotation}")
         kind = spec.kind
     if spec.default is None and not optional:
         raise TypeError(f"{key}: default None needs an optional type, not {annotation}")
-    row = Setting(key, kind, spec.default, spec.doc, choices, spec.minimum, spec.maximum, spec.positive,
-                  spec.secret, spec.env, spec.credential, spec.schemes)
+    row = dataclasses.replace(spec, key=key, kind=kind, choices=choices)
     if spec.default is not None and row.check(spec.default)[1] is not None:
         raise TypeError(f"{key}: the default {spec.default!r} is not valid: {row.check(spec.default)[1]}")
     return row
