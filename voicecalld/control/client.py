@@ -45,6 +45,14 @@ class Client:
                               "see --socket and VOICECALLD_SOCKET)") from None
 
     def close(self) -> None:
+        """Also ends a ``call`` waiting on another thread (the MCP server's
+        cancellation): shutdown wakes its read at once, where close alone
+        would leave it blocked until the daemon answered, and would free
+        the descriptor for reuse under that read."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # not connected, or already shut down
         self._sock.close()
 
     def __enter__(self) -> Client:
