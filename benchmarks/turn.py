@@ -57,7 +57,8 @@ from voicecalld.manager import CallManager  # noqa: E402
 from voicecalld.providers.mock import MockProvider  # noqa: E402
 from voicecalld.responder import Responder  # noqa: E402
 from voicecalld.store import Store  # noqa: E402
-from voicecalld.timers import TimerService, WorkerPool  # noqa: E402
+from voicecalld.timers import TimerService  # noqa: E402
+from voicecalld.workerpool import WorkerPool  # noqa: E402
 
 REPLY = "Sure, I can help with that. What time works for you?"
 API_KEY = "sk-bench"

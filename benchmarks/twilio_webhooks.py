@@ -32,8 +32,9 @@ from voicecalld.providers import twiml  # noqa: E402
 from voicecalld.providers.twilio import TwilioProvider  # noqa: E402
 from voicecalld.providers.twilio_signature import compute_signature, validate  # noqa: E402
 from voicecalld.store import Store  # noqa: E402
-from voicecalld.timers import TimerService, WorkerPool  # noqa: E402
+from voicecalld.timers import TimerService  # noqa: E402
 from voicecalld.webhook import WebhookApp  # noqa: E402
+from voicecalld.workerpool import WorkerPool  # noqa: E402
 
 TOKEN = "fa4e0000" * 4
 PUBLIC = "https://voice.example.com"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
+import types
+import typing
 
 import pytest
 
 from voicecalld import config as C
+from voicecalld.config import kinds
 
 TWILIO_OK = {"provider": "twilio", "fromNumber": "+15550001234", "publicUrl": "https://example.com",
              "twilio": {"accountSid": "AC" + "0" * 32, "authToken": "tok"}}
@@ -25,11 +29,11 @@ def test_defaults_run_the_mock_carrier() -> None:
     assert cfg.serve.port == 3334 and cfg.serve.bind == "127.0.0.1" and cfg.serve.path == "/voice/webhook"
     assert cfg["maxConcurrentCalls"] == 1 and cfg.maxDurationSeconds == 300
     assert cfg.transcriptTimeoutMs == 180000 and cfg.ringTimeoutMs == 30000
-    assert cfg.inboundPolicy == "disabled" and cfg.allowFrom == []
+    assert cfg.inboundPolicy == "disabled" and cfg.allowFrom == ()
     assert cfg.outbound.defaultMode == "notify" and cfg.outbound.notifyHangupDelaySec == 3
     assert cfg.control.mode == 0o660
     assert cfg.streaming.realtimeUrl == "wss://api.openai.com/v1/realtime?intent=transcription"
-    assert cfg.mock.answerDelayMs == 1000 and cfg.mock.calleeReplies == []
+    assert cfg.mock.answerDelayMs == 1000 and cfg.mock.calleeReplies == ()
     assert cfg.responseModel == "openai/gpt-4o-mini"
     assert cfg.responseBaseUrl == "https://api.openai.com/v1"
 
@@ -38,7 +42,7 @@ def test_every_design_key_exists_with_its_default() -> None:
     design = {
         "provider": "mock", "fromNumber": None, "toNumber": None, "publicUrl": None, "store": None,
         "skipSignatureVerification": False, "maxDurationSeconds": 300, "maxConcurrentCalls": 1,
-        "transcriptTimeoutMs": 180000, "ringTimeoutMs": 30000, "inboundPolicy": "disabled", "allowFrom": [],
+        "transcriptTimeoutMs": 180000, "ringTimeoutMs": 30000, "inboundPolicy": "disabled", "allowFrom": (),
         "responseModel": "openai/gpt-4o-mini", "responseSystemPrompt": None, "responseTimeoutMs": 30000,
         "responseBaseUrl": "https://api.openai.com/v1", "serve.port": 3334, "serve.bind": "127.0.0.1",
         "serve.path": "/voice/webhook", "outbound.defaultMode": "notify", "outbound.notifyHangupDelaySec": 3,
@@ -53,7 +57,7 @@ def test_every_design_key_exists_with_its_default() -> None:
         "tts.baseUrl": "https://api.openai.com/v1", "tunnel.provider": "none", "tunnel.ngrokAuthToken": None,
         "tunnel.ngrokDomain": None, "tunnel.allowNgrokFreeTier": True, "tailscale.mode": "off",
         "tailscale.path": None, "control.socket": None, "control.mode": 0o660, "mock.answerDelayMs": 1000,
-        "mock.calleeReplies": [],
+        "mock.calleeReplies": (),
     }
     cfg = C.from_mapping({}, {})
     for key, default in design.items():
@@ -209,7 +213,99 @@ def test_every_setting_has_docs_and_a_valid_default() -> None:
     for s in C.SETTINGS:
         assert s.doc.endswith(".") or s.doc.endswith(")"), s.key
         if s.default is not None:
-            value = int(s.default, 8) if s.kind == "mode" else s.default
-            if s.kind != "mode":
-                assert s.check(value)[1] is None, s.key
+            assert s.check(s.default) == (s.default, None), s.key
         assert C.describe_default(s)
+
+
+# --- the typed tree -----------------------------------------------------------------------------
+
+RICH = {**TWILIO_OK, "allowFrom": ["+15550009999"], "inboundPolicy": "allowlist", "maxDurationSeconds": 12.5,
+        "streaming": {"enabled": True, "maxStreams": 7, "openaiApiKey": "sk-1"},
+        "mock": {"calleeReplies": ["a", "b"]}, "control": {"mode": "0600", "socket": "/run/x.sock"},
+        "tailscale": {"path": "/voice"}, "twilio": {**TWILIO_OK["twilio"], "voice": "woman"}}
+
+
+def conforms(value: object, annotation: object) -> bool:
+    """``value`` is of the declared type (a float field may hold an int, as in Python's numeric tower)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is types.UnionType:
+        return any(conforms(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin is tuple:
+        return isinstance(value, tuple) and all(conforms(v, args[0]) for v in value)
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    assert isinstance(annotation, type), annotation
+    return isinstance(value, annotation)
+
+
+@pytest.mark.parametrize("data", [{}, RICH], ids=["defaults", "rich"])
+def test_every_value_has_its_declared_type(data) -> None:
+    cfg = C.from_mapping(data, {})
+    checked = 0
+    for holder in [cfg, *(getattr(cfg, name) for name in C.SECTIONS)]:
+        hints = typing.get_type_hints(type(holder))
+        for f in dataclasses.fields(holder):
+            if holder is cfg and f.name in (*C.SECTIONS, "sources", "path"):
+                continue
+            value = getattr(holder, f.name)
+            assert conforms(value, hints[f.name]), (type(holder).__name__, f.name, value, hints[f.name])
+            checked += 1
+    assert checked == len(C.SETTINGS)
+    if data:
+        assert cfg.allowFrom == ("+15550009999",) and cfg.mock.calleeReplies == ("a", "b")
+        assert cfg.control.mode == 0o600 and cfg.streaming.maxStreams == 7 and cfg.maxDurationSeconds == 12.5
+
+
+def test_the_table_is_the_tree() -> None:
+    cfg = C.from_mapping(RICH, {})
+    fields = {f.name for f in dataclasses.fields(C.Config)} - {"sources", "path"}
+    assert set(C.SECTIONS) <= fields
+    keys = [s.key for s in C.SETTINGS]
+    assert len(keys) == len(set(keys))
+    for name in fields - set(C.SECTIONS):
+        assert name in C.SETTINGS_BY_KEY
+    for section in C.SECTIONS:
+        for f in dataclasses.fields(getattr(cfg, section)):
+            assert f"{section}.{f.name}" in C.SETTINGS_BY_KEY
+    for s in C.SETTINGS:
+        holder = getattr(cfg, s.section) if s.section else cfg
+        assert getattr(holder, s.name) == cfg[s.key] == cfg.values[s.key], s.key
+    assert C.SETTINGS_BY_KEY["provider"].choices == ("twilio", "telnyx", "mock")
+    assert C.SETTINGS_BY_KEY["streaming.realtimeUrl"].schemes == ("ws", "wss")
+    with pytest.raises(KeyError):
+        cfg["serve.nope"]  # noqa: B018
+
+
+def test_the_tree_is_frozen_and_replace_makes_a_copy() -> None:
+    cfg = C.from_mapping(TWILIO_OK, {"OPENAI_API_KEY": "sk-env"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.serve.port = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.provider = "mock"  # type: ignore[misc]
+    new = cfg.replace({"serve.port": 4000, "provider": "mock", "streaming.enabled": True})
+    assert (new.serve.port, new.provider, new.streaming.enabled) == (4000, "mock", True)
+    assert (cfg.serve.port, cfg.provider, cfg.streaming.enabled) == (3334, "twilio", False)
+    assert new.serve.bind == cfg.serve.bind and new.twilio == cfg.twilio
+    assert new.sources == cfg.sources and new.sources["streaming.openaiApiKey"] == "environment OPENAI_API_KEY"
+    with pytest.raises(KeyError):
+        cfg.replace({"serve.nope": 1})
+
+
+@pytest.mark.parametrize("annotation, default, kw, message", [
+    (int, None, {}, "default None needs an optional type"),
+    (str, "x", {"kind": "mode"}, "kind mode does not go with the type"),
+    (int, 0, {"minimum": 1}, "the default 0 is not valid: expected a value >= 1"),
+    (dict[str, str], "x", {}, "no kind of setting has the type"),
+    (typing.Literal["a", "b"], "c", {}, "the default 'c' is not valid"),
+])
+def test_a_mistyped_declaration_fails_on_import(annotation, default, kw, message) -> None:
+    broken = dataclasses.make_dataclass("Broken", [("bad", annotation, kinds.setting(default, "Doc.", **kw))],
+                                        frozen=True)
+    with pytest.raises(TypeError, match=message):
+        kinds.table(broken)

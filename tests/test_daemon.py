@@ -314,6 +314,19 @@ def test_sighup_reloads_and_bad_config_keeps_the_old_one(start_daemon) -> None:
     assert d.rpc("daemon.status")["activeCalls"] == 2
 
 
+def test_reload_keeps_the_keys_that_need_a_restart(start_daemon) -> None:
+    d = start_daemon({"mock": {"answerDelayMs": 5000}})
+    d.rpc("voicecall.initiate", {"message": "one"})
+    d.write_config({**d.config, "maxConcurrentCalls": 2, "serve": {**d.config.get("serve", {}), "path": "/moved"},
+                    "control": {**d.config["control"], "lineTimeoutSec": 5}})
+    d.signal(signal.SIGHUP)
+    d.wait(lambda: "configuration reloaded" in d.log(), what="the reload in the log")
+    assert "reload: serve.path, control.lineTimeoutSec changed but needs a restart to take effect" in d.log()
+    assert d.rpc("daemon.status")["webhook"]["path"] == "/voice/webhook"  # kept
+    d.rpc("voicecall.initiate", {"message": "two"})  # maxConcurrentCalls = 2 applies
+    assert d.rpc("daemon.status")["activeCalls"] == 2
+
+
 def test_sigterm_drains_active_calls_and_exits_0(start_daemon) -> None:
     d = start_daemon({"shutdownGraceSeconds": 0.3})
     call_id = d.rpc("voicecall.initiate", {"message": "hello", "mode": "conversation"})["callId"]

@@ -4,8 +4,12 @@ the real daemon over the control socket."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import queue
+import socket
 import subprocess
 import threading
 from typing import Any
@@ -13,7 +17,7 @@ from typing import Any
 import pytest
 from daemon import ctl_command
 
-from voicecalld import tool
+from voicecalld import mcp, tool
 
 
 class McpClient:
@@ -172,3 +176,61 @@ def test_version_negotiation_and_an_unreachable_daemon(tmp_path, asked: str, agr
             assert client.recv()["error"]["code"] == -32600
     finally:
         assert client.close() == 0
+
+
+class SilentDaemon:
+    """A control socket that accepts and reads requests but never answers,
+    as the daemon does while a continue waits for the callee."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(8)
+        self.received: queue.Queue[bytes] = queue.Queue()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        while data := conn.recv(65536):
+            self.received.put(data)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.shutdown(socket.SHUT_RDWR)  # ends any wait a broken cancellation left behind
+            conn.close()
+
+
+def test_a_cancelled_call_ends_its_wait_though_the_daemon_never_answers(tmp_path) -> None:
+    daemon = SilentDaemon(str(tmp_path / "silent.sock"))
+    read_end, write_end = os.pipe()
+    stdin, out = os.fdopen(read_end, "rb"), io.BytesIO()
+    server = mcp.Server(str(tmp_path / "silent.sock"), stdin=stdin, stdout=out)
+    runner = threading.Thread(target=server.run, daemon=True)
+    runner.start()
+    try:
+        call = {"jsonrpc": "2.0", "id": "x", "method": "tools/call", "params": {"name": "voice_call", "arguments": {
+            "action": "continue_call", "callId": "c", "message": "Still there?"}}}
+        os.write(write_end, json.dumps(call).encode() + b"\n")
+        assert b'"tool.call"' in daemon.received.get(timeout=10)  # the request reached the daemon
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "x"}}
+        os.write(write_end, json.dumps(cancel).encode() + b"\n")
+        os.close(write_end)  # end of the session: run() returns once the cancelled call has ended
+        runner.join(10)
+        assert not runner.is_alive(), "the cancelled call still waits for the daemon"
+        assert out.getvalue() == b""  # a cancelled request gets no response
+    finally:
+        daemon.close()
+        with contextlib.suppress(OSError):
+            os.close(write_end)  # already closed unless the test failed before
+        runner.join(10)
+        stdin.close()

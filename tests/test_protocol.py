@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +108,23 @@ def test_every_design_method_exists(engine) -> None:
     assert methods.lookup("mock.say", engine).params[1].name == "text"
     with pytest.raises(methods.MethodNotFound, match="did you mean mock.say"):
         methods.lookup("mock.sya", engine)
+
+
+def test_json_rpc_error_codes_are_defined_once_in_errors() -> None:
+    # The control socket, voicecallctl and the MCP server all answer with
+    # the codes of voicecalld/errors.py; a second definition could drift.
+    package = Path(__file__).resolve().parent.parent / "voicecalld"
+    reserved = range(-32700, -31999)  # JSON-RPC's parse error (-32700) up to its server errors (-32000)
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.Assign, ast.AnnAssign)) or node.value is None:
+                continue
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+            values = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, int) and v in reserved for v in values):
+                found.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert len(found) >= 14 and all(place.startswith("errors.py:") for place in found), found

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from voicecalld.timers import TimerService, TimerWheel, WorkerPool
+from voicecalld.timers import TimerService, TimerWheel
+from voicecalld.workerpool import WorkerPool
 
 
 def test_fires_in_deadline_order_within_one_advance() -> None:

@@ -22,12 +22,12 @@ NODE = "voice.tail1234.ts.net"
 FREE_URL = re.compile(r"https://[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}\.ngrok-free\.app")
 
 
-def values(**overrides) -> dict:
+def configured(**overrides) -> config.Config:
     data: dict = {}
     for key, value in overrides.items():
         section, _, name = key.replace("__", ".").rpartition(".")
         (data.setdefault(section, {}) if section else data)[name] = value
-    return dict(config.from_mapping(data, env={}).values)
+    return config.from_mapping(data, env={})
 
 
 def write_state(path: Path, **overrides) -> Path:
@@ -91,7 +91,7 @@ def test_agreeing_legacy_section_and_reserved_domain_are_fine() -> None:
      ("tailscale-funnel", ("/voice",))),  # one handler covers both paths
 ])
 def test_plan(overrides, expected) -> None:
-    p = tunnel.plan(values(**overrides), 4321)
+    p = tunnel.plan(configured(**overrides), 4321)
     assert (p.provider, p.paths) == expected if expected else p is None
     if p:
         assert (p.host, p.port) == ("127.0.0.1", 4321)
@@ -124,7 +124,7 @@ def test_children_get_no_systemd_variables_or_secrets() -> None:
 ])
 def test_parse_ngrok_line(line, parsed, error) -> None:
     assert tunnel.parse_ngrok_line(line) == parsed
-    assert (tunnel._ngrok_error(parsed) if parsed else None) == error
+    assert (tunnel.ngrok._ngrok_error(parsed) if parsed else None) == error
 
 
 # --- ngrok against the fake agent ------------------------------------------------------------------
@@ -278,7 +278,7 @@ def test_tunnels_expose_switches_modes(ts_state) -> None:
     exe, state = ts_state
     write_state(state)
     urls: list = []
-    t = Tunnels(values(), 5555, urls.append, tailscale=exe)
+    t = Tunnels(configured(), 5555, urls.append, tailscale=exe)
     assert t.start() is None and t.describe() is None
     assert t.expose("serve") == {"mode": "serve", "publicUrl": f"https://{NODE}"}
     assert "AllowFunnel" not in serve_config(state)
@@ -293,7 +293,7 @@ def test_tunnels_expose_switches_modes(ts_state) -> None:
 
 def test_expose_refuses_to_touch_an_ngrok_tunnel(ngrok_env) -> None:
     exe, _ = ngrok_env
-    t = Tunnels(values(tunnel__provider="ngrok", tunnel__ngrokAuthToken=TOKEN), 5555, lambda u: None, ngrok=exe)
+    t = Tunnels(configured(tunnel__provider="ngrok", tunnel__ngrokAuthToken=TOKEN), 5555, lambda u: None, ngrok=exe)
     try:
         t.start(timeout=10)
         with pytest.raises(TunnelError, match="the tunnel is ngrok"):

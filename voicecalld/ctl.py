@@ -1,4 +1,4 @@
-"""``voicecallctl``: drive voicecalld from a shell (DESIGN.md section 6).
+"""``voicecallctl``: drive voicecalld from a shell (voicecallctl(1)).
 
 Start-up time matters (scripts and agents run it per action), so this
 imports only the standard library and the control client: no werkzeug,
@@ -20,6 +20,7 @@ from typing import Any
 
 from . import __version__, jsonsafe, paths, tool
 from .control.client import Client, RpcError, Unreachable
+from .errors import CALL_NOT_FOUND
 
 EX_OK, EX_ERROR, EX_USAGE, EX_UNAVAILABLE = 0, 1, 2, 69
 DEFAULT_CONFIG = "/etc/voicecalld/voicecalld.toml"
@@ -156,7 +157,7 @@ def _run(args: argparse.Namespace, client: Client) -> int:
         try:
             _print(client.call("voicecall.status", {"callId": args.call_id}))
         except RpcError as exc:
-            if exc.code != -32000:
+            if exc.code != CALL_NOT_FOUND:
                 raise
             _print({"found": False})
             return EX_ERROR

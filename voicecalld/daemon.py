@@ -32,9 +32,10 @@ from .recovery import Recovery
 from .responder import Responder
 from .store import Store
 from .systemd import Notifier, listen_fds, under_journald, watchdog_interval
-from .timers import TimerService, WorkerPool
+from .timers import TimerService
 from .tunnel import TunnelError, Tunnels
 from .webhook import WebhookApp
+from .workerpool import WorkerPool
 
 log = logging.getLogger("voicecalld")
 
@@ -147,7 +148,7 @@ class Daemon:
         """Before READY=1 (bounded by tunnel.START_TIMEOUT), so a carrier is
         never given a URL that does not work yet."""
         assert self.webhook_port is not None
-        self.tunnels = Tunnels(self.config.values, self.webhook_port, self._set_public_url)
+        self.tunnels = Tunnels(self.config, self.webhook_port, self._set_public_url)
         if self.tunnels.plan is None:
             self.tunnels.start()  # only logs why no tunnel runs
             return
@@ -313,13 +314,10 @@ class Daemon:
             log.error("reload failed; keeping the old configuration: %s", "; ".join(exc.problems))
             self.notifier.notify("READY=1")
             return
-        values = dict(new.values)
-        kept = [k for k in RESTART_KEYS if values[k] != self.config.values[k]]
-        for key in kept:
-            values[key] = self.config.values[key]
+        kept = [k for k in RESTART_KEYS if new[k] != self.config[k]]
         if kept:
             log.warning("reload: %s changed but needs a restart to take effect", ", ".join(kept))
-        self.config = Config(values, new.sources, new.path)
+        self.config = new.replace({key: self.config[key] for key in kept})
         self.manager.reconfigure(self.config)
         if self.formatter is not None:
             self.formatter.set_secrets(self.config.secrets)

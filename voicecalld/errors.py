@@ -1,15 +1,19 @@
-"""Errors that callers of the daemon see, each with its JSON-RPC code
-(DESIGN.md section 5). Messages are sentences a person can act on."""
+"""Errors that callers of the daemon see, each with its JSON-RPC code: the
+one definition of every code the control socket and the MCP server send
+(listed under Errors in voicecalld-tools(7)). Messages are sentences a
+person can act on. Standard library only: voicecallctl imports this."""
 
 from __future__ import annotations
 
 from typing import Any
 
+# JSON-RPC 2.0's own codes (https://www.jsonrpc.org/specification#error_object).
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
+# voicecalld's, from the range JSON-RPC leaves to servers.
 CALL_NOT_FOUND = -32000
 LIMIT_REACHED = -32001
 NOT_CONNECTED = -32002
@@ -17,7 +21,7 @@ PROVIDER_ERROR = -32003
 TRANSCRIPT_TIMEOUT = -32004
 STORE_FAILED = -32005
 TURN_IN_PROGRESS = -32006
-# -32007: too many control connections (control/server.py)
+TOO_MANY_CONNECTIONS = -32007  # the control socket refuses a connection (control.maxConnections)
 SHUTTING_DOWN = -32008
 
 

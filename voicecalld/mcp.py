@@ -24,17 +24,21 @@ from typing import IO, Any
 
 from . import __version__, tool
 from .control.client import Client, RpcError, Unreachable
+from .errors import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR
 
-#: Newest first. A client asking for one of these gets it; otherwise the
-#: server answers with its own latest, and the client decides.
+#: The MCP revisions this server speaks, newest first. A client asking for
+#: one of these gets it.
 PROTOCOL_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
-LATEST = "2025-06-18"
+#: What a client asking for any other version is offered (the lifecycle's
+#: version negotiation: the server answers a version it supports and the
+#: client decides whether to go on), and what applies before initialize.
+#: Not the newest revision above: that one must be asked for by name.
+FALLBACK_VERSION = "2025-06-18"
 #: structuredContent exists from this version on.
 STRUCTURED_SINCE = "2025-06-18"
 #: Only 2025-03-26 had JSON-RPC batches; later versions removed them.
 BATCH_VERSIONS = ("2025-03-26",)
 
-PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
 MAX_CONCURRENT_CALLS = 16
 #: continue_call waits for the callee (the daemon's transcriptTimeoutMs ends
 #: that wait); other actions answer within the daemon's carrier timeouts.
@@ -70,7 +74,7 @@ class Server:
         self._in_flight: dict[Any, Client | None] = {}
         self._cancelled: set[Any] = set()
         self._threads: list[threading.Thread] = []
-        self.version = LATEST
+        self.version = FALLBACK_VERSION
 
     # -- transport --
 
@@ -172,7 +176,7 @@ class Server:
 
     def _initialize(self, params: dict[str, Any]) -> dict[str, Any]:
         asked = params.get("protocolVersion")
-        self.version = asked if asked in PROTOCOL_VERSIONS else LATEST
+        self.version = asked if asked in PROTOCOL_VERSIONS else FALLBACK_VERSION
         return {
             "protocolVersion": self.version,
             "capabilities": {"tools": {"listChanged": False}},

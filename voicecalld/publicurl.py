@@ -26,8 +26,8 @@ def is_origin(public_url: str) -> bool:
 
 def webhook_url(public_url: str, serve_path: str) -> str:
     """The URL carriers post webhooks to (and sign)."""
-    parts = urlsplit(public_url)
-    if parts.path in ("", "/"):
+    if is_origin(public_url):
+        parts = urlsplit(public_url)
         return urlunsplit((parts.scheme, parts.netloc, serve_path, "", ""))
     return public_url
 
@@ -49,3 +49,19 @@ def with_query(url: str, query: str) -> str:
     if not query:
         return url
     return f"{url}{'&' if urlsplit(url).query else '?'}{query}"
+
+
+def covers(prefix: str, path: str) -> bool:
+    """True if URL path ``path`` is ``prefix`` or lies under it."""
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def domain_host(domain: str) -> str | None:
+    """The host name of a bare domain or an origin URL (``voice.example.ngrok.app``,
+    ``https://voice.example.ngrok.app/``), or None for anything else."""
+    text = domain if "://" in domain else f"https://{domain}"
+    parts = urlsplit(text)
+    host = parts.hostname
+    if not host or parts.path not in ("", "/") or parts.query or "." not in host:
+        return None
+    return host

@@ -41,7 +41,7 @@ from . import chat, jsonsafe
 from .calls import TERMINAL
 from .errors import NotConnected, ProviderError, VoiceCallError
 from .events import EventBus, EventParams
-from .timers import WorkerPool
+from .workerpool import WorkerPool
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Config

@@ -8,7 +8,7 @@ visits one slot per elapsed tick. It knows nothing of clocks or threads,
 so tests and benchmarks drive it tick by tick.
 
 ``TimerService`` is the shell: a thread that advances the wheel against
-``time.monotonic`` and hands due callbacks to a ``WorkerPool``. Callbacks
+``time.monotonic`` and hands due callbacks to a ``workerpool.WorkerPool``. Callbacks
 never run on the wheel thread, so a slow one cannot delay other deadlines.
 """
 
@@ -17,11 +17,14 @@ from __future__ import annotations
 import collections
 import logging
 import math
-import queue
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from .workerpool import WorkerPool
+
+__all__ = ["Callback", "Timer", "TimerService", "TimerWheel", "WorkerPool"]  # WorkerPool: until the merge
 
 log = logging.getLogger(__name__)
 
@@ -116,46 +119,6 @@ class TimerWheel:
             # and the sort is stable: ties fire in scheduling order.
             due.sort(key=lambda t: t.deadline)
         return [t.callback for t in due]
-
-
-class WorkerPool:
-    """A fixed number of threads draining a bounded queue."""
-
-    def __init__(self, workers: int = 8, queue_size: int = 1024, name: str = "worker") -> None:
-        self._queue: queue.Queue[Callback | None] = queue.Queue(queue_size)
-        self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
-                         for i in range(workers)]
-        for t in self._threads:
-            t.start()
-
-    def submit_nowait(self, fn: Callback) -> bool:
-        """Queue ``fn``; False if the queue is full (the caller decides what then)."""
-        try:
-            self._queue.put_nowait(fn)
-            return True
-        except queue.Full:
-            return False
-
-    def submit(self, fn: Callback, timeout: float | None = None) -> None:
-        """Queue ``fn``, waiting for room; raises ``queue.Full`` on timeout."""
-        self._queue.put(fn, timeout=timeout)
-
-    def _run(self) -> None:
-        while True:
-            fn = self._queue.get()
-            if fn is None:
-                return
-            try:
-                fn()
-            except Exception:
-                log.exception("background task failed")
-
-    def stop(self, timeout: float = 5.0) -> None:
-        for _ in self._threads:
-            self._queue.put(None)
-        deadline = time.monotonic() + timeout
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
 
 
 class TimerService:

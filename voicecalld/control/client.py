@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import jsonsafe
+from ..errors import INTERNAL_ERROR
 from . import protocol
 
 
@@ -44,6 +45,14 @@ class Client:
                               "see --socket and VOICECALLD_SOCKET)") from None
 
     def close(self) -> None:
+        """Also ends a ``call`` waiting on another thread (the MCP server's
+        cancellation): shutdown wakes its read at once, where close alone
+        would leave it blocked until the daemon answered, and would free
+        the descriptor for reuse under that read."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # not connected, or already shut down
         self._sock.close()
 
     def __enter__(self) -> Client:
@@ -86,7 +95,7 @@ class Client:
                 break
         if "error" in message:
             err = message["error"]
-            raise RpcError(err.get("code", protocol.INTERNAL_ERROR), err.get("message", "error"), err.get("data"))
+            raise RpcError(err.get("code", INTERNAL_ERROR), err.get("message", "error"), err.get("data"))
         return message.get("result")
 
     def events(self) -> Iterator[dict[str, Any]]:

@@ -9,13 +9,13 @@ is what a daemon serves: both together."""
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import providers, tool
-from ..errors import InvalidParams, VoiceCallError
-from . import protocol
+from ..errors import METHOD_NOT_FOUND, InvalidParams, VoiceCallError
+from .spec import Method as MethodOf
+from .spec import Param, Session
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..manager import CallManager
@@ -30,33 +30,12 @@ class Services(Protocol):
     def expose(self, mode: str) -> dict[str, Any]: ...
 
 
-class Session(Protocol):
-    """One client connection."""
-
-    def subscribe(self, call_id: str | None) -> None: ...
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    kind: type | tuple[type, ...]
-    required: bool = True
-
-
-Handler = Callable[[Services, Session, dict[str, Any]], Any]
-
-
-@dataclass(frozen=True)
-class Method:
-    params: tuple[Param, ...]
-    handler: Handler
-    #: May block for a long time (waits for the callee): run it off the
-    #: connection's reader so later requests on the connection are served.
-    slow: bool = False
+#: A method of the daemon's control socket.
+Method = MethodOf["Services"]
 
 
 class MethodNotFound(VoiceCallError):
-    code = protocol.METHOD_NOT_FOUND
+    code = METHOD_NOT_FOUND
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object"}

@@ -1,8 +1,9 @@
 """Newline-delimited JSON-RPC 2.0: parsing and framing, with no I/O.
 
 One UTF-8 JSON object per line. Anything that is not a valid request turns
-into the error response JSON-RPC prescribes; nothing here raises on bad
-input. Only the standard library is used: ``voicecallctl`` imports this.
+into the error response JSON-RPC prescribes (with the codes of
+``errors``); nothing here raises on bad input. Only the standard library
+is used: ``voicecallctl`` imports this.
 """
 
 from __future__ import annotations
@@ -11,13 +12,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-MAX_LINE = 1 << 20  # 1 MiB
+from ..errors import INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR
 
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
+MAX_LINE = 1 << 20  # 1 MiB
 
 
 @dataclass(frozen=True)

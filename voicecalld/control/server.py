@@ -20,13 +20,12 @@ import threading
 import time
 from typing import Any
 
-from ..errors import VoiceCallError
+from ..errors import INTERNAL_ERROR, INVALID_REQUEST, TOO_MANY_CONNECTIONS, VoiceCallError
 from ..events import EventBus, Subscription
 from . import methods, protocol
 
 log = logging.getLogger(__name__)
 
-TOO_MANY_CONNECTIONS = -32007
 MAX_SLOW_PER_CONNECTION = 32  # concurrent blocking requests per connection
 EVENT_QUEUE = 10_000          # undelivered notifications per subscriber
 
@@ -180,7 +179,7 @@ class Connection:
                     data = self.sock.recv(65536)
                 except TimeoutError:
                     if buffer.pending:
-                        self.send(protocol.error(None, protocol.INVALID_REQUEST,
+                        self.send(protocol.error(None, INVALID_REQUEST,
                                                  f"Invalid Request: incomplete line for {line_timeout:g} s"))
                         break
                     continue
@@ -190,7 +189,7 @@ class Connection:
                     break
                 for line in buffer.feed(data):
                     if line is None:
-                        self.send(protocol.error(None, protocol.INVALID_REQUEST,
+                        self.send(protocol.error(None, INVALID_REQUEST,
                                                  f"Invalid Request: line longer than {protocol.MAX_LINE} bytes"))
                     elif line.strip():
                         self.handle(line)
@@ -232,7 +231,7 @@ class Connection:
             reply = protocol.error(req.id, exc.code, exc.message, exc.data)
         except Exception:
             log.exception("control method %s failed", req.method)
-            reply = protocol.error(req.id, protocol.INTERNAL_ERROR,
+            reply = protocol.error(req.id, INTERNAL_ERROR,
                                    f"Internal error in {req.method}; the daemon log has the details")
         if not req.notification:
             self.send(reply)
@@ -263,10 +262,6 @@ class ControlServer:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive() and time.monotonic() - self.heartbeat < 5
-
-    @property
-    def connection_count(self) -> int:
-        return len(self._connections)
 
     def _accept_loop(self) -> None:
         while not self._stopping:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from werkzeug.wrappers import Request, Response
 
     from ..config import Config
-    from ..control.methods import Method
+    from ..control.spec import Method
 
 
 class CallSink(Protocol):
@@ -158,7 +158,7 @@ class Provider(ABC):
 
     # -- control --
 
-    def control_methods(self) -> Mapping[str, Method]:
+    def control_methods(self) -> Mapping[str, Method[object]]:
         """Control methods this carrier adds to the daemon's (the mock's
         simulated callee); merged by ``control.methods.table``."""
         return {}

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..calls import CallEvent, CallRecord, EventType, Speak, State
-from ..control.methods import Method, Param
+from ..control.spec import Method, Param
 from ..errors import CallNotFound, NotConnected
 from ..lru import Bounded
 from ..timers import Timer, TimerService
@@ -72,7 +72,7 @@ class MockProvider(Provider):
         self._state_path = state_path
         self._load_state()
         call_id = Param("callId", str)
-        self._methods: dict[str, Method] = {
+        self._methods: dict[str, Method[object]] = {
             "mock.say": Method((call_id, Param("text", str)), lambda s, _, p: self._rpc_say(p)),
             "mock.hangup": Method((call_id,), lambda s, _, p: self._rpc_hangup(p)),
             "mock.inbound": Method((Param("from", str), Param("to", str, False)),
@@ -234,7 +234,7 @@ class MockProvider(Provider):
 
     # -- the simulated callee (control methods mock.*) --
 
-    def control_methods(self) -> Mapping[str, Method]:
+    def control_methods(self) -> Mapping[str, Method[object]]:
         return self._methods
 
     def _rpc_say(self, p: dict[str, Any]) -> dict[str, Any]:
