@@ -35,18 +35,16 @@ from .calls import (
     Action,
     AfterSpeech,
     ArmTimer,
-    Call,
     CallEvent,
     CallRecord,
     CancelTimer,
     Deliver,
     Direction,
     Finished,
-    Hangup,
+    HangUp,
     Listen,
     Mode,
     Persist,
-    Policy,
     Publish,
     Speak,
     State,
@@ -67,6 +65,7 @@ from .errors import (
     VoiceCallError,
 )
 from .events import EventBus
+from .lifecycle import Call, Policy
 from .lru import Bounded
 from .phone import is_e164, mask
 from .providers.base import Provider
@@ -343,9 +342,9 @@ class CallManager:
 
     def end(self, call_id: object) -> dict[str, Any]:
         live = self._find(call_id)
-        self._run(live, lambda c: c.request_end(State.HANGUP_BOT), raise_errors=True)
+        self._run(live, lambda c: c.end(State.HANGUP_BOT), raise_errors=True)
         with live.lock:
-            reason = live.call.record.endReason or live.call.end_requested
+            reason = live.call.record.endReason or live.call.chosen_end
         return {"callId": live.call.id, "ok": True, "endReason": None if reason is None else str(reason)}
 
     # -- inbound --
@@ -527,26 +526,26 @@ class CallManager:
                 self.provider.start_listening(record, action.turn)
             elif isinstance(action, StopListening):
                 self.provider.stop_listening(record)
-            elif isinstance(action, Hangup):
+            elif isinstance(action, HangUp):
                 self._hangup(live, action.reason, raise_errors)
             elif isinstance(action, Deliver):
                 self._unclaimed(live.call.id, action.text)
         except VoiceCallError as exc:
             if raise_errors:
                 if isinstance(action, Speak):
-                    self._run(live, lambda c: c.speak_failed(action.utterance_id))
+                    self._run(live, lambda c: c.speak_refused(action.utterance_id))
                 raise
             log.warning("call %s: %s failed: %s", live.call.id, type(action).__name__.lower(), exc.message)
-            if not isinstance(action, Hangup):
-                self._run(live, lambda c: c.request_end(State.ERROR))
+            if not isinstance(action, HangUp):
+                self._run(live, lambda c: c.end(State.ERROR))
         except Exception as exc:
             log.exception("call %s: %s failed", live.call.id, type(action).__name__.lower())
             if raise_errors:
                 if isinstance(action, Speak):
-                    self._run(live, lambda c: c.speak_failed(action.utterance_id))
+                    self._run(live, lambda c: c.speak_refused(action.utterance_id))
                 raise ProviderError(f"the carrier request failed: {exc}") from exc
-            if not isinstance(action, Hangup):
-                self._run(live, lambda c: c.request_end(State.ERROR))
+            if not isinstance(action, HangUp):
+                self._run(live, lambda c: c.end(State.ERROR))
 
     def _hangup(self, live: _Live, reason: State, explicit: bool) -> None:
         try:
@@ -555,7 +554,7 @@ class CallManager:
             message = exc.message if isinstance(exc, VoiceCallError) else str(exc)
             if explicit:
                 with live.lock:
-                    live.call.hangup_failed()
+                    live.call.hang_up_refused()
                 raise
             # Deadline-driven hangups (timeout, no-answer, notify) cannot be
             # retried by a caller: close the record rather than leak a slot.
@@ -634,7 +633,7 @@ class CallManager:
         """End a call for a deadline (no caller to report a failure to)."""
         live = self._live.get(call_id)
         if live is not None:
-            self._run(live, lambda c: c.request_end(reason))
+            self._run(live, lambda c: c.end(reason))
 
     def arm(self, call_id: str, kind: TimerKind, delay: float) -> None:
         live = self._live.get(call_id)
