@@ -250,3 +250,12 @@ class Finished:
 
 
 Action = Persist | Publish | Speak | Listen | StopListening | HangUp | ArmTimer | CancelTimer | Deliver | Finished
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The numbers from the configuration the lifecycle needs."""
+
+    max_duration: float = 300.0
+    ring_timeout: float = 30.0
+    notify_hangup_delay: float = 3.0

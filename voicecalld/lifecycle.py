@@ -38,301 +38,116 @@ utterance played, what was said, which reason), drop what carries nothing
 
 from __future__ import annotations
 
-import enum
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import calls
 from .calls import (
-    CONNECTED,
     TERMINAL,
-    TIMER_KINDS,
     Action,
     AfterSpeech,
-    ArmTimer,
     CallEvent,
     CallRecord,
-    CancelTimer,
-    Deliver,
-    Direction,
     EventType,
-    Finished,
-    HangUp,
-    Listen,
-    Mode,
-    Persist,
+    Policy,
     Publish,
-    Speak,
     State,
-    StopListening,
     TimerKind,
     can_transition,
 )
 from .errors import NotConnected
-
-
-class Input(enum.StrEnum):
-    """The table's inputs: carrier events, commands and timers."""
-
-    # From the carrier (or the media stream, or the mock).
-    RINGING = "ringing"
-    ANSWERED = "answered"
-    ACTIVE = "active"
-    SPEAKING = "speaking"                        # playback of an utterance started
-    PLAYED = "played"                            # ... and finished
-    PLAYED_THEN_LISTEN = "played, then listen"   # a continue's question, or a greeting
-    PLAYED_THEN_HANG_UP = "played, then hang up"  # the notification, or a goodbye
-    PARTIAL = "partial speech"
-    SPEECH = "speech"                            # a final transcript
-    INTERRUPTED = "interrupted"                  # the callee spoke over the bot
-    DTMF = "dtmf"
-    ENDED = "ended"
-    ERROR = "error"                              # a carrier or media error, or our own
-    # From the manager.
-    CREATED = "created"
-    OPENING = "opening"                          # follows answered, in the same step
-    SPEAK = "speak"
-    CONTINUE = "continue"
-    GOODBYE = "goodbye"
-    SPEAK_REFUSED = "speak refused"
-    END = "end"
-    HANG_UP_REFUSED = "hang-up refused"
-    CLOSE = "close"                              # without the carrier: failed, restored, stuck
-    # Deadlines.
-    RING_TIMER = "ring timer"
-    MAX_DURATION_TIMER = "max-duration timer"
-    NOTIFY_HANGUP_TIMER = "notify-hangup timer"
-
-
-@dataclass
-class Data:
-    """What one input carries; steps read what they need and the speaking
-    steps fill in the utterance they create."""
-
-    now_ms: int
-    text: str = ""
-    then: AfterSpeech = None
-    turn: int | None = None
-    reason: State | None = None
-    error: str | None = None
-    confidence: float | None = None
-    digits: str = ""
-    duration: float = 0.0                     # max-duration to arm
-    utterance_id: str = ""
-    entry: dict[str, Any] | None = None       # the transcript entry an input is about
-
-
-@dataclass(frozen=True)
-class Step:
-    label: str
-    run: Callable[[Call, Data], list[Action]]
-
-
-@dataclass(frozen=True)
-class Guard:
-    label: str
-    holds: Callable[[Call, Data], bool]
-
-
-@dataclass(frozen=True)
-class Target:
-    """A next state chosen when the row applies."""
-
-    label: str
-    pick: Callable[[Call, Data], State]
-
-
-Next = State | Target
-
-
-@dataclass(frozen=True)
-class Row:
-    states: tuple[State, ...]
-    input: Input
-    guard: Guard | None
-    next: Next
-    steps: tuple[Step, ...]
-
-
-def _row(states: State | tuple[State, ...], input_: Input, guard: Guard | None, next_: Next,
-         *steps: Step) -> Row:
-    return Row(states if isinstance(states, tuple) else (states,), input_, guard, next_, steps)
-
-
-# --- steps ---------------------------------------------------------------------------------
-
-
-def _none(fn: Callable[[Call, Data], object]) -> Callable[[Call, Data], list[Action]]:
-    """A step that only changes the call, emitting nothing."""
-    def run(call: Call, data: Data) -> list[Action]:
-        fn(call, data)
-        return []
-    return run
-
-
-def hang_up(reason: State | None) -> Step:
-    """Ask the carrier to hang up, ending as the reason chosen first
-    (``reason``, or the input's when None)."""
-    def run(call: Call, data: Data) -> list[Action]:
-        chosen = reason or data.reason
-        if call.chosen_end is None and chosen is not None:
-            call.chosen_end = chosen
-        return [] if call.chosen_end is None else [HangUp(call.chosen_end)]
-    return Step(f"hang up ({reason})" if reason else "hang up", run)
-
-
-def _close(call: Call, data: Data) -> list[Action]:
-    record = call.record
-    record.endReason = record.state
-    record.endedAt = data.now_ms
-    if data.error and not record.error:
-        record.error = data.error
-    call.forget_utterances()
-    return [*(CancelTimer(k) for k in TIMER_KINDS), Persist(),
-            Publish("call.ended", {"reason": str(record.state)}), Finished(record.state)]
-
-
-def _opening(call: Call, data: Data) -> list[Action]:
-    then: AfterSpeech = "hangup" if call.record.mode == Mode.NOTIFY else "listen"
-    return call.fire(Input.OPENING, Data(data.now_ms, text=call.opening or "", then=then)) or []
-
-
-def _interrupted(call: Call, data: Data) -> list[Action]:
-    assert data.entry is not None
-    data.entry["interrupted"] = True
-    return [Publish("call.transcript", {"speaker": "bot", "text": data.entry["text"], "isFinal": True,
-                                        "interrupted": True})]
-
-
-def _mark_undelivered(call: Call, data: Data) -> None:
-    assert data.entry is not None
-    data.entry["undelivered"] = True
-
-
-def _set_opening_spoken(call: Call, data: Data) -> None:
-    call.record.openingSpoken = True
-
-
-def _stamp_answered(call: Call, data: Data) -> None:
-    if call.record.answeredAt is None:
-        call.record.answeredAt = data.now_ms
-
-
-def _set_delivered(call: Call, data: Data) -> None:
-    call.delivered = True
-
-
-def _clear_chosen_end(call: Call, data: Data) -> None:
-    call.chosen_end = None
-
-
-def _choose_end(call: Call, data: Data) -> None:
-    if call.chosen_end is None:
-        call.chosen_end = data.reason
-
-
-def _note_error(call: Call, data: Data) -> None:
-    if data.error and not call.record.error:
-        call.record.error = data.error
-
-
-MOVE = Step("move", lambda call, data: [])  # where the call enters the row's next state
-PERSIST = Step("persist", lambda call, data: [Persist()])
-ARM_RING = Step("arm ring", lambda call, data: [ArmTimer("ring", call.policy.ring_timeout)])
-CANCEL_RING = Step("cancel ring", lambda call, data: [CancelTimer("ring")])
-ARM_MAX_DURATION = Step("arm max-duration", lambda call, data: [ArmTimer("max-duration", data.duration)])
-ARM_NOTIFY_HANGUP = Step("arm notify-hangup",
-                         lambda call, data: [ArmTimer("notify-hangup", call.policy.notify_hangup_delay)])
-STAMP_ANSWERED = Step("stamp answeredAt", _none(_stamp_answered))
-OPENING = Step("opening", _opening)
-MARK_OPENING_SPOKEN = Step("mark the opening spoken", _none(_set_opening_spoken))
-BOT_LINE = Step("note the bot's line", lambda call, data: call.note_bot_line(data))
-SPEAK = Step("speak",
-             lambda call, data: [Speak(data.text, data.utterance_id, data.then, data.turn)])
-LISTEN = Step("listen", lambda call, data: [Listen(data.turn)])
-STOP_LISTENING = Step("stop listening", lambda call, data: [StopListening()])
-MARK_DELIVERED = Step("mark delivered", _none(_set_delivered))
-MARK_UNDELIVERED = Step("mark the line undelivered", _none(_mark_undelivered))
-CALLEE_LINE = Step("note the callee's line", lambda call, data: call.note_callee_line(data))
-DELIVER = Step("deliver", lambda call, data: [Deliver(data.text, data.confidence)])
-PUBLISH_PARTIAL = Step("publish the partial", lambda call, data: [
-    Publish("call.transcript", {"speaker": "user", "text": data.text, "isFinal": False})])
-MARK_INTERRUPTED = Step("mark the line interrupted", _interrupted)
-PUBLISH_DTMF = Step("publish the digits", lambda call, data: [Publish("call.dtmf", {"digits": data.digits})])
-CHOOSE_END = Step("choose the end reason", _none(_choose_end))
-FORGET_END = Step("forget the chosen end", _none(_clear_chosen_end))
-NOTE_ERROR = Step("note the error", _none(_note_error))
-HANG_UP = hang_up(None)
-CLOSE = Step("close", _close)
-
-#: What ``CLOSE`` does, for the docs.
-CLOSE_MEANS = ("stamp endReason and endedAt, cancel every timer, persist, publish call.ended, "
-               "free the call's slot")
-
-# --- guards and targets ---------------------------------------------------------------------
-
-OUTBOUND = Guard("outbound", lambda call, data: call.record.direction == Direction.OUTBOUND)
-OPENING_UNSAID = Guard("an opening not yet said", lambda call, data: bool(call.opening) and not call.opening_spoken)
-NO_OPENING = Guard("no opening", lambda call, data: not call.opening)
-IDLE = Guard("a conversation with nothing left to say",
-             lambda call, data: call.record.mode == Mode.CONVERSATION and not call.pending)
-QUIET = Guard("nothing left to say", lambda call, data: not call.pending)
-END_CHOSEN = Guard("the bot chose the end", lambda call, data: call.chosen_end is not None)
-DELIVERED = Guard("notify, delivered, the callee hung up",
-                  lambda call, data: call.record.mode == Mode.NOTIFY and call.delivered
-                  and data.reason in (State.HANGUP_USER, State.COMPLETED))
-
-SAME = Target("=", lambda call, data: call.state)
-CHOSEN = Target("the chosen reason", lambda call, data: call.chosen_end or State.ERROR)
-CARRIERS = Target("the carrier's reason", lambda call, data: data.reason or State.COMPLETED)
-GIVEN = Target("the reason given", CARRIERS.pick)
+from .lifecycle_steps import (
+    ARM_MAX_DURATION,
+    ARM_NOTIFY_HANGUP,
+    ARM_RING,
+    BOT_LINE,
+    CALLEE_LINE,
+    CANCEL_RING,
+    CARRIERS,
+    CHOOSE_END,
+    CHOSEN,
+    CLOSE,
+    DELIVER,
+    DELIVERED,
+    END_CHOSEN,
+    FORGET_END,
+    GIVEN,
+    HANG_UP,
+    IDLE,
+    LISTEN,
+    MARK_DELIVERED,
+    MARK_INTERRUPTED,
+    MARK_OPENING_SPOKEN,
+    MARK_UNDELIVERED,
+    MOVE,
+    NO_OPENING,
+    NOTE_ERROR,
+    OPENING,
+    OPENING_UNSAID,
+    OUTBOUND,
+    PERSIST,
+    PUBLISH_DTMF,
+    PUBLISH_PARTIAL,
+    QUIET,
+    SAME,
+    SPEAK,
+    STAMP_ANSWERED,
+    STOP_LISTENING,
+    Data,
+    Input,
+    Row,
+    hang_up,
+    row,
+)
 
 # --- the table --------------------------------------------------------------------------------
 
-S = State
+S, In = State, Input
 ANY: tuple[State, ...] = tuple(s for s in State if s not in TERMINAL)
 UNANSWERED = (S.INITIATED, S.RINGING)
-CONNECTED_STATES: tuple[State, ...] = tuple(s for s in State if s in CONNECTED)
+CONNECTED: tuple[State, ...] = tuple(s for s in State if s in calls.CONNECTED)
+BEFORE_ACTIVE = (S.INITIATED, S.RINGING, S.ANSWERED)
+NOT_SPEAKING = (S.ANSWERED, S.ACTIVE, S.LISTENING)
 NOT_LISTENING = (S.ANSWERED, S.ACTIVE, S.SPEAKING)
 
 TABLE: tuple[Row, ...] = (
-    # states               input                 guard           next          steps
-    _row(S.INITIATED,      Input.CREATED,        OUTBOUND,       SAME,         PERSIST, ARM_RING),
-    _row(S.INITIATED,      Input.CREATED,        None,           SAME,         PERSIST),
-    _row(S.INITIATED,      Input.RINGING,        None,           S.RINGING,    MOVE, PERSIST),
-    _row(UNANSWERED,       Input.ANSWERED,       None,           S.ANSWERED,   MOVE, STAMP_ANSWERED, CANCEL_RING,
-                                                                               ARM_MAX_DURATION, PERSIST, OPENING),
-    _row(S.ANSWERED,       Input.OPENING,        OPENING_UNSAID, S.SPEAKING,   MARK_OPENING_SPOKEN, BOT_LINE, MOVE,
-                                                                               PERSIST, SPEAK),
-    _row(S.ANSWERED,       Input.OPENING,        NO_OPENING,     S.ACTIVE,     MOVE),
-    _row((*UNANSWERED, S.ANSWERED), Input.ACTIVE, None,          S.ACTIVE,     MOVE, PERSIST),
-    _row((S.ANSWERED, S.ACTIVE, S.LISTENING), Input.SPEAKING, None, S.SPEAKING, MOVE, PERSIST),
-    _row(CONNECTED_STATES, Input.SPEAK,          None,           S.SPEAKING,   BOT_LINE, MOVE, PERSIST, SPEAK),
-    _row(CONNECTED_STATES, Input.CONTINUE,       None,           S.SPEAKING,   BOT_LINE, MOVE, PERSIST, SPEAK),
-    _row(CONNECTED_STATES, Input.GOODBYE,        None,           S.SPEAKING,   CHOOSE_END, BOT_LINE, MOVE, PERSIST,
-                                                                               SPEAK, STOP_LISTENING),
-    _row(CONNECTED_STATES, Input.PLAYED_THEN_HANG_UP, None,      SAME,         MARK_DELIVERED, ARM_NOTIFY_HANGUP),
-    _row(NOT_LISTENING,    Input.PLAYED_THEN_LISTEN, IDLE,       S.LISTENING,  MOVE, PERSIST, LISTEN),
-    _row(CONNECTED_STATES, Input.PLAYED_THEN_LISTEN, None,       SAME,         LISTEN),
-    _row(NOT_LISTENING,    Input.PLAYED,         IDLE,           S.LISTENING,  MOVE, PERSIST),
-    _row(NOT_LISTENING,    Input.SPEAK_REFUSED,  IDLE,           S.LISTENING,  MARK_UNDELIVERED, MOVE, PERSIST),
-    _row(CONNECTED_STATES, Input.SPEAK_REFUSED,  None,           SAME,         MARK_UNDELIVERED, PERSIST),
-    _row(ANY,              Input.PARTIAL,        None,           SAME,         PUBLISH_PARTIAL),
-    _row(S.SPEAKING,       Input.SPEECH,         QUIET,          S.LISTENING,  CALLEE_LINE, MOVE, PERSIST, DELIVER),
-    _row(ANY,              Input.SPEECH,         None,           SAME,         CALLEE_LINE, PERSIST, DELIVER),
-    _row(ANY,              Input.INTERRUPTED,    None,           SAME,         MARK_INTERRUPTED, PERSIST),
-    _row(ANY,              Input.DTMF,           None,           SAME,         PUBLISH_DTMF),
-    _row(UNANSWERED,       Input.RING_TIMER,     None,           SAME,         hang_up(S.NO_ANSWER)),
-    _row(ANY,              Input.MAX_DURATION_TIMER, None,       SAME,         hang_up(S.TIMEOUT)),
-    _row(ANY,              Input.NOTIFY_HANGUP_TIMER, None,      SAME,         hang_up(S.COMPLETED)),
-    _row(ANY,              Input.END,            None,           SAME,         HANG_UP),
-    _row(ANY,              Input.ERROR,          None,           SAME,         NOTE_ERROR, hang_up(S.ERROR)),
-    _row(ANY,              Input.HANG_UP_REFUSED, None,          SAME,         FORGET_END),
-    _row(ANY,              Input.ENDED,          END_CHOSEN,     CHOSEN,       MOVE, CLOSE),
-    _row(ANY,              Input.ENDED,          DELIVERED,      S.COMPLETED,  MOVE, CLOSE),
-    _row(ANY,              Input.ENDED,          None,           CARRIERS,     MOVE, CLOSE),
-    _row(ANY,              Input.CLOSE,          None,           GIVEN,        MOVE, CLOSE),
+    #   states         input                   guard           next         steps
+    row(S.INITIATED,   In.CREATED,             OUTBOUND,       SAME,        PERSIST, ARM_RING),
+    row(S.INITIATED,   In.CREATED,             None,           SAME,        PERSIST),
+    row(S.INITIATED,   In.RINGING,             None,           S.RINGING,   MOVE, PERSIST),
+    row(UNANSWERED,    In.ANSWERED,            None,           S.ANSWERED,  MOVE, STAMP_ANSWERED, CANCEL_RING,
+                                                                            ARM_MAX_DURATION, PERSIST, OPENING),
+    row(S.ANSWERED,    In.OPENING,             OPENING_UNSAID, S.SPEAKING,  MARK_OPENING_SPOKEN, BOT_LINE, MOVE,
+                                                                            PERSIST, SPEAK),
+    row(S.ANSWERED,    In.OPENING,             NO_OPENING,     S.ACTIVE,    MOVE),
+    row(BEFORE_ACTIVE, In.ACTIVE,              None,           S.ACTIVE,    MOVE, PERSIST),
+    row(NOT_SPEAKING,  In.SPEAKING,            None,           S.SPEAKING,  MOVE, PERSIST),
+    row(CONNECTED,     In.SPEAK,               None,           S.SPEAKING,  BOT_LINE, MOVE, PERSIST, SPEAK),
+    row(CONNECTED,     In.CONTINUE,            None,           S.SPEAKING,  BOT_LINE, MOVE, PERSIST, SPEAK),
+    row(CONNECTED,     In.GOODBYE,             None,           S.SPEAKING,  CHOOSE_END, BOT_LINE, MOVE, PERSIST,
+                                                                            SPEAK, STOP_LISTENING),
+    row(CONNECTED,     In.PLAYED_THEN_HANG_UP, None,           SAME,        MARK_DELIVERED, ARM_NOTIFY_HANGUP),
+    row(NOT_LISTENING, In.PLAYED_THEN_LISTEN,  IDLE,           S.LISTENING, MOVE, PERSIST, LISTEN),
+    row(CONNECTED,     In.PLAYED_THEN_LISTEN,  None,           SAME,        LISTEN),
+    row(NOT_LISTENING, In.PLAYED,              IDLE,           S.LISTENING, MOVE, PERSIST),
+    row(NOT_LISTENING, In.SPEAK_REFUSED,       IDLE,           S.LISTENING, MARK_UNDELIVERED, MOVE, PERSIST),
+    row(CONNECTED,     In.SPEAK_REFUSED,       None,           SAME,        MARK_UNDELIVERED, PERSIST),
+    row(ANY,           In.PARTIAL,             None,           SAME,        PUBLISH_PARTIAL),
+    row(S.SPEAKING,    In.SPEECH,              QUIET,          S.LISTENING, CALLEE_LINE, MOVE, PERSIST, DELIVER),
+    row(ANY,           In.SPEECH,              None,           SAME,        CALLEE_LINE, PERSIST, DELIVER),
+    row(ANY,           In.INTERRUPTED,         None,           SAME,        MARK_INTERRUPTED, PERSIST),
+    row(ANY,           In.DTMF,                None,           SAME,        PUBLISH_DTMF),
+    row(UNANSWERED,    In.RING_TIMER,          None,           SAME,        hang_up(S.NO_ANSWER)),
+    row(ANY,           In.MAX_DURATION_TIMER,  None,           SAME,        hang_up(S.TIMEOUT)),
+    row(ANY,           In.NOTIFY_HANGUP_TIMER, None,           SAME,        hang_up(S.COMPLETED)),
+    row(ANY,           In.END,                 None,           SAME,        HANG_UP),
+    row(ANY,           In.ERROR,               None,           SAME,        NOTE_ERROR, hang_up(S.ERROR)),
+    row(ANY,           In.HANG_UP_REFUSED,     None,           SAME,        FORGET_END),
+    row(ANY,           In.ENDED,               END_CHOSEN,     CHOSEN,      MOVE, CLOSE),
+    row(ANY,           In.ENDED,               DELIVERED,      S.COMPLETED, MOVE, CLOSE),
+    row(ANY,           In.ENDED,               None,           CARRIERS,    MOVE, CLOSE),
+    row(ANY,           In.CLOSE,               None,           GIVEN,       MOVE, CLOSE),
 )
 
 
@@ -340,13 +155,13 @@ def _index(table: tuple[Row, ...]) -> dict[tuple[State, Input], tuple[Row, ...]]
     """Rows by (state, input), in table order; checks that every row keeps
     to ``TRANSITIONS`` and marks where it moves."""
     index: dict[tuple[State, Input], tuple[Row, ...]] = {}
-    for row in table:
-        if (MOVE in row.steps) == (row.next is SAME):
-            raise AssertionError(f"{row}: a row moves (MOVE) exactly when its next state is not '='")
-        for state in row.states:
-            if isinstance(row.next, State) and row.next != state and not can_transition(state, row.next):
-                raise AssertionError(f"{row}: {state} may not move to {row.next}")
-            index[(state, row.input)] = (*index.get((state, row.input), ()), row)
+    for rule in table:
+        if (MOVE in rule.steps) == (rule.next is SAME):
+            raise ValueError(f"{rule}: a row moves (MOVE) exactly when its next state is not '='")
+        for state in rule.states:
+            if isinstance(rule.next, State) and rule.next != state and not can_transition(state, rule.next):
+                raise ValueError(f"{rule}: {state} may not move to {rule.next}")
+            index[(state, rule.input)] = (*index.get((state, rule.input), ()), rule)
     return index
 
 
@@ -354,15 +169,6 @@ _ROWS = _index(TABLE)
 
 
 # --- the machine --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The numbers from the configuration the lifecycle needs."""
-
-    max_duration: float = 300.0
-    ring_timeout: float = 30.0
-    notify_hangup_delay: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -386,19 +192,18 @@ class Call:
     """One call's lifecycle. Not thread-safe: the manager serializes access
     per call. Every method returns the actions to apply."""
 
+    # Declared here for the steps and guards (lifecycle_steps.Machine).
     record: CallRecord
     policy: Policy
-    chosen_end: State | None
-    delivered: bool
+    chosen_end: State | None  # the end reason the bot chose; wins over the carrier's
+    delivered: bool           # an utterance that ends the call has played
 
     def __init__(self, record: CallRecord, policy: Policy, opening: str | None = None) -> None:
         self.record = record
         self.policy = policy
         if opening is not None:
             record.opening = opening
-        #: The end reason the bot chose; wins over what the carrier reports next.
-        self.chosen_end: State | None = None
-        #: An utterance that ends the call has played to its end.
+        self.chosen_end = None
         self.delivered = False
         self.turns = 0
         self._utterance_seq = 0
@@ -437,15 +242,15 @@ class Call:
         """Apply the row for ``input_`` in the current state; None if no row applies."""
         if self.terminal:
             return None
-        for row in _ROWS.get((self.state, input_), ()):
-            if row.guard is None or row.guard.holds(self, data):
-                return self._apply(row, data)
+        for rule in _ROWS.get((self.state, input_), ()):
+            if rule.guard is None or rule.guard.holds(self, data):
+                return self._apply(rule, data)
         return None
 
-    def _apply(self, row: Row, data: Data) -> list[Action]:
-        new = row.next if isinstance(row.next, State) else row.next.pick(self, data)
+    def _apply(self, rule: Row, data: Data) -> list[Action]:
+        new = rule.next if isinstance(rule.next, State) else rule.next.pick(self, data)
         out: list[Action] = []
-        for step in row.steps:
+        for step in rule.steps:
             if step is MOVE:
                 old = self.record.state
                 if new != old:
