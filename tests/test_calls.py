@@ -21,13 +21,14 @@ from voicecalld.calls import (
     Listen,
     Mode,
     Persist,
+    Policy,
     Publish,
     Speak,
     State,
     can_transition,
 )
 from voicecalld.errors import NotConnected
-from voicecalld.lifecycle import Call, Policy
+from voicecalld.lifecycle import Call
 
 S = State
 LIVE_ORDER = [S.INITIATED, S.RINGING, S.ANSWERED, S.ACTIVE, S.SPEAKING, S.LISTENING]

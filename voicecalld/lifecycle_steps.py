@@ -83,17 +83,18 @@ MEANING: dict[Input, str] = {
     Input.ERROR: "a carrier or media error, or one of ours (the call log cannot be written)",
     Input.CREATED: "the call was created (an outbound one before it is dialed)",
     Input.OPENING: "follows answered in the same step: the message or greeting is due",
-    Input.SPEAK: "voicecall.speak, or the auto-responder's reply",
-    Input.CONTINUE: "voicecall.continue: speak, then wait for the callee's reply",
+    Input.SPEAK: "the command voicecall.speak, or a reply of the auto-responder",
+    Input.CONTINUE: "the command voicecall.continue: speak, then wait for the callee's reply",
     Input.GOODBYE: "a last line, then hang up (the auto-responder's hang_up tool)",
     Input.SPEAK_REFUSED: "the carrier refused an utterance",
-    Input.END: "voicecall.end (hangup-bot); a deadline passed while voicecalld was down; shutdown",
+    Input.END: "the command voicecall.end (as hangup-bot), a deadline that passed while voicecalld was "
+               "down, or shutdown",
     Input.HANG_UP_REFUSED: "the carrier refused to hang up",
     Input.CLOSE: "end the record without the carrier (a dial that failed, a restored call the carrier "
                  "says is over, a hang-up shutdown could not confirm)",
-    Input.RING_TIMER: "ringTimeoutMs passed",
-    Input.MAX_DURATION_TIMER: "maxDurationSeconds passed",
-    Input.NOTIFY_HANGUP_TIMER: "notifyHangupDelaySec passed since the last line played",
+    Input.RING_TIMER: "the ring deadline (ringTimeoutMs) passed",
+    Input.MAX_DURATION_TIMER: "the call's time (maxDurationSeconds) is up",
+    Input.NOTIFY_HANGUP_TIMER: "the pause after the last line (notifyHangupDelaySec) is over",
 }
 
 
@@ -206,7 +207,8 @@ def hang_up(reason: State | None) -> Step:
             call.chosen_end = chosen
         return [] if call.chosen_end is None else [HangUp(call.chosen_end)]
     return Step(f"hang up ({reason})" if reason else "hang up", run,
-                "ask the carrier to hang up; the call will end as the first reason chosen")
+                "ask the carrier to hang up; the call will end as the first reason chosen "
+                "(the one in brackets, or the command's)")
 
 
 def _close(call: Machine, data: Data) -> list[Action]:
@@ -272,7 +274,7 @@ ARM_MAX_DURATION = Step("arm max-duration", lambda call, data: [ArmTimer("max-du
 ARM_NOTIFY_HANGUP = Step("arm notify-hangup",
                          lambda call, data: [ArmTimer("notify-hangup", call.policy.notify_hangup_delay)])
 STAMP_ANSWERED = Step("stamp answeredAt", _none(_stamp_answered))
-OPENING = Step("opening", _opening, "go on with the input opening")
+OPENING = Step("opening", _opening, "then the input opening, in the same step")
 MARK_OPENING_SPOKEN = Step("mark the opening spoken", _none(_set_opening_spoken))
 BOT_LINE = Step("note the bot's line", lambda call, data: call.note_bot_line(data),
                 "add it to the transcript; it waits to be played")
@@ -300,13 +302,13 @@ CLOSE = Step("close", _close, "stamp endReason and endedAt, cancel every timer, 
 # --- guards and targets ---------------------------------------------------------------------
 
 OUTBOUND = Guard("outbound", lambda call, data: call.record.direction == Direction.OUTBOUND)
-OPENING_UNSAID = Guard("an opening not yet said", lambda call, data: bool(call.opening) and not call.opening_spoken)
-NO_OPENING = Guard("no opening", lambda call, data: not call.opening)
-IDLE = Guard("a conversation with nothing left to say",
+OPENING_UNSAID = Guard("the opening is still to say", lambda call, data: bool(call.opening) and not call.opening_spoken)
+NO_OPENING = Guard("there is no opening", lambda call, data: not call.opening)
+IDLE = Guard("the call is a conversation with nothing left to say",
              lambda call, data: call.record.mode == Mode.CONVERSATION and not call.pending)
-QUIET = Guard("nothing left to say", lambda call, data: not call.pending)
+QUIET = Guard("nothing is left to say", lambda call, data: not call.pending)
 END_CHOSEN = Guard("the bot chose the end", lambda call, data: call.chosen_end is not None)
-DELIVERED = Guard("notify, delivered, the callee hung up",
+DELIVERED = Guard("the notification was delivered and the callee hung up",
                   lambda call, data: call.record.mode == Mode.NOTIFY and call.delivered
                   and data.reason in (State.HANGUP_USER, State.COMPLETED))
 

@@ -45,6 +45,7 @@ from .calls import (
     Listen,
     Mode,
     Persist,
+    Policy,
     Publish,
     Speak,
     State,
@@ -65,7 +66,7 @@ from .errors import (
     VoiceCallError,
 )
 from .events import EventBus
-from .lifecycle import Call, Policy
+from .lifecycle import Call
 from .lru import Bounded
 from .phone import is_e164, mask
 from .providers.base import Provider
