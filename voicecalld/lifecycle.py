@@ -223,15 +223,6 @@ class Call:
         return self.record.state in TERMINAL
 
     @property
-    def opening(self) -> str | None:
-        """What to say once the callee answers (the message, or the inbound greeting)."""
-        return self.record.opening
-
-    @property
-    def opening_spoken(self) -> bool:
-        return self.record.openingSpoken
-
-    @property
     def pending(self) -> bool:
         """The bot has said something that has not played yet."""
         return bool(self._utterances)

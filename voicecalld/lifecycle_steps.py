@@ -132,12 +132,6 @@ class Machine(Protocol):
     def state(self) -> State: ...
 
     @property
-    def opening(self) -> str | None: ...
-
-    @property
-    def opening_spoken(self) -> bool: ...
-
-    @property
     def pending(self) -> bool: ...
 
     def fire(self, input_: Input, data: Data) -> list[Action] | None: ...
@@ -224,7 +218,7 @@ def _close(call: Machine, data: Data) -> list[Action]:
 
 def _opening(call: Machine, data: Data) -> list[Action]:
     then: AfterSpeech = "hangup" if call.record.mode == Mode.NOTIFY else "listen"
-    return call.fire(Input.OPENING, Data(data.now_ms, text=call.opening or "", then=then)) or []
+    return call.fire(Input.OPENING, Data(data.now_ms, text=call.record.opening or "", then=then)) or []
 
 
 def _interrupted(call: Machine, data: Data) -> list[Action]:
@@ -302,8 +296,9 @@ CLOSE = Step("close", _close, "stamp endReason and endedAt, cancel every timer, 
 # --- guards and targets ---------------------------------------------------------------------
 
 OUTBOUND = Guard("outbound", lambda call, data: call.record.direction == Direction.OUTBOUND)
-OPENING_UNSAID = Guard("the opening is still to say", lambda call, data: bool(call.opening) and not call.opening_spoken)
-NO_OPENING = Guard("there is no opening", lambda call, data: not call.opening)
+OPENING_UNSAID = Guard("the opening is still to say",
+                       lambda call, data: bool(call.record.opening) and not call.record.openingSpoken)
+NO_OPENING = Guard("there is no opening", lambda call, data: not call.record.opening)
 IDLE = Guard("the call is a conversation with nothing left to say",
              lambda call, data: call.record.mode == Mode.CONVERSATION and not call.pending)
 QUIET = Guard("nothing is left to say", lambda call, data: not call.pending)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import publicurl
 from ..calls import CallEvent, CallRecord, Speak, State
@@ -26,6 +26,13 @@ EventSink = Callable[[CallEvent], None]
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What a carrier can do, as the engine needs to know it."""
+
+    max_message_chars: int  # the longest message one utterance may say
+
+
+@dataclass(frozen=True)
 class CarrierStatus:
     """What the carrier says about a call (restart recovery)."""
 
@@ -36,6 +43,7 @@ class CarrierStatus:
 
 class Provider(ABC):
     name: str = "?"
+    capabilities: ClassVar[Capabilities] = Capabilities(max_message_chars=3000)
 
     def __init__(self) -> None:
         self._manager: CallManager | None = None

@@ -30,7 +30,7 @@ from typing import Any
 from ..calls import CallEvent, CallRecord, EventType, Speak, State
 from ..errors import CallNotFound, NotConnected
 from ..timers import Timer, TimerService
-from .base import CarrierStatus, Provider
+from .base import Capabilities, CarrierStatus, Provider
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class _MockCall:
 
 class MockProvider(Provider):
     name = "mock"
+    capabilities = Capabilities(max_message_chars=3000)
 
     def __init__(self, timers: TimerService, state_path: str | None = None) -> None:
         super().__init__()
