@@ -407,3 +407,11 @@ def test_the_first_row_whose_guard_holds_applies() -> None:
     outbound = make_call(S.INITIATED, direction=Direction.OUTBOUND)
     assert inbound.start() == [Persist()]
     assert outbound.start() == [Persist(), ArmTimer("ring", 30)]
+
+
+def test_an_end_reason_that_is_no_end_is_refused() -> None:
+    call = make_call(S.LISTENING, Mode.CONVERSATION)
+    call.end(S.SPEAKING)  # a bug in a caller; the call must not end "speaking"
+    with pytest.raises(ValueError, match="not an end reason"):
+        call.handle(ev(EventType.ENDED, reason=S.HANGUP_USER), 1)
+    assert call.state == S.LISTENING

@@ -239,7 +239,12 @@ class Call:
         return None
 
     def _apply(self, rule: Row, data: Data) -> list[Action]:
-        new = rule.next if isinstance(rule.next, State) else rule.next.pick(self, data)
+        if isinstance(rule.next, State):
+            new = rule.next
+        else:
+            new = rule.next.pick(self, data)
+            if new not in TERMINAL and rule.next is not SAME:  # a picked state is an end reason
+                raise ValueError(f"not an end reason: {new}")
         out: list[Action] = []
         for step in rule.steps:
             if step is MOVE:
