@@ -101,8 +101,10 @@ def test_restored_call_says_its_opening_once_answered(tmp_path, line, says) -> N
     e = Engine(str(tmp_path))
     try:
         assert e.manager.restore({"r": line}) == ["r"]
-        call = e.manager.calls._live["r"].call
-        with e.manager.calls._live["r"].lock:
+        live = e.manager.calls.get("r")
+        assert live is not None
+        call = live.call
+        with live.lock:
             actions = call.handle(CallEvent(EventType.ANSWERED, "ev1", call_id="r"), NOW)
         spoken = [(a.text, a.then) for a in actions if isinstance(a, Speak)]
         assert spoken == ([says] if says else [])
