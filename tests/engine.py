@@ -27,12 +27,12 @@ FAST: dict[str, Any] = {
 
 
 class Engine:
-    def __init__(self, store_dir: str, **overrides: Any) -> None:
+    def __init__(self, store_dir: str, store_class: type[Store] = Store, **overrides: Any) -> None:
         self.config = cfgmod.from_mapping(merge(FAST, overrides), env={})
         self.pool = WorkerPool(8)
         self.timers = TimerService(self.pool, tick=0.005)
         self.timers.start()
-        self.store = Store(store_dir)
+        self.store = store_class(store_dir)
         self.bus = EventBus()
         self.events: list[dict[str, Any]] = []
         self.bus.subscribe(self.events.append)

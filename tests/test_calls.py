@@ -1,4 +1,4 @@
-"""The I/O-free call state machine, as tables of cases."""
+"""The I/O-free call lifecycle, as tables of cases."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import itertools
 
 import pytest
 
+from voicecalld import lifecycle
 from voicecalld.calls import (
     TERMINAL,
     ArmTimer,
-    Call,
     CallEvent,
     CallRecord,
     CancelTimer,
@@ -17,7 +17,7 @@ from voicecalld.calls import (
     Direction,
     EventType,
     Finished,
-    Hangup,
+    HangUp,
     Listen,
     Mode,
     Persist,
@@ -28,6 +28,7 @@ from voicecalld.calls import (
     can_transition,
 )
 from voicecalld.errors import NotConnected
+from voicecalld.lifecycle import Call
 
 S = State
 LIVE_ORDER = [S.INITIATED, S.RINGING, S.ANSWERED, S.ACTIVE, S.SPEAKING, S.LISTENING]
@@ -79,7 +80,7 @@ def make_call(state: State = S.INITIATED, mode: Mode = Mode.NOTIFY, opening: str
     record = CallRecord("c1", "mock", direction, mode, "+15550001111", "+15550009999", state=state)
     call = Call(record, Policy(max_duration=60, ring_timeout=30, notify_hangup_delay=2), opening)
     if state in (S.SPEAKING, S.LISTENING, S.ACTIVE):
-        call.opening_spoken = True
+        call.record.openingSpoken = True
     return call
 
 
@@ -163,7 +164,7 @@ def test_opening_and_whether_it_was_spoken_round_trip_through_the_record() -> No
 
 def test_fail_ends_the_call_as_error_keeping_the_first_error() -> None:
     call = make_call(S.LISTENING, Mode.CONVERSATION)
-    assert call.fail("the call log cannot be written: disk full") == [Hangup(S.ERROR)]
+    assert call.fail("the call log cannot be written: disk full") == [HangUp(S.ERROR)]
     assert call.record.error == "the call log cannot be written: disk full"
     call.fail("later")
     assert call.record.error == "the call log cannot be written: disk full"
@@ -187,7 +188,7 @@ def test_notify_hangup_is_armed_only_after_the_message_played() -> None:
     assert not any(isinstance(a, ArmTimer) and a.kind == "notify-hangup" for a in started)
     played = call.handle(ev(EventType.PLAYED, utterance_id="u1"), 3)
     assert ArmTimer("notify-hangup", 2) in played
-    assert call.timer_fired("notify-hangup") == [Hangup(S.COMPLETED)]
+    assert call.timer_fired("notify-hangup") == [HangUp(S.COMPLETED)]
 
 
 @pytest.mark.parametrize("ended_by", [S.HANGUP_USER, S.COMPLETED])
@@ -195,9 +196,9 @@ def test_goodbye_hangs_up_after_it_played_and_ends_as_hangup_bot(ended_by: State
     call = make_call(S.LISTENING, Mode.CONVERSATION, direction=Direction.INBOUND)
     actions = call.say_goodbye("Bye!", 1)
     assert Speak("Bye!", "u1", "hangup", None) in actions and call.state == S.SPEAKING
-    assert not any(isinstance(a, Hangup) for a in actions)  # not before it has played
+    assert not any(isinstance(a, HangUp) for a in actions)  # not before it has played
     assert ArmTimer("notify-hangup", 2) in call.handle(ev(EventType.PLAYED, utterance_id="u1"), 2)
-    assert call.timer_fired("notify-hangup") == [Hangup(S.HANGUP_BOT)]
+    assert call.timer_fired("notify-hangup") == [HangUp(S.HANGUP_BOT)]
     # Whoever closes the line (the carrier after our hangup, or the caller first), it was the bot's call.
     call.handle(ev(EventType.ENDED, reason=ended_by), 3)
     assert call.record.endReason == S.HANGUP_BOT
@@ -207,7 +208,7 @@ def test_goodbye_on_a_call_that_is_not_connected_changes_nothing() -> None:
     call = make_call(S.RINGING, Mode.CONVERSATION)
     with pytest.raises(NotConnected):
         call.say_goodbye("Bye!", 1)
-    assert call.end_requested is None
+    assert call.chosen_end is None
 
 
 def test_played_for_unknown_utterance_does_nothing() -> None:
@@ -230,23 +231,23 @@ def test_notify_callee_hangup_before_delivery_is_hangup_user() -> None:
 
 def test_requested_end_reason_wins_over_carrier_report() -> None:
     call = make_call(S.LISTENING, Mode.CONVERSATION)
-    assert call.timer_fired("max-duration") == [Hangup(S.TIMEOUT)]
+    assert call.timer_fired("max-duration") == [HangUp(S.TIMEOUT)]
     # A second request keeps the first reason.
-    assert call.request_end(S.HANGUP_BOT) == [Hangup(S.TIMEOUT)]
+    assert call.end(S.HANGUP_BOT) == [HangUp(S.TIMEOUT)]
     call.handle(ev(EventType.ENDED, reason=S.HANGUP_USER), 7)
     assert call.record.endReason == S.TIMEOUT and call.record.endedAt == 7
 
 
-def test_failed_hangup_lets_a_new_reason_be_chosen() -> None:
+def test_refused_hang_up_lets_a_new_reason_be_chosen() -> None:
     call = make_call(S.LISTENING, Mode.CONVERSATION)
-    call.request_end(S.HANGUP_BOT)
-    call.hangup_failed()
-    assert call.request_end(S.TIMEOUT) == [Hangup(S.TIMEOUT)]
+    call.end(S.HANGUP_BOT)
+    call.hang_up_refused()
+    assert call.end(S.TIMEOUT) == [HangUp(S.TIMEOUT)]
 
 
 def test_ring_timer_only_ends_unanswered_calls() -> None:
-    assert make_call(S.RINGING).timer_fired("ring") == [Hangup(S.NO_ANSWER)]
-    assert make_call(S.INITIATED).timer_fired("ring") == [Hangup(S.NO_ANSWER)]
+    assert make_call(S.RINGING).timer_fired("ring") == [HangUp(S.NO_ANSWER)]
+    assert make_call(S.INITIATED).timer_fired("ring") == [HangUp(S.NO_ANSWER)]
     assert make_call(S.SPEAKING).timer_fired("ring") == []
 
 
@@ -312,7 +313,7 @@ def test_empty_speech_is_ignored() -> None:
 
 def test_error_event_hangs_up_with_reason_error() -> None:
     call = make_call(S.LISTENING, Mode.CONVERSATION)
-    assert call.handle(ev(EventType.ERROR, message="media failed"), 1) == [Hangup(S.ERROR)]
+    assert call.handle(ev(EventType.ERROR, message="media failed"), 1) == [HangUp(S.ERROR)]
     assert call.record.error == "media failed"
 
 
@@ -352,10 +353,10 @@ def test_plain_speech_in_notify_mode_stays_speaking() -> None:
 def test_refused_speech_is_marked_and_does_not_block_listening() -> None:
     call = make_call(S.LISTENING, Mode.CONVERSATION)
     (speak,) = [a for a in call.speak("never heard", 1) if isinstance(a, Speak)]
-    actions = call.speak_failed(speak.utterance_id)
+    actions = call.speak_refused(speak.utterance_id)
     assert Persist() in actions and call.state == S.LISTENING
     assert call.record.transcript[-1]["undelivered"] is True
-    assert call.speak_failed(speak.utterance_id) == []
+    assert call.speak_refused(speak.utterance_id) == []
 
 
 def test_goodbye_stops_listening_and_hangs_up_after_playing() -> None:
@@ -367,3 +368,50 @@ def test_goodbye_stops_listening_and_hangs_up_after_playing() -> None:
     (speak,) = [a for a in actions if isinstance(a, Speak)]
     assert speak.then == "hangup"
     assert ArmTimer("notify-hangup", 2) in call.handle(ev(EventType.PLAYED, utterance_id=speak.utterance_id), 2)
+
+
+# --- the table itself ---------------------------------------------------------------------
+
+
+def test_every_input_has_a_row() -> None:
+    assert {row.input for row in lifecycle.TABLE} == set(lifecycle.Input)
+
+
+def test_no_row_for_a_terminal_state() -> None:
+    assert not [row for row in lifecycle.TABLE if set(row.states) & TERMINAL]
+
+
+def test_commands_that_speak_have_rows_exactly_in_the_connected_states() -> None:
+    from voicecalld.calls import CONNECTED
+
+    for input_ in (lifecycle.Input.SPEAK, lifecycle.Input.CONTINUE, lifecycle.Input.GOODBYE):
+        states = {s for row in lifecycle.TABLE if row.input == input_ for s in row.states}
+        assert states == CONNECTED, input_
+
+
+def test_the_table_may_not_move_a_call_backwards() -> None:
+    backwards = lifecycle.row(S.LISTENING, lifecycle.Input.RINGING, None, S.RINGING, lifecycle.MOVE)
+    with pytest.raises(ValueError, match="may not move"):
+        lifecycle._index((*lifecycle.TABLE, backwards))
+
+
+@pytest.mark.parametrize("next_,steps", [(S.RINGING, ()), (lifecycle.SAME, (lifecycle.MOVE,))])
+def test_a_row_moves_exactly_when_its_next_state_differs(next_, steps) -> None:
+    row = lifecycle.row(S.INITIATED, lifecycle.Input.RINGING, None, next_, *steps)
+    with pytest.raises(ValueError, match="MOVE"):
+        lifecycle._index((row,))
+
+
+def test_the_first_row_whose_guard_holds_applies() -> None:
+    inbound = make_call(S.INITIATED, direction=Direction.INBOUND)
+    outbound = make_call(S.INITIATED, direction=Direction.OUTBOUND)
+    assert inbound.start() == [Persist()]
+    assert outbound.start() == [Persist(), ArmTimer("ring", 30)]
+
+
+def test_an_end_reason_that_is_no_end_is_refused() -> None:
+    call = make_call(S.LISTENING, Mode.CONVERSATION)
+    call.end(S.SPEAKING)  # a bug in a caller; the call must not end "speaking"
+    with pytest.raises(ValueError, match="not an end reason"):
+        call.handle(ev(EventType.ENDED, reason=S.HANGUP_USER), 1)
+    assert call.state == S.LISTENING

@@ -46,11 +46,9 @@ class FullDisk(Store):
 
 
 def engine_with_full_disk(make_engine: Callable[..., Engine], **overrides: Any) -> tuple[Engine, FullDisk]:
-    e = make_engine(**overrides)
-    e.store.close()
-    store = FullDisk(e.store.directory)
-    e.store = e.manager.store = store
-    return e, store
+    e = make_engine(store_class=FullDisk, **overrides)
+    assert isinstance(e.store, FullDisk)
+    return e, e.store
 
 
 def final(record: dict[str, Any]) -> bool:

@@ -6,8 +6,15 @@ import threading
 
 import pytest
 
-from voicecalld.errors import CallNotFound, InvalidParams, LimitReached, NotConnected, ShuttingDown, TranscriptTimeout
-from voicecalld.manager import TurnInProgress
+from voicecalld.errors import (
+    CallNotFound,
+    InvalidParams,
+    LimitReached,
+    NotConnected,
+    ShuttingDown,
+    TranscriptTimeout,
+    TurnInProgress,
+)
 from voicecalld.store import Store
 
 
@@ -256,7 +263,7 @@ def test_status_falls_back_to_the_log(make_engine, tmp_path) -> None:
     e = make_engine()
     call_id = e.manager.initiate("hello")["callId"]
     e.wait_state(call_id, "completed")
-    e.manager._recent.clear()  # forget the in-memory copy
+    e.manager.calls._recent.clear()  # forget the in-memory copy
     assert e.manager.status(call_id)["state"] == "completed"
     assert [r["callId"] for r in e.manager.history(10)] == [call_id]
 
@@ -356,4 +363,4 @@ def test_provider_id_of_a_call_ended_during_dialing_is_not_kept(make_engine) -> 
     e.provider.initiate = slow_initiate  # type: ignore[method-assign]
     e.manager.initiate("hello")
     assert e.manager.status(holder["id"])["state"] == "hangup-bot"
-    assert e.manager._by_provider_id == {}
+    assert e.manager.calls._by_provider_id == {}

@@ -10,7 +10,17 @@ from engine import Engine
 
 from voicecalld.calls import CallEvent, CallRecord, Direction, EventType, Mode, Speak, State
 from voicecalld.providers.base import CarrierStatus
-from voicecalld.recovery import Answer, AskCarrier, Close, HangUp, Keep, Recovery, Retry, plan_after, plan_before
+from voicecalld.recovery import (
+    Answer,
+    AskCarrier,
+    Close,
+    EndOverdue,
+    Keep,
+    Recovery,
+    Retry,
+    plan_after,
+    plan_before,
+)
 
 NOW = 1_000_000_000
 
@@ -25,8 +35,8 @@ def record(**kw) -> CallRecord:
 
 BEFORE = [
     (record(providerCallId=None), Close),
-    (record(answeredAt=NOW - 400_000, state=State.LISTENING), HangUp),   # 400 s > 300 s limit
-    (record(startedAt=NOW - 301_000), HangUp),                           # never answered, too old
+    (record(answeredAt=NOW - 400_000, state=State.LISTENING), EndOverdue),  # 400 s > 300 s limit
+    (record(startedAt=NOW - 301_000), EndOverdue),                          # never answered, too old
     (record(answeredAt=NOW - 100_000, state=State.LISTENING), AskCarrier),
     (record(), AskCarrier),
 ]
@@ -38,7 +48,7 @@ def test_plan_before_asking(rec, kind) -> None:
     assert isinstance(plan, kind)
     if isinstance(plan, Close):
         assert plan.reason == State.ERROR and "no carrier call id" in plan.error
-    if isinstance(plan, HangUp):
+    if isinstance(plan, EndOverdue):
         assert plan.reason == State.TIMEOUT
 
 
@@ -91,8 +101,10 @@ def test_restored_call_says_its_opening_once_answered(tmp_path, line, says) -> N
     e = Engine(str(tmp_path))
     try:
         assert e.manager.restore({"r": line}) == ["r"]
-        call = e.manager._live["r"].call
-        with e.manager._live["r"].lock:
+        live = e.manager.calls.get("r")
+        assert live is not None
+        call = live.call
+        with live.lock:
             actions = call.handle(CallEvent(EventType.ANSWERED, "ev1", call_id="r"), NOW)
         spoken = [(a.text, a.then) for a in actions if isinstance(a, Speak)]
         assert spoken == ([says] if says else [])

@@ -64,7 +64,8 @@ def test_call_answered_while_the_daemon_was_down_is_answered(tmp_path, mode: str
         else:
             record = e2.wait_state(call_id, "listening", "no-answer")
             assert record["state"] == "listening"
-            assert set(e2.manager._live[call_id].timers) == {"max-duration"}
+            live = e2.manager.calls.get(call_id)
+            assert live is not None and set(live.timers) == {"max-duration"}
         assert record["answeredAt"] is not None
         assert [(t["speaker"], t["text"]) for t in record["transcript"]] == [("bot", "Build 42 failed")]
     finally:

@@ -15,6 +15,18 @@ TERMINAL = {"completed", "hangup-user", "hangup-bot", "timeout", "error", "faile
             "voicemail"}
 
 
+def hold_hang_up(e: Any, call_id: str, release: threading.Event, timeout: float) -> None:
+    """The carrier's hang-up of ``call_id`` waits for ``release`` (at most ``timeout`` s)."""
+    real_hangup = e.provider.hangup
+
+    def hangup(record: Any) -> None:
+        if record.callId == call_id:
+            release.wait(timeout)
+        real_hangup(record)
+
+    e.provider.hangup = hangup
+
+
 def conversations(e: Any, n: int) -> list[str]:
     ids = [e.manager.initiate(f"call {i}", mode="conversation")["callId"] for i in range(n)]
     for call_id in ids:
@@ -26,14 +38,7 @@ def test_hang_ups_at_shutdown_run_in_parallel(make_engine) -> None:
     e = make_engine(maxConcurrentCalls=5)
     first, *others = conversations(e, 5)
     release = threading.Event()
-    real_hangup = e.provider.hangup
-
-    def hangup(record: Any) -> None:
-        if record.callId == first:
-            release.wait(30)  # held until every other call has ended
-        real_hangup(record)
-
-    e.provider.hangup = hangup  # type: ignore[method-assign]
+    hold_hang_up(e, first, release, 30)  # held until every other call has ended
     # The calls may finish by themselves for 3 s (they do not), then hang-ups go out.
     stopper = threading.Thread(target=e.manager.shutdown, args=(3.0,))
     stopper.start()
@@ -54,14 +59,7 @@ def test_a_hang_up_the_carrier_never_confirms_cannot_hold_shutdown(make_engine) 
     e = make_engine(maxConcurrentCalls=3)
     stuck, *others = conversations(e, 3)
     never = threading.Event()
-    real_hangup = e.provider.hangup
-
-    def hangup(record: Any) -> None:
-        if record.callId == stuck:
-            never.wait(60)
-        real_hangup(record)
-
-    e.provider.hangup = hangup  # type: ignore[method-assign]
+    hold_hang_up(e, stuck, never, 60)
     stopper = threading.Thread(target=e.manager.shutdown, args=(0.2,), daemon=True)
     stopper.start()
     stopper.join(20)

@@ -232,20 +232,24 @@ def test_a_failed_sync_fails_every_append_it_covered(tmp_path, monkeypatch) -> N
     store.close()
 
 
-def test_a_failed_write_leaves_no_fragment_and_the_log_recovers(tmp_path, monkeypatch) -> None:
-    store = Store(str(tmp_path))
-    store.append(rec("before"))
-    real_write = os.write
+def short_then_full(real_write):
+    """os.write whose first call writes part of the line, then fails as a full disk does."""
     calls = {"n": 0}
 
-    def short_then_full(fd: int, data) -> int:
+    def write(fd: int, data) -> int:
         calls["n"] += 1
         if calls["n"] == 1:
             real_write(fd, bytes(data[:10]))  # part of the line reaches the file ...
             raise OSError(28, "No space left on device")  # ... then the disk is full
         return real_write(fd, data)
+    return write
 
-    monkeypatch.setattr(os, "write", short_then_full)
+
+def test_a_failed_write_leaves_no_fragment_and_the_log_recovers(tmp_path, monkeypatch) -> None:
+    store = Store(str(tmp_path))
+    store.append(rec("before"))
+    real_write = os.write
+    monkeypatch.setattr(os, "write", short_then_full(real_write))
     with pytest.raises(StoreFailed, match="No space left on device"):
         store.append(rec("lost", pad="p" * 100))
     monkeypatch.setattr(os, "write", real_write)
@@ -258,20 +262,11 @@ def test_a_failed_write_leaves_no_fragment_and_the_log_recovers(tmp_path, monkey
 def test_a_fragment_that_cannot_be_cut_off_costs_only_itself(tmp_path, monkeypatch) -> None:
     store = Store(str(tmp_path))
     store.append(rec("before"))
-    real_write = os.write
-    calls = {"n": 0}
-
-    def short_then_full(fd: int, data) -> int:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            real_write(fd, bytes(data[:10]))
-            raise OSError(28, "No space left on device")
-        return real_write(fd, data)
 
     def no_truncate(fd: int, size: int) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(os, "write", short_then_full)
+    monkeypatch.setattr(os, "write", short_then_full(os.write))
     monkeypatch.setattr(os, "ftruncate", no_truncate)
     with pytest.raises(StoreFailed):
         store.append(rec("lost", pad="p" * 100))

@@ -1,122 +1,57 @@
-"""CallManager: the single owner of call state.
+"""CallManager: the single owner of call state, and its commands.
 
-Each live call has its own lock; the manager's lock guards only the table
-of live calls and the concurrency count. A step runs the I/O-free core
-(``calls.Call``) under the call's lock, persists and publishes there (so
-snapshots reach the log and subscribers in order), and then applies the
-carrier actions (speak, hang up, listen) with no lock held: a slow carrier
-never stalls other calls, and no network I/O ever happens under a lock.
-Lock order is call lock, then manager lock; never the reverse.
+The manager takes the control commands (initiate, speak, continue, end),
+the carrier's news (``handle_event``, ``accept_inbound``: the ``CallSink`` a
+provider is bound to) and the restart and shutdown of the daemon. Its parts:
 
-A step always runs to its end: when the log cannot be written (or a
-subscriber fails) the remaining actions still apply (timers, the end of the
-call, its slot), and the failure is reported afterwards: to the command
-that ran the step, or to the log for carrier events. A new call whose first
-record cannot be written is refused (``StoreFailed``) before the carrier is
-asked, so nothing is acknowledged that is not on disk; since every call
-start tries the log again, the first write that succeeds lets calls in again.
-The final record of a call that ended while the log failed waits in the
-backlog (backlog.py) until the log takes writes again.
+* ``lifecycle.Call``: what a call does with each input, I/O-free;
+* ``livecalls.LiveCalls``: the live calls, each with its own lock, and what
+  is remembered of ended ones;
+* ``interpreter.Interpreter``: applies the actions of a step (the log,
+  subscribers, timers, the carrier);
+* ``waiters.Waiter``: a continue waiting for the callee's reply.
+
+A new call whose first record cannot be written is refused
+(``StoreFailed``) before the carrier is asked, so nothing is acknowledged
+that is not on disk; since every call start tries the log again, the first
+write that succeeds lets calls in again.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from . import calls, inbound
-from .backlog import Backlog
+from . import inbound
 from .calls import (
+    TERMINAL,
     Action,
     AfterSpeech,
     ArmTimer,
-    Call,
     CallEvent,
     CallRecord,
-    CancelTimer,
-    Deliver,
     Direction,
-    Finished,
-    Hangup,
-    Listen,
     Mode,
-    Persist,
     Policy,
-    Publish,
-    Speak,
     State,
-    StopListening,
     TimerKind,
 )
 from .config import Config
-from .errors import (
-    CallNotFound,
-    InvalidParams,
-    LimitReached,
-    NotConnected,
-    ProviderError,
-    ShuttingDown,
-    StoreFailed,
-    TranscriptTimeout,
-    TurnInProgress,
-    VoiceCallError,
-)
+from .errors import CallNotFound, InvalidParams, ProviderError, StoreFailed, TurnInProgress
 from .events import EventBus
-from .lru import Bounded
+from .interpreter import Interpreter, Step
+from .lifecycle import Call
+from .livecalls import LiveCall, LiveCalls, check_call_id, now_ms
 from .phone import is_e164, mask
 from .providers.base import Provider
 from .store import Store
-from .timers import Timer, TimerService
+from .timers import TimerService
+from .waiters import Waiter
 
 log = logging.getLogger(__name__)
-
-MAX_MESSAGE_CHARS = 3000  # Telnyx's speak limit, the strictest of the carriers
-_RECENT = 256             # ended calls kept in memory for status
-#: Carrier call ids of ended calls, remembered (and rebuilt from the log at
-#: start) so a replayed inbound webhook can never start a call again.
-ENDED_IDS = 100_000
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class _Waiter:
-    """A ``continue`` waiting for the callee's next final transcript."""
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.transcript: str | None = None
-        self.error: VoiceCallError | None = None
-        self.timer: Timer | None = None
-
-    def resolve(self, transcript: str) -> bool:
-        if self.done.is_set():
-            return False
-        self.transcript = transcript
-        self.done.set()
-        return True
-
-    def fail(self, error: VoiceCallError) -> bool:
-        if self.done.is_set():
-            return False
-        self.error = error
-        self.done.set()
-        return True
-
-
-@dataclass
-class _Live:
-    call: Call
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    timers: dict[TimerKind, Timer] = field(default_factory=dict)
-    waiter: _Waiter | None = None
-
 
 UnclaimedTranscript = Callable[[str, str], None]
 
@@ -129,14 +64,8 @@ class CallManager:
         self.store = store
         self.timers = timers
         self.bus = bus if bus is not None else EventBus()
-        self._lock = threading.Lock()
-        self._live: dict[str, _Live] = {}
-        self._by_provider_id: dict[str, str] = {}
-        self._recent: Bounded[str, dict[str, Any]] = Bounded(_RECENT)
-        self._ended_ids: Bounded[str, str] = Bounded(ENDED_IDS)  # carrier call id -> callId
-        self._idle = threading.Condition(self._lock)  # notified when the last live call ends
-        self._backlog = Backlog(lambda record: self.store.append(record), timers)
-        self._accepting = True
+        self.calls = LiveCalls(store)
+        self._interpreter = Interpreter(provider, store, timers, self.bus, self.calls, self._unclaimed)
         #: Called (off any lock) with (callId, text) for a final callee
         #: transcript that no continue is waiting for: the auto-responder.
         self.on_unclaimed: UnclaimedTranscript | None = None
@@ -160,38 +89,22 @@ class CallManager:
 
     @property
     def active_count(self) -> int:
-        return len(self._live)
-
-    def _find(self, call_id: object) -> _Live:
-        if not isinstance(call_id, str) or not call_id:
-            raise InvalidParams("callId must be a non-empty string")
-        live = self._live.get(call_id)
-        if live is None:
-            if self._lookup_ended(call_id) is not None:
-                raise NotConnected(f"call {call_id} has ended", {"callId": call_id})
-            raise CallNotFound(call_id)
-        return live
-
-    def _lookup_ended(self, call_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            recent = self._recent.get(call_id)
-        return recent if recent is not None else self.store.find(call_id)
+        return len(self.calls)
 
     def status(self, call_id: object) -> dict[str, Any]:
-        if not isinstance(call_id, str) or not call_id:
-            raise InvalidParams("callId must be a non-empty string")
-        live = self._live.get(call_id)
+        call_id = check_call_id(call_id)
+        live = self.calls.get(call_id)
         if live is not None:
             with live.lock:
                 return live.call.record.to_dict()
-        record = self._lookup_ended(call_id)
+        record = self.calls.ended(call_id)
         if record is None:
             raise CallNotFound(call_id)
         return record
 
     def active_calls(self) -> list[dict[str, Any]]:
         out = []
-        for live in list(self._live.values()):
+        for live in self.calls.all():
             with live.lock:
                 out.append(live.call.record.to_dict())
         return out
@@ -200,17 +113,24 @@ class CallManager:
         return self.store.history(limit)
 
     def find_by_provider_id(self, provider_call_id: str) -> str | None:
-        with self._lock:
-            return self._by_provider_id.get(provider_call_id)
+        return self.calls.by_provider_id(provider_call_id)
+
+    def live_record(self, call_id: str) -> CallRecord | None:
+        """A copy of a live call's record (for carriers and restart recovery)."""
+        live = self.calls.get(call_id)
+        if live is None:
+            return None
+        with live.lock:
+            return CallRecord.from_dict(live.call.record.to_dict())
 
     # -- commands --
 
-    @staticmethod
-    def _check_message(message: object) -> str:
+    def _check_message(self, message: object) -> str:
         if not isinstance(message, str) or not message.strip():
             raise InvalidParams("message must be a non-empty string")
-        if len(message) > MAX_MESSAGE_CHARS:
-            raise InvalidParams(f"message is {len(message)} characters; the limit is {MAX_MESSAGE_CHARS}")
+        limit = self.provider.capabilities.max_message_chars
+        if len(message) > limit:
+            raise InvalidParams(f"message is {len(message)} characters; the limit is {limit}")
         return message.strip()
 
     def initiate(self, message: object, to: object = None, mode: object = None) -> dict[str, Any]:
@@ -226,16 +146,8 @@ class CallManager:
         record = CallRecord(callId=str(uuid.uuid4()), provider=self.provider.name,
                             direction=Direction.OUTBOUND, mode=Mode(mode), to=str(to),
                             from_=self.config.fromNumber or "", startedAt=now_ms())
-        live = _Live(Call(record, self.policy, opening=text))
-        with self._lock:
-            if not self._accepting:
-                raise ShuttingDown("the daemon is shutting down and takes no new calls")
-            limit = self.config.maxConcurrentCalls
-            if len(self._live) >= limit:
-                raise LimitReached(f"{len(self._live)} of {limit} concurrent calls are active; "
-                                   "end one or raise maxConcurrentCalls",
-                                   {"active": len(self._live), "limit": limit})
-            self._live[record.callId] = live
+        live = LiveCall(Call(record, self.policy, opening=text))
+        self.calls.admit(live, self.config.maxConcurrentCalls)
         try:
             self._run(live, lambda c: c.start(), raise_errors=True)
         except StoreFailed as exc:
@@ -268,24 +180,20 @@ class CallManager:
         with live.lock:
             return {"callId": record.callId, "state": str(live.call.state)}
 
-    def _set_provider_id(self, live: _Live, provider_id: str) -> None:
+    def _set_provider_id(self, live: LiveCall, provider_id: str) -> None:
         """Raises ``StoreFailed`` if the id cannot be logged (it is kept in memory)."""
         with live.lock:
             if live.call.record.providerCallId == provider_id:
                 return
             live.call.record.providerCallId = provider_id
-            with self._lock:
-                if live.call.terminal:  # an ended call must not be findable (or leak) by its carrier id
-                    self._ended_ids.put(provider_id, live.call.id)
-                    return
-                self._by_provider_id[provider_id] = live.call.id
-            self.store.append(live.call.record.to_dict())
+            if self.calls.link_provider_id(live, provider_id):
+                self.store.append(live.call.record.to_dict())
 
     def speak(self, call_id: object, message: object, *, listen: bool = False) -> dict[str, Any]:
         """Say ``message``. ``listen``: then listen for the callee (the
         auto-responder's replies), so the carrier keeps the line open for them."""
         text = self._check_message(message)
-        live = self._find(call_id)
+        live = self.calls.find(call_id)
         then: AfterSpeech = "listen" if listen else None
         self._run(live, lambda c: c.speak(text, now_ms(), then=then), raise_errors=True)
         return {"callId": live.call.id, "ok": True}
@@ -294,14 +202,14 @@ class CallManager:
         """Speak ``message``, then hang up after it has played; the call ends
         as hangup-bot (the auto-responder's hang_up tool)."""
         text = self._check_message(message)
-        live = self._find(call_id)
+        live = self.calls.find(call_id)
         self._run(live, lambda c: c.say_goodbye(text, now_ms()), raise_errors=True)
         return {"callId": live.call.id, "ok": True}
 
     def continue_(self, call_id: object, message: object) -> dict[str, Any]:
         text = self._check_message(message)
-        live = self._find(call_id)
-        waiter = _Waiter()
+        live = self.calls.find(call_id)
+        waiter = Waiter(live.call.id)
 
         def begin(call: Call) -> list[Action]:
             if live.waiter is not None:
@@ -313,61 +221,43 @@ class CallManager:
 
         try:
             self._run(live, begin, raise_errors=True)
-        except BaseException:
-            # Whatever failed (the carrier, the call being gone, the log), this
-            # turn is over: a waiter left behind would refuse every later
+            # Whatever fails (the carrier, the call being gone, the log), this
+            # turn is over then: a waiter left behind would refuse every later
             # continue and swallow the callee's next words.
-            self._drop_waiter(live, waiter)
-            raise
-        timeout = self.config.transcriptTimeoutMs / 1000
-        waiter.timer = self.timers.call_later(timeout, self._turn_timed_out, live, waiter, timeout)
-        # The wheel resolves the waiter; the extra margin only guards against a
-        # stalled wheel, so this thread can never block forever.
-        if not waiter.done.wait(timeout + 5.0):
-            self._turn_timed_out(live, waiter, timeout)
-        self._drop_waiter(live, waiter)
-        if waiter.error is not None:
-            raise waiter.error
-        return {"callId": live.call.id, "transcript": waiter.transcript}
-
-    def _drop_waiter(self, live: _Live, waiter: _Waiter) -> None:
-        self.timers.cancel(waiter.timer)
-        with live.lock:
-            if live.waiter is waiter:
-                live.waiter = None
-
-    def _turn_timed_out(self, live: _Live, waiter: _Waiter, timeout: float) -> None:
-        waiter.fail(TranscriptTimeout(
-            f"no reply from the callee within {timeout:g} s; the call is still connected: "
-            "continue again, or end it", {"callId": live.call.id}))
+            transcript = waiter.wait(self.timers, self.config.transcriptTimeoutMs / 1000)
+        finally:
+            self.timers.cancel(waiter.timer)
+            with live.lock:
+                if live.waiter is waiter:
+                    live.waiter = None
+        return {"callId": live.call.id, "transcript": transcript}
 
     def end(self, call_id: object) -> dict[str, Any]:
-        live = self._find(call_id)
-        self._run(live, lambda c: c.request_end(State.HANGUP_BOT), raise_errors=True)
+        """The control command: hang up, as hangup-bot."""
+        live = self.calls.find(call_id)
+        self._run(live, lambda c: c.end(State.HANGUP_BOT), raise_errors=True)
         with live.lock:
-            reason = live.call.record.endReason or live.call.end_requested
+            reason = live.call.record.endReason or live.call.chosen_end
         return {"callId": live.call.id, "ok": True, "endReason": None if reason is None else str(reason)}
 
-    # -- inbound --
+    # -- from the carrier --
 
     def accept_inbound(self, from_: str, to: str | None, provider_call_id: str | None = None
                        ) -> tuple[dict[str, Any], bool]:
         """A call arrives. Returns (record snapshot, accepted). A rejected
         call gets a terminal record, once per carrier call id."""
         if provider_call_id is not None:
-            with self._lock:
-                ended = self._ended_ids.get(provider_call_id)
-                known = self._by_provider_id.get(provider_call_id)
+            ended = self.calls.ended_by_provider_id(provider_call_id)
             if ended is not None:
                 # A retry, or a replay after the carrier's webhook cache forgot
                 # it: that call is over, and no new one starts. (The record
                 # comes from memory only: a replay never costs a log scan.)
-                log.info("call %s: inbound request for carrier call %s, which has ended; refused", ended,
+                call_id, recent = ended
+                log.info("call %s: inbound request for carrier call %s, which has ended; refused", call_id,
                          provider_call_id)
-                with self._lock:
-                    recent = self._recent.get(ended)
-                return (recent if recent is not None else {"callId": ended, "providerCallId": provider_call_id},
-                        False)
+                snapshot = recent if recent is not None else {"callId": call_id, "providerCallId": provider_call_id}
+                return snapshot, False
+            known = self.calls.by_provider_id(provider_call_id)
             if known is not None:
                 return self.status(known), True
         decision = inbound.decide(self.config.inboundPolicy, self.config.allowFrom, from_)
@@ -375,17 +265,12 @@ class CallManager:
                             direction=Direction.INBOUND, mode=Mode.CONVERSATION,
                             to=to or self.config.fromNumber or "", from_=from_ if isinstance(from_, str) else "",
                             providerCallId=provider_call_id, startedAt=now_ms())
-        live = _Live(Call(record, self.policy, opening=self.config.inboundGreeting))
+        live = LiveCall(Call(record, self.policy, opening=self.config.inboundGreeting))
         reason = decision.reason
-        with self._lock:
-            if decision.accept and not self._accepting:
-                decision, reason = inbound.Decision(False, ""), "the daemon is shutting down"
-            elif decision.accept and len(self._live) >= self.config.maxConcurrentCalls:
-                decision, reason = inbound.Decision(False, ""), "the concurrent-call limit is reached"
-            if decision.accept:
-                self._live[record.callId] = live
-                if provider_call_id:
-                    self._by_provider_id[provider_call_id] = record.callId
+        if decision.accept:
+            refused = self.calls.admit_inbound(live, self.config.maxConcurrentCalls)
+            if refused is not None:
+                decision, reason = inbound.Decision(False, ""), refused
         if not decision.accept:
             log.info("call %s: rejected inbound call from %s: %s", record.callId, mask(from_), reason)
             live.call.record.error = f"rejected: {reason}"
@@ -403,15 +288,13 @@ class CallManager:
         with live.lock:
             return record.to_dict(), True
 
-    # -- events --
-
     def handle_event(self, event: CallEvent) -> None:
         """A normalized event from a carrier, media stream or the mock."""
         call_id = event.call_id
-        live = self._live.get(call_id) if call_id else None
+        live = self.calls.get(call_id) if call_id else None
         if live is None and event.provider_call_id:
             found = self.find_by_provider_id(event.provider_call_id)
-            live = self._live.get(found) if found else None
+            live = self.calls.get(found) if found else None
         if live is None:
             log.debug("event %s for unknown or ended call %s/%s ignored", event.type, call_id,
                       event.provider_call_id)
@@ -420,7 +303,7 @@ class CallManager:
 
     def attach_provider_id(self, call_id: str, provider_call_id: str) -> None:
         """A carrier told us its id for a call (e.g. before initiate returned)."""
-        live = self._live.get(call_id)
+        live = self.calls.get(call_id)
         if live is not None:
             try:
                 self._set_provider_id(live, provider_call_id)
@@ -428,172 +311,34 @@ class CallManager:
                 # The next snapshot of the call carries the id to the log.
                 log.warning("call %s: %s", call_id, exc.message)
 
-    # -- applying actions --
+    # -- steps --
 
-    def _run(self, live: _Live, step: Callable[[Call], list[Action]], raise_errors: bool = False) -> None:
-        """Run ``step`` and apply its actions. With ``raise_errors`` (a command
-        is waiting for the answer) a failed carrier request or log write is
-        raised, after every action of the step has been applied; otherwise
-        it is logged."""
-        remote: list[Action] = []
-        store_error: StoreFailed | None = None
-        with live.lock:
-            actions = step(live.call)
-            snapshot: dict[str, Any] | None = None
-            for action in actions:
-                try:
-                    if isinstance(action, Persist):
-                        snapshot = live.call.record.to_dict()
-                        self._persist(live, snapshot)
-                    elif isinstance(action, Publish):
-                        if self.bus:
-                            snapshot = snapshot or live.call.record.to_dict()
-                            self.bus.publish(action.name, live.call.id, snapshot, action.data)
-                    else:
-                        self._apply_local(live, action, remote)
-                except StoreFailed as exc:
-                    store_error = store_error or exc
-                except Exception:
-                    log.exception("call %s: %s failed", live.call.id, type(action).__name__.lower())
-        error: Exception | None = None
-        for action in remote:
-            try:
-                self._apply_remote(live, action, raise_errors)
-            except Exception as exc:  # only with raise_errors; the rest of the step still applies
-                error = error or exc
-        if store_error is not None:
-            if raise_errors and error is None:
-                raise store_error
-            log.warning("call %s: %s", live.call.id, store_error.message)
-        if error is not None:
-            raise error
+    def _run(self, live: LiveCall, step: Step, raise_errors: bool = False) -> None:
+        self._interpreter.run(live, step, raise_errors)
 
-    def _persist(self, live: _Live, snapshot: dict[str, Any]) -> None:
-        """Under the call's lock: log ``snapshot``; raises ``StoreFailed``."""
-        try:
-            self.store.append(snapshot)
-        except StoreFailed:
-            if live.call.terminal:  # no later snapshot will carry this one's news
-                self._backlog.keep(live.call.id, snapshot)
-            raise
-        if self._backlog:
-            self._backlog.write()
-
-    def _apply_local(self, live: _Live, action: Action, remote: list[Action]) -> None:
-        """Under the call's lock: an action that does no network I/O."""
-        if isinstance(action, ArmTimer):
-            self.timers.cancel(live.timers.pop(action.kind, None))
-            live.timers[action.kind] = self.timers.call_later(action.delay, self._timer_fired, live, action.kind)
-        elif isinstance(action, CancelTimer):
-            self.timers.cancel(live.timers.pop(action.kind, None))
-        elif isinstance(action, Deliver):
-            if live.waiter is not None and live.waiter.resolve(action.text):
-                self.timers.cancel(live.waiter.timer)
-            else:
-                remote.append(action)
-        elif isinstance(action, Finished):
-            self._finished(live, action.reason)
-        else:
-            remote.append(action)
-
-    def _finished(self, live: _Live, reason: State) -> None:
-        """Under the call's lock: the call reached a terminal state."""
-        call = live.call
-        if live.waiter is not None:
-            live.waiter.fail(NotConnected(f"call {call.id} ended ({reason}) before the callee replied",
-                                          {"callId": call.id, "endReason": str(reason)}))
-            self.timers.cancel(live.waiter.timer)
-        snapshot = call.record.to_dict()
-        with self._lock:
-            self._live.pop(call.id, None)
-            self._recent.put(call.id, snapshot)
-            if call.record.providerCallId:
-                self._by_provider_id.pop(call.record.providerCallId, None)
-                self._ended_ids.put(call.record.providerCallId, call.id)
-            if not self._live:
-                self._idle.notify_all()
-        log.info("call %s: ended (%s)", call.id, reason)
-        try:
-            self.provider.forget(call.record)
-        except Exception:
-            log.exception("call %s: provider cleanup failed", call.id)
-
-    def _apply_remote(self, live: _Live, action: Action, raise_errors: bool) -> None:
-        record = live.call.record
-        try:
-            if isinstance(action, Speak):
-                self.provider.speak(record, action)
-            elif isinstance(action, Listen):
-                self.provider.start_listening(record, action.turn)
-            elif isinstance(action, StopListening):
-                self.provider.stop_listening(record)
-            elif isinstance(action, Hangup):
-                self._hangup(live, action.reason, raise_errors)
-            elif isinstance(action, Deliver):
-                self._unclaimed(live.call.id, action.text)
-        except VoiceCallError as exc:
-            if raise_errors:
-                if isinstance(action, Speak):
-                    self._run(live, lambda c: c.speak_failed(action.utterance_id))
-                raise
-            log.warning("call %s: %s failed: %s", live.call.id, type(action).__name__.lower(), exc.message)
-            if not isinstance(action, Hangup):
-                self._run(live, lambda c: c.request_end(State.ERROR))
-        except Exception as exc:
-            log.exception("call %s: %s failed", live.call.id, type(action).__name__.lower())
-            if raise_errors:
-                if isinstance(action, Speak):
-                    self._run(live, lambda c: c.speak_failed(action.utterance_id))
-                raise ProviderError(f"the carrier request failed: {exc}") from exc
-            if not isinstance(action, Hangup):
-                self._run(live, lambda c: c.request_end(State.ERROR))
-
-    def _hangup(self, live: _Live, reason: State, explicit: bool) -> None:
-        try:
-            self.provider.hangup(live.call.record)
-        except Exception as exc:
-            message = exc.message if isinstance(exc, VoiceCallError) else str(exc)
-            if explicit:
-                with live.lock:
-                    live.call.hangup_failed()
-                raise
-            # Deadline-driven hangups (timeout, no-answer, notify) cannot be
-            # retried by a caller: close the record rather than leak a slot.
-            log.error("call %s: carrier hangup failed (%s); closing the call as %s", live.call.id,
-                      message, reason)
-            self._run(live, lambda c: c.finish(reason, now_ms(), error=f"hangup failed: {message}"))
-            return
-        self._run(live, lambda c: c.finish(reason, now_ms()), raise_errors=explicit)
-
-    def _timer_fired(self, live: _Live, kind: TimerKind) -> None:
-        with live.lock:
-            if live.timers.get(kind) is not None:
-                live.timers.pop(kind)
-        self._run(live, lambda c: c.timer_fired(kind))
+    def _run_if_live(self, call_id: str, step: Step) -> None:
+        live = self.calls.get(call_id)
+        if live is not None:
+            self._run(live, step)
 
     def _unclaimed(self, call_id: str, text: str) -> None:
         hook = self.on_unclaimed
         if hook is not None:
             hook(call_id, text)
 
-    # -- lifecycle --
-
-    def stop_accepting(self) -> None:
-        with self._lock:
-            self._accepting = False
+    # -- restart recovery (recovery.py) --
 
     def restore(self, records: dict[str, dict[str, Any]]) -> list[str]:
         """Bring back the non-terminal calls of a previous run (no re-dialing).
         They count against the concurrency limit until recovery (see
         recovery.py) has confirmed them with the carrier or closed them."""
         restored = []
-        terminal = {str(s) for s in calls.TERMINAL}
+        terminal = {str(s) for s in TERMINAL}
         for snapshot in records.values():
             if snapshot.get("state") in terminal:
                 provider_id = snapshot.get("providerCallId")
                 if isinstance(provider_id, str) and provider_id:
-                    with self._lock:
-                        self._ended_ids.put(provider_id, str(snapshot["callId"]))
+                    self.calls.remember_ended(provider_id, str(snapshot["callId"]))
                 continue
             try:
                 record = CallRecord.from_dict(snapshot)
@@ -602,44 +347,30 @@ class CallManager:
                 continue
             # The record says whether the opening was spoken: a call restored
             # while ringing still says its message once answered.
-            live = _Live(Call(record, self.policy))
-            with self._lock:
-                self._live[record.callId] = live
-                if record.providerCallId:
-                    self._by_provider_id[record.providerCallId] = record.callId
+            self.calls.restored(LiveCall(Call(record, self.policy)))
             restored.append(record.callId)
         return restored
 
-    # -- used by restart recovery --
-
-    def live_record(self, call_id: str) -> CallRecord | None:
-        live = self._live.get(call_id)
-        if live is None:
-            return None
-        with live.lock:
-            return CallRecord.from_dict(live.call.record.to_dict())
-
-    def close_restored(self, call_id: str, reason: State, error: str | None) -> None:
-        live = self._live.get(call_id)
-        if live is not None:
-            self._run(live, lambda c: c.finish(reason, now_ms(), error=error))
+    def close_call(self, call_id: str, reason: State, error: str | None) -> None:
+        """Close the record of a live call as ``reason``, without the carrier."""
+        self._run_if_live(call_id, lambda c: c.finish(reason, now_ms(), error=error))
 
     def answer_restored(self, call_id: str, max_duration_left: float) -> None:
         """The carrier says the call was answered while we were down."""
-        live = self._live.get(call_id)
-        if live is not None:
-            self._run(live, lambda c: c.answered(now_ms(), max_duration_left))
+        self._run_if_live(call_id, lambda c: c.answered(now_ms(), max_duration_left))
 
-    def hang_up(self, call_id: str, reason: State) -> None:
-        """End a call for a deadline (no caller to report a failure to)."""
-        live = self._live.get(call_id)
-        if live is not None:
-            self._run(live, lambda c: c.request_end(reason))
+    def end_for(self, call_id: str, reason: State) -> None:
+        """End a call for a deadline or at shutdown: there is no caller to
+        report a failure to, so a refused hang-up closes the call anyway."""
+        self._run_if_live(call_id, lambda c: c.end(reason))
 
     def arm(self, call_id: str, kind: TimerKind, delay: float) -> None:
-        live = self._live.get(call_id)
-        if live is not None:
-            self._run(live, lambda c: [ArmTimer(kind, delay)])
+        self._run_if_live(call_id, lambda c: [ArmTimer(kind, delay)])
+
+    # -- shutdown --
+
+    def stop_accepting(self) -> None:
+        self.calls.stop_accepting()
 
     def shutdown(self, grace: float) -> None:
         """Stop taking calls; let active ones finish for ``grace`` seconds,
@@ -647,32 +378,28 @@ class CallManager:
         more for the carrier. A call whose hang-up is not done by then is
         closed in the log anyway, so every call ends with a final record."""
         self.stop_accepting()
-        with self._lock:
-            self._idle.wait_for(lambda: not self._live, grace)
-            remaining = list(self._live)
+        remaining = self.calls.wait_idle(grace)
         if remaining:
-            self._hang_up_all(remaining, grace)
-        if self._backlog and not self._backlog.write():
-            lost = self._backlog.call_ids()
+            self._end_all(remaining, grace)
+        backlog = self._interpreter.backlog
+        if backlog and not backlog.write():
+            lost = backlog.call_ids()
             log.error("the final records of %d call(s) could not be logged: %s", len(lost), ", ".join(lost))
 
-    def _hang_up_all(self, remaining: list[str], grace: float) -> None:
+    def _end_all(self, remaining: list[str], grace: float) -> None:
         log.info("hanging up %d call(s)", len(remaining))
         for call_id in remaining:
             # A thread per call, so every hang-up is on its way at once, even
             # those whose call is closed below before the carrier answered.
             # Daemon threads: a carrier request that hangs cannot hold up the exit.
-            threading.Thread(target=self._hang_up_at_shutdown, args=(call_id,), name="shutdown-hangup",
+            threading.Thread(target=self._end_at_shutdown, args=(call_id,), name="shutdown-hangup",
                              daemon=True).start()
-        with self._lock:
-            self._idle.wait_for(lambda: not self._live, grace)
-            stuck = list(self._live)
-        for call_id in stuck:
+        for call_id in self.calls.wait_idle(grace):
             log.warning("call %s: the hang-up was not confirmed within %g s; closing the call", call_id, grace)
-            self.close_restored(call_id, State.HANGUP_BOT, "voicecalld stopped before the hang-up was confirmed")
+            self.close_call(call_id, State.HANGUP_BOT, "voicecalld stopped before the hang-up was confirmed")
 
-    def _hang_up_at_shutdown(self, call_id: str) -> None:
+    def _end_at_shutdown(self, call_id: str) -> None:
         try:
-            self.hang_up(call_id, State.HANGUP_BOT)
+            self.end_for(call_id, State.HANGUP_BOT)
         except Exception:
             log.exception("call %s: hangup at shutdown failed", call_id)

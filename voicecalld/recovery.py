@@ -20,7 +20,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .calls import CallRecord, State
+from .calls import CallRecord, State, TimerKind
+from .livecalls import now_ms
 from .providers.base import CarrierStatus
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,7 +40,10 @@ class Close:
 
 
 @dataclass(frozen=True)
-class HangUp:
+class EndOverdue:
+    """The call outlived maxDurationSeconds while voicecalld was down: hang
+    it up (at the carrier) as ``reason``."""
+
     reason: State
 
 
@@ -52,7 +56,7 @@ class AskCarrier:
 class Keep:
     """Live: re-arm ``kind`` with ``remaining`` seconds."""
 
-    kind: str
+    kind: TimerKind
     remaining: float
 
 
@@ -70,7 +74,7 @@ class Retry:
     pass
 
 
-Plan = Close | HangUp | AskCarrier | Keep | Answer | Retry
+Plan = Close | EndOverdue | AskCarrier | Keep | Answer | Retry
 
 
 def plan_before(record: CallRecord, now_ms: int, max_duration: float) -> Plan:
@@ -79,7 +83,7 @@ def plan_before(record: CallRecord, now_ms: int, max_duration: float) -> Plan:
                                   "it has no carrier call id and cannot be checked")
     since = record.answeredAt if record.answeredAt is not None else record.startedAt
     if (now_ms - since) / 1000 >= max_duration:
-        return HangUp(State.TIMEOUT)
+        return EndOverdue(State.TIMEOUT)
     return AskCarrier()
 
 
@@ -105,8 +109,6 @@ class Recovery:
             self.manager.timers.call_later(0, self._check, call_id, RETRY_FIRST)
 
     def _check(self, call_id: str, retry_in: float) -> None:
-        from .manager import now_ms
-
         m = self.manager
         record = m.live_record(call_id)
         if record is None:
@@ -123,11 +125,11 @@ class Recovery:
             plan = plan_after(record, status, now_ms(), policy.max_duration, policy.ring_timeout)
         log.info("call %s: restored call -> %s", call_id, plan)
         if isinstance(plan, Close):
-            m.close_restored(call_id, plan.reason, plan.error)
-        elif isinstance(plan, HangUp):
-            m.hang_up(call_id, plan.reason)
+            m.close_call(call_id, plan.reason, plan.error)
+        elif isinstance(plan, EndOverdue):
+            m.end_for(call_id, plan.reason)
         elif isinstance(plan, Keep):
-            m.arm(call_id, plan.kind, plan.remaining)  # type: ignore[arg-type]
+            m.arm(call_id, plan.kind, plan.remaining)
         elif isinstance(plan, Answer):
             m.answer_restored(call_id, plan.remaining)
         else:

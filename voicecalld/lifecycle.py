@@ -1,0 +1,400 @@
+"""The call lifecycle: one table of (state, input) -> (next state, actions).
+
+In the manner of h11's state machine: inputs go in (a carrier event, a
+command, a timer), the call's new state and a list of actions come out.
+Nothing here reads a clock, takes a lock, touches a socket or a file; the
+manager does all of that when it applies the actions, so the lifecycle is
+tested by tables of cases. ``docs/lifecycle.rst`` and the CALL STATES
+section of voicecalld(8) are rendered from ``TABLE`` (lifecycle_doc.py).
+
+Reading the table: a row is ``states, input [guard] -> next: steps``. For a
+call in one of ``states`` that receives ``input``, the first row whose guard
+holds applies (a row without a guard always holds); its steps run in order,
+and ``MOVE`` is where the call enters ``next``, publishing ``call.state``
+(nothing, when it is there already). Three rules say the rest:
+
+* A terminal call takes no input.
+* Where no row applies, a carrier event or a timer changes nothing, and a
+  command (speak, continue, goodbye) is refused: the call is not connected.
+* The same carrier event (by its id) counts once: carriers retry webhooks.
+
+What the state alone does not say, the guards read from three flags:
+
+* ``record.openingSpoken``: the opening (the outbound message, or the
+  inbound greeting) was said; it is in the log, so a restarted daemon
+  neither repeats it nor forgets it.
+* ``Call.chosen_end``: the end reason the bot chose (end, goodbye, a
+  deadline, an error); it wins over whatever the carrier reports next, and
+  a carrier that refuses the hang-up clears it.
+* ``Call.delivered``: an utterance that ends the call (the notification)
+  has played to its end, so a callee who hangs up after it leaves the call
+  ``completed``, not ``hangup-user``.
+
+The methods of ``Call`` are the handlers for what a table cannot say: they
+turn a raw event or command into a table input with its data (which
+utterance played, what was said, which reason), drop what carries nothing
+(an empty transcript, a repeated event), and number utterances and turns.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from . import calls
+from .calls import (
+    TERMINAL,
+    Action,
+    AfterSpeech,
+    CallEvent,
+    CallRecord,
+    EventType,
+    Policy,
+    Publish,
+    State,
+    TimerKind,
+    can_transition,
+)
+from .errors import NotConnected
+from .lifecycle_steps import (
+    ARM_MAX_DURATION,
+    ARM_NOTIFY_HANGUP,
+    ARM_RING,
+    BOT_LINE,
+    CALLEE_LINE,
+    CANCEL_RING,
+    CARRIERS,
+    CHOOSE_END,
+    CHOSEN,
+    CLOSE,
+    DELIVER,
+    DELIVERED,
+    END_CHOSEN,
+    FORGET_END,
+    GIVEN,
+    HANG_UP,
+    IDLE,
+    LISTEN,
+    MARK_DELIVERED,
+    MARK_INTERRUPTED,
+    MARK_OPENING_SPOKEN,
+    MARK_UNDELIVERED,
+    MOVE,
+    NO_OPENING,
+    NOTE_ERROR,
+    OPENING,
+    OPENING_UNSAID,
+    OUTBOUND,
+    PERSIST,
+    PUBLISH_DTMF,
+    PUBLISH_PARTIAL,
+    QUIET,
+    SAME,
+    SPEAK,
+    STAMP_ANSWERED,
+    STOP_LISTENING,
+    Data,
+    Input,
+    Row,
+    hang_up,
+    row,
+)
+
+# --- the table --------------------------------------------------------------------------------
+
+S, In = State, Input
+ANY: tuple[State, ...] = tuple(s for s in State if s not in TERMINAL)
+UNANSWERED = (S.INITIATED, S.RINGING)
+CONNECTED: tuple[State, ...] = tuple(s for s in State if s in calls.CONNECTED)
+BEFORE_ACTIVE = (S.INITIATED, S.RINGING, S.ANSWERED)
+NOT_SPEAKING = (S.ANSWERED, S.ACTIVE, S.LISTENING)
+NOT_LISTENING = (S.ANSWERED, S.ACTIVE, S.SPEAKING)
+
+TABLE: tuple[Row, ...] = (
+    #   states         input                   guard           next         steps
+    row(S.INITIATED,   In.CREATED,             OUTBOUND,       SAME,        PERSIST, ARM_RING),
+    row(S.INITIATED,   In.CREATED,             None,           SAME,        PERSIST),
+    row(S.INITIATED,   In.RINGING,             None,           S.RINGING,   MOVE, PERSIST),
+    row(UNANSWERED,    In.ANSWERED,            None,           S.ANSWERED,  MOVE, STAMP_ANSWERED, CANCEL_RING,
+                                                                            ARM_MAX_DURATION, PERSIST, OPENING),
+    row(S.ANSWERED,    In.OPENING,             OPENING_UNSAID, S.SPEAKING,  MARK_OPENING_SPOKEN, BOT_LINE, MOVE,
+                                                                            PERSIST, SPEAK),
+    row(S.ANSWERED,    In.OPENING,             NO_OPENING,     S.ACTIVE,    MOVE),
+    row(BEFORE_ACTIVE, In.ACTIVE,              None,           S.ACTIVE,    MOVE, PERSIST),
+    row(NOT_SPEAKING,  In.SPEAKING,            None,           S.SPEAKING,  MOVE, PERSIST),
+    row(CONNECTED,     In.SPEAK,               None,           S.SPEAKING,  BOT_LINE, MOVE, PERSIST, SPEAK),
+    row(CONNECTED,     In.CONTINUE,            None,           S.SPEAKING,  BOT_LINE, MOVE, PERSIST, SPEAK),
+    row(CONNECTED,     In.GOODBYE,             None,           S.SPEAKING,  CHOOSE_END, BOT_LINE, MOVE, PERSIST,
+                                                                            SPEAK, STOP_LISTENING),
+    row(CONNECTED,     In.PLAYED_THEN_HANG_UP, None,           SAME,        MARK_DELIVERED, ARM_NOTIFY_HANGUP),
+    row(NOT_LISTENING, In.PLAYED_THEN_LISTEN,  IDLE,           S.LISTENING, MOVE, PERSIST, LISTEN),
+    row(CONNECTED,     In.PLAYED_THEN_LISTEN,  None,           SAME,        LISTEN),
+    row(NOT_LISTENING, In.PLAYED,              IDLE,           S.LISTENING, MOVE, PERSIST),
+    row(NOT_LISTENING, In.SPEAK_REFUSED,       IDLE,           S.LISTENING, MARK_UNDELIVERED, MOVE, PERSIST),
+    row(CONNECTED,     In.SPEAK_REFUSED,       None,           SAME,        MARK_UNDELIVERED, PERSIST),
+    row(ANY,           In.PARTIAL,             None,           SAME,        PUBLISH_PARTIAL),
+    row(S.SPEAKING,    In.SPEECH,              QUIET,          S.LISTENING, CALLEE_LINE, MOVE, PERSIST, DELIVER),
+    row(ANY,           In.SPEECH,              None,           SAME,        CALLEE_LINE, PERSIST, DELIVER),
+    row(ANY,           In.INTERRUPTED,         None,           SAME,        MARK_INTERRUPTED, PERSIST),
+    row(ANY,           In.DTMF,                None,           SAME,        PUBLISH_DTMF),
+    row(UNANSWERED,    In.RING_TIMER,          None,           SAME,        hang_up(S.NO_ANSWER)),
+    row(ANY,           In.MAX_DURATION_TIMER,  None,           SAME,        hang_up(S.TIMEOUT)),
+    row(ANY,           In.NOTIFY_HANGUP_TIMER, None,           SAME,        hang_up(S.COMPLETED)),
+    row(ANY,           In.END,                 None,           SAME,        HANG_UP),
+    row(ANY,           In.ERROR,               None,           SAME,        NOTE_ERROR, hang_up(S.ERROR)),
+    row(ANY,           In.HANG_UP_REFUSED,     None,           SAME,        FORGET_END),
+    row(ANY,           In.ENDED,               END_CHOSEN,     CHOSEN,      MOVE, CLOSE),
+    row(ANY,           In.ENDED,               DELIVERED,      S.COMPLETED, MOVE, CLOSE),
+    row(ANY,           In.ENDED,               None,           CARRIERS,    MOVE, CLOSE),
+    row(ANY,           In.CLOSE,               None,           GIVEN,       MOVE, CLOSE),
+)
+
+
+def _index(table: tuple[Row, ...]) -> dict[tuple[State, Input], tuple[Row, ...]]:
+    """Rows by (state, input), in table order; checks that every row keeps
+    to ``TRANSITIONS`` and marks where it moves."""
+    index: dict[tuple[State, Input], tuple[Row, ...]] = {}
+    for rule in table:
+        if (MOVE in rule.steps) == (rule.next is SAME):
+            raise ValueError(f"{rule}: a row moves (MOVE) exactly when its next state is not '='")
+        for state in rule.states:
+            if isinstance(rule.next, State) and rule.next != state and not can_transition(state, rule.next):
+                raise ValueError(f"{rule}: {state} may not move to {rule.next}")
+            index[(state, rule.input)] = (*index.get((state, rule.input), ()), rule)
+    return index
+
+
+_ROWS = _index(TABLE)
+
+
+# --- the machine --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Utterance:
+    then: AfterSpeech
+    turn: int | None
+    entry: dict[str, Any]  # its transcript entry, marked if it never plays
+
+
+_SEEN_EVENTS = 512  # remembered event ids per call; carriers retry within seconds
+
+#: Carrier events that report progress, and the input each is.
+_PROGRESS = {EventType.RINGING: Input.RINGING, EventType.ACTIVE: Input.ACTIVE,
+             EventType.SPEAKING: Input.SPEAKING}
+_PLAYED = {None: Input.PLAYED, "listen": Input.PLAYED_THEN_LISTEN, "hangup": Input.PLAYED_THEN_HANG_UP}
+_TIMERS: dict[TimerKind, Input] = {"ring": Input.RING_TIMER, "max-duration": Input.MAX_DURATION_TIMER,
+                                   "notify-hangup": Input.NOTIFY_HANGUP_TIMER}
+
+
+class Call:
+    """One call's lifecycle. Not thread-safe: the manager serializes access
+    per call. Every method returns the actions to apply."""
+
+    # Declared here for the steps and guards (lifecycle_steps.Machine).
+    record: CallRecord
+    policy: Policy
+    chosen_end: State | None  # the end reason the bot chose; wins over the carrier's
+    delivered: bool           # an utterance that ends the call has played
+
+    def __init__(self, record: CallRecord, policy: Policy, opening: str | None = None) -> None:
+        self.record = record
+        self.policy = policy
+        if opening is not None:
+            record.opening = opening
+        self.chosen_end = None
+        self.delivered = False
+        self.turns = 0
+        self._utterance_seq = 0
+        self._utterances: dict[str, _Utterance] = {}  # said, not yet played
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def id(self) -> str:
+        return self.record.callId
+
+    @property
+    def state(self) -> State:
+        return self.record.state
+
+    @property
+    def terminal(self) -> bool:
+        return self.record.state in TERMINAL
+
+    @property
+    def pending(self) -> bool:
+        """The bot has said something that has not played yet."""
+        return bool(self._utterances)
+
+    # -- the table --
+
+    def fire(self, input_: Input, data: Data) -> list[Action] | None:
+        """Apply the row for ``input_`` in the current state; None if no row applies."""
+        if self.terminal:
+            return None
+        for rule in _ROWS.get((self.state, input_), ()):
+            if rule.guard is None or rule.guard.holds(self, data):
+                return self._apply(rule, data)
+        return None
+
+    def _apply(self, rule: Row, data: Data) -> list[Action]:
+        if isinstance(rule.next, State):
+            new = rule.next
+        else:
+            new = rule.next.pick(self, data)
+            if new not in TERMINAL and rule.next is not SAME:  # a picked state is an end reason
+                raise ValueError(f"not an end reason: {new}")
+        out: list[Action] = []
+        for step in rule.steps:
+            if step is MOVE:
+                old = self.record.state
+                if new != old:
+                    self.record.state = new
+                    out.append(Publish("call.state", {"from": str(old), "to": str(new)}))
+            else:
+                out += step.run(self, data)
+        return out
+
+    def _on(self, input_: Input, data: Data) -> list[Action]:
+        return self.fire(input_, data) or []
+
+    def _command(self, input_: Input, data: Data) -> list[Action]:
+        actions = self.fire(input_, data)
+        if actions is None:
+            what = "has ended" if self.terminal else "is not connected yet"
+            raise NotConnected(f"call {self.id} {what} (state {self.state}); it cannot speak",
+                               {"callId": self.id, "state": str(self.state)})
+        return actions
+
+    # -- what steps do to the transcript --
+
+    def note_bot_line(self, data: Data) -> list[Action]:
+        """The bot says ``data.text``: a new utterance, waiting to play."""
+        self._utterance_seq += 1
+        data.utterance_id = f"u{self._utterance_seq}"
+        out = self._add_line("bot", data.text, data.now_ms)
+        self._utterances[data.utterance_id] = _Utterance(data.then, data.turn, self.record.transcript[-1])
+        return out
+
+    def note_callee_line(self, data: Data) -> list[Action]:
+        extra = {} if data.confidence is None else {"confidence": data.confidence}
+        return self._add_line("user", data.text, data.now_ms, extra)
+
+    def _add_line(self, speaker: str, text: str, now_ms: int, extra: dict[str, Any] | None = None) -> list[Action]:
+        entry = {"timestamp": now_ms, "speaker": speaker, "text": text, "isFinal": True, **(extra or {})}
+        self.record.transcript.append(entry)
+        return [Publish("call.transcript", {k: v for k, v in entry.items() if k != "timestamp"})]
+
+    def forget_utterances(self) -> None:
+        self._utterances.clear()
+
+    # -- commands --
+
+    def start(self) -> list[Action]:
+        """A new call was created (for an outbound one, before the carrier is asked)."""
+        return self._on(Input.CREATED, Data(0))
+
+    def speak(self, text: str, now_ms: int, then: AfterSpeech = None, turn: int | None = None) -> list[Action]:
+        return self._command(Input.SPEAK, Data(now_ms, text=text, then=then, turn=turn))
+
+    def begin_turn(self, text: str, now_ms: int) -> list[Action]:
+        """``continue``: speak, then listen for the callee's reply."""
+        actions = self._command(Input.CONTINUE, Data(now_ms, text=text, then="listen", turn=self.turns + 1))
+        self.turns += 1
+        return actions
+
+    def say_goodbye(self, text: str, now_ms: int, reason: State = State.HANGUP_BOT) -> list[Action]:
+        """Speak a last message, then hang up once it has played (after the
+        notify hangup delay, as in notify mode). The bot chose to end the
+        call, so it ends as ``reason`` whoever hangs up first."""
+        return self._command(Input.GOODBYE, Data(now_ms, text=text, then="hangup", reason=reason))
+
+    def speak_refused(self, utterance_id: str) -> list[Action]:
+        """The carrier refused an utterance: the transcript says so, and the
+        call does not wait for it to play."""
+        utterance = self._utterances.pop(utterance_id, None)
+        if utterance is None:
+            return []
+        return self._on(Input.SPEAK_REFUSED, Data(0, entry=utterance.entry))
+
+    def end(self, reason: State) -> list[Action]:
+        """The bot wants the call over: hang up at the carrier, which then
+        reports it ended; ``reason`` is what the record will say."""
+        return self._on(Input.END, Data(0, reason=reason))
+
+    def fail(self, error: str) -> list[Action]:
+        """Something went wrong on our side: the call ends as ``error``."""
+        return self._on(Input.ERROR, Data(0, error=error))
+
+    def hang_up_refused(self) -> list[Action]:
+        """The carrier refused the hang-up; a later request may choose anew."""
+        return self._on(Input.HANG_UP_REFUSED, Data(0))
+
+    def finish(self, reason: State, now_ms: int, error: str | None = None) -> list[Action]:
+        """Close the call as ``reason`` (unless it is over already), without the carrier."""
+        if reason not in TERMINAL:
+            raise ValueError(f"not an end reason: {reason}")
+        return self._on(Input.CLOSE, Data(now_ms, reason=reason, error=error))
+
+    def answered(self, now_ms: int, max_duration_left: float) -> list[Action]:
+        """The callee picked up: from a carrier event, or, after a restart,
+        because the carrier says the call was answered meanwhile (then only
+        the remaining time is armed)."""
+        return self._on(Input.ANSWERED, Data(now_ms, duration=max_duration_left))
+
+    def timer_fired(self, kind: TimerKind) -> list[Action]:
+        return self._on(_TIMERS[kind], Data(0))
+
+    # -- carrier events --
+
+    def handle(self, event: CallEvent, now_ms: int) -> list[Action]:
+        if self.terminal or not self._remember(event.id):
+            return []
+        data = Data(now_ms)
+        kind = event.type
+        if kind in _PROGRESS:
+            return self._on(_PROGRESS[kind], data)
+        if kind == EventType.ANSWERED:
+            return self.answered(now_ms, self.policy.max_duration)
+        if kind == EventType.PLAYED:
+            utterance = self._utterances.pop(event.utterance_id or "", None)
+            if utterance is None:
+                return []
+            data.turn = utterance.turn
+            return self._on(_PLAYED[utterance.then], data)
+        if kind == EventType.SPEECH:
+            data.text, data.confidence = event.transcript.strip(), event.confidence
+            if not data.text:
+                return []
+            return self._on(Input.SPEECH if event.is_final else Input.PARTIAL, data)
+        if kind == EventType.INTERRUPTED:
+            data.entry = self._last_bot_line()
+            return [] if data.entry is None else self._on(Input.INTERRUPTED, data)
+        if kind == EventType.DTMF:
+            data.digits = event.digits
+            return self._on(Input.DTMF, data) if event.digits else []
+        if kind == EventType.ENDED:
+            data.reason = event.reason if event.reason in TERMINAL else State.COMPLETED
+            data.error = event.message or None
+            return self._on(Input.ENDED, data)
+        if kind == EventType.ERROR:
+            data.error = event.message or None
+            return self._on(Input.ERROR, data)
+        return []  # initiated: a call starts there, it never moves back
+
+    def _last_bot_line(self) -> dict[str, Any] | None:
+        """The bot's last line, unless a barge-in marked it already."""
+        for entry in reversed(self.record.transcript):
+            if entry["speaker"] == "bot":
+                return None if entry.get("interrupted") else entry
+        return None
+
+    def _remember(self, event_id: str) -> bool:
+        """False if the event was seen before."""
+        if event_id in self._seen:
+            return False
+        self._seen[event_id] = None
+        if len(self._seen) > _SEEN_EVENTS:
+            self._seen.popitem(last=False)
+        return True

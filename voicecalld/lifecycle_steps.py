@@ -1,0 +1,313 @@
+"""The parts the lifecycle table is made of: its inputs, and the steps,
+guards and targets its rows name.
+
+Each has a label, which is what the generated docs print (lifecycle_doc.py).
+Steps and guards act on a ``Machine``: the few things of a call the table
+may read and change, listed in one place.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .calls import (
+    TIMER_KINDS,
+    Action,
+    AfterSpeech,
+    ArmTimer,
+    CallRecord,
+    CancelTimer,
+    Deliver,
+    Direction,
+    Finished,
+    HangUp,
+    Listen,
+    Mode,
+    Persist,
+    Policy,
+    Publish,
+    Speak,
+    State,
+    StopListening,
+)
+
+
+class Input(enum.StrEnum):
+    """The table's inputs: carrier events, commands and timers."""
+
+    RINGING = "ringing"
+    ANSWERED = "answered"
+    ACTIVE = "active"
+    SPEAKING = "speaking"
+    PLAYED = "played"
+    PLAYED_THEN_LISTEN = "played, then listen"
+    PLAYED_THEN_HANG_UP = "played, then hang up"
+    PARTIAL = "partial speech"
+    SPEECH = "speech"
+    INTERRUPTED = "interrupted"
+    DTMF = "dtmf"
+    ENDED = "ended"
+    ERROR = "error"
+    CREATED = "created"
+    OPENING = "opening"
+    SPEAK = "speak"
+    CONTINUE = "continue"
+    GOODBYE = "goodbye"
+    SPEAK_REFUSED = "speak refused"
+    END = "end"
+    HANG_UP_REFUSED = "hang-up refused"
+    CLOSE = "close"
+    RING_TIMER = "ring timer"
+    MAX_DURATION_TIMER = "max-duration timer"
+    NOTIFY_HANGUP_TIMER = "notify-hangup timer"
+
+
+#: What each input is, as the docs say it.
+MEANING: dict[Input, str] = {
+    Input.RINGING: "the carrier says the callee's phone rings",
+    Input.ANSWERED: "the callee picked up (after a restart: the carrier says they did meanwhile)",
+    Input.ACTIVE: "the carrier says the call is up",
+    Input.SPEAKING: "an utterance started playing",
+    Input.PLAYED: "an utterance finished playing",
+    Input.PLAYED_THEN_LISTEN: "an utterance that awaits a reply finished playing (a continue, "
+                              "a conversation's opening)",
+    Input.PLAYED_THEN_HANG_UP: "an utterance that ends the call finished playing (the notification, a goodbye)",
+    Input.PARTIAL: "an interim transcript of the callee",
+    Input.SPEECH: "a final transcript of the callee",
+    Input.INTERRUPTED: "the callee spoke over the bot (barge-in)",
+    Input.DTMF: "the callee pressed keys",
+    Input.ENDED: "the carrier says the call is over, and why",
+    Input.ERROR: "a carrier or media error, or one of ours (the call log cannot be written)",
+    Input.CREATED: "the call was created (an outbound one before it is dialed)",
+    Input.OPENING: "follows answered in the same step: the message or greeting is due",
+    Input.SPEAK: "the command voicecall.speak, or a reply of the auto-responder",
+    Input.CONTINUE: "the command voicecall.continue: speak, then wait for the callee's reply",
+    Input.GOODBYE: "a last line, then hang up (the auto-responder's hang_up tool)",
+    Input.SPEAK_REFUSED: "the carrier refused an utterance",
+    Input.END: "the command voicecall.end (as hangup-bot), a deadline that passed while voicecalld was "
+               "down, or shutdown",
+    Input.HANG_UP_REFUSED: "the carrier refused to hang up",
+    Input.CLOSE: "end the record without the carrier (a dial that failed, a restored call the carrier "
+                 "says is over, a hang-up shutdown could not confirm)",
+    Input.RING_TIMER: "the ring deadline (ringTimeoutMs) passed",
+    Input.MAX_DURATION_TIMER: "the call's time (maxDurationSeconds) is up",
+    Input.NOTIFY_HANGUP_TIMER: "the pause after the last line (notifyHangupDelaySec) is over",
+}
+
+
+@dataclass
+class Data:
+    """What one input carries; steps read what they need and the speaking
+    steps fill in the utterance they create."""
+
+    now_ms: int
+    text: str = ""
+    then: AfterSpeech = None
+    turn: int | None = None
+    reason: State | None = None
+    error: str | None = None
+    confidence: float | None = None
+    digits: str = ""
+    duration: float = 0.0                     # max-duration to arm
+    utterance_id: str = ""
+    entry: dict[str, Any] | None = None       # the transcript entry an input is about
+
+
+class Machine(Protocol):
+    """What the table's steps and guards may read and change: the record,
+    the policy, two flags, and the utterances waiting to play."""
+
+    record: CallRecord
+    policy: Policy
+    #: The end reason the bot chose (end, goodbye, a deadline, an error);
+    #: it wins over what the carrier reports next. None until chosen.
+    chosen_end: State | None
+    #: An utterance that ends the call (the notification, a goodbye) played to its end.
+    delivered: bool
+
+    @property
+    def state(self) -> State: ...
+
+    @property
+    def pending(self) -> bool: ...
+
+    def fire(self, input_: Input, data: Data) -> list[Action] | None: ...
+
+    def note_bot_line(self, data: Data) -> list[Action]: ...
+
+    def note_callee_line(self, data: Data) -> list[Action]: ...
+
+    def forget_utterances(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Step:
+    label: str
+    run: Callable[[Machine, Data], list[Action]]
+    means: str = ""  # for the docs, where the label is not enough
+
+
+@dataclass(frozen=True)
+class Guard:
+    label: str
+    holds: Callable[[Machine, Data], bool]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A next state chosen when the row applies."""
+
+    label: str
+    pick: Callable[[Machine, Data], State]
+
+
+Next = State | Target
+
+
+@dataclass(frozen=True)
+class Row:
+    states: tuple[State, ...]
+    input: Input
+    guard: Guard | None
+    next: Next
+    steps: tuple[Step, ...]
+
+
+def row(states: State | tuple[State, ...], input_: Input, guard: Guard | None, next_: Next,
+         *steps: Step) -> Row:
+    return Row(states if isinstance(states, tuple) else (states,), input_, guard, next_, steps)
+
+
+# --- steps ---------------------------------------------------------------------------------
+
+
+def _none(fn: Callable[[Machine, Data], object]) -> Callable[[Machine, Data], list[Action]]:
+    """A step that only changes the call, emitting nothing."""
+    def run(call: Machine, data: Data) -> list[Action]:
+        fn(call, data)
+        return []
+    return run
+
+
+def hang_up(reason: State | None) -> Step:
+    """Ask the carrier to hang up, ending as the reason chosen first
+    (``reason``, or the input's when None)."""
+    def run(call: Machine, data: Data) -> list[Action]:
+        chosen = reason or data.reason
+        if call.chosen_end is None and chosen is not None:
+            call.chosen_end = chosen
+        return [] if call.chosen_end is None else [HangUp(call.chosen_end)]
+    return Step(f"hang up ({reason})" if reason else "hang up", run,
+                "ask the carrier to hang up; the call will end as the first reason chosen "
+                "(the one in brackets, or the command's)")
+
+
+def _close(call: Machine, data: Data) -> list[Action]:
+    record = call.record
+    record.endReason = record.state
+    record.endedAt = data.now_ms
+    if data.error and not record.error:
+        record.error = data.error
+    call.forget_utterances()
+    return [*(CancelTimer(k) for k in TIMER_KINDS), Persist(),
+            Publish("call.ended", {"reason": str(record.state)}), Finished(record.state)]
+
+
+def _opening(call: Machine, data: Data) -> list[Action]:
+    then: AfterSpeech = "hangup" if call.record.mode == Mode.NOTIFY else "listen"
+    return call.fire(Input.OPENING, Data(data.now_ms, text=call.record.opening or "", then=then)) or []
+
+
+def _interrupted(call: Machine, data: Data) -> list[Action]:
+    assert data.entry is not None
+    data.entry["interrupted"] = True
+    return [Publish("call.transcript", {"speaker": "bot", "text": data.entry["text"], "isFinal": True,
+                                        "interrupted": True})]
+
+
+def _mark_undelivered(call: Machine, data: Data) -> None:
+    assert data.entry is not None
+    data.entry["undelivered"] = True
+
+
+def _set_opening_spoken(call: Machine, data: Data) -> None:
+    call.record.openingSpoken = True
+
+
+def _stamp_answered(call: Machine, data: Data) -> None:
+    if call.record.answeredAt is None:
+        call.record.answeredAt = data.now_ms
+
+
+def _set_delivered(call: Machine, data: Data) -> None:
+    call.delivered = True
+
+
+def _clear_chosen_end(call: Machine, data: Data) -> None:
+    call.chosen_end = None
+
+
+def _choose_end(call: Machine, data: Data) -> None:
+    if call.chosen_end is None:
+        call.chosen_end = data.reason
+
+
+def _note_error(call: Machine, data: Data) -> None:
+    if data.error and not call.record.error:
+        call.record.error = data.error
+
+
+MOVE = Step("move", lambda call, data: [])  # where the call enters the row's next state
+PERSIST = Step("persist", lambda call, data: [Persist()])
+ARM_RING = Step("arm ring", lambda call, data: [ArmTimer("ring", call.policy.ring_timeout)])
+CANCEL_RING = Step("cancel ring", lambda call, data: [CancelTimer("ring")])
+ARM_MAX_DURATION = Step("arm max-duration", lambda call, data: [ArmTimer("max-duration", data.duration)])
+ARM_NOTIFY_HANGUP = Step("arm notify-hangup",
+                         lambda call, data: [ArmTimer("notify-hangup", call.policy.notify_hangup_delay)])
+STAMP_ANSWERED = Step("stamp answeredAt", _none(_stamp_answered))
+OPENING = Step("opening", _opening, "then the input opening, in the same step")
+MARK_OPENING_SPOKEN = Step("mark the opening spoken", _none(_set_opening_spoken))
+BOT_LINE = Step("note the bot's line", lambda call, data: call.note_bot_line(data),
+                "add it to the transcript; it waits to be played")
+SPEAK = Step("speak",
+             lambda call, data: [Speak(data.text, data.utterance_id, data.then, data.turn)])
+LISTEN = Step("listen", lambda call, data: [Listen(data.turn)])
+STOP_LISTENING = Step("stop listening", lambda call, data: [StopListening()],
+                      "stop transcribing, so the callee's last words start no new turn")
+MARK_DELIVERED = Step("mark delivered", _none(_set_delivered))
+MARK_UNDELIVERED = Step("mark the line undelivered", _none(_mark_undelivered))
+CALLEE_LINE = Step("note the callee's line", lambda call, data: call.note_callee_line(data))
+DELIVER = Step("deliver", lambda call, data: [Deliver(data.text, data.confidence)],
+               "hand the transcript to the continue waiting for it, or else to the auto-responder")
+PUBLISH_PARTIAL = Step("publish the partial", lambda call, data: [
+    Publish("call.transcript", {"speaker": "user", "text": data.text, "isFinal": False})])
+MARK_INTERRUPTED = Step("mark the line interrupted", _interrupted)
+PUBLISH_DTMF = Step("publish the digits", lambda call, data: [Publish("call.dtmf", {"digits": data.digits})])
+CHOOSE_END = Step("choose the end reason", _none(_choose_end))
+FORGET_END = Step("forget the chosen end", _none(_clear_chosen_end))
+NOTE_ERROR = Step("note the error", _none(_note_error))
+HANG_UP = hang_up(None)
+CLOSE = Step("close", _close, "stamp endReason and endedAt, cancel every timer, persist, publish call.ended, "
+                              "free the call's slot")
+
+# --- guards and targets ---------------------------------------------------------------------
+
+OUTBOUND = Guard("outbound", lambda call, data: call.record.direction == Direction.OUTBOUND)
+OPENING_UNSAID = Guard("the opening is still to say",
+                       lambda call, data: bool(call.record.opening) and not call.record.openingSpoken)
+NO_OPENING = Guard("there is no opening", lambda call, data: not call.record.opening)
+IDLE = Guard("the call is a conversation with nothing left to say",
+             lambda call, data: call.record.mode == Mode.CONVERSATION and not call.pending)
+QUIET = Guard("nothing is left to say", lambda call, data: not call.pending)
+END_CHOSEN = Guard("the bot chose the end", lambda call, data: call.chosen_end is not None)
+DELIVERED = Guard("the notification was delivered and the callee hung up",
+                  lambda call, data: call.record.mode == Mode.NOTIFY and call.delivered
+                  and data.reason in (State.HANGUP_USER, State.COMPLETED))
+
+SAME = Target("=", lambda call, data: call.state)
+CHOSEN = Target("the chosen reason", lambda call, data: call.chosen_end or State.ERROR)  # guarded: never None
+CARRIERS = Target("the carrier's reason", lambda call, data: data.reason or State.COMPLETED)
+GIVEN = Target("the reason given", CARRIERS.pick)
