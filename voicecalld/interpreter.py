@@ -148,9 +148,13 @@ class Interpreter:
             if isinstance(action, Speak):
                 self.provider.speak(record, action)
             elif isinstance(action, Listen):
-                self.provider.start_listening(record, action.turn)
+                # A carrier that scripts its speech (TwiML) already listens
+                # where Speak.then said so; it is told nothing more.
+                if not self.provider.capabilities.scripts_speech:
+                    self.provider.start_listening(record, action.turn)
             elif isinstance(action, StopListening):
-                self.provider.stop_listening(record)
+                if self.provider.capabilities.stops_listening:
+                    self.provider.stop_listening(record)
             elif isinstance(action, HangUp):
                 self._hang_up_at_carrier(live, action.reason, raise_errors)
             elif isinstance(action, Deliver):

@@ -240,9 +240,6 @@ class TwilioProvider(Provider):
                                    {"callId": record.callId}) from None
             raise
 
-    def start_listening(self, record: CallRecord, turn: int | None) -> None:
-        """Nothing to do: every document after the bot's speech listens."""
-
     def call_status(self, record: CallRecord) -> CarrierStatus | None:
         if not record.providerCallId:
             return None
