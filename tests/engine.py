@@ -15,7 +15,8 @@ from voicecalld.manager import CallManager
 from voicecalld.providers.mock import STATE_FILE, MockProvider
 from voicecalld.store import Store
 from voicecalld.testing._wait import wait_until
-from voicecalld.timers import TimerService, WorkerPool
+from voicecalld.timers import TimerService
+from voicecalld.workerpool import WorkerPool
 
 #: Fast mock timings so flows finish in a fraction of a second.
 FAST: dict[str, Any] = {

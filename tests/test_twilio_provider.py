@@ -21,8 +21,9 @@ from voicecalld.providers import create
 from voicecalld.providers.twilio import TwilioProvider
 from voicecalld.store import Store
 from voicecalld.testing.fake_twilio import FakeTwilio
-from voicecalld.timers import TimerService, WorkerPool
+from voicecalld.timers import TimerService
 from voicecalld.webhook import WebhookApp
+from voicecalld.workerpool import WorkerPool
 
 FROM, TO = "+15550001111", "+15550002222"
 
