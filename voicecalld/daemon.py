@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, calllog, config, httpserver, logs, paths, providers
 from .config import Config, ConfigError
@@ -35,6 +35,9 @@ from .systemd import Notifier, listen_fds, under_journald, watchdog_interval
 from .timers import TimerService, WorkerPool
 from .tunnel import TunnelError, Tunnels
 from .webhook import WebhookApp
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .media.stream import StreamHub
 
 log = logging.getLogger("voicecalld")
 
@@ -73,7 +76,7 @@ class Daemon:
         self.webhook_port: int | None = None
         self._webhook_thread: threading.Thread | None = None
         self.control: ControlServer | None = None
-        self.streams: Any = None  # media.stream.StreamHub when Twilio media streaming is on
+        self.streams: StreamHub | None = None  # when streaming is on and the carrier streams audio
         self.tunnels: Tunnels | None = None
 
     # -- start-up --
@@ -127,10 +130,11 @@ class Daemon:
     def _start_webhook_server(self) -> None:
         cfg = self.config
         stream_handler = None
-        if cfg.provider == "twilio" and cfg.streaming.enabled:
+        carrier = self.provider.media() if cfg.streaming.enabled else None
+        if carrier is not None:
             from .media.stream import StreamHub
 
-            self.streams = StreamHub(self.manager, self.provider)  # type: ignore[arg-type]
+            self.streams = StreamHub(self.manager, carrier)
             stream_handler = self.streams.handle
         app = WebhookApp(self.provider, cfg.serve.path, self.healthy, cfg.streaming.streamPath, stream_handler)
         try:

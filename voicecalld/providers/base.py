@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from werkzeug.wrappers import Request, Response
 
     from ..manager import CallManager
+    from ..media.framing import MediaCarrier
 
 EventSink = Callable[[CallEvent], None]
 
@@ -110,6 +111,14 @@ class Provider(ABC):
 
     def stop(self) -> None:
         """The daemon is stopping."""
+
+    # -- media streams --
+
+    def media(self) -> MediaCarrier | None:
+        """The carrier's side of streaming call audio over a WebSocket
+        (authentication, framing; see ``media.framing``), or None if the
+        carrier streams no audio."""
+        return None
 
     # -- webhooks --
 

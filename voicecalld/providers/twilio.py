@@ -67,6 +67,7 @@ from . import twilio_errors, twiml
 from .base import CarrierStatus, Provider
 from .http import RestClient
 from .replay import ReplayGuard
+from .twilio_media import TwilioMedia
 from .twilio_script import CallScript, Style
 from .twilio_signature import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, validate
 from .twilio_wire import (
@@ -359,7 +360,10 @@ class TwilioProvider(Provider):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "streaming": self.streaming()}
 
-    # -- media streams (used by the stream handler) --
+    # -- media streams (see twilio_media) --
+
+    def media(self) -> TwilioMedia:
+        return TwilioMedia(self)
 
     def stream_token(self, call_id: str) -> str | None:
         script = self._script(call_id)
