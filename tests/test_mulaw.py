@@ -1,4 +1,4 @@
-"""G.711 µ-law codec: protocols.md J vectors, audioop parity, error bounds."""
+"""G.711 µ-law codec: known vectors, audioop parity, error bounds."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def samples_of(data: bytes) -> list[int]:
     return out.tolist()
 
 
-# protocols.md J, audioop column.
+# What CPython's audioop.lin2ulaw (the Sun g711.c 14-bit variant) gives.
 ENCODE_VECTORS = [
     (0, 0xFF),
     (100, 0xF2),

@@ -7,6 +7,7 @@ punctual it is on a real machine is measured by benchmarks/media.py)."""
 from __future__ import annotations
 
 import base64
+import json
 import math
 import struct
 import threading
@@ -17,6 +18,7 @@ from voicecalld.errors import ProviderError
 from voicecalld.media import mulaw
 from voicecalld.media.player import FRAME_BYTES, LEAD_FRAMES, Player
 from voicecalld.media.tts import Synthesizer
+from voicecalld.providers.twilio_media import TwilioFraming
 from voicecalld.testing._wait import wait_until
 from voicecalld.testing.fake_openai import FakeOpenAI
 
@@ -78,16 +80,17 @@ class VirtualClock:
 
 
 class Wire:
-    """Records what the player sends, with the (virtual) time it was sent."""
+    """Records what the player sends (Twilio's frames, parsed), with the
+    (virtual) time it was sent."""
 
     def __init__(self, clock: VirtualClock) -> None:
         self.clock = clock
         self.messages: list[tuple[float, dict]] = []
         self.lock = threading.Lock()
 
-    def __call__(self, message: dict) -> None:
+    def __call__(self, frame: str) -> None:
         with self.lock:
-            self.messages.append((self.clock(), message))
+            self.messages.append((self.clock(), json.loads(frame)))
 
     def of(self, event: str) -> list[tuple[float, dict]]:
         with self.lock:
@@ -106,7 +109,7 @@ def tone(seconds: float) -> bytes:
 
 def make_player(clock: VirtualClock, wire: Wire, played: list, failed: list, synth=None) -> Player:
     synthesize = synth or (lambda text: [tone(len(text) / 100)])  # 100 chars per second
-    return Player(wire, "MZ123", synthesize, on_played=played.append,
+    return Player(wire, TwilioFraming("MZ123"), synthesize, on_played=played.append,
                   on_failed=lambda u, t, m: failed.append((u, t, m)), name="t", clock=clock, sleep=clock.sleep)
 
 

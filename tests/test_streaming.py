@@ -231,20 +231,35 @@ def test_bad_start_is_closed_with_1008(world, start) -> None:
         close_quietly(ws)
 
 
-def test_right_call_wrong_token_is_closed_with_1008(world) -> None:
-    d = world.daemon
-    call_id, client = start_call(world)
+def second_start(world: World, start: dict[str, Any]) -> None:
+    """Open a second stream for a call and send ``start``: it is closed with 1008."""
     ws_url, wss_url = stream_url(world)
     ws = simple_websocket.Client.connect(ws_url, headers={"X-Twilio-Signature": compute_signature(TOKEN, wss_url)})
     try:
-        ws.send(json.dumps({"event": "start", "streamSid": "MZ1", "start": {
-            "streamSid": "MZ1", "customParameters": {"callId": call_id, "token": "guessed"}}}))
+        ws.send(json.dumps({"event": "start", "streamSid": "MZ1", "start": {"streamSid": "MZ1", **start}}))
         with pytest.raises(simple_websocket.ConnectionClosed) as info:
             ws.receive(timeout=8)
         assert info.value.reason == 1008
     finally:
         close_quietly(ws)
+
+
+def test_right_call_wrong_token_is_closed_with_1008(world) -> None:
+    d = world.daemon
+    call_id, client = start_call(world)
+    second_start(world, {"customParameters": {"callId": call_id, "token": "guessed"}})
     assert client.connected  # the real stream is untouched
+    d.rpc("voicecall.end", {"callId": call_id})
+
+
+def test_a_start_in_another_audio_format_is_closed_with_1008(world) -> None:
+    d = world.daemon
+    call_id, client = start_call(world)
+    # The right call and token, but A-law: the daemon speaks µ-law only.
+    second_start(world, {"customParameters": client.custom_parameters,
+                         "mediaFormat": {"encoding": "audio/x-alaw", "sampleRate": 8000, "channels": 1}})
+    assert client.connected  # the real stream is untouched
+    assert "media stream closed: unsupported audio format" in d.log()
     d.rpc("voicecall.end", {"callId": call_id})
 
 

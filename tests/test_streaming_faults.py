@@ -89,7 +89,7 @@ def test_failed_text_to_speech_is_said_with_say_and_the_call_goes_on(world: Worl
     assert result == {"callId": call_id, "transcript": "yes, deploy it"}
     record = d.rpc("voicecall.status", {"callId": call_id})
     assert record["state"] == "listening" and record["error"] is None
-    assert "saying utterance u2 with <Say> instead" in d.log()
+    assert "the carrier says utterance u2 instead" in d.log()
 
     # The next turn speaks over the stream again.
     world.openai.transcripts.put("no, that's all")
@@ -208,5 +208,5 @@ def test_refused_upgrades_are_logged_at_a_bounded_rate(world: World) -> None:
                 ws.receive(timeout=8)
     log = d.log()
     # The first refusal of each kind is logged; the rest within the interval only counted.
-    assert log.count("X-Twilio-Signature refused") == 1
+    assert log.count("refused: invalid X-Twilio-Signature") == 1
     assert log.count("media stream closed: unknown call or wrong stream token") == 1

@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, calllog, config, httpserver, logs, paths, providers
 from .config import Config, ConfigError
@@ -36,6 +36,9 @@ from .timers import TimerService
 from .tunnel import TunnelError, Tunnels
 from .webhook import WebhookApp
 from .workerpool import WorkerPool
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .media.stream import StreamHub
 
 log = logging.getLogger("voicecalld")
 
@@ -74,7 +77,7 @@ class Daemon:
         self.webhook_port: int | None = None
         self._webhook_thread: threading.Thread | None = None
         self.control: ControlServer | None = None
-        self.streams: Any = None  # media.stream.StreamHub when Twilio media streaming is on
+        self.streams: StreamHub | None = None  # when streaming is on and the carrier streams audio
         self.tunnels: Tunnels | None = None
 
     # -- start-up --
@@ -128,10 +131,11 @@ class Daemon:
     def _start_webhook_server(self) -> None:
         cfg = self.config
         stream_handler = None
-        if cfg.provider == "twilio" and cfg.streaming.enabled:
+        carrier = self.provider.media() if cfg.streaming.enabled else None
+        if carrier is not None:
             from .media.stream import StreamHub
 
-            self.streams = StreamHub(self.manager, self.provider)  # type: ignore[arg-type]
+            self.streams = StreamHub(self.manager, carrier)
             stream_handler = self.streams.handle
         app = WebhookApp(self.provider, cfg.serve.path, self.healthy, cfg.streaming.streamPath, stream_handler)
         try:

@@ -1,7 +1,8 @@
 """Speaking on a media stream: utterances queued in order, synthesized,
 sent as 20 ms µ-law frames paced against the monotonic clock, each followed
 by a ``mark``; the carrier echoes the mark once the audio before it has
-played, and that echo is when the utterance counts as played.
+played, and that echo is when the utterance counts as played. The frames
+themselves are the carrier's (its ``Framing`` builds them).
 
 Pacing: frame *n* of a continuous run is due at ``t0 + n * 20 ms`` (minus a
 small constant lead so the far end never starves), computed from the
@@ -26,15 +27,14 @@ utterance from going out after its ``clear``; that thread never takes it.
 
 from __future__ import annotations
 
-import base64
 import collections
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
+from .framing import Framing
 from .mulaw import SILENCE
 
 log = logging.getLogger(__name__)
@@ -44,20 +44,21 @@ FRAME_SECONDS = 0.02
 LEAD_FRAMES = 3             # audio sent ahead of real time, absorbs network jitter
 REANCHOR_AFTER = 2          # frames late before the schedule restarts instead of bursting
 
-Send = Callable[[dict[str, Any]], None]
+#: Writes one frame (built by the stream's ``Framing``) to the carrier.
+Send = Callable[[str], None]
 Synthesize = Callable[[str], Iterable[bytes]]
 #: (utterance id, text, why): the utterance could not be synthesized or sent.
 Failed = Callable[[str, str, str], None]
 
 
 class Player:
-    def __init__(self, send: Send, stream_sid: str, synthesize: Synthesize, *,
+    def __init__(self, send: Send, framing: Framing, synthesize: Synthesize, *,
                  on_played: Callable[[str], None], on_failed: Failed,
                  name: str = "", clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
                  lateness: collections.deque[float] | None = None) -> None:
         self._send = send
-        self.stream_sid = stream_sid
+        self._framing = framing
         self._synthesize = synthesize
         self._on_played = on_played
         self._on_failed = on_failed
@@ -107,7 +108,7 @@ class Player:
                     dropped.insert(0, self._current)
                 self._queued.clear()
                 self._current = None
-            self._send({"event": "clear", "streamSid": self.stream_sid})
+            self._send(self._framing.clear())
         for utterance_id in dropped:
             self._on_played(utterance_id)
         return True
@@ -191,7 +192,7 @@ class Player:
                 # Known before it is sent: the echo may come back at once.
                 self._marks.add(utterance_id)
                 self._current = None
-            self._send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": utterance_id}})
+            self._send(self._framing.mark(utterance_id))
 
     def _anchor(self) -> None:
         self._t0 = self._clock()
@@ -211,8 +212,7 @@ class Player:
             # Synthesis fell behind: start a new schedule rather than burst.
             self._anchor()
             due = now
-        message = {"event": "media", "streamSid": self.stream_sid,
-                   "media": {"payload": base64.b64encode(frame).decode("ascii")}}
+        message = self._framing.media(frame)
         with self._send_lock:
             if generation != self._generation:
                 return False

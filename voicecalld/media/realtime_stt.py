@@ -1,5 +1,7 @@
 """Speech-to-text for one call through the OpenAI Realtime transcription
-WebSocket (GA interface only; protocols.md H).
+WebSocket, GA interface only
+(https://platform.openai.com/docs/guides/realtime-transcription; the beta
+interface, selected by an ``OpenAI-Beta`` header, has been shut down).
 
 ``Transcriber`` keeps a call transcribed for as long as it lasts:
 

@@ -1,23 +1,18 @@
-"""Twilio Media Streams: the WebSocket endpoint at ``streaming.streamPath``
-and, for each open stream, the bridge between the call's audio and the rest
-of the daemon (protocols.md E).
+"""The media-stream WebSocket endpoint at ``streaming.streamPath``, for any
+carrier that streams call audio (``Provider.media()``, see ``framing``).
 
-The endpoint authenticates before it upgrades (``X-Twilio-Signature`` over
-the exact ``wss://`` URL written into the TwiML, unless verification is
-skipped), caps streams that have connected but not yet started and streams
-in total (503 past either cap; by default every call the daemon may have
-can open its stream at once), then requires a ``start`` message within
-5 s naming a live call and carrying that call's token (constant-time
-check); anything else is closed with 1008 (policy violation). Refusals are
-logged at a bounded rate. A call whose stream is refused listens with
-``<Gather>`` from then on (Twilio goes on to the ``<Connect>`` action).
+The endpoint lets the carrier authenticate the upgrade (``MediaCarrier.open``;
+401 if it refuses), caps streams that have connected but not yet started
+and streams in total (503 past either cap; by default every call the daemon
+may have can open its stream at once), then requires a ``start`` within 5 s
+naming a live call and carrying that call's token (``MediaCarrier.admit``)
+in the one audio format the daemon speaks (G.711 µ-law, 8 kHz, mono);
+anything else is closed with 1008 (policy violation). Refusals are logged
+at a bounded rate. A call whose stream is refused goes on without one (the
+carrier listens its own way).
 
-A bridge forwards the caller's µ-law frames to a ``Transcriber`` and turns
-its results into call events (partials, finals, barge-in), speaks the
-call's utterances through a ``Player``, and reports DTMF. An utterance the
-text-to-speech service refuses twice is said with ``<Say>`` instead: one
-failed request must not end the call. When Twilio sends ``stop`` or the
-socket closes, the bridge tears everything down.
+An admitted stream gets a ``Bridge`` (``bridge``): the call's audio to
+speech-to-text, the call's speech from text-to-speech, marks and barge-in.
 
 simple-websocket does the handshake and the framing, but its reader thread
 per connection is replaced (``thread_class``) by one ``ReadLoop`` thread
@@ -25,8 +20,8 @@ that reads every stream's socket, and messages are handled as they are
 parsed (``event_class``, see ``Doorbell``) instead of waking the request's
 thread: per-frame thread wake-ups and interpreter-lock hand-offs, not the
 work, were what saturated a core at a hundred calls. Call events (DTMF,
-marks, transcripts) go to the manager through a per-call serial work queue,
-because the manager writes the log and may call the carrier, which must not
+marks, transcripts) go to the engine through a per-call serial work queue,
+because the engine writes the log and may call the carrier, which must not
 stall the loop.
 
 The loop serves every call, so nothing it does may wait on one: its writes
@@ -38,41 +33,42 @@ never held across I/O.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import collections
-import json
 import logging
 import socket
 import threading
 import time
-import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import simple_websocket
 from werkzeug.wrappers import Request, Response
 
-from .. import jsonsafe
-from ..calls import CallEvent, CallRecord, EventType, Speak
+from ..calls import CallEvent, CallRecord, Speak
 from ..config import stream_limits
 from ..errors import NotConnected, VoiceCallError
 from ..httpjson import error_response
-from ..providers import twilio_signature
 from ..ratelog import RateLimitedLog
 from ..workqueue import KeyedWorkQueue
+from .bridge import Bridge
+from .framing import PHONE_AUDIO, Framing, MediaCarrier, MediaEvent, Other, Start, UpgradeRefused
 from .loop import RECEIVE_BYTES, Doorbell, LoopReader, ReadLoop
-from .player import Player
-from .realtime_stt import SttEvent, Transcriber
 from .tts import Synthesizer
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..manager import CallManager
-    from ..providers.twilio import TwilioProvider
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 5.0
 POLICY_VIOLATION = 1008
+
+
+class Engine(Protocol):
+    """What the media layer asks of the call engine."""
+
+    @property
+    def config(self) -> Any: ...
+
+    def handle_event(self, event: CallEvent) -> None: ...
+
+    def live_record(self, call_id: str) -> CallRecord | None: ...
 
 
 class StreamFinished(ConnectionError):
@@ -81,13 +77,12 @@ class StreamFinished(ConnectionError):
     server treats ConnectionError as a dropped connection)."""
 
 
-
 class StreamHub:
     """The endpoint, and the bridges of the streams that are open."""
 
-    def __init__(self, manager: CallManager, provider: TwilioProvider) -> None:
-        self.manager = manager
-        self.provider = provider
+    def __init__(self, engine: Engine, carrier: MediaCarrier) -> None:
+        self.engine = engine
+        self.carrier = carrier
         self._lock = threading.Lock()
         self._pending = 0
         self._bridges: dict[str, Bridge] = {}
@@ -103,11 +98,11 @@ class StreamHub:
         #: Call events from the streams, in order per call, off the loop thread.
         self.events = KeyedWorkQueue("media-events", workers=4, idle=1.0)
         self._refusals = RateLimitedLog(log)
-        provider.stream_speaker = self.speak
+        carrier.attach(self.speak)
 
     @property
     def config(self) -> Any:
-        return self.manager.config
+        return self.engine.config
 
     @property
     def health(self) -> str | None:
@@ -149,14 +144,15 @@ class StreamHub:
 
     def handle(self, environ: dict[str, Any]) -> Response:
         request = Request(environ)
-        if not self.provider.streaming():
+        if not self.carrier.streaming():
             return error_response(404, "media streaming is not enabled")
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return error_response(400, "expected a WebSocket upgrade")
-        if not self._signed(request):
-            self._refusals.warning("signature", "media stream upgrade from %s with a missing or wrong "
-                                   "X-Twilio-Signature refused", request.remote_addr)
-            return error_response(401, "invalid X-Twilio-Signature")
+        try:
+            framing = self.carrier.open(request)
+        except UpgradeRefused as exc:
+            self._refusals.warning("upgrade", "media stream upgrade from %s refused: %s", request.remote_addr, exc)
+            return error_response(401, str(exc))
         max_streams, max_pending = self.limits()
         with self._lock:
             if self._closing:
@@ -167,8 +163,8 @@ class StreamHub:
                 self._pending += 1
         if busy:
             self._refusals.warning("limit", "media stream refused: %d open, %d starting (limits: "
-                                   "streaming.maxStreams %d, streaming.maxPendingStreams %d); its call listens "
-                                   "with <Gather> instead", open_, starting, max_streams, max_pending)
+                                   "streaming.maxStreams %d, streaming.maxPendingStreams %d); its call goes on "
+                                   "without one", open_, starting, max_streams, max_pending)
             return error_response(503, "too many media streams")
         pending = True
         sock = environ.get("werkzeug.socket")
@@ -188,7 +184,7 @@ class StreamHub:
             return error_response(400, "WebSocket handshake failed")
         over = self.loop.add_websocket(ws)
         try:
-            bridge = self._start(ws)
+            bridge = self._start(ws, framing)
             with self._lock:
                 self._pending -= 1
                 pending = False
@@ -214,16 +210,8 @@ class StreamHub:
             self.loop.finish_websocket(ws, over)
         raise StreamFinished("media stream finished")
 
-    def _signed(self, request: Request) -> bool:
-        if self.config.skipSignatureVerification:
-            return True
-        url = self.provider.stream_url
-        token = self.config.twilio.authToken
-        signature = request.headers.get("X-Twilio-Signature")
-        return url is not None and twilio_signature.validate(token, url, signature, {})
-
-    def _start(self, ws: simple_websocket.Server) -> Bridge | None:
-        """Wait for ``start``; a bridge for a known call with the right
+    def _start(self, ws: simple_websocket.Server, framing: Framing) -> Bridge | None:
+        """Wait for ``start``; a bridge for a live call with the right
         token, or None after closing the socket with 1008."""
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -235,22 +223,21 @@ class StreamHub:
             if raw is None:
                 self._refuse(ws, "no start message within 5 s")
                 return None
-            message = _parse(raw)
-            if message is None or message.get("event") == "connected":
+            event = framing.parse(raw)
+            if event is None:
                 continue
-            if message.get("event") != "start":
-                self._refuse(ws, f"expected start, got {str(message.get('event'))[:40]!r}")
+            if not isinstance(event, Start):
+                self._refuse(ws, f"expected start, got {_kind(event)!r}")
                 return None
-            start = _obj(message.get("start"))
-            params = _obj(start.get("customParameters"))
-            call_id, token = params.get("callId"), params.get("token")
-            if not isinstance(call_id, str) or not self.provider.check_stream_token(call_id, str(token)) \
-                    or self.manager.live_record(call_id) is None:
+            if event.media_format != PHONE_AUDIO:
+                self._refuse(ws, f"unsupported audio format {event.media_format}")
+                return None
+            call_id = self.carrier.admit(event)
+            if call_id is None or self.engine.live_record(call_id) is None:
                 self._refuse(ws, "unknown call or wrong stream token")
                 return None
-            stream_sid = str(message.get("streamSid") or start.get("streamSid") or "")
-            log.info("call %s: media stream %s started", call_id, stream_sid)
-            return Bridge(self, call_id, ws, stream_sid)
+            log.info("call %s: media stream %s started", call_id, event.stream_id)
+            return Bridge(self, call_id, ws, framing)
 
     def _refuse(self, ws: simple_websocket.Server, why: str) -> None:
         """Close a stream that did not start properly with 1008."""
@@ -263,8 +250,9 @@ class StreamHub:
     # -- the call side --
 
     def speak(self, record: CallRecord, action: Speak) -> bool:
-        """The provider's ``stream_speaker``: speak over the call's stream
-        if it has one (True), else let the provider use ``<Say>`` (False)."""
+        """The carrier's speaker (``MediaCarrier.attach``): speak over the
+        call's stream if it has one (True), else leave it to the carrier
+        (False)."""
         with self._lock:
             bridge = self._bridges.get(record.callId)
         if bridge is None or not bridge.alive:
@@ -274,19 +262,19 @@ class StreamHub:
 
     def say_instead(self, call_id: str, action: Speak, why: str) -> None:
         """On the call's event worker: streamed speech failed, so the
-        carrier says the utterance (``<Say>``). If that fails too, it is
+        carrier says the utterance its own way. If that fails too, it is
         only logged: the conversation goes on."""
-        record = self.manager.live_record(call_id)
+        record = self.engine.live_record(call_id)
         if record is None:
             return  # the call is over
-        log.warning("call %s: text-to-speech failed (%s); saying utterance %s with <Say> instead", call_id, why,
+        log.warning("call %s: text-to-speech failed (%s); the carrier says utterance %s instead", call_id, why,
                     action.utterance_id)
         try:
-            self.provider.speak_with_say(record, action)
+            self.carrier.say_instead(record, action)
         except NotConnected:
-            log.debug("call %s: ended before <Say> could take over", call_id)
+            log.debug("call %s: ended before the carrier could take over", call_id)
         except VoiceCallError as exc:
-            log.warning("call %s: utterance %s could not be said with <Say> either: %s", call_id,
+            log.warning("call %s: utterance %s could not be said by the carrier either: %s", call_id,
                         action.utterance_id, exc.message)
 
     def close(self) -> None:
@@ -300,152 +288,6 @@ class StreamHub:
             self._synthesizer.close()
 
 
-class Bridge:
-    """One call's open media stream."""
-
-    def __init__(self, hub: StreamHub, call_id: str, ws: simple_websocket.Server, stream_sid: str) -> None:
-        cfg = hub.config
-        self.hub = hub
-        self.call_id = call_id
-        self.ws = ws
-        self.stream_sid = stream_sid
-        self.alive = True
-        self._send_lock = threading.Lock()
-        self._ended = threading.Event()
-        #: Utterances given to the player and not yet played, by id. (Single
-        #: dict operations: the loop thread must not wait for a lock here.)
-        self._speaking: dict[str, Speak] = {}
-        self._closed = False
-        self.frames_in = 0
-        self.player = Player(self._send, stream_sid, hub.synthesizer.stream, on_played=self._played,
-                             on_failed=self._speech_failed, name=call_id[:8], lateness=hub.lateness)
-        self.transcriber = Transcriber(call_id, url=cfg.streaming.realtimeUrl, api_key=cfg.streaming.openaiApiKey,
-                                       model=cfg.streaming.sttModel, threshold=float(cfg.streaming.vadThreshold),
-                                       silence_ms=int(cfg.streaming.silenceDurationMs), listener=self._heard)
-        self.transcriber.start()
-
-    def say(self, action: Speak) -> None:
-        self._speaking[action.utterance_id] = action
-        self.player.say(action.utterance_id, action.text)
-
-    def _emit(self, type_: EventType, **fields: Any) -> None:
-        event = CallEvent(type_, uuid.uuid4().hex, call_id=self.call_id, **fields)
-        if not self.hub.events.submit(self.call_id, lambda: self.hub.manager.handle_event(event)):
-            log.warning("call %s: %s event dropped (daemon stopping or overloaded)", self.call_id, type_.value)
-
-    def _send(self, message: dict[str, Any]) -> None:
-        data = json.dumps(message, separators=(",", ":"))
-        with self._send_lock:
-            if self._closed:
-                return
-            try:
-                self.ws.send(data)
-            except (simple_websocket.ConnectionClosed, OSError):
-                self.alive = False
-
-    # -- from Twilio --
-
-    def run(self) -> None:
-        """Handle the stream's messages until ``stop`` or the socket
-        closes. The messages are handled on the loop thread, and only
-        there (so in order, and without a lock the loop could wait for);
-        this (the request's) thread only waits for the end."""
-        self.ws.event.handler = self._drain  # the hub accepts every stream with a Doorbell
-        self.hub.loop.call_soon(self._drain)  # whatever arrived before the handler was attached
-        self._ended.wait()
-        self.alive = False
-
-    def _drain(self) -> None:
-        while not self._ended.is_set():
-            try:
-                raw = self.ws.receive(timeout=0)
-            except simple_websocket.ConnectionClosed:
-                self._ended.set()
-                return
-            if raw is None:
-                return
-            try:
-                self._handle(raw)
-            except Exception:  # noqa: BLE001 - one bad message must not stop the loop
-                log.exception("call %s: media stream message failed", self.call_id)
-
-    def _handle(self, raw: Any) -> None:
-        message = _parse(raw)
-        if message is None:
-            return
-        event = message.get("event")
-        if event == "media":
-            media = _obj(message.get("media"))
-            if media.get("track", "inbound") in ("inbound", "inbound_track"):
-                try:
-                    audio = base64.b64decode(media.get("payload") or "", validate=True)
-                except (binascii.Error, ValueError):
-                    return
-                self.frames_in += 1
-                self.hub.frames_in += 1
-                self.transcriber.send_audio(audio)
-                read_at = getattr(self.ws, "read_at", None)
-                if read_at is not None:
-                    self.hub.forwarding.append(time.monotonic() - read_at)
-        elif event == "mark":
-            name = str(_obj(message.get("mark")).get("name", ""))
-            # With the call's events, off the loop: the loop takes no lock of a call's player.
-            if not self.hub.events.submit(self.call_id, lambda: self.player.mark_echoed(name)):
-                log.warning("call %s: mark %s dropped (daemon stopping or overloaded)", self.call_id, name[:40])
-        elif event == "dtmf":
-            dtmf = _obj(message.get("dtmf"))
-            digit = str(dtmf.get("digit", ""))
-            if digit:
-                self._emit(EventType.DTMF, digits=digit)
-        elif event == "stop":
-            log.info("call %s: media stream stopped", self.call_id)
-            self.alive = False
-            self._ended.set()
-
-    # -- from the transcriber and the player --
-
-    def _heard(self, event: SttEvent) -> None:
-        if event.kind == "speech_started":
-            if self.player.interrupt():
-                self._emit(EventType.INTERRUPTED)
-        elif event.kind == "partial" and event.text:
-            self._emit(EventType.SPEECH, transcript=event.text, is_final=False)
-        elif event.kind == "final" and event.text:
-            self._emit(EventType.SPEECH, transcript=event.text, is_final=True)
-        elif event.kind == "error":
-            self._emit(EventType.ERROR, message=f"speech-to-text failed: {event.text}")
-
-    def _played(self, utterance_id: str) -> None:
-        self._speaking.pop(utterance_id, None)
-        self._emit(EventType.PLAYED, utterance_id=utterance_id)
-
-    def _speech_failed(self, utterance_id: str, text: str, why: str) -> None:
-        action = self._speaking.pop(utterance_id, None) or Speak(text, utterance_id)
-        if not self.hub.events.submit(self.call_id, lambda: self.hub.say_instead(self.call_id, action, why)):
-            log.warning("call %s: utterance %s dropped (daemon stopping or overloaded)", self.call_id, utterance_id)
-
-    def close(self) -> None:
-        with self._send_lock:
-            if self._closed:
-                return
-            self._closed = True
-        self.alive = False
-        self._ended.set()
-        self.player.close()
-        self.transcriber.close()
-        try:
-            self.ws.close()
-        except (simple_websocket.ConnectionClosed, OSError):
-            pass
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _parse(raw: Any) -> dict[str, Any] | None:
-    try:
-        message = jsonsafe.loads(raw)
-    except (TypeError, ValueError):
-        return None
-    return message if isinstance(message, dict) else None
+def _kind(event: MediaEvent) -> str:
+    """An event's name, for logs."""
+    return event.event if isinstance(event, Other) else type(event).__name__.lower()

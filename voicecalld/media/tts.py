@@ -1,5 +1,8 @@
-"""Text to telephone audio: OpenAI ``/audio/speech`` as raw 24 kHz PCM,
-low-passed and decimated to 8 kHz, then G.711 µ-law (protocols.md I, J).
+"""Text to telephone audio: OpenAI ``/audio/speech`` as raw 24 kHz PCM
+(``response_format: pcm``, 16-bit little-endian mono, no header:
+https://platform.openai.com/docs/api-reference/audio/createSpeech; no
+format it offers is 8 kHz µ-law), low-passed and decimated to 8 kHz, then
+G.711 µ-law (ITU-T G.711).
 
 The response is streamed and converted chunk by chunk, so playback can
 start before the whole utterance has been synthesized.

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..config import Config
     from ..control.spec import Method
+    from ..media.framing import MediaCarrier
 
 
 class CallSink(Protocol):
@@ -145,6 +146,14 @@ class Provider(ABC):
 
     def stop(self) -> None:
         """The daemon is stopping."""
+
+    # -- media streams --
+
+    def media(self) -> MediaCarrier | None:
+        """The carrier's side of streaming call audio over a WebSocket
+        (authentication, framing; see ``media.framing``), or None if the
+        carrier streams no audio."""
+        return None
 
     # -- webhooks --
 

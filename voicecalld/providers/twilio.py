@@ -57,6 +57,7 @@ from ..errors import NotConnected, ProviderError
 from ..phone import mask
 from . import twilio_errors, twiml
 from .base import Capabilities, CarrierStatus, Provider
+from .twilio_media import TwilioMedia
 from .twilio_rest import CallsApi
 from .twilio_script import CallScript, Style
 from .twilio_webhooks import Webhooks
@@ -270,7 +271,10 @@ class TwilioProvider(Provider):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "streaming": self.streaming()}
 
-    # -- media streams (used by the stream handler) --
+    # -- media streams (see twilio_media) --
+
+    def media(self) -> TwilioMedia:
+        return TwilioMedia(self)
 
     def stream_token(self, call_id: str) -> str | None:
         script = self._script(call_id)

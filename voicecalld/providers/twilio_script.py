@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..calls import Mode, Speak
-from . import twiml
+from . import twilio_media, twiml
 
 #: After the bot's speech the callee is still heard this long (seconds) before
 #: Twilio comes back to report the speech finished.
@@ -159,8 +159,8 @@ class CallScript:
             self.closing = True
             return twiml.pause_then_hangup(style.hangup_delay)
         if self._streaming(style):
-            return twiml.stream(urls.stream(), {"token": self.stream_token, "callId": self.call_id},
-                                action=urls.turn("connect", token))
+            return twilio_media.stream_request(urls.stream(), self.call_id, self.stream_token,
+                                               action=urls.turn("connect", token))
         return twiml.listen(urls.turn("gather", token), urls.turn("played", token), LISTEN_TIMEOUT,
                             style.language)
 

@@ -1,5 +1,6 @@
 """Chat Completions for the fake: request validation and response shaping
-(protocols.md I). Pure functions; the HTTP side lives in fake_openai.py.
+(https://platform.openai.com/docs/api-reference/chat/create). Pure
+functions; the HTTP side lives in fake_openai.py.
 """
 
 from __future__ import annotations

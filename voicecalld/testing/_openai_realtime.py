@@ -1,4 +1,5 @@
-"""One fake Realtime transcription WebSocket connection (protocols.md H).
+"""One fake Realtime transcription WebSocket connection
+(https://platform.openai.com/docs/guides/realtime-transcription).
 
 ``RealtimeRecord`` is what a test inspects afterwards; ``RealtimeConnection``
 speaks the GA protocol on the request thread that owns the socket. All

@@ -1,4 +1,5 @@
-"""``/v1/audio/speech`` for the fake: validation and synthesis (protocols.md I).
+"""``/v1/audio/speech`` for the fake: validation and synthesis
+(https://platform.openai.com/docs/api-reference/audio/createSpeech).
 
 Only ``pcm`` (raw 24 kHz s16le mono, what the daemon asks for) and ``wav``
 are synthesized. The compressed formats are refused with a 400 that says

@@ -1,7 +1,10 @@
 """A fake OpenAI server for tests: Realtime transcription, TTS, Chat.
 
-It listens on 127.0.0.1 (a free port) and speaks the real wire protocols of
-protocols.md H and I, so a client tested against it is tested the way the
+It listens on 127.0.0.1 (a free port) and speaks the real wire protocols
+(https://platform.openai.com/docs/guides/realtime-transcription,
+https://platform.openai.com/docs/api-reference/audio/createSpeech,
+https://platform.openai.com/docs/api-reference/chat/create), so a client
+tested against it is tested the way the
 real service will treat it: the OpenAI-Beta header gets the shut-down
 beta's close 4000, a malformed GA ``session.update`` gets an ``error``
 event naming the field, a provider-prefixed chat model gets a 404.

@@ -1,4 +1,5 @@
-"""Twilio's side of a Media Streams WebSocket (protocols.md E), for tests
+"""Twilio's side of a Media Streams WebSocket
+(https://www.twilio.com/docs/voice/media-streams/websocket-messages), for tests
 and benchmarks of the daemon's stream endpoint.
 
 ``MediaStreamClient`` connects like Twilio does (with the

@@ -1,0 +1,161 @@
+"""One call's open media stream: the carrier's frames, parsed by its
+``Framing``, become speech-to-text input and call events; the call's
+utterances become paced audio frames.
+
+A bridge forwards the caller's audio to a ``Transcriber`` and turns its
+results into call events (partials, finals, barge-in), speaks the call's
+utterances through a ``Player``, and reports DTMF. An utterance the
+text-to-speech service refuses twice is said by the carrier instead
+(``MediaCarrier.say_instead``): one failed request must not end the call.
+When the carrier ends the stream or the socket closes, the bridge tears
+everything down.
+
+Messages are handled on the read loop (see ``stream``), and only there:
+in order, and without a lock the loop could wait for.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import simple_websocket
+
+from ..calls import CallEvent, EventType, Speak
+from .framing import Audio, Dtmf, Framing, Mark, Stop
+from .player import Player
+from .realtime_stt import SttEvent, Transcriber
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .stream import StreamHub
+
+log = logging.getLogger(__name__)
+
+
+class Bridge:
+    """One call's open media stream."""
+
+    def __init__(self, hub: StreamHub, call_id: str, ws: simple_websocket.Server, framing: Framing) -> None:
+        cfg = hub.config
+        self.hub = hub
+        self.call_id = call_id
+        self.ws = ws
+        self.framing = framing
+        self.alive = True
+        self._send_lock = threading.Lock()
+        self._ended = threading.Event()
+        #: Utterances given to the player and not yet played, by id. (Single
+        #: dict operations: the loop thread must not wait for a lock here.)
+        self._speaking: dict[str, Speak] = {}
+        self._closed = False
+        self.frames_in = 0
+        self.player = Player(self._send, framing, hub.synthesizer.stream, on_played=self._played,
+                             on_failed=self._speech_failed, name=call_id[:8], lateness=hub.lateness)
+        self.transcriber = Transcriber(call_id, url=cfg.streaming.realtimeUrl, api_key=cfg.streaming.openaiApiKey,
+                                       model=cfg.streaming.sttModel, threshold=float(cfg.streaming.vadThreshold),
+                                       silence_ms=int(cfg.streaming.silenceDurationMs), listener=self._heard)
+        self.transcriber.start()
+
+    def say(self, action: Speak) -> None:
+        self._speaking[action.utterance_id] = action
+        self.player.say(action.utterance_id, action.text)
+
+    def _emit(self, type_: EventType, **fields: Any) -> None:
+        event = CallEvent(type_, uuid.uuid4().hex, call_id=self.call_id, **fields)
+        if not self.hub.events.submit(self.call_id, lambda: self.hub.engine.handle_event(event)):
+            log.warning("call %s: %s event dropped (daemon stopping or overloaded)", self.call_id, type_.value)
+
+    def _send(self, frame: str) -> None:
+        with self._send_lock:
+            if self._closed:
+                return
+            try:
+                self.ws.send(frame)
+            except (simple_websocket.ConnectionClosed, OSError):
+                self.alive = False
+
+    # -- from the carrier --
+
+    def run(self) -> None:
+        """Handle the stream's messages until the carrier stops it or the
+        socket closes. The messages are handled on the loop thread, and
+        only there (so in order, and without a lock the loop could wait
+        for); this (the request's) thread only waits for the end."""
+        self.ws.event.handler = self._drain  # the hub accepts every stream with a Doorbell
+        self.hub.loop.call_soon(self._drain)  # whatever arrived before the handler was attached
+        self._ended.wait()
+        self.alive = False
+
+    def _drain(self) -> None:
+        while not self._ended.is_set():
+            try:
+                raw = self.ws.receive(timeout=0)
+            except simple_websocket.ConnectionClosed:
+                self._ended.set()
+                return
+            if raw is None:
+                return
+            try:
+                self._handle(raw)
+            except Exception:  # noqa: BLE001 - one bad message must not stop the loop
+                log.exception("call %s: media stream message failed", self.call_id)
+
+    def _handle(self, raw: str | bytes) -> None:
+        event = self.framing.parse(raw)
+        if isinstance(event, Audio):
+            self.frames_in += 1
+            self.hub.frames_in += 1
+            self.transcriber.send_audio(event.payload)
+            read_at = getattr(self.ws, "read_at", None)
+            if read_at is not None:
+                self.hub.forwarding.append(time.monotonic() - read_at)
+        elif isinstance(event, Mark):
+            name = event.name
+            # With the call's events, off the loop: the loop takes no lock of a call's player.
+            if not self.hub.events.submit(self.call_id, lambda: self.player.mark_echoed(name)):
+                log.warning("call %s: mark %s dropped (daemon stopping or overloaded)", self.call_id, name[:40])
+        elif isinstance(event, Dtmf):
+            self._emit(EventType.DTMF, digits=event.digit)
+        elif isinstance(event, Stop):
+            log.info("call %s: media stream stopped", self.call_id)
+            self.alive = False
+            self._ended.set()
+
+    # -- from the transcriber and the player --
+
+    def _heard(self, event: SttEvent) -> None:
+        if event.kind == "speech_started":
+            if self.player.interrupt():
+                self._emit(EventType.INTERRUPTED)
+        elif event.kind == "partial" and event.text:
+            self._emit(EventType.SPEECH, transcript=event.text, is_final=False)
+        elif event.kind == "final" and event.text:
+            self._emit(EventType.SPEECH, transcript=event.text, is_final=True)
+        elif event.kind == "error":
+            self._emit(EventType.ERROR, message=f"speech-to-text failed: {event.text}")
+
+    def _played(self, utterance_id: str) -> None:
+        self._speaking.pop(utterance_id, None)
+        self._emit(EventType.PLAYED, utterance_id=utterance_id)
+
+    def _speech_failed(self, utterance_id: str, text: str, why: str) -> None:
+        action = self._speaking.pop(utterance_id, None) or Speak(text, utterance_id)
+        if not self.hub.events.submit(self.call_id, lambda: self.hub.say_instead(self.call_id, action, why)):
+            log.warning("call %s: utterance %s dropped (daemon stopping or overloaded)", self.call_id, utterance_id)
+
+    def close(self) -> None:
+        with self._send_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.alive = False
+        self._ended.set()
+        self.player.close()
+        self.transcriber.close()
+        try:
+            self.ws.close()
+        except (simple_websocket.ConnectionClosed, OSError):
+            pass
