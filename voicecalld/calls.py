@@ -142,6 +142,10 @@ class CallRecord:
     error: str | None = None
     opening: str | None = None
     openingSpoken: bool = False
+    #: One entry per bot reply whose turn latency was measured:
+    #: ``{"at": epoch ms, "latencyMs": caller's end of speech to the reply's
+    #: first audio at the carrier}``.
+    turns: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -152,6 +156,7 @@ class CallRecord:
             "endReason": None if self.endReason is None else str(self.endReason),
             "transcript": [dict(t) for t in self.transcript], "error": self.error,
             "opening": self.opening, "openingSpoken": self.openingSpoken,
+            "turns": [dict(t) for t in self.turns],
         }
 
     @classmethod
@@ -167,6 +172,7 @@ class CallRecord:
             transcript=list(d.get("transcript") or []), error=d.get("error"),
             opening=opening if isinstance(opening, str) and opening else None,
             openingSpoken=bool(d.get("openingSpoken", True)),
+            turns=[dict(t) for t in d.get("turns") or [] if isinstance(t, dict)],
         )
 
     @property
