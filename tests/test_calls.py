@@ -31,12 +31,14 @@ from voicecalld.errors import NotConnected
 from voicecalld.lifecycle import Call
 
 S = State
-LIVE_ORDER = [S.INITIATED, S.RINGING, S.ANSWERED, S.ACTIVE, S.SPEAKING, S.LISTENING]
+LIVE_ORDER = [S.QUEUED, S.INITIATED, S.RINGING, S.ANSWERED, S.ACTIVE, S.SPEAKING, S.LISTENING]
 
 # Written out independently of calls.TRANSITIONS: forward moves only,
-# speaking <-> listening both ways, any live state to any terminal state.
+# speaking <-> listening both ways, any live state to any terminal state;
+# and initiated -> queued, a dial the carrier refused for its rate limit.
 ALLOWED = {
-    S.INITIATED: {S.RINGING, S.ANSWERED, S.ACTIVE},
+    S.QUEUED: {S.INITIATED},
+    S.INITIATED: {S.QUEUED, S.RINGING, S.ANSWERED, S.ACTIVE},
     S.RINGING: {S.ANSWERED, S.ACTIVE},
     S.ANSWERED: {S.ACTIVE, S.SPEAKING, S.LISTENING},
     S.ACTIVE: {S.SPEAKING, S.LISTENING},
@@ -57,7 +59,7 @@ def test_every_transition(old: State, new: State) -> None:
 def test_never_backwards_between_live_states() -> None:
     for i, old in enumerate(LIVE_ORDER):
         for new in LIVE_ORDER[:i]:
-            if {old, new} != {S.SPEAKING, S.LISTENING}:
+            if {old, new} not in ({S.SPEAKING, S.LISTENING}, {S.INITIATED, S.QUEUED}):
                 assert not can_transition(old, new), (old, new)
 
 
@@ -257,7 +259,8 @@ def test_finish_emits_everything_once() -> None:
     assert kinds(actions).count("Persist") == 1
     assert Finished(S.HANGUP_BOT) in actions
     assert Publish("call.ended", {"reason": "hangup-bot"}) in actions
-    assert {a.kind for a in actions if isinstance(a, CancelTimer)} == {"ring", "max-duration", "notify-hangup"}
+    assert {a.kind for a in actions if isinstance(a, CancelTimer)} == {"ring", "max-duration", "notify-hangup",
+                                                                        "detection"}
     assert call.finish(S.ERROR, 43) == []
     assert call.record.state == S.HANGUP_BOT and call.record.endedAt == 42
 

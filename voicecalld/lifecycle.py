@@ -29,6 +29,8 @@ What the state alone does not say, the guards read from three flags:
 * ``Call.delivered``: an utterance that ends the call (the notification)
   has played to its end, so a callee who hangs up after it leaves the call
   ``completed``, not ``hangup-user``.
+* ``Call.greeting_over``: an answering machine's greeting ended (the
+  beep), so with ``outbound.voicemail = leave-message`` the message is due.
 
 The methods of ``Call`` are the handlers for what a table cannot say: they
 turn a raw event or command into a table input with its data (which
@@ -44,6 +46,7 @@ from typing import Any
 
 from . import calls
 from .calls import (
+    ANSWERED_BY,
     TERMINAL,
     Action,
     AfterSpeech,
@@ -58,11 +61,13 @@ from .calls import (
 )
 from .errors import NotConnected
 from .lifecycle_steps import (
+    ARM_DETECTION,
     ARM_MAX_DURATION,
     ARM_NOTIFY_HANGUP,
     ARM_RING,
     BOT_LINE,
     CALLEE_LINE,
+    CANCEL_DETECTION,
     CANCEL_RING,
     CARRIERS,
     CHOOSE_END,
@@ -71,18 +76,26 @@ from .lifecycle_steps import (
     DELIVER,
     DELIVERED,
     END_CHOSEN,
+    FAX,
     FORGET_END,
     GIVEN,
     HANG_UP,
     IDLE,
+    LEAVE_MESSAGE,
+    LEAVE_VOICEMAIL,
     LISTEN,
+    MACHINE_GREETING,
     MARK_DELIVERED,
     MARK_INTERRUPTED,
     MARK_OPENING_SPOKEN,
     MARK_UNDELIVERED,
+    MESSAGE_DUE,
     MOVE,
     NO_OPENING,
+    NOTE_ANSWERED_BY,
     NOTE_ERROR,
+    NOTE_GREETING_ENDED,
+    NOTE_UNKNOWN,
     OPENING,
     OPENING_UNSAID,
     OUTBOUND,
@@ -93,7 +106,10 @@ from .lifecycle_steps import (
     SAME,
     SPEAK,
     STAMP_ANSWERED,
+    STAMP_QUEUED,
+    STAMP_STARTED,
     STOP_LISTENING,
+    VERDICT_DUE,
     Data,
     Input,
     Row,
@@ -115,9 +131,16 @@ TABLE: tuple[Row, ...] = (
     #   states         input                   guard           next         steps
     row(S.INITIATED,   In.CREATED,             OUTBOUND,       SAME,        PERSIST, ARM_RING),
     row(S.INITIATED,   In.CREATED,             None,           SAME,        PERSIST),
+    # dial pacing: a queued call waits for its turn; it is logged as dialled before the carrier is asked
+    row(S.QUEUED,      In.CREATED,             None,           SAME,        PERSIST),
+    row(S.QUEUED,      In.DIAL,                None,           S.INITIATED, MOVE, STAMP_STARTED, PERSIST, ARM_RING),
+    row(S.INITIATED,   In.DIAL_THROTTLED,      None,           S.QUEUED,    CANCEL_RING, MOVE, STAMP_QUEUED, PERSIST),
+    row(S.QUEUED,      In.END,                 None,           GIVEN,       MOVE, CLOSE),
     row(S.INITIATED,   In.RINGING,             None,           S.RINGING,   MOVE, PERSIST),
     row(UNANSWERED,    In.ANSWERED,            None,           S.ANSWERED,  MOVE, STAMP_ANSWERED, CANCEL_RING,
                                                                             ARM_MAX_DURATION, PERSIST, OPENING),
+    row(S.ANSWERED,    In.OPENING,             MESSAGE_DUE,    S.SPEAKING,  *LEAVE_VOICEMAIL),
+    row(S.ANSWERED,    In.OPENING,             VERDICT_DUE,    SAME,        ARM_DETECTION),
     row(S.ANSWERED,    In.OPENING,             OPENING_UNSAID, S.SPEAKING,  MARK_OPENING_SPOKEN, BOT_LINE, MOVE,
                                                                             PERSIST, SPEAK),
     row(S.ANSWERED,    In.OPENING,             NO_OPENING,     S.ACTIVE,    MOVE),
@@ -133,6 +156,8 @@ TABLE: tuple[Row, ...] = (
     row(NOT_LISTENING, In.PLAYED,              IDLE,           S.LISTENING, MOVE, PERSIST),
     row(NOT_LISTENING, In.SPEAK_REFUSED,       IDLE,           S.LISTENING, MARK_UNDELIVERED, MOVE, PERSIST),
     row(CONNECTED,     In.SPEAK_REFUSED,       None,           SAME,        MARK_UNDELIVERED, PERSIST),
+    row(S.ANSWERED,    In.PARTIAL,             VERDICT_DUE,    SAME),       # a greeting is not the callee's turn
+    row(S.ANSWERED,    In.SPEECH,              VERDICT_DUE,    SAME),
     row(ANY,           In.PARTIAL,             None,           SAME,        PUBLISH_PARTIAL),
     row(S.SPEAKING,    In.SPEECH,              QUIET,          S.LISTENING, CALLEE_LINE, MOVE, PERSIST, DELIVER),
     row(ANY,           In.SPEECH,              None,           SAME,        CALLEE_LINE, PERSIST, DELIVER),
@@ -148,6 +173,16 @@ TABLE: tuple[Row, ...] = (
     row(ANY,           In.ENDED,               DELIVERED,      S.COMPLETED, MOVE, CLOSE),
     row(ANY,           In.ENDED,               None,           CARRIERS,    MOVE, CLOSE),
     row(ANY,           In.CLOSE,               None,           GIVEN,       MOVE, CLOSE),
+    # answering-machine detection (outbound.voicemail)
+    row(S.ANSWERED,    In.ANSWERED_BY,         FAX,            SAME,        NOTE_ANSWERED_BY, PERSIST,
+                                                                            hang_up(S.FAILED)),
+    row(S.ANSWERED,    In.ANSWERED_BY,         None,           SAME,        NOTE_ANSWERED_BY, PERSIST, CANCEL_DETECTION,
+                                                                            OPENING),
+    row(ANY,           In.ANSWERED_BY,         None,           SAME,        NOTE_ANSWERED_BY, PERSIST),
+    row(CONNECTED,     In.GREETING_ENDED,      LEAVE_MESSAGE,  S.SPEAKING,  NOTE_GREETING_ENDED, *LEAVE_VOICEMAIL),
+    row(ANY,           In.GREETING_ENDED,      None,           SAME,        NOTE_GREETING_ENDED, PERSIST),
+    row(S.ANSWERED,    In.DETECTION_TIMER,     MACHINE_GREETING, S.SPEAKING, *LEAVE_VOICEMAIL),
+    row(S.ANSWERED,    In.DETECTION_TIMER,     None,           SAME,        NOTE_UNKNOWN, PERSIST, OPENING),
 )
 
 
@@ -185,7 +220,8 @@ _PROGRESS = {EventType.RINGING: Input.RINGING, EventType.ACTIVE: Input.ACTIVE,
              EventType.SPEAKING: Input.SPEAKING}
 _PLAYED = {None: Input.PLAYED, "listen": Input.PLAYED_THEN_LISTEN, "hangup": Input.PLAYED_THEN_HANG_UP}
 _TIMERS: dict[TimerKind, Input] = {"ring": Input.RING_TIMER, "max-duration": Input.MAX_DURATION_TIMER,
-                                   "notify-hangup": Input.NOTIFY_HANGUP_TIMER}
+                                   "notify-hangup": Input.NOTIFY_HANGUP_TIMER,
+                                   "detection": Input.DETECTION_TIMER}
 
 
 class Call:
@@ -197,6 +233,7 @@ class Call:
     policy: Policy
     chosen_end: State | None  # the end reason the bot chose; wins over the carrier's
     delivered: bool           # an utterance that ends the call has played
+    greeting_over: bool       # an answering machine's greeting ended (the beep)
 
     def __init__(self, record: CallRecord, policy: Policy, opening: str | None = None) -> None:
         self.record = record
@@ -205,6 +242,7 @@ class Call:
             record.opening = opening
         self.chosen_end = None
         self.delivered = False
+        self.greeting_over = False
         self.turns = 0
         self._utterance_seq = 0
         self._utterances: dict[str, _Utterance] = {}  # said, not yet played
@@ -346,6 +384,18 @@ class Call:
     def timer_fired(self, kind: TimerKind) -> list[Action]:
         return self._on(_TIMERS[kind], Data(0))
 
+    # -- dial pacing --
+
+    def dial(self, now_ms: int) -> list[Action]:
+        """A queued call's turn came: it is logged as dialled (state
+        initiated), then the carrier is asked. None if it is not queued
+        (it was ended meanwhile)."""
+        return self._on(Input.DIAL, Data(now_ms))
+
+    def dial_throttled(self, now_ms: int) -> list[Action]:
+        """The carrier refused the dial for its rate limit: queued again."""
+        return self._on(Input.DIAL_THROTTLED, Data(now_ms))
+
     # -- carrier events --
 
     def handle(self, event: CallEvent, now_ms: int) -> list[Action]:
@@ -381,6 +431,11 @@ class Call:
         if kind == EventType.ERROR:
             data.error = event.message or None
             return self._on(Input.ERROR, data)
+        if kind == EventType.DETECTED:
+            data.answered_by = event.answered_by if event.answered_by in ANSWERED_BY else "unknown"
+            return self._on(Input.ANSWERED_BY, data)
+        if kind == EventType.GREETING_ENDED:
+            return self._on(Input.GREETING_ENDED, data)
         return []  # initiated: a call starts there, it never moves back
 
     def _last_bot_line(self) -> dict[str, Any] | None:

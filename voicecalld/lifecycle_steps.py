@@ -63,6 +63,13 @@ class Input(enum.StrEnum):
     RING_TIMER = "ring timer"
     MAX_DURATION_TIMER = "max-duration timer"
     NOTIFY_HANGUP_TIMER = "notify-hangup timer"
+    # dial pacing
+    DIAL = "dial"
+    DIAL_THROTTLED = "dial throttled"
+    # answering-machine detection
+    ANSWERED_BY = "answered by"
+    GREETING_ENDED = "greeting ended"
+    DETECTION_TIMER = "detection timer"
 
 
 #: What each input is, as the docs say it.
@@ -95,6 +102,13 @@ MEANING: dict[Input, str] = {
     Input.RING_TIMER: "the ring deadline (ringTimeoutMs) passed",
     Input.MAX_DURATION_TIMER: "the call's time (maxDurationSeconds) is up",
     Input.NOTIFY_HANGUP_TIMER: "the pause after the last line (notifyHangupDelaySec) is over",
+    Input.DIAL: "a queued call's turn came (outbound.dialsPerSecond, maxConcurrentCalls); the carrier is asked "
+                "once this step is logged",
+    Input.DIAL_THROTTLED: "the carrier refused the dial for its rate limit (it placed nothing): back to the "
+                          "head of the queue",
+    Input.ANSWERED_BY: "answering-machine detection says who answered: human, machine, fax or unknown",
+    Input.GREETING_ENDED: "the answering machine's greeting ended (the beep)",
+    Input.DETECTION_TIMER: "no verdict, or no beep, within the detection deadline after the answer",
 }
 
 
@@ -114,6 +128,7 @@ class Data:
     duration: float = 0.0                     # max-duration to arm
     utterance_id: str = ""
     entry: dict[str, Any] | None = None       # the transcript entry an input is about
+    answered_by: str | None = None            # what answering-machine detection said
 
 
 class Machine(Protocol):
@@ -127,6 +142,8 @@ class Machine(Protocol):
     chosen_end: State | None
     #: An utterance that ends the call (the notification, a goodbye) played to its end.
     delivered: bool
+    #: The answering machine's greeting ended (the beep): a message left now is recorded.
+    greeting_over: bool
 
     @property
     def state(self) -> State: ...
@@ -260,6 +277,38 @@ def _note_error(call: Machine, data: Data) -> None:
         call.record.error = data.error
 
 
+# -- dial pacing and answering-machine detection --
+
+def _stamp_started(call: Machine, data: Data) -> None:
+    call.record.startedAt = data.now_ms  # a queued call starts when it is dialled
+
+
+def _stamp_queued(call: Machine, data: Data) -> None:
+    if call.record.queuedAt is None:
+        call.record.queuedAt = data.now_ms
+
+
+def _note_answered_by(call: Machine, data: Data) -> list[Action]:
+    if data.answered_by:
+        call.record.answeredBy = data.answered_by
+    return [Publish("call.detection", {"answeredBy": call.record.answeredBy, "greetingEnded": False})]
+
+
+def _note_greeting_ended(call: Machine, data: Data) -> list[Action]:
+    call.greeting_over = True
+    call.record.answeredBy = "machine"  # only a machine beeps
+    return [Publish("call.detection", {"answeredBy": "machine", "greetingEnded": True})]
+
+
+def _note_unknown(call: Machine, data: Data) -> None:
+    if call.record.answeredBy is None:
+        call.record.answeredBy = "unknown"
+
+
+def _prepare_voicemail(call: Machine, data: Data) -> None:
+    data.text, data.then, data.reason = call.record.opening or "", "hangup", State.VOICEMAIL
+
+
 MOVE = Step("move", lambda call, data: [])  # where the call enters the row's next state
 PERSIST = Step("persist", lambda call, data: [Persist()])
 ARM_RING = Step("arm ring", lambda call, data: [ArmTimer("ring", call.policy.ring_timeout)])
@@ -290,8 +339,22 @@ CHOOSE_END = Step("choose the end reason", _none(_choose_end))
 FORGET_END = Step("forget the chosen end", _none(_clear_chosen_end))
 NOTE_ERROR = Step("note the error", _none(_note_error))
 HANG_UP = hang_up(None)
+STAMP_STARTED = Step("stamp startedAt", _none(_stamp_started))
+STAMP_QUEUED = Step("stamp queuedAt", _none(_stamp_queued), "the first time the call is queued")
+NOTE_ANSWERED_BY = Step("note answeredBy", _note_answered_by, "record the verdict, publish call.detection")
+NOTE_GREETING_ENDED = Step("note the beep", _note_greeting_ended,
+                           "answeredBy is machine; publish call.detection with greetingEnded")
+NOTE_UNKNOWN = Step("note answeredBy unknown", _none(_note_unknown), "unless there is a verdict")
+ARM_DETECTION = Step("arm detection", lambda call, data: [ArmTimer("detection", call.policy.detection_deadline)])
+CANCEL_DETECTION = Step("cancel detection", lambda call, data: [CancelTimer("detection")])
+PREPARE_VOICEMAIL = Step("take the message", _none(_prepare_voicemail),
+                         "the opening, to be said before hanging up, and the end reason voicemail")
 CLOSE = Step("close", _close, "stamp endReason and endedAt, cancel every timer, persist, publish call.ended, "
                               "free the call's slot")
+
+#: Leave the call's message on an answering machine, then hang up; the call ends as voicemail.
+LEAVE_VOICEMAIL: tuple[Step, ...] = (CANCEL_DETECTION, PREPARE_VOICEMAIL, CHOOSE_END, MARK_OPENING_SPOKEN, BOT_LINE,
+                                     MOVE, PERSIST, SPEAK, STOP_LISTENING)
 
 # --- guards and targets ---------------------------------------------------------------------
 
@@ -306,6 +369,26 @@ END_CHOSEN = Guard("the bot chose the end", lambda call, data: call.chosen_end i
 DELIVERED = Guard("the notification was delivered and the callee hung up",
                   lambda call, data: call.record.mode == Mode.NOTIFY and call.delivered
                   and data.reason in (State.HANGUP_USER, State.COMPLETED))
+
+
+def _leaves_messages(call: Machine) -> bool:
+    """outbound.voicemail = leave-message, on an outbound call with a message to leave."""
+    record = call.record
+    return call.policy.leave_voicemail and record.direction == Direction.OUTBOUND and bool(record.opening)
+
+
+VERDICT_DUE = Guard("leave-message, and no verdict yet (or a machine still greeting)",
+                    lambda call, data: _leaves_messages(call) and not call.record.openingSpoken
+                    and call.record.answeredBy in (None, "machine"))
+MESSAGE_DUE = Guard("leave-message, and the machine's greeting is over",
+                    lambda call, data: _leaves_messages(call) and call.greeting_over and call.chosen_end is None)
+LEAVE_MESSAGE = Guard("leave-message, and no message is being left yet",
+                      lambda call, data: _leaves_messages(call) and call.chosen_end is None)
+MACHINE_GREETING = Guard("leave-message, and a machine answered",
+                         lambda call, data: _leaves_messages(call) and call.record.answeredBy == "machine"
+                         and call.chosen_end is None)
+FAX = Guard("leave-message, and a fax answered",
+            lambda call, data: _leaves_messages(call) and data.answered_by == "fax")
 
 SAME = Target("=", lambda call, data: call.state)
 CHOSEN = Target("the chosen reason", lambda call, data: call.chosen_end or State.ERROR)  # guarded: never None

@@ -9,7 +9,8 @@ provider is bound to) and the restart and shutdown of the daemon. Its parts:
   is remembered of ended ones;
 * ``interpreter.Interpreter``: applies the actions of a step (the log,
   subscribers, timers, the carrier);
-* ``waiters.Waiter``: a continue waiting for the callee's reply.
+* ``waiters.Waiter``: a continue waiting for the callee's reply;
+* ``dialer.Dialer``: the dial queue, which paces outbound calls.
 
 A new call whose first record cannot be written is refused
 (``StoreFailed``) before the carrier is asked, so nothing is acknowledged
@@ -40,7 +41,8 @@ from .calls import (
     TimerKind,
 )
 from .config import Config
-from .errors import CallNotFound, InvalidParams, ProviderError, StoreFailed, TurnInProgress
+from .dialer import Dialer, Limits
+from .errors import CallNotFound, InvalidParams, ProviderError, RateLimited, StoreFailed, TurnInProgress
 from .events import EventBus
 from .interpreter import Interpreter, Step
 from .lifecycle import Call
@@ -65,6 +67,8 @@ class CallManager:
         self.timers = timers
         self.bus = bus if bus is not None else EventBus()
         self.calls = LiveCalls(store)
+        self.dialer = Dialer(timers, self.calls, self._limits, self._place_queued)
+        self.calls.on_release = self.dialer.released
         self._interpreter = Interpreter(provider, store, timers, self.bus, self.calls, self._unclaimed)
         #: Called (off any lock) with (callId, text) for a final callee
         #: transcript that no continue is waiting for: the auto-responder.
@@ -83,31 +87,51 @@ class CallManager:
     def policy(self) -> Policy:
         c = self.config
         return Policy(max_duration=float(c.maxDurationSeconds), ring_timeout=c.ringTimeoutMs / 1000,
-                      notify_hangup_delay=float(c.outbound.notifyHangupDelaySec))
+                      notify_hangup_delay=float(c.outbound.notifyHangupDelaySec),
+                      leave_voicemail=c.outbound.voicemail == "leave-message")
+
+    def _limits(self) -> Limits:
+        c = self.config
+        return Limits(rate=c.outbound.dialsPerSecond or self.provider.capabilities.dials_per_second,
+                      max_queued=c.outbound.maxQueued, max_concurrent=c.maxConcurrentCalls)
 
     # -- queries --
 
     @property
     def active_count(self) -> int:
-        return len(self.calls)
+        """Live calls that hold a slot (not those waiting in the dial queue)."""
+        return self.calls.active
+
+    @property
+    def queued_count(self) -> int:
+        return self.calls.queued
 
     def status(self, call_id: object) -> dict[str, Any]:
         call_id = check_call_id(call_id)
         live = self.calls.get(call_id)
         if live is not None:
+            position = self.dialer.position(call_id)
             with live.lock:
-                return live.call.record.to_dict()
+                return self._snapshot(live, position)
         record = self.calls.ended(call_id)
         if record is None:
             raise CallNotFound(call_id)
         return record
 
     def active_calls(self) -> list[dict[str, Any]]:
+        """Every live call, queued ones with their ``queuePosition``."""
+        positions = self.dialer.positions()
         out = []
         for live in self.calls.all():
             with live.lock:
-                out.append(live.call.record.to_dict())
+                out.append(self._snapshot(live, positions.get(live.call.id)))
         return out
+
+    @staticmethod
+    def _snapshot(live: LiveCall, position: int | None) -> dict[str, Any]:
+        """(Under the call's lock.) The record, with its place in the dial queue while queued."""
+        queued = live.call.state == State.QUEUED and position is not None
+        return {**live.call.record.to_dict(), **({"queuePosition": position} if queued else {})}
 
     def history(self, limit: int = 50) -> list[dict[str, Any]]:
         return self.store.history(limit)
@@ -147,7 +171,8 @@ class CallManager:
                             direction=Direction.OUTBOUND, mode=Mode(mode), to=str(to),
                             from_=self.config.fromNumber or "", startedAt=now_ms())
         live = LiveCall(Call(record, self.policy, opening=text))
-        self.calls.admit(live, self.config.maxConcurrentCalls)
+        if self.dialer.admit(live) == "queue":
+            return self._queue(live)
         try:
             self._run(live, lambda c: c.start(), raise_errors=True)
         except StoreFailed as exc:
@@ -155,9 +180,64 @@ class CallManager:
             log.error("call %s: not dialed: %s", record.callId, why)
             self._run(live, lambda c: c.finish(State.FAILED, now_ms(), error=why))
             raise
+        self._place(live, raise_errors=True)
+        position = self.dialer.position(record.callId)
+        with live.lock:
+            return self._result(live, position)
+
+    def _result(self, live: LiveCall, position: int | None) -> dict[str, Any]:
+        snapshot = self._snapshot(live, position)
+        return {k: snapshot[k] for k in ("callId", "state", "queuePosition") if k in snapshot}
+
+    def _queue(self, live: LiveCall) -> dict[str, Any]:
+        """A new call waits in the dial queue: log it as queued, then let it in."""
+        call_id = live.call.id
+        try:
+            self._run(live, lambda c: c.start(), raise_errors=True)
+        except StoreFailed as exc:
+            self.dialer.unreserve()
+            why = exc.message
+            log.error("call %s: not queued: %s", call_id, why)
+            self._run(live, lambda c: c.finish(State.FAILED, now_ms(), error=why))
+            raise
+        with live.lock:
+            position = self.dialer.enqueue(live)
+            log.info("call %s: queued to dial %s (%s), position %d", call_id, mask(live.call.record.to),
+                     live.call.record.mode, position)
+            return self._result(live, position)
+
+    def _place_queued(self, live: LiveCall) -> None:
+        """The dial queue's turn for ``live`` (which now holds a slot): log
+        it as dialled, then ask the carrier. On a timer worker: nothing to
+        raise to."""
+        try:
+            self._run(live, lambda c: c.dial(now_ms()), raise_errors=True)
+        except StoreFailed as exc:
+            # Dialled without a record saying so, a restart could dial it again.
+            why = exc.message
+            log.error("call %s: not dialed: %s", live.call.id, why)
+            self._run(live, lambda c: c.finish(State.FAILED, now_ms(), error=why))
+            return
+        with live.lock:
+            if live.call.state != State.INITIATED:
+                return  # ended while its turn came
+        self._place(live, raise_errors=False)
+
+    def _place(self, live: LiveCall, raise_errors: bool) -> None:
+        """Ask the carrier to place ``live`` (logged as initiated). A
+        refusal for its rate limit queues the call again; any other ends it
+        as failed (raised with ``raise_errors``)."""
+        record = live.call.record
         log.info("call %s: dialing %s (%s)", record.callId, mask(record.to), record.mode)
         try:
             provider_id = self.provider.initiate(record)
+        except RateLimited as exc:
+            # The carrier placed nothing: the call waits again, at the head of the queue.
+            self._run(live, lambda c: c.dial_throttled(now_ms()))
+            with live.lock:
+                if live.call.state == State.QUEUED:
+                    self.dialer.requeue(live, exc.retry_after)
+            return
         except Exception as exc:
             message = exc.message if isinstance(exc, ProviderError) else f"the carrier request failed: {exc}"
             if isinstance(exc, ProviderError):
@@ -165,9 +245,12 @@ class CallManager:
             else:
                 log.exception("call %s: initiate failed", record.callId)
             self._run(live, lambda c: c.finish(State.FAILED, now_ms(), error=message))
+            if not raise_errors:
+                return
             if isinstance(exc, ProviderError):
                 raise
             raise ProviderError(message) from exc
+        self.dialer.dialled()
         try:
             self._set_provider_id(live, provider_id)
         except StoreFailed as exc:
@@ -176,9 +259,8 @@ class CallManager:
             why = exc.message
             log.error("call %s: hanging up: %s", record.callId, why)
             self._run(live, lambda c: c.fail(why))
-            raise
-        with live.lock:
-            return {"callId": record.callId, "state": str(live.call.state)}
+            if raise_errors:
+                raise
 
     def _set_provider_id(self, live: LiveCall, provider_id: str) -> None:
         """Raises ``StoreFailed`` if the id cannot be logged (it is kept in memory)."""
@@ -351,6 +433,12 @@ class CallManager:
             restored.append(record.callId)
         return restored
 
+    def requeue_restored(self, call_ids: list[str]) -> None:
+        """Calls a previous run left queued join the dial queue, in the order they first joined it."""
+        lives = [live for call_id in call_ids if (live := self.calls.get(call_id)) is not None]
+        lives.sort(key=lambda live: (live.call.record.queuedAt or live.call.record.startedAt))
+        self.dialer.restore(lives)
+
     def close_call(self, call_id: str, reason: State, error: str | None) -> None:
         """Close the record of a live call as ``reason``, without the carrier."""
         self._run_if_live(call_id, lambda c: c.finish(reason, now_ms(), error=error))
@@ -371,12 +459,14 @@ class CallManager:
 
     def stop_accepting(self) -> None:
         self.calls.stop_accepting()
+        self.dialer.stop()  # queued calls stay queued: they are in the log, and the next run dials them
 
     def shutdown(self, grace: float) -> None:
         """Stop taking calls; let active ones finish for ``grace`` seconds,
         then hang up the rest, all at once, waiting at most ``grace`` seconds
         more for the carrier. A call whose hang-up is not done by then is
-        closed in the log anyway, so every call ends with a final record."""
+        closed in the log anyway, so every call ends with a final record,
+        except those still queued: they stay queued, for the next run."""
         self.stop_accepting()
         remaining = self.calls.wait_idle(grace)
         if remaining:

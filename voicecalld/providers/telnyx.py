@@ -88,7 +88,11 @@ class TelnyxProvider(Provider):
     # speak's payload: "There is a 3,000 character limit"
     # (https://developers.telnyx.com/api/call-control/speak-call). Speech is
     # one command per utterance; listening is transcription_start/_stop.
-    capabilities = Capabilities(max_message_chars=3000)
+    # Dials per second: Telnyx refuses dials past the account's limit with
+    # 429 / 90103, counted over a rolling 5 s window
+    # (https://developers.telnyx.com/docs/voice/programmable-voice/dials-per-second-limit);
+    # 6 per second stays under it with room for the account's other dials.
+    capabilities = Capabilities(max_message_chars=3000, dials_per_second=6.0)
 
     def __init__(self, config: Config, *, workers: int = 8, max_pending: int = 2048) -> None:
         super().__init__()

@@ -90,7 +90,11 @@ class TwilioProvider(Provider):
     # any of them, so the limit is the one every voice accepts. The TwiML
     # after the speech already listens (<Gather>) or hangs up, as Speak.then
     # says, so there is no recognition to stop separately.
-    capabilities = Capabilities(max_message_chars=3000, scripts_speech=True, stops_listening=False)
+    # Every account places 1 call per second unless Twilio raised it
+    # (https://www.twilio.com/docs/glossary/cps); faster creates are
+    # refused with 429 / 20429.
+    capabilities = Capabilities(max_message_chars=3000, scripts_speech=True, stops_listening=False,
+                                dials_per_second=1.0)
 
     def __init__(self) -> None:
         super().__init__()
