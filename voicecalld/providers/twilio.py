@@ -39,6 +39,10 @@ How the core's model maps onto TwiML (see ``twilio_script.py``):
   Speech stays ``<Say>`` unless it installs a ``stream_speaker``. A stream
   that ends by itself (its ``<Connect>`` action) drops the call back to
   ``<Gather>``.
+* Answering-machine detection, when on (``twilio_amd``): the verdict
+  becomes the record's ``answeredBy``; with ``outbound.voicemail =
+  leave-message`` it arrives at the ``type=amd`` callback, and the end of a
+  machine's greeting is reported so the message is left after the beep.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from werkzeug.wrappers import Request, Response
 from ..calls import CallRecord, Mode, Speak
 from ..errors import NotConnected, ProviderError
 from ..phone import mask
-from . import twilio_errors, twiml
+from . import twilio_amd, twilio_errors, twiml
 from .base import Capabilities, CarrierStatus, Provider
 from .twilio_media import TwilioMedia
 from .twilio_rest import CallsApi
@@ -177,9 +181,10 @@ class TwilioProvider(Provider):
         script = CallScript(record.callId, record.mode)
         with self._lock:
             self._scripts[record.callId] = script
+        detection = twilio_amd.create_params(twilio_amd.mode(cfg), self.webhook_url, record.callId)
         sid = self._api.create(to=record.to, from_=record.from_,
                                url=f"{self.webhook_url}?{urlencode({'callId': record.callId})}",
-                               ring_timeout_ms=cfg.ringTimeoutMs, machine_detection=bool(cfg.twilio.machineDetection))
+                               ring_timeout_ms=cfg.ringTimeoutMs, detection=detection)
         with script.lock:
             script.sid = sid
             too_late = script.hangup_requested or script.forgotten

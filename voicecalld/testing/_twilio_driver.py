@@ -110,12 +110,49 @@ class CallRunner:
 
     def _answer(self) -> None:
         call, callee = self.call, self.call.callee
-        if call.machine_detection:
+        if call.machine_detection and call.amd_callback is None:
+            # Synchronous detection: the TwiML fetch waits for the verdict,
+            # which DetectMessageEnd gives a machine only once it beeped.
+            if callee.machine and call.machine_detection == "DetectMessageEnd":
+                call.greeting_started = time.time()
+                call.wait(callee.greeting)
+                call.beeped = time.time()
             call.answered_by = self._amd_result()
         call.set_status("in-progress")
         if callee.hangup_after is not None:
             call.schedule_hangup(callee.hangup_after)
         self._status_event("answered")
+        if call.amd_callback is not None:
+            self._start_async_amd()
+
+    # -- asynchronous answering-machine detection --
+
+    def _start_async_amd(self) -> None:
+        """``AsyncAmd=true``: the TwiML runs at once while detection listens
+        on a thread of its own, then posts the verdict to
+        ``AsyncAmdStatusCallback``
+        (https://www.twilio.com/docs/voice/answering-machine-detection)."""
+        if self.call.callee.machine:
+            self.call.greeting_started = time.time()
+        self.fake._start_thread(self._async_amd, f"fake-twilio-amd-{self.call.sid}")
+
+    def _async_amd(self) -> None:
+        call, callee = self.call, self.call.callee
+        try:
+            started = time.monotonic()
+            at_beep = callee.machine and call.machine_detection == "DetectMessageEnd"
+            if call.wait_ended(callee.greeting if at_beep else callee.verdict_after):
+                return  # the call ended before detection knew
+            if at_beep:
+                call.beeped = time.time()
+            call.answered_by = verdict = self._amd_result()
+            callback = call.amd_callback
+            assert callback is not None
+            params = [("AccountSid", call.account_sid), ("CallSid", call.sid), ("AnsweredBy", verdict),
+                      ("MachineDetectionDuration", str(round((time.monotonic() - started) * 1000)))]
+            self.fake._webhooks.deliver(call, "amd", callback.url, callback.method, params)
+        except Exception as exc:  # noqa: BLE001 - a bug in the fake itself: stop() re-raises it
+            self.fake._internal_error(call, exc, traceback.format_exc())
 
     def _amd_result(self) -> str:
         callee = self.call.callee
