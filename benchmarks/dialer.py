@@ -64,6 +64,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     seconds: float
+    cpu_ms_per_call: float  # the daemon's CPU time (user + system) per call
 
     @property
     def ratio(self) -> float:
@@ -106,6 +107,14 @@ def initiate_all(socket_path: str, calls: int, clients: int) -> tuple[list[str],
     return [call_id for _, call_id in sorted(ids)], queued_ms
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -123,7 +132,8 @@ def run(name: str, carrier: Callable[[], Any], placed_ids: Callable[[Any], list[
     proc = None
     try:
         port = free_port()
-        proc = start_daemon(tmp, config(fake, port) + f'store = "{tmp}/state"\n[control]\nsocket = "{sock}"\n', sock)
+        text = f'store = "{tmp}/state"\n' + config(fake, port) + f'[control]\nsocket = "{sock}"\n'
+        proc = start_daemon(tmp, text, sock)
         started = time.monotonic()
         ids, queued_ms = initiate_all(sock, calls, clients)
         wait_until(lambda: len({i for _, i in placed_ids(fake)}) >= calls, calls / rate * 3 + 60, f"{name}: dials")
@@ -139,12 +149,14 @@ def run(name: str, carrier: Callable[[], Any], placed_ids: Callable[[Any], list[
         times = sorted(t for t, _ in placed)
         achieved = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
         counts = Counter(i for _, i in placed)
+        cpu = cpu_seconds(proc.pid)
         stop_daemon(proc)
         proc = None
         records = Store(str(tmp / "state")).load().records
         lost = sum(1 for i in ids if counts.get(i, 0) == 0 or records.get(i, {}).get("state") not in TERMINAL)
         return Result(name, rate, achieved, len(placed), refused(fake), sum(1 for n in counts.values() if n > 1),
-                      lost, len(queued_ms), percentile(queued_ms, 0.5), percentile(queued_ms, 0.99), seconds)
+                      lost, len(queued_ms), percentile(queued_ms, 0.5), percentile(queued_ms, 0.99), seconds,
+                      cpu / calls * 1000)
     finally:
         if proc is not None:
             stop_daemon(proc)
@@ -225,12 +237,13 @@ def main() -> int:
     if args.overload:
         results.append(telnyx_scenario("telnyx 2x", args.rate, 2 * args.rate, args.calls, args.clients))
     header = (f"{'carrier':10} {'rate':>6} {'achieved':>9} {'ratio':>7} {'placed':>7} {'429s':>5} {'twice':>6} "
-              f"{'lost':>5} {'queued':>7} {'p50 ms':>7} {'p99 ms':>7} {'secs':>6}")
+              f"{'lost':>5} {'queued':>7} {'p50 ms':>7} {'p99 ms':>7} {'secs':>6} {'cpu/call':>9}")
     print(header)
     print("-" * len(header))
     for r in results:
         print(f"{r.name:10} {r.configured:6g} {r.achieved:9.2f} {r.ratio:7.3f} {r.placed:7d} {r.refused_429:5d} "
-              f"{r.dialled_twice:6d} {r.lost:5d} {r.queued:7d} {r.p50_ms:7.2f} {r.p99_ms:7.2f} {r.seconds:6.1f}")
+              f"{r.dialled_twice:6d} {r.lost:5d} {r.queued:7d} {r.p50_ms:7.2f} {r.p99_ms:7.2f} {r.seconds:6.1f} "
+              f"{r.cpu_ms_per_call:7.1f}ms")
     paced = [r for r in results if r.name != "telnyx 2x"]
     ok = (all(abs(r.ratio - 1) <= 0.05 and r.p99_ms < 5 for r in paced)
           and all(r.dialled_twice == 0 and r.lost == 0 for r in results))
@@ -239,7 +252,7 @@ def main() -> int:
          "ratio": round(r.ratio, 4), "placed": r.placed, "refused429": r.refused_429,
          "dialledTwice": r.dialled_twice, "lost": r.lost, "queued": r.queued,
          "initiateP50Ms": round(r.p50_ms, 3), "initiateP99Ms": round(r.p99_ms, 3),
-         "seconds": round(r.seconds, 2)} for r in results]}))
+         "seconds": round(r.seconds, 2), "daemonCpuMsPerCall": round(r.cpu_ms_per_call, 2)} for r in results]}))
     return 0 if ok else 1
 
 

@@ -20,7 +20,7 @@ from daemon import Daemon, merge, remove, short_tmp
 from engine import Engine
 
 from voicecalld.control.client import RpcError
-from voicecalld.dialer import MAX_BACKOFF, MIN_BACKOFF, SLACK, Pace
+from voicecalld.dialer import GUARD, MAX_BACKOFF, MIN_BACKOFF, Pace, window
 from voicecalld.errors import LimitReached
 from voicecalld.store import Store
 from voicecalld.testing.fake_telnyx import FakeTelnyx
@@ -34,19 +34,50 @@ TO = "+15550002222"
 
 
 def test_the_pace_spaces_dials_by_the_interval_on_an_ideal_schedule() -> None:
+    pace, gap = Pace(), 0.25 * (1 + GUARD)   # 4 a second, and the guard against jitter
+    pace.take(100.0, 4, catch_up=False)   # nobody waited: the schedule starts now
+    assert pace.ready_at(4) == pytest.approx(100 + gap)
+    pace.take(100.26, 4)                  # a turn a little late: the schedule keeps its slots
+    assert pace.ready_at(4) == pytest.approx(100 + 2 * gap)
+
+
+def due(pace: Pace, rate: float, now: float) -> int:
+    """Dials a turn at ``now`` takes."""
+    taken = 0
+    while pace.ready_at(rate) <= now:
+        pace.take(now, rate)
+        taken += 1
+    return taken
+
+
+def test_a_late_queue_catches_up_on_missed_slots_within_the_window() -> None:
+    pace, rate, gap = Pace(), 10.0, 0.1 * (1 + GUARD)
+    pace.take(100.0, rate, catch_up=False)
+    assert due(pace, rate, 100.0 + 5 * gap + 1e-9) == 5  # the wheel stalled: the five missed slots go now
+    assert pace.ready_at(rate) == pytest.approx(100.0 + 6 * gap)  # and the schedule goes on
+    # Stalled for longer than the window: one window's slots at most, and
+    # never more than the rate's count in any trailing window.
+    assert due(pace, rate, 104.0) == 10
+    assert pace.ready_at(rate) == pytest.approx(104.0 + 1 + GUARD)
+
+
+def test_after_idling_nothing_is_caught_up() -> None:
     pace = Pace()
-    pace.take(100.0, 4)            # idle: the first dial goes now
-    assert pace.ready_at() == 100.25
-    pace.take(100.26, 4)           # a turn a little late: the schedule keeps its slots
-    assert pace.ready_at() == pytest.approx(100.5)
-    pace.take(100.5 + SLACK + 1, 4)  # long idle or stalled: start afresh, no burst to catch up
-    assert pace.ready_at() == pytest.approx(101.75 + SLACK)
+    pace.take(10.0, 4, catch_up=False)
+    pace.take(500.0, 4, catch_up=False)  # long idle: a dial with nobody waiting
+    assert pace.ready_at(4) == pytest.approx(500 + 0.25 * (1 + GUARD))
+
+
+@pytest.mark.parametrize("rate,seconds,count", [(50, 1.0, 50), (6, 1.0, 6), (1, 1.0, 1), (0.5, 2.0, 1),
+                                                (0.1, 10.0, 1)])
+def test_the_window_is_a_second_or_one_interval_and_the_guard(rate: float, seconds: float, count: int) -> None:
+    assert window(rate) == (pytest.approx(seconds * (1 + GUARD)), count)
 
 
 def test_no_rate_means_no_spacing() -> None:
     pace = Pace()
     pace.take(5.0, None)
-    assert pace.ready_at() == 5.0
+    assert pace.ready_at(None) == float("-inf")
 
 
 @pytest.mark.parametrize("rate,retry_after,refusals,low,high", [
@@ -62,14 +93,25 @@ def test_refusals_pause_dialling(rate: float, retry_after: float | None, refusal
     pace = Pace(random.Random(7))
     now = 50.0
     for _ in range(refusals):
-        now = max(now, pace.ready_at())  # each retry, once the last pause is over, refused again
+        now = max(now, pace.ready_at(rate))  # each retry, once the last pause is over, refused again
         pause = pace.refused(now, rate, retry_after)
     resume = now + pause
-    assert low <= pause <= high and pace.ready_at() == pytest.approx(resume)
-    pace.take(resume, rate)  # the next dial resumes the schedule after the pause
-    assert pace.ready_at() == pytest.approx(resume + 1 / rate)
+    assert low <= pause <= high and pace.ready_at(rate) == pytest.approx(resume)
+    pace.take(resume, rate)  # the next dial resumes the schedule after the pause, no catching up
+    assert pace.ready_at(rate) == pytest.approx(resume + (1 + GUARD) / rate)
     pace.succeeded()
     assert pace.refusals == 0
+
+
+def test_refusals_of_dials_sent_before_the_pause_do_not_double_it() -> None:
+    pace = Pace(random.Random(1))
+    first = pace.refused(10.0, 10, None, sent_at=9.9)       # three dials were in flight
+    assert pace.refused(10.01, 10, None, sent_at=9.95) == pytest.approx(10.0 + first - 10.01)
+    pace.refused(10.02, 10, None, sent_at=9.99)
+    assert pace.refusals == 1 and pace.ready_at(10) == pytest.approx(10.0 + first)
+    resume = pace.ready_at(10)
+    again = pace.refused(resume + 0.01, 10, None, sent_at=resume)  # one sent after it: that doubles
+    assert pace.refusals == 2 and 0.1 <= again <= 0.2
 
 
 # --- the queue in the engine (the mock carrier) ----------------------------------------------

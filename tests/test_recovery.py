@@ -17,6 +17,7 @@ from voicecalld.recovery import (
     EndOverdue,
     Keep,
     Recovery,
+    Requeue,
     Retry,
     plan_after,
     plan_before,
@@ -35,6 +36,13 @@ def record(**kw) -> CallRecord:
 
 BEFORE = [
     (record(providerCallId=None), Close),
+    # Logged as queued: never dialled (a call is logged as dialled before the
+    # carrier is asked), so it is queued again, however long it waited.
+    (record(state=State.QUEUED, providerCallId=None), Requeue),
+    (record(state=State.QUEUED, providerCallId=None, startedAt=NOW - 3_600_000), Requeue),
+    # Logged as dialled, with no carrier id: the dial may have reached the
+    # carrier before the crash; it is never dialled again.
+    (record(state=State.INITIATED, providerCallId=None), Close),
     (record(answeredAt=NOW - 400_000, state=State.LISTENING), EndOverdue),  # 400 s > 300 s limit
     (record(startedAt=NOW - 301_000), EndOverdue),                          # never answered, too old
     (record(answeredAt=NOW - 100_000, state=State.LISTENING), AskCarrier),

@@ -20,7 +20,8 @@ most one timer is pending, due when the next dial may happen, and a call
 that ends (freeing a slot, or its place in the queue) re-arms it. A turn
 dials the call at the head on the worker that runs it, so dials overlap
 when the carrier is slow; calls whose slots fell due while the wheel was
-late are handed to the pool on the next tick.
+late (a busy machine) are handed to the pool on the next tick, within the
+rate's window (``Pace``).
 
 ``Pace`` is the rate arithmetic alone (I/O-free, on a clock it is given);
 ``Dialer`` the queue around it.
@@ -28,6 +29,7 @@ late are handed to the pool on the next tick.
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import threading
@@ -44,11 +46,8 @@ from .timers import Timer, TimerService
 
 log = logging.getLogger(__name__)
 
-#: How far behind its schedule the pace may fall and still catch up: a
-#: timer wheel that turns a little late must not lower the rate, but one
-#: that stalled must not make up for it with a burst.
-SLACK = 0.05
-MIN_BACKOFF = 0.05   # seconds: the first pause after a refusal, at least
+GUARD = 0.02         # the pace keeps 2% under the rate: room for the network's jitter
+MIN_BACKOFF = 0.01   # seconds: the first pause after a refusal, at least
 MAX_BACKOFF = 30.0   # ... and the longest, Retry-After included
 MAX_BATCH = 64       # calls one turn takes when the wheel fell behind
 
@@ -65,41 +64,75 @@ class Limits:
     max_concurrent: int
 
 
+def window(rate: float) -> tuple[float, int]:
+    """(seconds, dials): no more than this many dials in any window this
+    long: the rate's promise (in one second, or one interval when slower),
+    over a window ``GUARD`` longer than the carrier's, so that a request
+    the network delays more than the next does not push the carrier's
+    count past its limit."""
+    seconds = max(1.0, 1.0 / rate)
+    return seconds * (1 + GUARD), max(1, round(rate * seconds))
+
+
 class Pace:
-    """When the next dial may be, on a schedule of one dial per
-    ``1 / rate`` seconds, and how long to pause after refusals."""
+    """When the next dial may be, and how long to pause after refusals.
+
+    Dials are spaced one interval (``1 / rate``, and ``GUARD`` more) apart
+    on an ideal schedule, so a turn that runs a little late does not lower
+    the rate; a queue that fell behind (a busy machine stalled the wheel)
+    may catch up on up to one window's worth of slots, but never past the
+    window's count: ``rate`` dials in any trailing second (``window``), as
+    a carrier counts them. A dial placed with nobody waiting before it
+    starts the schedule afresh.
+    """
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self.next_at = float("-inf")     # the next free slot
+        self.next_at = float("-inf")     # the next slot of the schedule
         self.paused_until = float("-inf")
+        self.paused_since = float("-inf")  # when the last pause was decided
         self.refusals = 0                # in a row
+        self._recent: collections.deque[float] = collections.deque()  # dials in the last window
         self._rng = rng or random.Random()
 
-    def ready_at(self) -> float:
-        return max(self.next_at, self.paused_until)
+    def ready_at(self, rate: float | None) -> float:
+        at = max(self.next_at, self.paused_until)
+        if rate:
+            seconds, count = window(rate)
+            if len(self._recent) >= count:
+                at = max(at, self._recent[-count] + seconds)
+        return at
 
-    def take(self, now: float, rate: float | None) -> None:
-        """A dial happens now: the next one is due one interval after this
-        one's slot (the ideal schedule, so a turn's lateness does not add
-        up), or after now when the queue was idle or stalled (no burst)."""
-        interval = 1.0 / rate if rate else 0.0
-        slot = max(self.next_at, self.paused_until)
-        if slot < now - SLACK:
-            slot = now
-        self.next_at = slot + interval
+    def take(self, now: float, rate: float | None, *, catch_up: bool = True) -> None:
+        """A dial happens now. ``catch_up``: it is the queue's (a late
+        queue may make up for lost slots); else nobody waited before it."""
+        if not rate:
+            return
+        seconds, count = window(rate)
+        while self._recent and self._recent[0] <= now - seconds:
+            self._recent.popleft()
+        self._recent.append(now)
+        slot = max(self.next_at, self.paused_until, now - seconds if catch_up else now)
+        self.next_at = slot + seconds / count
 
-    def refused(self, now: float, rate: float | None, retry_after: float | None) -> float:
-        """The carrier refused a dial for its rate limit: pause dialling
-        for its ``retry_after``, else for a backoff that doubles with each
-        refusal in a row (half of it random, so restarts do not align).
-        Returns the pause."""
-        self.refusals += 1
+    def refused(self, now: float, rate: float | None, retry_after: float | None,
+                sent_at: float | None = None) -> float:
+        """The carrier refused a dial (sent at ``sent_at``) for its rate
+        limit: pause dialling for its ``retry_after``, else for a backoff
+        that doubles with each refusal in a row (half of it random, so
+        restarts do not align). A dial sent before the last pause began was
+        answered by that pause already: it does not double it. Returns the pause."""
+        fresh = sent_at is None or sent_at >= self.paused_since
+        if fresh:
+            self.refusals += 1
         if retry_after is not None:
             delay = min(MAX_BACKOFF, max(0.0, retry_after))
-        else:
+        elif fresh:
             base = min(MAX_BACKOFF, max(MIN_BACKOFF, 1.0 / rate if rate else 0.0) * 2 ** (self.refusals - 1))
             delay = base / 2 + self._rng.uniform(0, base / 2)
-        self.paused_until = max(self.paused_until, now + delay)
+        else:
+            return max(0.0, self.paused_until - now)
+        if now + delay > self.paused_until:
+            self.paused_until, self.paused_since = now + delay, now
         return delay
 
     def succeeded(self) -> None:
@@ -125,6 +158,7 @@ class Dialer:
         self._timer_at = float("inf")
         self._blocked = False          # every slot was taken at the last turn: wait for a call to end
         self._stopped = False
+        self._sent: dict[str, float] = {}  # calls being dialled: when they were handed out
 
     # -- new calls --
 
@@ -137,13 +171,14 @@ class Dialer:
         with self._lock:
             now = self._clock()
             full: LimitReached | None = None
-            if not self._queue and not self._reserved and self._pace.ready_at() <= now:
+            if not self._queue and not self._reserved and self._pace.ready_at(limits.rate) <= now:
                 try:
                     self._calls.admit(live, limits.max_concurrent)
                 except LimitReached as exc:
                     full = exc
                 else:
-                    self._pace.take(now, limits.rate)
+                    self._pace.take(now, limits.rate, catch_up=False)
+                    self._sent[live.call.id] = now
                     return "dial"
             waiting = len(self._queue) + self._reserved
             if waiting >= limits.max_queued:
@@ -200,15 +235,16 @@ class Dialer:
             self._calls.requeue(live)
             self._queue[live.call.id] = live
             self._queue.move_to_end(live.call.id, last=False)
-            pause = self._pace.refused(self._clock(), limits.rate, retry_after)
+            pause = self._pace.refused(self._clock(), limits.rate, retry_after, self._sent.pop(live.call.id, None))
             self._blocked = False  # its slot is free again
             self._arm()
         log.warning("call %s: the carrier refused the dial for its rate limit; queued again, dialling resumes "
                     "in %.2f s", live.call.id, pause)
 
-    def dialled(self) -> None:
-        """The carrier accepted a dial: refusals in a row are over."""
+    def dialled(self, call_id: str) -> None:
+        """The carrier accepted the call's dial: refusals in a row are over."""
         with self._lock:
+            self._sent.pop(call_id, None)
             self._pace.succeeded()
 
     # -- queries --
@@ -232,6 +268,7 @@ class Dialer:
         leaves the queue if it was in it, and its slot may let the next one go."""
         with self._lock:
             self._queue.pop(call_id, None)
+            self._sent.pop(call_id, None)
             self._blocked = False
             self._arm()
 
@@ -246,7 +283,7 @@ class Dialer:
         if self._stopped or not self._queue or self._blocked:
             self._cancel()
             return
-        due = max(self._pace.ready_at(), self._clock())
+        due = max(self._pace.ready_at(self._limits().rate), self._clock())
         if self._timer is not None and self._timer.active and self._timer_at <= due:
             return  # a turn no later than that is already on its way
         self._cancel()
@@ -267,7 +304,7 @@ class Dialer:
             if self._stopped:
                 return
             now = self._clock()
-            while self._queue and self._pace.ready_at() <= now and len(batch) < MAX_BATCH:
+            while self._queue and self._pace.ready_at(limits.rate) <= now and len(batch) < MAX_BATCH:
                 call_id, live = next(iter(self._queue.items()))
                 got = self._calls.activate(live, limits.max_concurrent)
                 if got is False:
@@ -277,6 +314,7 @@ class Dialer:
                 if got is None:
                     continue  # it ended meanwhile
                 self._pace.take(now, limits.rate)
+                self._sent[call_id] = now
                 batch.append(live)
             self._arm()
         for live in batch[1:]:

@@ -250,7 +250,7 @@ class CallManager:
             if isinstance(exc, ProviderError):
                 raise
             raise ProviderError(message) from exc
-        self.dialer.dialled()
+        self.dialer.dialled(record.callId)
         try:
             self._set_provider_id(live, provider_id)
         except StoreFailed as exc:

@@ -96,9 +96,11 @@ class FakeTwilio:
       webhook_timeout: seconds before a webhook request gives up (Twilio: 15).
       webhook_retries: if > 0, retry webhooks that get 5xx this many times.
       retry_delay: seconds between webhook attempts.
-      calls_per_second: the account's CPS: a create that would place more
-        calls than this in the trailing second is refused with 429 / 20429
-        (``rate_limit_retry_after`` sets its Retry-After). None: no limit.
+      calls_per_second: the account's CPS, as a token bucket (a second's
+        worth of calls, refilled at this rate; Twilio averages CPS over time,
+        https://www.twilio.com/docs/glossary/cps): a create with no token
+        left is refused with 429 / 20429 (``rate_limit_retry_after`` sets
+        its Retry-After). None: no limit.
     """
 
     def __init__(self, account_sid: str = DEFAULT_ACCOUNT_SID, auth_token: str = DEFAULT_AUTH_TOKEN,
@@ -123,7 +125,8 @@ class FakeTwilio:
         self.calls_per_second = calls_per_second
         self.rate_limit_retry_after = rate_limit_retry_after
         self._rate_lock = threading.Lock()
-        self._placed: deque[float] = deque()  # monotonic times of accepted creates, for the CPS window
+        self._tokens: float | None = None  # the CPS bucket; full at the first create
+        self._tokens_at = 0.0
         self.on_stream: Callable[[StreamRequest], None] | None = None
         # Inspection.
         self.requests: list[RestRequest] = []
@@ -380,14 +383,19 @@ class FakeTwilio:
         return None if self.owned_numbers is None else frozenset(self.owned_numbers)
 
     def _dial_allowed(self) -> bool:
-        """(Under ``_rate_lock``.) May one more call be placed now without
-        exceeding ``calls_per_second`` in the trailing second? Counts it if so."""
+        """(Under ``_rate_lock``.) Is there a token in the CPS bucket for one
+        more call? Takes it if so."""
+        cps = self.calls_per_second
+        if cps is None:
+            return True
         now = time.monotonic()
-        while self._placed and self._placed[0] <= now - 1.0:
-            self._placed.popleft()
-        if self.calls_per_second is not None and len(self._placed) + 1 > self.calls_per_second:
+        capacity = max(1.0, cps)
+        tokens = capacity if self._tokens is None else min(capacity, self._tokens + (now - self._tokens_at) * cps)
+        self._tokens_at = now
+        if tokens < 1.0:
+            self._tokens = tokens
             return False
-        self._placed.append(now)
+        self._tokens = tokens - 1.0
         return True
 
     def _take_create_fault(self) -> CreateFault | None:
