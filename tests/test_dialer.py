@@ -55,10 +55,18 @@ def test_a_late_queue_catches_up_on_missed_slots_within_the_window() -> None:
     pace.take(100.0, rate, catch_up=False)
     assert due(pace, rate, 100.0 + 5 * gap + 1e-9) == 5  # the wheel stalled: the five missed slots go now
     assert pace.ready_at(rate) == pytest.approx(100.0 + 6 * gap)  # and the schedule goes on
-    # Stalled for longer than the window: one window's slots at most, and
-    # never more than the rate's count in any trailing window.
-    assert due(pace, rate, 104.0) == 10
-    assert pace.ready_at(rate) == pytest.approx(104.0 + 1 + GUARD)
+    # Behind by more than a window (stalled, or waiting for a free slot): afresh, no burst.
+    assert due(pace, rate, 104.0) == 1
+    assert pace.ready_at(rate) == pytest.approx(104.0 + gap)
+
+
+def test_catching_up_never_passes_the_windows_count() -> None:
+    pace, rate, gap = Pace(), 10.0, 0.1 * (1 + GUARD)
+    pace.take(100.0, rate, catch_up=False)
+    assert due(pace, rate, 101.0) == 9          # stalled right after the first dial: 9 slots missed
+    assert due(pace, rate, 100.0 + 10 * gap + 1e-9) == 1  # the next slot: 10 in the window, the count
+    assert due(pace, rate, 101.3) == 0          # its slots are due, but the window is full
+    assert pace.ready_at(rate) == pytest.approx(101.0 + 1 + GUARD)  # until the burst leaves it
 
 
 def test_after_idling_nothing_is_caught_up() -> None:

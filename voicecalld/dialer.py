@@ -80,10 +80,11 @@ class Pace:
     Dials are spaced one interval (``1 / rate``, and ``GUARD`` more) apart
     on an ideal schedule, so a turn that runs a little late does not lower
     the rate; a queue that fell behind (a busy machine stalled the wheel)
-    may catch up on up to one window's worth of slots, but never past the
+    catches up on the slots it missed in the last window, never past the
     window's count: ``rate`` dials in any trailing second (``window``), as
-    a carrier counts them. A dial placed with nobody waiting before it
-    starts the schedule afresh.
+    a carrier counts them. After longer (a queue that was idle, or waited
+    for a free slot, or a daemon that just started) the schedule starts
+    afresh, as it does for a dial placed with nobody waiting before it.
     """
 
     def __init__(self, rng: random.Random | None = None) -> None:
@@ -111,7 +112,9 @@ class Pace:
         while self._recent and self._recent[0] <= now - seconds:
             self._recent.popleft()
         self._recent.append(now)
-        slot = max(self.next_at, self.paused_until, now - seconds if catch_up else now)
+        slot = max(self.next_at, self.paused_until)
+        if not catch_up or slot < now - seconds:
+            slot = max(slot, now)  # idle, blocked or stalled for a window: afresh, never a burst
         self.next_at = slot + seconds / count
 
     def refused(self, now: float, rate: float | None, retry_after: float | None,

@@ -10,7 +10,8 @@ provider is bound to) and the restart and shutdown of the daemon. Its parts:
 * ``interpreter.Interpreter``: applies the actions of a step (the log,
   subscribers, timers, the carrier);
 * ``waiters.Waiter``: a continue waiting for the callee's reply;
-* ``dialer.Dialer``: the dial queue, which paces outbound calls.
+* ``dialer.Dialer``: the dial queue, which paces outbound calls;
+* ``placing.Placer``: the carrier's dial, for a call dialled at once or queued.
 
 A new call whose first record cannot be written is refused
 (``StoreFailed``) before the carrier is asked, so nothing is acknowledged
@@ -42,12 +43,13 @@ from .calls import (
 )
 from .config import Config
 from .dialer import Dialer, Limits
-from .errors import CallNotFound, InvalidParams, ProviderError, RateLimited, StoreFailed, TurnInProgress
+from .errors import CallNotFound, InvalidParams, StoreFailed, TurnInProgress
 from .events import EventBus
 from .interpreter import Interpreter, Step
 from .lifecycle import Call
 from .livecalls import LiveCall, LiveCalls, check_call_id, now_ms
 from .phone import is_e164, mask
+from .placing import Placer
 from .providers.base import Provider
 from .store import Store
 from .timers import TimerService
@@ -67,9 +69,10 @@ class CallManager:
         self.timers = timers
         self.bus = bus if bus is not None else EventBus()
         self.calls = LiveCalls(store)
-        self.dialer = Dialer(timers, self.calls, self._limits, self._place_queued)
+        self.dialer = Dialer(timers, self.calls, self._limits, lambda live: self._placer.place_queued(live))
         self.calls.on_release = self.dialer.released
         self._interpreter = Interpreter(provider, store, timers, self.bus, self.calls, self._unclaimed)
+        self._placer = Placer(provider, self.dialer, self._run, self._set_provider_id)
         #: Called (off any lock) with (callId, text) for a final callee
         #: transcript that no continue is waiting for: the auto-responder.
         self.on_unclaimed: UnclaimedTranscript | None = None
@@ -172,95 +175,13 @@ class CallManager:
                             from_=self.config.fromNumber or "", startedAt=now_ms())
         live = LiveCall(Call(record, self.policy, opening=text))
         if self.dialer.admit(live) == "queue":
-            return self._queue(live)
-        try:
-            self._run(live, lambda c: c.start(), raise_errors=True)
-        except StoreFailed as exc:
-            why = exc.message
-            log.error("call %s: not dialed: %s", record.callId, why)
-            self._run(live, lambda c: c.finish(State.FAILED, now_ms(), error=why))
-            raise
-        self._place(live, raise_errors=True)
-        position = self.dialer.position(record.callId)
+            position: int | None = self._placer.queue(live)
+        else:
+            self._placer.dial_now(live)
+            position = self.dialer.position(record.callId)  # queued again, if the carrier refused for its rate
         with live.lock:
-            return self._result(live, position)
-
-    def _result(self, live: LiveCall, position: int | None) -> dict[str, Any]:
-        snapshot = self._snapshot(live, position)
+            snapshot = self._snapshot(live, position)
         return {k: snapshot[k] for k in ("callId", "state", "queuePosition") if k in snapshot}
-
-    def _queue(self, live: LiveCall) -> dict[str, Any]:
-        """A new call waits in the dial queue: log it as queued, then let it in."""
-        call_id = live.call.id
-        try:
-            self._run(live, lambda c: c.start(), raise_errors=True)
-        except StoreFailed as exc:
-            self.dialer.unreserve()
-            why = exc.message
-            log.error("call %s: not queued: %s", call_id, why)
-            self._run(live, lambda c: c.finish(State.FAILED, now_ms(), error=why))
-            raise
-        with live.lock:
-            position = self.dialer.enqueue(live)
-            log.info("call %s: queued to dial %s (%s), position %d", call_id, mask(live.call.record.to),
-                     live.call.record.mode, position)
-            return self._result(live, position)
-
-    def _place_queued(self, live: LiveCall) -> None:
-        """The dial queue's turn for ``live`` (which now holds a slot): log
-        it as dialled, then ask the carrier. On a timer worker: nothing to
-        raise to."""
-        try:
-            self._run(live, lambda c: c.dial(now_ms()), raise_errors=True)
-        except StoreFailed as exc:
-            # Dialled without a record saying so, a restart could dial it again.
-            why = exc.message
-            log.error("call %s: not dialed: %s", live.call.id, why)
-            self._run(live, lambda c: c.finish(State.FAILED, now_ms(), error=why))
-            return
-        with live.lock:
-            if live.call.state != State.INITIATED:
-                return  # ended while its turn came
-        self._place(live, raise_errors=False)
-
-    def _place(self, live: LiveCall, raise_errors: bool) -> None:
-        """Ask the carrier to place ``live`` (logged as initiated). A
-        refusal for its rate limit queues the call again; any other ends it
-        as failed (raised with ``raise_errors``)."""
-        record = live.call.record
-        log.info("call %s: dialing %s (%s)", record.callId, mask(record.to), record.mode)
-        try:
-            provider_id = self.provider.initiate(record)
-        except RateLimited as exc:
-            # The carrier placed nothing: the call waits again, at the head of the queue.
-            self._run(live, lambda c: c.dial_throttled(now_ms()))
-            with live.lock:
-                if live.call.state == State.QUEUED:
-                    self.dialer.requeue(live, exc.retry_after)
-            return
-        except Exception as exc:
-            message = exc.message if isinstance(exc, ProviderError) else f"the carrier request failed: {exc}"
-            if isinstance(exc, ProviderError):
-                log.warning("call %s: carrier refused the call: %s", record.callId, message)
-            else:
-                log.exception("call %s: initiate failed", record.callId)
-            self._run(live, lambda c: c.finish(State.FAILED, now_ms(), error=message))
-            if not raise_errors:
-                return
-            if isinstance(exc, ProviderError):
-                raise
-            raise ProviderError(message) from exc
-        self.dialer.dialled(record.callId)
-        try:
-            self._set_provider_id(live, provider_id)
-        except StoreFailed as exc:
-            # Without its carrier id on disk a restart could not find the
-            # call again: end it rather than acknowledge it.
-            why = exc.message
-            log.error("call %s: hanging up: %s", record.callId, why)
-            self._run(live, lambda c: c.fail(why))
-            if raise_errors:
-                raise
 
     def _set_provider_id(self, live: LiveCall, provider_id: str) -> None:
         """Raises ``StoreFailed`` if the id cannot be logged (it is kept in memory)."""
