@@ -18,10 +18,10 @@ asked, and restart recovery re-queues only calls logged as ``queued``.
 The queue is turned by the timer wheel, never by a thread of its own: at
 most one timer is pending, due when the next dial may happen, and a call
 that ends (freeing a slot, or its place in the queue) re-arms it. A turn
-dials the call at the head on the worker that runs it, so dials overlap
-when the carrier is slow; calls whose slots fell due while the wheel was
-late (a busy machine) are handed to the pool on the next tick, within the
-rate's window (``Pace``).
+arms the next one, then dials the call at the head on the worker that runs
+it, so dials overlap when the carrier is slow; calls whose slots fell due
+while the wheel was late (a busy machine) are dialled by the same turn, in
+their order, within the rate's window (``Pace``).
 
 ``Pace`` is the rate arithmetic alone (I/O-free, on a clock it is given);
 ``Dialer`` the queue around it.
@@ -320,7 +320,5 @@ class Dialer:
                 self._sent[call_id] = now
                 batch.append(live)
             self._arm()
-        for live in batch[1:]:
-            self._timers.call_later(0, self._place, live)  # in parallel, on other workers
-        if batch:
-            self._place(batch[0])
+        for live in batch:  # in their order; the next turn, on another worker, need not wait for them
+            self._place(live)
