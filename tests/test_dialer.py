@@ -95,6 +95,7 @@ def test_no_rate_means_no_spacing() -> None:
     (10, None, 3, 0.2, 0.4),                   # doubling with each refusal in a row
     (1000, None, 1, MIN_BACKOFF / 2, MIN_BACKOFF),  # never shorter than MIN_BACKOFF (half random)
     (1, None, 20, MAX_BACKOFF / 2, MAX_BACKOFF),
+    (1, None, 1500, MAX_BACKOFF / 2, MAX_BACKOFF),  # hours of refusals: capped, no overflow
 ])
 def test_refusals_pause_dialling(rate: float, retry_after: float | None, refusals: int, low: float,
                                  high: float) -> None:
@@ -158,6 +159,27 @@ def test_racing_initiates_fill_the_slots_then_the_queue_then_are_refused(make_en
     head = [r["callId"] for r in results if r.get("queuePosition") == 1][0]
     e.wait_state(head, "ringing")
     assert (e.manager.active_count, e.manager.queued_count) == (3, 9)
+
+
+def test_without_a_queue_a_call_the_rate_holds_back_is_refused(make_engine) -> None:
+    e: Engine = make_engine(mock={"answerDelayMs": 60_000}, maxConcurrentCalls=5,
+                            outbound={"maxQueued": 0, "dialsPerSecond": 0.5})
+    assert e.manager.initiate("first")["state"] == "initiated"
+    with pytest.raises(LimitReached) as info:
+        e.manager.initiate("second")  # within two seconds of the first
+    assert info.value.code == -32001
+    assert info.value.message.startswith("the dial rate (0.5 per second) allows no call right now")
+    assert e.manager.queued_count == 0 and e.manager.active_count == 1
+
+
+def test_a_reload_that_empties_the_queue_bound_refuses_new_calls_and_keeps_the_queued(make_engine) -> None:
+    e: Engine = make_engine(mock={"answerDelayMs": 60_000}, maxConcurrentCalls=1, outbound={"maxQueued": 5})
+    e.manager.initiate("first")
+    waiting = e.manager.initiate("waiting")["callId"]
+    e.manager.reconfigure(e.config.replace({"outbound.maxQueued": 0}))
+    with pytest.raises(LimitReached, match="1 calls wait in the dial queue and outbound.maxQueued is 0"):
+        e.manager.initiate("refused")
+    assert e.manager.status(waiting)["queuePosition"] == 1
 
 
 # --- the real daemon against the fake Twilio --------------------------------------------------

@@ -130,7 +130,8 @@ class Pace:
         if retry_after is not None:
             delay = min(MAX_BACKOFF, max(0.0, retry_after))
         elif fresh:
-            base = min(MAX_BACKOFF, max(MIN_BACKOFF, 1.0 / rate if rate else 0.0) * 2 ** (self.refusals - 1))
+            doubled = 2.0 ** min(self.refusals - 1, 32)  # bounded: a long outage must not overflow
+            base = min(MAX_BACKOFF, max(MIN_BACKOFF, 1.0 / rate if rate else 0.0) * doubled)
             delay = base / 2 + self._rng.uniform(0, base / 2)
         else:
             return max(0.0, self.paused_until - now)
@@ -194,9 +195,10 @@ class Dialer:
 
     def _queue_full(self, waiting: int, limits: Limits) -> LimitReached:
         if limits.max_queued == 0:
-            return LimitReached(f"the dial rate ({limits.rate:g} per second) allows no call right now and "
-                                "outbound.maxQueued is 0; try again in a moment, or raise outbound.maxQueued "
-                                "to queue calls", {"queued": 0, "limit": 0})
+            why = (f"the dial rate ({limits.rate:g} per second) allows no call right now" if limits.rate and not waiting
+                   else f"{waiting} calls wait in the dial queue")  # (queued before a reload set it to 0)
+            return LimitReached(f"{why} and outbound.maxQueued is 0; try again in a moment, or raise "
+                                "outbound.maxQueued to queue calls", {"queued": waiting, "limit": 0})
         return LimitReached(f"{waiting} calls wait in the dial queue, its limit (outbound.maxQueued); end one, "
                             "wait for the queue to go down, or raise outbound.maxQueued",
                             {"queued": waiting, "limit": limits.max_queued})
