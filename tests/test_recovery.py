@@ -19,6 +19,7 @@ from voicecalld.recovery import (
     Recovery,
     Requeue,
     Retry,
+    detection_left,
     plan_after,
     plan_before,
 )
@@ -84,6 +85,40 @@ def test_plan_after_asking(rec, status, expected) -> None:
         assert (plan.kind, plan.remaining) == (expected.kind, pytest.approx(expected.remaining))
     if isinstance(plan, Answer):
         assert plan.remaining == pytest.approx(expected.remaining)
+
+
+#: A restored call's opening that waits for the answering-machine verdict:
+#: the deadline is armed again with what is left of it (45 s from the answer).
+DETECTION = [
+    (record(state=State.ANSWERED, answeredAt=NOW - 10_000, opening="Hi", openingSpoken=False), 35.0),
+    (record(state=State.ANSWERED, answeredAt=NOW - 90_000, opening="Hi", openingSpoken=False), 0.0),
+    (record(state=State.ANSWERED, answeredAt=NOW - 10_000, opening="Hi", openingSpoken=True), None),
+    (record(state=State.LISTENING, answeredAt=NOW - 10_000, opening="Hi", openingSpoken=False), None),
+    (record(state=State.RINGING, opening="Hi", openingSpoken=False), None),
+]
+
+
+@pytest.mark.parametrize("rec,left", DETECTION)
+def test_a_restored_call_waiting_for_the_verdict_gets_its_deadline_again(rec, left) -> None:
+    assert detection_left(rec, NOW, 45.0) == (None if left is None else pytest.approx(left))
+
+
+def test_recovery_arms_the_detection_deadline_of_a_held_call(tmp_path) -> None:
+    d, machine = str(tmp_path), "+15550007777"
+    settings = {"outbound": {"voicemail": "leave-message"},
+                "mock": {"answerDelayMs": 20, "voicemailNumbers": [machine], "greetingMs": 600_000}}
+    e = Engine(d, **settings)
+    call_id = e.manager.initiate("Hi", to=machine)["callId"]
+    e.wait(lambda: e.manager.status(call_id)["answeredBy"] == "machine", what="the verdict")
+    e.crash()  # the machine greets on; its beep is lost with the daemon
+    e2, restored = restart(d, **settings)
+    try:
+        live = e2.manager.calls.get(call_id)
+        assert restored == [call_id] and live is not None
+        e2.wait(lambda: set(live.timers) == {"max-duration", "detection"}, what="both deadlines armed")
+        assert e2.manager.status(call_id)["state"] == "answered"  # still held: nothing said over the greeting
+    finally:
+        e2.close()
 
 
 def log_line(**fields) -> dict:

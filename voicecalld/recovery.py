@@ -110,6 +110,16 @@ def plan_after(record: CallRecord, status: CarrierStatus | None, now_ms: int, ma
     return Keep("ring", max(0.0, ring_timeout - (now_ms - record.startedAt) / 1000))
 
 
+def detection_left(record: CallRecord, now_ms: int, deadline: float) -> float | None:
+    """Seconds left to a restored call whose opening waits for the
+    answering-machine verdict (leave-message: answered, nothing said yet)
+    before it is said anyway; None if it waits for nothing. The verdict
+    may have come while voicecalld was down, so the deadline is armed again."""
+    if record.state != State.ANSWERED or record.openingSpoken or not record.opening or record.answeredAt is None:
+        return None
+    return max(0.0, deadline - (now_ms - record.answeredAt) / 1000)
+
+
 class Recovery:
     def __init__(self, manager: CallManager) -> None:
         self.manager = manager
@@ -150,6 +160,9 @@ class Recovery:
             m.end_for(call_id, plan.reason)
         elif isinstance(plan, Keep):
             m.arm(call_id, plan.kind, plan.remaining)
+            waiting = detection_left(record, now_ms(), policy.detection_deadline)
+            if waiting is not None and policy.leave_voicemail:
+                m.arm(call_id, "detection", waiting)
         elif isinstance(plan, Answer):
             m.answer_restored(call_id, plan.remaining)
         else:
