@@ -18,7 +18,7 @@ and ``MOVE`` is where the call enters ``next``, publishing ``call.state``
   command (speak, continue, goodbye) is refused: the call is not connected.
 * The same carrier event (by its id) counts once: carriers retry webhooks.
 
-What the state alone does not say, the guards read from three flags:
+What the state alone does not say, the guards read from four flags:
 
 * ``record.openingSpoken``: the opening (the outbound message, or the
   inbound greeting) was said; it is in the log, so a restarted daemon
@@ -388,8 +388,8 @@ class Call:
 
     def dial(self, now_ms: int) -> list[Action]:
         """A queued call's turn came: it is logged as dialled (state
-        initiated), then the carrier is asked. None if it is not queued
-        (it was ended meanwhile)."""
+        initiated), then the carrier is asked. Nothing if it is no longer
+        queued (it was ended meanwhile)."""
         return self._on(Input.DIAL, Data(now_ms))
 
     def dial_throttled(self, now_ms: int) -> list[Action]:
