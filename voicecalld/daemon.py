@@ -22,7 +22,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, calllog, config, httpserver, logs, paths, providers
+from . import __version__, calllog, config, httpserver, logs, metrics, paths, providers, stats
 from .config import Config, ConfigError
 from .control.server import ControlServer, SocketError, bind_socket
 from .errors import InvalidParams, VoiceCallError
@@ -39,6 +39,7 @@ from .workerpool import WorkerPool
 
 if TYPE_CHECKING:  # pragma: no cover
     from .media.stream import StreamHub
+    from .metrics_http import MetricsServer
 
 log = logging.getLogger("voicecalld")
 
@@ -51,7 +52,7 @@ RESTART_KEYS = (
     "serve.readTimeoutSec", "control.socket", "control.mode",
     "control.maxConnections", "control.lineTimeoutSec", "streaming.enabled", "streaming.streamPath",
     "tunnel.provider", "tunnel.ngrokAuthToken", "tunnel.ngrokDomain", "tunnel.allowNgrokFreeTier",
-    "tailscale.mode", "tailscale.path",
+    "tailscale.mode", "tailscale.path", "metrics.listen", "metrics.allowRemote",
 )
 
 SWITCH_INTERVAL = 0.001
@@ -79,6 +80,7 @@ class Daemon:
         self.control: ControlServer | None = None
         self.streams: StreamHub | None = None  # when streaming is on and the carrier streams audio
         self.tunnels: Tunnels | None = None
+        self.metrics_server: MetricsServer | None = None
 
     # -- start-up --
 
@@ -120,6 +122,7 @@ class Daemon:
         # then fails with "already listening on <socket>", not a port clash.
         self._start_control_server()
         self._start_webhook_server()
+        self._start_metrics()
         self._start_tunnel()
         self.provider.start()
         self._install_signal_handlers()
@@ -148,6 +151,31 @@ class Daemon:
                                                 name="webhook-server", daemon=True)
         self._webhook_thread.start()
 
+    def _start_metrics(self) -> None:
+        """The gauges read the engine when scraped; the listener only with ``metrics.listen``."""
+        manager, streams = self.manager, self.streams
+        metrics.gauge_source(metrics.CALLS_ACTIVE, lambda: float(manager.active_count))
+        metrics.gauge_source(metrics.CALLS_QUEUED, lambda: float(manager.queued_count))
+        if streams is not None:
+            metrics.gauge_source(metrics.MEDIA_STREAMS, lambda: float(streams.open_streams))
+        listen = self.config.metrics.listen
+        metrics.enable(bool(listen))
+        if not listen:
+            return
+        from .metrics_http import MetricsServer
+
+        try:
+            self.metrics_server = MetricsServer(listen, self.config.metrics.allowRemote)
+        except (OSError, ValueError) as exc:
+            if self.control is not None:
+                self.control.close()
+            if self.webhook_server is not None:
+                self.webhook_server.shutdown()
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StartupError(f"cannot serve metrics on {listen}: {why}") from None
+        self.metrics_server.start()
+        log.info("metrics at http://%s/metrics", self.metrics_server.address)
+
     def _start_tunnel(self) -> None:
         """Before READY=1 (bounded by tunnel.START_TIMEOUT), so a carrier is
         never given a URL that does not work yet."""
@@ -165,6 +193,8 @@ class Daemon:
                 self.control.close()
             if self.webhook_server is not None:
                 self.webhook_server.shutdown()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             raise StartupError(f"tunnel.provider {provider}: {exc}") from None
 
     def _set_public_url(self, url: str | None) -> None:
@@ -220,6 +250,8 @@ class Daemon:
             **({"media": self.streams.stats()} if self.streams is not None else {}),
             "tunnel": self.tunnels.describe() if self.tunnels is not None else None,
             "store": self._store_status(),
+            "metrics": {"listen": self.metrics_server.address if self.metrics_server is not None else None},
+            "stats": stats.live(metrics.CALLS.values(), metrics.TURN_LATENCY),
         }
 
     def _store_status(self) -> dict[str, Any]:
@@ -345,6 +377,8 @@ class Daemon:
         self.provider.stop()
         if self.webhook_server is not None:
             self.webhook_server.shutdown()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         # Drain the work pools before the log closes, so what they still do
         # is logged; anything later (a worker that outlived the pool's join
         # timeout) gets a clean "log closed" error instead of a write.

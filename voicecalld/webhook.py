@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
+from . import metrics
 from .httpjson import json_response
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,6 +57,8 @@ class WebhookApp:
             raise
         except Exception:
             # Only a bug gets here: providers answer bad input themselves.
+            if request.path == self.webhook_path:
+                metrics.webhook("error")
             log.exception("call %s: webhook handling failed (%s %s)",
                           request.args.get("callId", "?"), request.method, request.path)
             response = json_response(500, {"error": "internal error; see the voicecalld log"})
@@ -72,9 +75,13 @@ class WebhookApp:
                 return json_response(200, {"status": "ok"})
             return json_response(503, {"status": "unhealthy"})
         if path == self.webhook_path:
+            # The carrier counts its own outcomes (accepted, rejected, replay);
+            # what is refused before it sees the request is an error.
             if request.method != "POST":
+                metrics.webhook("error")
                 return json_response(405, {"error": "webhooks are POSTed"})
             if (request.content_length or 0) > MAX_BODY:
+                metrics.webhook("error")
                 return json_response(413, {"error": f"body over {MAX_BODY} bytes"})
             try:
                 # Read within the limit before anyone parses it. (werkzeug
@@ -83,7 +90,9 @@ class WebhookApp:
                 request.get_data(cache=True)
                 return self.provider.handle_webhook(request)
             except RequestEntityTooLarge:
+                metrics.webhook("error")
                 return json_response(413, {"error": f"body over {MAX_BODY} bytes"})
             except HTTPException as exc:
+                metrics.webhook("error")
                 return json_response(exc.code or 400, {"error": exc.description or "bad request"})
         return json_response(404, {"error": "not found"})
