@@ -28,6 +28,7 @@ from .control.server import ControlServer, SocketError, bind_socket
 from .errors import InvalidParams, VoiceCallError
 from .events import EventBus
 from .manager import CallManager
+from .probe import Probes
 from .recovery import Recovery
 from .responder import Responder
 from .store import Store
@@ -81,6 +82,7 @@ class Daemon:
         self.streams: StreamHub | None = None  # when streaming is on and the carrier streams audio
         self.tunnels: Tunnels | None = None
         self.metrics_server: MetricsServer | None = None
+        self.probes = Probes()
 
     # -- start-up --
 
@@ -140,7 +142,8 @@ class Daemon:
 
             self.streams = StreamHub(self.manager, carrier)
             stream_handler = self.streams.handle
-        app = WebhookApp(self.provider, cfg.serve.path, self.healthy, cfg.streaming.streamPath, stream_handler)
+        app = WebhookApp(self.provider, cfg.serve.path, self.healthy, cfg.streaming.streamPath, stream_handler,
+                         self.probes)
         try:
             self.webhook_server = httpserver.create(cfg, app)
         except OSError as exc:
@@ -270,6 +273,12 @@ class Daemon:
             raise VoiceCallError(str(exc)) from None
         return {"ok": True, "mode": result["mode"], "publicUrl": self.public_url}
 
+    def probe(self, token: str | None) -> dict[str, Any]:
+        """``daemon.probe``: a new reachability token, or whether ``token`` reached /healthz."""
+        if token is None:
+            return {"token": self.probes.issue(), "path": "/healthz", "query": "probe"}
+        return {"token": token, "seen": self.probes.seen(token)}
+
     def healthy(self) -> bool:
         """What ``GET /healthz`` tells the internet; the detail is in daemon.status."""
         return not self.health_problems()
@@ -396,6 +405,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="PATH",
                    help=f"configuration file, TOML or .json (default: {config.DEFAULT_CONFIG_PATH} if it exists)")
     p.add_argument("--check-config", action="store_true", help="validate the configuration and exit (78 if invalid)")
+    p.add_argument("--online", action="store_true", help="with --check-config: also check the credentials, the "
+                   "OpenAI key, the public URL and the tunnel, as voicecallctl doctor does (exit 1 if one fails)")
     p.add_argument("--print-config", action="store_true", help="print the effective configuration, secrets redacted")
     p.add_argument("--version", action="version", version=f"voicecalld {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="debug logging (-vv: also every HTTP request)")
@@ -412,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"voicecalld: {where}: {problem}", file=sys.stderr)
         return EX_CONFIG
     if args.check_config:
+        if args.online:
+            from . import doctor
+
+            checks = doctor.run(args.config, None)
+            print(doctor.lines(checks))
+            return EX_OK if all(c.ok for c in checks) else EX_FAILURE
         print(f"{cfg.path or 'defaults'}: configuration OK (provider {cfg.provider})")
         return EX_OK
     if args.print_config:

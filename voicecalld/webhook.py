@@ -22,6 +22,7 @@ from .httpjson import json_response
 if TYPE_CHECKING:  # pragma: no cover
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
+    from .probe import Probes
     from .providers.base import Provider
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,10 @@ StreamHandler = Callable[["WSGIEnvironment"], Response]
 
 class WebhookApp:
     def __init__(self, provider: Provider, webhook_path: str, healthy: Callable[[], bool],
-                 stream_path: str | None = None, stream_handler: StreamHandler | None = None) -> None:
+                 stream_path: str | None = None, stream_handler: StreamHandler | None = None,
+                 probes: Probes | None = None) -> None:
         self.provider = provider
+        self.probes = probes  # voicecallctl doctor's reachability tokens (probe.py)
         self.webhook_path = webhook_path
         self.healthy = healthy
         self.stream_path = stream_path
@@ -71,6 +74,9 @@ class WebhookApp:
                 return json_response(405, {"error": "use GET"})
             # Only the verdict: call counts, uptime and problems are for the
             # operator (daemon.status on the control socket), not the internet.
+            token = request.args.get("probe")
+            if token and self.probes is not None:
+                self.probes.arrived(token[:64])  # the answer stays the same either way
             if self.healthy():
                 return json_response(200, {"status": "ok"})
             return json_response(503, {"status": "unhealthy"})
