@@ -256,7 +256,7 @@ def _stand_in(cfg: Config, token: str) -> Iterator[threading.Event]:
 
 
 def public_url(cfg: Config, status: dict[str, Any] | None, socket_path: str, session: _Session) -> Check:
-    url = (status or {}).get("publicUrl") or cfg.publicUrl
+    url = cfg.publicUrl or (status or {}).get("publicUrl")  # else the running daemon's tunnel
     if not url:
         if cfg.provider == "mock":
             return Check("public URL", True, "none, and the mock carrier needs none")
