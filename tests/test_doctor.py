@@ -126,7 +126,8 @@ def test_telnyx_credentials_and_connection(tmp_path) -> None:
                                                f"{fake.connection_id} exists")
         code, checks = doctor(merge(good, {"telnyx": {"apiKey": "KEYwrong"}}), tmp_path)
         assert code == 1
-        assert checks["telnyx"]["message"] == "Telnyx rejected the API key (10009): check telnyx.apiKey / TELNYX_API_KEY"
+        assert checks["telnyx"]["message"] == ("Telnyx rejected the API key (10009): check telnyx.apiKey / "
+                                               "TELNYX_API_KEY")
         code, checks = doctor(merge(good, {"telnyx": {"connectionId": "999"}}), tmp_path)
         assert code == 1
         assert checks["telnyx"]["message"] == ("Telnyx has no Call Control application '999' (10005): check "
