@@ -1,5 +1,5 @@
 """Process-wide metrics, and their rendering in the Prometheus text
-exposition format 0.0.4 (voicecalld(8), MONITORING).
+exposition format 0.0.4 (voicecalld(8), Monitoring).
 
 The metric objects are module globals, so a hot path updates one with a
 single call and no plumbing (``metrics.MEDIA_FORWARD.observe(seconds)``).

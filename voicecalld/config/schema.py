@@ -177,7 +177,7 @@ class ControlSettings:
 
 @dataclass(frozen=True)
 class MetricsSettings:
-    """``[metrics]``: the Prometheus metrics listener (voicecalld(8), MONITORING)."""
+    """``[metrics]``: the Prometheus metrics listener (voicecalld(8), Monitoring)."""
 
     listen: str = setting(
         "", "host:port of a separate HTTP listener serving GET /metrics in the Prometheus text format, like "
