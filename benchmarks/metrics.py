@@ -28,13 +28,13 @@ N = 1_000_000
 def per_call(fn: Callable[[], None], n: int = N, threads: int = 1) -> float:
     """Nanoseconds per call of ``fn`` (best of 3), each of ``threads`` threads making ``n // threads`` calls."""
     best = float("inf")
+    per_thread = n // threads
+
+    def run() -> None:
+        for _ in range(per_thread):
+            fn()
+
     for _ in range(3):
-        per_thread = n // threads
-
-        def run() -> None:
-            for _ in range(per_thread):
-                fn()
-
         workers = [threading.Thread(target=run) for _ in range(threads)]
         t0 = time.perf_counter()
         for w in workers:
