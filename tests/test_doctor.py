@@ -187,3 +187,20 @@ def test_voicecalld_check_config_online(twilio, tmp_path) -> None:
     proc = subprocess.run([*daemon_command(), "--config", str(path), "--check-config"], capture_output=True,
                           text=True, timeout=60, env=_clean_env())
     assert proc.returncode == 0 and len(twilio.requests) == before
+
+
+def test_the_probe_proves_reachability_without_telling_the_public_anything(start_daemon) -> None:
+    import requests
+
+    d = start_daemon()
+    health = f"http://127.0.0.1:{d.webhook_port}/healthz"
+    plain = requests.get(health, timeout=10)
+    token = d.rpc("daemon.probe")["token"]
+    assert d.rpc("daemon.probe", {"token": token}) == {"token": token, "seen": False}
+    guessed = requests.get(health, params={"probe": "guessed"}, timeout=10)
+    real = requests.get(health, params={"probe": token}, timeout=10)
+    # The same answer with a token, a wrong one, or none: only the control socket can tell.
+    assert plain.status_code == guessed.status_code == real.status_code == 200
+    assert plain.content == guessed.content == real.content == b'{"status": "ok"}\n'
+    assert d.rpc("daemon.probe", {"token": token}) == {"token": token, "seen": True}
+    assert d.rpc("daemon.probe", {"token": "guessed"})["seen"] is None

@@ -333,3 +333,40 @@ def test_telnyx_webhook_outcomes(start_daemon) -> None:
     assert post(hook, nacl.signing.SigningKey.generate()) == 401
     assert post(b'{"not": "a webhook"}', key) == 400
     assert webhook_counts(address) == {"accepted": 1, "replay": 1, "rejected": 1, "error": 1}
+
+
+def test_media_metrics_of_a_streamed_call(start_daemon) -> None:
+    from test_streaming import World
+
+    from voicecalld.testing.media_client import silence, speech_like
+
+    world = World(start_daemon, metrics={"listen": "127.0.0.1:0"})
+    try:
+        d = world.daemon
+        address = d.rpc("daemon.status")["metrics"]["listen"]
+        call_id = d.rpc("voicecall.initiate", {"message": "Hi, metrics here.", "mode": "conversation"})["callId"]
+        client = world.client()
+        world.openai.wait_for_session(0)
+        world.openai.transcripts.put("after the drop")
+        world.openai.drop_realtime_after(30)
+        client.play(silence(0.3) + speech_like(0.6) + silence(0.7))
+        d.wait(lambda: d.rpc("voicecall.status", {"callId": call_id})["transcript"][-1]["text"] == "after the drop",
+               timeout=15, what="a transcript after the reconnect")
+        got = samples(scrape(address))
+        media = d.rpc("daemon.status")["media"]
+        assert got[("voicecalld_media_streams", ())] == media["openStreams"] == 1
+        # One forwarding sample per caller frame handed to speech-to-text, as daemon.status counts them.
+        assert got[("voicecalld_media_forward_seconds_count", ())] == media["forwarding"]["frames"] > 50
+        assert got[("voicecalld_stt_reconnects_total", ())] == len(world.openai.realtime_sessions) - 1 >= 1
+        assert got[("voicecalld_tts_first_audio_seconds_count", ())] == len(world.openai.speech_requests)
+        d.wait_state(call_id, "listening", timeout=15)
+        before = len(client.received_media)
+        d.rpc("voicecall.speak", {"callId": call_id, "message": "Text to speech, timed."})
+        client.wait_for(lambda: len(client.received_media) > before + 5, timeout=10)
+        got = samples(scrape(address))
+        assert got[("voicecalld_tts_first_audio_seconds_count", ())] == len(world.openai.speech_requests) >= 1
+        d.rpc("voicecall.end", {"callId": call_id})
+        client.wait_closed(10)
+        d.wait(lambda: samples(scrape(address))[("voicecalld_media_streams", ())] == 0, what="the stream closed")
+    finally:
+        world.close()
