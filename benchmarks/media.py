@@ -23,6 +23,9 @@ process's own scheduling noise). Each call speaks once, at a random moment
 in the middle half of the run; each caller's speech/silence cycle starts at
 its own phase (``--sync-turns`` makes all of them start and stop together,
 the worst case for the speech-to-text events that follow every turn).
+``--metrics compare`` measures what the metrics cost instead: for each N,
+rounds with and without a metrics listener, alternating, comparing the
+daemon's CPU per forwarded frame (target: on / off under 1.03).
 Targets (issue 6):
 100 concurrent streams with p99 forwarding under 20 ms, no frame lost and
 pacing jitter p99 under 5 ms. Prints a table and one JSON line.
@@ -155,7 +158,7 @@ def proc_cpu_rss(pid: int) -> tuple[float, int]:
 
 
 def run_round(n: int, seconds: float, client_procs: int, speak: bool = True, sync_turns: bool = False,
-              dump: str | None = None) -> dict[str, Any]:
+              dump: str | None = None, metrics: bool = False) -> dict[str, Any]:
     from voicecalld.control.client import Client
     from voicecalld.testing.fake_twilio import FakeTwilio
 
@@ -191,7 +194,8 @@ def run_round(n: int, seconds: float, client_procs: int, speak: bool = True, syn
         f'[serve]\nport = {port}\n[control]\nsocket = "{sock}"\n'
         f'[twilio]\naccountSid = "{SID}"\nauthToken = "{TOKEN}"\napiBaseUrl = "{twilio.base_url}"\n'
         f'[streaming]\nenabled = true\nopenaiApiKey = "sk-bench"\nrealtimeUrl = "{realtime_url}"\n'
-        f'maxStreams = {n + 10}\nmaxPendingStreams = {n + 10}\n[tts]\nbaseUrl = "{base_url}"\n')
+        f'maxStreams = {n + 10}\nmaxPendingStreams = {n + 10}\n[tts]\nbaseUrl = "{base_url}"\n'
+        + ('[metrics]\nlisten = "127.0.0.1:0"\n' if metrics else ""))
     daemon = start_daemon(tmp, config, sock)
     try:
         time.sleep(0.5)
@@ -232,7 +236,9 @@ def run_round(n: int, seconds: float, client_procs: int, speak: bool = True, syn
         cpu1, rss_end = proc_cpu_rss(daemon.pid)
         busy = time.monotonic() - t0
         with Client(sock, timeout=60) as c:
-            media = c.call("daemon.status").get("media", {})
+            status = c.call("daemon.status")
+        media = status.get("media", {})
+        scraped = _forward_samples(status) if metrics else 0
         time.sleep(1.0)
         parent.send("stats")
         sessions = parent.recv()
@@ -287,7 +293,54 @@ def run_round(n: int, seconds: float, client_procs: int, speak: bool = True, syn
         "pacing_p99_ms": media.get("pacing", {}).get("latenessP99Ms") or float("nan"),
         "pacing_frames": media.get("pacing", {}).get("frames", 0),
         "arrival_jitter_p99_ms": percentile(jitter, 0.99) * 1e3,
+        # The daemon's CPU per caller frame it forwarded (playback included): a starved round that
+        # forwards less also burns less, so per-frame is the fair comparison between rounds.
+        "cpu_us_per_frame": (cpu1 - cpu0) / max(1, (sent_bytes - max(0, sent_bytes - received_bytes)) // FRAME)
+        * 1e6,
+        "metrics": metrics, "metrics_forward_samples": scraped,
     }
+
+
+def _forward_samples(status: dict[str, Any]) -> int:
+    """voicecalld_media_forward_seconds_count from the daemon's /metrics (proof the metrics were on)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{status['metrics']['listen']}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("voicecalld_media_forward_seconds_count "):
+                return int(float(line.split()[1]))
+    return 0
+
+
+def compare(args: argparse.Namespace) -> None:
+    """--metrics compare: per N, rounds with metrics off and on, alternating; the daemon's CPU per call
+    and its own forwarding p99 for each."""
+    rows = []
+    for n in (int(x) for x in args.calls.split(",")):
+        for _ in range(args.rounds):
+            for flag in (False, True):
+                rows.append(run_round(n, args.seconds, args.client_procs, not args.no_speak, args.sync_turns,
+                                      None, flag))
+    print(f"{'N':>5}{'metrics':>9}{'CPU µs/frame':>14}{'cpu%/call':>11}{'own fwd p99':>13}{'fwd p99':>9}{'lost':>6}"
+          f"{'samples':>9}")
+    for r in rows:
+        print(f"{r['n']:>5}{'on' if r['metrics'] else 'off':>9}{r['cpu_us_per_frame']:>14.1f}"
+              f"{r['cpu_pct_per_call']:>11.3f}"
+              f"{r['daemon_forward_p99_ms']:>13.3f}{r['forward_p99_ms']:>9.2f}{r['frames_lost']:>6}"
+              f"{r['metrics_forward_samples']:>9}")
+    summary = {}
+    for n in sorted({r["n"] for r in rows}):
+        off = [r["cpu_us_per_frame"] for r in rows if r["n"] == n and not r["metrics"]]
+        on = [r["cpu_us_per_frame"] for r in rows if r["n"] == n and r["metrics"]]
+        ratios = [b / a for a, b in zip(off, on, strict=True)]
+        summary[n] = ratios
+        print(f"N={n}: daemon CPU per frame on/off per round {', '.join(f'{x:.3f}' for x in ratios)}; "
+              f"mean of on / mean of off {sum(on) / sum(off):.3f} (target < 1.03)")
+    print(json.dumps({"benchmark": "media-metrics", "seconds": args.seconds, "rounds": args.rounds,
+                      "rows": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
+                               for r in rows],
+                      "cpu_ratios": {str(n): [round(x, 3) for x in v] for n, v in summary.items()},
+                      "target_ratio": 1.03}))
 
 
 def main() -> None:
@@ -300,9 +353,16 @@ def main() -> None:
                         help="append every frame's latency to FILE (N, stream, sent at, seconds)")
     parser.add_argument("--sync-turns", action="store_true",
                         help="worst case: every caller starts and stops talking in the same frame")
+    parser.add_argument("--metrics", choices=("off", "on", "compare"), default="off",
+                        help="the daemon's metrics listener ([metrics] listen); compare: rounds with and without, "
+                        "alternating, and the cost in daemon CPU")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per setting with --metrics compare")
     args = parser.parse_args()
-    rows = [run_round(int(n), args.seconds, args.client_procs, not args.no_speak, args.sync_turns, args.dump)
-            for n in args.calls.split(",")]
+    if args.metrics == "compare":
+        compare(args)
+        return
+    rows = [run_round(int(n), args.seconds, args.client_procs, not args.no_speak, args.sync_turns, args.dump,
+                      args.metrics == "on") for n in args.calls.split(",")]
     header = (f"{'N':>5}{'conn':>6}{'fwd p50':>9}{'fwd p99':>9}{'own p99':>9}{'lost':>7}{'cpu%/call':>11}"
               f"{'cpu% all':>10}"
               f"{'RSS KiB/call':>14}{'pacing p99':>12}{'arrival jit p99':>17}")

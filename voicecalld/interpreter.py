@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from . import metrics
 from .backlog import Backlog
 from .calls import (
     Action,
@@ -136,6 +137,7 @@ class Interpreter:
                                           {"callId": call.id, "endReason": str(reason)}))
             self.timers.cancel(live.waiter.timer)
         self.calls.release(live, call.record.to_dict())
+        metrics.call_ended(str(call.record.direction), str(reason))
         log.info("call %s: ended (%s)", call.id, reason)
         try:
             self.provider.forget(call.record)

@@ -83,6 +83,7 @@ from .lifecycle_steps import (
     MOVE,
     NO_OPENING,
     NOTE_ERROR,
+    NOTE_TURN,
     OPENING,
     OPENING_UNSAID,
     OUTBOUND,
@@ -137,6 +138,7 @@ TABLE: tuple[Row, ...] = (
     row(S.SPEAKING,    In.SPEECH,              QUIET,          S.LISTENING, CALLEE_LINE, MOVE, PERSIST, DELIVER),
     row(ANY,           In.SPEECH,              None,           SAME,        CALLEE_LINE, PERSIST, DELIVER),
     row(ANY,           In.INTERRUPTED,         None,           SAME,        MARK_INTERRUPTED, PERSIST),
+    row(CONNECTED,     In.TURN,                None,           SAME,        NOTE_TURN, PERSIST),
     row(ANY,           In.DTMF,                None,           SAME,        PUBLISH_DTMF),
     row(UNANSWERED,    In.RING_TIMER,          None,           SAME,        hang_up(S.NO_ANSWER)),
     row(ANY,           In.MAX_DURATION_TIMER,  None,           SAME,        hang_up(S.TIMEOUT)),
@@ -342,6 +344,10 @@ class Call:
         because the carrier says the call was answered meanwhile (then only
         the remaining time is armed)."""
         return self._on(Input.ANSWERED, Data(now_ms, duration=max_duration_left))
+
+    def note_turn(self, latency_ms: int, now_ms: int) -> list[Action]:
+        """A reply's turn latency was measured; nothing if the call is not connected."""
+        return self._on(Input.TURN, Data(now_ms, latency_ms=latency_ms))
 
     def timer_fired(self, kind: TimerKind) -> list[Action]:
         return self._on(_TIMERS[kind], Data(0))

@@ -48,6 +48,7 @@ class Input(enum.StrEnum):
     PARTIAL = "partial speech"
     SPEECH = "speech"
     INTERRUPTED = "interrupted"
+    TURN = "turn measured"
     DTMF = "dtmf"
     ENDED = "ended"
     ERROR = "error"
@@ -78,6 +79,7 @@ MEANING: dict[Input, str] = {
     Input.PARTIAL: "an interim transcript of the callee",
     Input.SPEECH: "a final transcript of the callee",
     Input.INTERRUPTED: "the callee spoke over the bot (barge-in)",
+    Input.TURN: "a reply's turn latency was measured (the caller's last word to the reply's first audio)",
     Input.DTMF: "the callee pressed keys",
     Input.ENDED: "the carrier says the call is over, and why",
     Input.ERROR: "a carrier or media error, or one of ours (the call log cannot be written)",
@@ -114,6 +116,7 @@ class Data:
     duration: float = 0.0                     # max-duration to arm
     utterance_id: str = ""
     entry: dict[str, Any] | None = None       # the transcript entry an input is about
+    latency_ms: int = 0                       # a measured turn latency
 
 
 class Machine(Protocol):
@@ -233,6 +236,10 @@ def _mark_undelivered(call: Machine, data: Data) -> None:
     data.entry["undelivered"] = True
 
 
+def _note_turn(call: Machine, data: Data) -> None:
+    call.record.turns.append({"at": data.now_ms, "latencyMs": data.latency_ms})
+
+
 def _set_opening_spoken(call: Machine, data: Data) -> None:
     call.record.openingSpoken = True
 
@@ -285,6 +292,7 @@ DELIVER = Step("deliver", lambda call, data: [Deliver(data.text, data.confidence
 PUBLISH_PARTIAL = Step("publish the partial", lambda call, data: [
     Publish("call.transcript", {"speaker": "user", "text": data.text, "isFinal": False})])
 MARK_INTERRUPTED = Step("mark the line interrupted", _interrupted)
+NOTE_TURN = Step("note the turn", _none(_note_turn), "add {at, latencyMs} to the record's turns")
 PUBLISH_DTMF = Step("publish the digits", lambda call, data: [Publish("call.dtmf", {"digits": data.digits})])
 CHOOSE_END = Step("choose the end reason", _none(_choose_end))
 FORGET_END = Step("forget the chosen end", _none(_clear_chosen_end))

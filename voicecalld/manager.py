@@ -20,12 +20,13 @@ write that succeeds lets calls in again.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from . import inbound
+from . import inbound, metrics
 from .calls import (
     TERMINAL,
     Action,
@@ -90,6 +91,11 @@ class CallManager:
     @property
     def active_count(self) -> int:
         return len(self.calls)
+
+    @property
+    def queued_count(self) -> int:
+        """Outbound calls waiting for their dial slot (state ``queued``)."""
+        return sum(1 for live in self.calls.all() if live.call.record.state == "queued")
 
     def status(self, call_id: object) -> dict[str, Any]:
         call_id = check_call_id(call_id)
@@ -300,6 +306,28 @@ class CallManager:
                       event.provider_call_id)
             return
         self._run(live, lambda c: c.handle(event, now_ms()))
+
+    def note_turn(self, call_id: str, latency_ms: float) -> bool:
+        """A reply's turn latency (the caller's last word to the reply's first
+        audio at the carrier) was measured: it joins the record's ``turns``
+        and the turn-latency histogram. False if the call is not connected
+        (or the figure is not a duration)."""
+        live = self.calls.get(call_id)
+        if live is None or not isinstance(latency_ms, (int, float)) or not math.isfinite(latency_ms) \
+                or latency_ms < 0:
+            return False
+        noted: list[bool] = []
+
+        def step(call: Call) -> list[Action]:
+            actions = call.note_turn(round(latency_ms), now_ms())
+            noted.append(bool(actions))
+            return actions
+
+        self._run(live, step)
+        if noted and noted[0]:
+            metrics.observe_turn(latency_ms / 1000)
+            return True
+        return False
 
     def attach_provider_id(self, call_id: str, provider_call_id: str) -> None:
         """A carrier told us its id for a call (e.g. before initiate returned)."""

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from . import chat, jsonsafe
+from . import chat, jsonsafe, metrics
 from .calls import TERMINAL
 from .errors import NotConnected, ProviderError, VoiceCallError
 from .events import EventBus, EventParams
@@ -271,6 +271,7 @@ class Responder:
         if remaining <= 0:
             raise Unusable("no time left for the request")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
+        started = time.monotonic()
         try:
             response = self._session.post(f"{base}/chat/completions", json=body, headers=headers,
                                           timeout=(min(CONNECT_TIMEOUT, remaining), remaining))
@@ -285,6 +286,8 @@ class Responder:
             if response.status_code == 400 and "tools" in body and "tool" in message.lower():
                 raise _ToolsRefused(message)
             raise Unusable(f"HTTP {response.status_code} from {base}: {message}")
+        # Without streaming the first token arrives with the whole reply.
+        metrics.LLM_FIRST_TOKEN.observe(time.monotonic() - started)
         try:
             return jsonsafe.loads(response.content)
         except ValueError:

@@ -176,6 +176,19 @@ class ControlSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """``[metrics]``: the Prometheus metrics listener (voicecalld(8), Monitoring)."""
+
+    listen: str = setting(
+        "", "host:port of a separate HTTP listener serving GET /metrics in the Prometheus text format, like "
+        "127.0.0.1:9334 (port 0 picks a free one; daemon.status names it). Empty: no listener, and the "
+        "per-request and per-frame figures are not collected.")
+    allowRemote: bool = setting(
+        False, "Let metrics.listen bind an address other than loopback (the metrics then reach whoever can "
+        "reach that address; they name no call or number, but tell call volume and failures).")
+
+
+@dataclass(frozen=True)
 class MockSettings:
     """``[mock]``: the simulated carrier."""
 
@@ -263,6 +276,7 @@ class Config:
     tunnel: TunnelSettings = section(TunnelSettings)
     tailscale: TailscaleSettings = section(TailscaleSettings)
     control: ControlSettings = section(ControlSettings)
+    metrics: MetricsSettings = section(MetricsSettings)
     mock: MockSettings = section(MockSettings)
 
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)

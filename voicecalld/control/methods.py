@@ -28,6 +28,7 @@ class Services(Protocol):
 
     def daemon_status(self) -> dict[str, Any]: ...
     def expose(self, mode: str) -> dict[str, Any]: ...
+    def probe(self, token: str | None) -> dict[str, Any]: ...
 
 
 #: A method of the daemon's control socket.
@@ -108,6 +109,7 @@ METHODS: dict[str, Method] = {
     "tool.call": Method((Param("name", str), Param("arguments", (dict, str))), _tool_call, slow=True),
     "daemon.status": Method((), lambda s, _, p: s.daemon_status()),
     "daemon.expose": Method((Param("mode", str),), lambda s, _, p: s.expose(p["mode"])),
+    "daemon.probe": Method((Param("token", str, False),), lambda s, _, p: s.probe(p.get("token"))),
 }
 
 

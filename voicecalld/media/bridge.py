@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import simple_websocket
 
+from .. import metrics
 from ..calls import CallEvent, EventType, Speak
 from .framing import Audio, Dtmf, Framing, Mark, Stop
 from .player import Player
@@ -111,7 +112,9 @@ class Bridge:
             self.transcriber.send_audio(event.payload)
             read_at = getattr(self.ws, "read_at", None)
             if read_at is not None:
-                self.hub.forwarding.append(time.monotonic() - read_at)
+                elapsed = time.monotonic() - read_at
+                self.hub.forwarding.append(elapsed)
+                metrics.MEDIA_FORWARD.observe(elapsed)
         elif isinstance(event, Mark):
             name = event.name
             # With the call's events, off the loop: the loop takes no lock of a call's player.

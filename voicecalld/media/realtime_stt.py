@@ -37,7 +37,7 @@ from typing import Any
 
 import websocket
 
-from .. import jsonsafe
+from .. import jsonsafe, metrics
 
 log = logging.getLogger(__name__)
 
@@ -433,5 +433,6 @@ class Transcriber:
                 self._active = None
                 if not self._closed:
                     self.reconnects += 1
+                    metrics.STT_RECONNECTS.inc()
         session.ready.set()  # unblock anyone waiting on it
         self._wake.set()

@@ -55,6 +55,7 @@ class _MockCall:
     timers: list[Timer] = field(default_factory=list)
     reason: str | None = None  # end reason once ended
     replies: list[Timer] = field(default_factory=list)  # the callee's scheduled answers
+    heard_at: float | None = None  # when the callee last finished speaking, until the bot replies
 
 
 class MockProvider(Provider):
@@ -139,6 +140,9 @@ class MockProvider(Provider):
                 with self._lock:
                     mc.answered = True
                     self._save_state()
+            elif type_ == EventType.SPEECH:
+                with self._lock:
+                    mc.heard_at = time.monotonic()
             elif type_ == EventType.ENDED and event.reason is not None:
                 with self._lock:
                     pending = self._end(mc, event.reason)
@@ -193,8 +197,13 @@ class MockProvider(Provider):
         with self._lock:
             start = max(now, mc.speaking_until)
             mc.speaking_until = start + duration
+            heard_at, mc.heard_at = mc.heard_at, None
         self._later(mc, start - now, EventType.SPEAKING, utterance_id=action.utterance_id)
         self._later(mc, start + duration - now, EventType.PLAYED, utterance_id=action.utterance_id)
+        if heard_at is not None:
+            # The simulated line measures a reply's turn latency as a carrier
+            # would: from the callee's last word to the reply starting to play.
+            self.sink.note_turn(record.callId, (start - heard_at) * 1000)
 
     def start_listening(self, record: CallRecord, turn: int | None) -> None:
         replies = self._mock.calleeReplies

@@ -52,7 +52,7 @@ from urllib.parse import quote
 
 from werkzeug.wrappers import Response
 
-from .. import jsonsafe
+from .. import jsonsafe, metrics
 from ..calls import CallEvent, CallRecord, EventType, Speak, State
 from ..errors import ProviderError
 from ..httpjson import json_response
@@ -299,17 +299,20 @@ class TelnyxProvider(Provider):
                 # timestamp all get 401 and change nothing.
                 self._rejections.warning(exc.kind, "rejected a Telnyx webhook from %s: %s", request.remote_addr,
                                          exc.reason)
+                metrics.webhook("rejected")
                 return json_response(401, {"error": "webhook signature verification failed"})
         try:
             hook = wire.parse(raw)
         except wire.WebhookFormatError as exc:
             log.warning("ignored a malformed Telnyx webhook: %s", exc)
+            metrics.webhook("error")
             return json_response(400, {"error": f"not a Telnyx webhook: {exc}"})
         with self._lock:
             duplicate = hook.id in self._seen
             if not duplicate:
                 self._seen.put(hook.id, None)
         if duplicate:
+            metrics.webhook("replay")
             log.debug("Telnyx %s %s (attempt %d) already handled", hook.type, hook.id, hook.attempt)
             return json_response(200, {"ok": True, "duplicate": True})
         key = hook.call_control_id or hook.call_id or "-"
@@ -320,8 +323,10 @@ class TelnyxProvider(Provider):
                 self.accepted -= 1
                 self._seen.pop(hook.id)  # not handled: Telnyx's retry must be
             log.warning("Telnyx %s for %s: event queue is full; asking Telnyx to retry", hook.type, key)
+            metrics.webhook("error")
             return Response("busy; retry later\n", status=503, mimetype="text/plain",
                             headers={"Retry-After": "1"})
+        metrics.webhook("accepted")
         return json_response(200, {"ok": True})
 
     # -- events (on the per-call worker) ------------------------------------------------------

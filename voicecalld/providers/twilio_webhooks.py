@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from werkzeug.wrappers import Request, Response
 
+from .. import metrics
 from ..calls import CallEvent, EventType, State
 from ..errors import ProviderError
 from ..ratelog import RateLimitedLog
@@ -90,6 +91,7 @@ class Webhooks:
             return self._refuse(request, "no X-Twilio-Signature header").response()
         params, body = form_params(request)
         if params is None:
+            metrics.webhook("error")
             return text_answer(415, "expected a form-encoded (or JSON) Twilio webhook").response()
         if not cfg.skipSignatureVerification:
             problem = self._verify(request, signature or "", params, body)
@@ -99,6 +101,7 @@ class Webhooks:
         keys = [f"token:{token}" if token else "", f"signature:{signature}" if signature else ""]
         entry, first = self._replays.begin(keys)
         if not first:
+            metrics.webhook("replay")
             answer = self._replays.wait(entry, DUPLICATE_WAIT)
             log.info("call %s: repeated Twilio webhook answered from cache, not processed again",
                      request.args.get("callId", "?"))
@@ -112,9 +115,11 @@ class Webhooks:
             self._replays.abandon(entry)
             raise
         self._replays.finish(entry, answer)
+        metrics.webhook("accepted" if answer.status < 400 else "error")
         return answer.response()
 
     def _refuse(self, request: Request, problem: str) -> Answer:
+        metrics.webhook("rejected")
         self._rejections.warning(problem, "rejected a webhook from %s: %s", request.remote_addr, problem)
         return text_answer(401, "webhook signature verification failed")
 

@@ -116,6 +116,8 @@ class RestApi:
 
     def _route(self, method: str, path: str, raw: bytes, record: RestRequest) -> tuple[int, dict[str, Any]]:
         parts = path.strip("/").split("/")
+        if parts[:2] == ["v2", "call_control_applications"] and len(parts) == 3 and method == "GET":
+            return self._application(parts[2])
         if parts[:2] == ["v2", "calls"]:
             if len(parts) == 2 and method == "POST":
                 return self._dial(raw, record)
@@ -125,6 +127,15 @@ class RestApi:
             if len(parts) == 5 and parts[3] == "actions" and method == "POST":
                 return self._command(parts[2], parts[4], raw, record)
         raise wire.not_found(f"No route for {method} {path} on this fake Telnyx.")
+
+    def _application(self, app_id: str) -> tuple[int, dict[str, Any]]:
+        """Retrieve a call control application
+        (https://developers.telnyx.com/api-reference/call-control-applications/retrieve-a-call-control-application):
+        the fake has one, ``connection_id``."""
+        if app_id != self.settings.connection_id:
+            raise wire.not_found(f"No call control application with id {app_id!r}.")
+        return 200, {"data": {"id": app_id, "record_type": "call_control_application", "active": True,
+                              "application_name": "voicecalld fake", "webhook_api_version": "2"}}
 
     def _call_or_404(self, call_control_id: str) -> FakeCall:
         call = self._sim.calls.get(call_control_id)

@@ -30,6 +30,7 @@ STATUS_EVENTS = frozenset({"initiated", "ringing", "answered", "completed"})
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}", re.ASCII)
 _CALLS = re.compile(r"/2010-04-01/Accounts/(?P<account>[^/]+)/Calls\.json")
 _CALL = re.compile(r"/2010-04-01/Accounts/(?P<account>[^/]+)/Calls/(?P<sid>[^/]+)\.json")
+_ACCOUNT = re.compile(r"/2010-04-01/Accounts/(?P<account>[^/]+)\.json")
 
 # Canonical messages, close to Twilio's own wording so logs read the same.
 MESSAGES = {
@@ -279,6 +280,9 @@ class RestApp:
 
     def _route(self, request: Request, record: RestRequest) -> Response:
         self._authenticate(request)
+        account = _ACCOUNT.fullmatch(request.path)
+        if account is not None and request.method == "GET":
+            return self._account(account["account"])
         calls, call = _CALLS.fullmatch(request.path), _CALL.fullmatch(request.path)
         match = calls or call
         if match is None or match["account"] != self.fake.account_sid:
@@ -295,6 +299,18 @@ class RestApp:
                 return json_response(call_resource(target), 200)
             return self._update(target, record)
         raise ApiError(20004, 405, message=f"Method {request.method} not allowed on {request.path}")
+
+    def _account(self, sid: str) -> Response:
+        """Fetch the Account resource (https://www.twilio.com/docs/iam/api/account):
+        only the account the credentials belong to."""
+        if sid != self.fake.account_sid:
+            raise ApiError(20404, 404, path=f"/{API_VERSION}/Accounts/{sid}.json")
+        uri = f"/{API_VERSION}/Accounts/{sid}.json"
+        return json_response({"sid": sid, "owner_account_sid": sid, "friendly_name": "voicecalld fake account",
+                              "status": self.fake.account_status, "type": "Full", "auth_token": self.fake.auth_token,
+                              "date_created": "Mon, 02 Nov 2026 10:00:00 +0000",
+                              "date_updated": "Mon, 02 Nov 2026 10:00:00 +0000", "uri": uri,
+                              "subresource_uris": {"calls": uri.replace(".json", "/Calls.json")}}, 200)
 
     def _authenticate(self, request: Request) -> None:
         auth = request.authorization

@@ -112,6 +112,8 @@ class FakeTwilio:
         self.dial_delay = dial_delay
         self.owned_numbers: set[str] | None = None if owned_numbers is None else set(owned_numbers)
         self.api_keys = dict(api_keys or {})
+        #: What fetching the Account resource says: active, suspended or closed.
+        self.account_status = "active"
         self.webhook_timeout = webhook_timeout
         self.webhook_retries = webhook_retries
         self.retry_delay = retry_delay
