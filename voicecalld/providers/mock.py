@@ -11,8 +11,9 @@ the daemon. It also plays the far end of call control: it "hears" DTMF
 (``dtmf.duration`` long, after what is being said; logged), answers a
 transfer after the message and ``mock.answerDelayMs`` (or reports a target
 in ``mock.transferBusy`` busy), and, for a call that records, reports a
-recording (``mock://recordings/<id>.wav``) just after the call ends. Those three methods are the mock's own (``control_methods``):
-a daemon on a real carrier does not serve them.
+recording (``mock://recordings/<id>.wav``) just after the call ends.
+The three ``mock.*`` methods are the mock's own (``control_methods``): a
+daemon on a real carrier does not serve them.
 
 Like a real carrier, the simulated one outlives a daemon restart: it keeps
 its calls in a small state file (``mock-carrier.json`` beside the call log),
