@@ -103,7 +103,29 @@ class Stop:
     name: str | None
 
 
-Verb = Say | Pause | Play | Hangup | Reject | Redirect | Gather | Connect | Start | Stop
+@dataclass(frozen=True)
+class Number:
+    """``<Number>`` in a ``<Dial>``; ``status_events`` as requested
+    (Twilio's default is ``completed`` alone)."""
+
+    number: str
+    status_callback: str | None = None
+    status_callback_method: str = "POST"
+    status_events: frozenset[str] = frozenset({"completed"})
+
+
+@dataclass(frozen=True)
+class Dial:
+    """``<Dial>`` of one number (https://www.twilio.com/docs/voice/twiml/dial)."""
+
+    number: Number
+    action: str | None = None
+    method: str = "POST"
+    timeout: float = 30
+    caller_id: str | None = None
+
+
+Verb = Say | Pause | Play | Hangup | Reject | Redirect | Gather | Connect | Start | Stop | Dial
 
 _BOOL = {"true": True, "false": False}
 
@@ -187,9 +209,20 @@ def _pause(el: ET.Element) -> Pause:
     return Pause(_number(el, "length", 1))
 
 
+#: What Twilio plays as DTMF: the characters error 21206 names for SendDigits
+#: (https://www.twilio.com/docs/api/errors/21206); w and W wait 0.5 s and 1 s.
+PLAY_DIGITS = frozenset("0123456789ABCD*#wW")
+
+
 def _play(el: ET.Element) -> Play:
     _leaf(el)
-    return Play((el.text or "").strip(), int(_number(el, "loop", 1)), el.get("digits", ""))
+    url, digits = (el.text or "").strip(), el.get("digits", "")
+    if not url and not digits:
+        raise TwimlError("<Play> needs a URL or digits")
+    bad = set(digits) - PLAY_DIGITS
+    if bad:
+        raise TwimlError(f"<Play digits={digits!r}> has characters Twilio cannot play: {''.join(sorted(bad))}")
+    return Play(url, int(_number(el, "loop", 1)), digits)
 
 
 def _hangup(el: ET.Element) -> Hangup:
@@ -275,6 +308,34 @@ def _stop(el: ET.Element) -> Stop:
     return Stop(el[0].get("name"))
 
 
+_NUMBER_EVENTS = frozenset({"initiated", "ringing", "answered", "completed"})
+
+
+def _dial(el: ET.Element) -> Dial:
+    """Strict: exactly one ``<Number>`` (the daemon dials one), or a bare number."""
+    text = (el.text or "").strip()
+    if len(el) > 1 or (len(el) == 1 and text):
+        raise TwimlError("<Dial> must hold one number: either text or one <Number>")
+    if len(el) == 1:
+        child = el[0]
+        if child.tag != "Number":
+            raise TwimlError(f"<Dial> cannot contain <{child.tag}> here (this fake dials <Number>s)")
+        _leaf(child)
+        events = frozenset((child.get("statusCallbackEvent") or "completed").split())
+        if not events <= _NUMBER_EVENTS:
+            raise TwimlError(f"<Number statusCallbackEvent={child.get('statusCallbackEvent')!r}> is not "
+                             f"among {sorted(_NUMBER_EVENTS)}")
+        method = (child.get("statusCallbackMethod") or "POST").upper()
+        if method not in ("GET", "POST"):
+            raise TwimlError(f"<Number statusCallbackMethod={method!r}> must be GET or POST")
+        number = Number((child.text or "").strip(), child.get("statusCallback"), method, events)
+    else:
+        number = Number(text)
+    if not number.number:
+        raise TwimlError("<Dial> has no number to dial")
+    return Dial(number, el.get("action"), _method(el), _number(el, "timeout", 30, minimum=5), el.get("callerId"))
+
+
 _VERBS: dict[str, Callable[[ET.Element], Verb]] = {
     "Say": _say,
     "Pause": _pause,
@@ -286,6 +347,7 @@ _VERBS: dict[str, Callable[[ET.Element], Verb]] = {
     "Connect": _connect,
     "Start": _start,
     "Stop": _stop,
+    "Dial": _dial,
 }
 
 
