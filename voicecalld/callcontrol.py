@@ -102,7 +102,6 @@ class CallControl:
         m = self.manager
         live = m.calls.find(call_id)
         m._run(live, lambda c: c.send_dtmf(checked), raise_errors=True)
-        log.info("call %s: sent %d DTMF digit(s)", live.call.id, len(checked))
         return {"callId": live.call.id, "ok": True}
 
     # -- transfer --

@@ -68,7 +68,7 @@ from . import telnyx_events as wire
 from . import telnyx_signature
 from .base import Capabilities, CarrierStatus, Provider
 from .http import RestClient
-from .telnyx_control import TelnyxControl
+from .telnyx_control import TelnyxControl, is_transfer_message
 from .telnyx_events import ring_timeout_secs, time_limit_secs
 from .telnyx_legs import Leg, LegTable
 from .telnyx_signature import KeyCache as _KeyCache
@@ -423,7 +423,9 @@ class TelnyxProvider(Provider):
         leg = self._find(hook)
         with self._lock:
             utterance = leg.utterances[0] if leg is not None and leg.utterances else None
-        if utterance is not None:  # a late start of speech already reported as ended is old news
+        # A late start of speech already reported as ended is old news; a
+        # transfer's message is no utterance of the call's.
+        if utterance is not None and not is_transfer_message(utterance):
             self._event(hook, EventType.SPEAKING, leg, utterance_id=utterance)
 
     def _on_speak_ended(self, hook: wire.Webhook) -> None:

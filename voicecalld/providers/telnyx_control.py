@@ -49,6 +49,7 @@ log = logging.getLogger("voicecalld.providers.telnyx")
 DTMF_MILLIS = 100
 RECORDING_FORMAT = "mp3"
 _TRANSFER_PREFIX = "transfer:"
+_TRANSFER_UTTERANCE = "transfer-"  # the id of a transfer's message (not an utterance of the call's)
 _CALL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 #: ``hangup_cause`` of a transfer's leg B that never answered -> why.
 _TRANSFER_FAILURES = {
@@ -58,6 +59,10 @@ _TRANSFER_FAILURES = {
     "no_answer": "the target did not answer",
     "not_found": "the target number cannot be reached",
 }
+
+
+def is_transfer_message(utterance_id: str) -> bool:
+    return utterance_id.startswith(_TRANSFER_UTTERANCE)
 
 
 def encode_transfer_state(call_id: str) -> str:
@@ -147,7 +152,7 @@ class TelnyxControl:
             self._transfer(record.callId, self.host._ccid(record), action)
             return
         leg = self.host._legs.for_record(record)
-        utterance = f"transfer-{uuid.uuid4().hex[:12]}"
+        utterance = f"{_TRANSFER_UTTERANCE}{uuid.uuid4().hex[:12]}"
         with self.host._lock:
             leg.transfer = (utterance, action)
         try:
