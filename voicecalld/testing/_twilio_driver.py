@@ -382,10 +382,10 @@ class CallRunner:
         else:
             call.wait(answer_after)
             record.status, record.answered_at = "in-progress", time.time()
-            self._number_event(verb.number, record, "answered")
+            self._number_event(verb.number, record, "answered", doc_url)
             call.wait(target.hangup_after, call.dial_over)
             record.status = "completed"
-            self._number_event(verb.number, record, "completed")
+            self._number_event(verb.number, record, "completed", doc_url)
         record.ended = time.time()
         record.dial_call_status = record.status
         if verb.action is None:
@@ -395,12 +395,12 @@ class CallRunner:
             extra.append(("DialCallDuration", str(round(record.ended - record.answered_at))))
         return Fetch(self._resolve(verb.action, doc_url), verb.method, "dial-action", tuple(extra))
 
-    def _number_event(self, number: tw.Number, record: DialRecord, event: str) -> None:
+    def _number_event(self, number: tw.Number, record: DialRecord, event: str, doc_url: str | None) -> None:
         if number.status_callback is None or event not in number.status_events:
             return
         status = {"answered": "in-progress"}.get(event, record.status)
         params = child_params(self.call, record.child_sid, record.number, status)
-        self.fake._webhooks.deliver(self.call, "number-status", number.status_callback,
+        self.fake._webhooks.deliver(self.call, "number-status", self._resolve(number.status_callback, doc_url),
                                     number.status_callback_method, params)
 
     # -- recordings --
