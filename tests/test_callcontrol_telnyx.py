@@ -84,7 +84,7 @@ def env(shared: Env) -> Iterator[Env]:
 
 
 def test_dtmf_is_send_dtmf(env: Env) -> None:
-    d, fake = env.d, env.fake
+    d = env.d
     call_id, call = env.call()
     d.wait_state(call_id, "listening")
     events = Events(d, call_id)
@@ -134,7 +134,7 @@ def test_bad_digits_are_refused_naming_the_allowed_set(env: Env) -> None:
 
 
 def test_transfer_to_an_allowed_number(env: Env) -> None:
-    d, fake = env.d, env.fake
+    d = env.d
     call_id, call = env.call()
     d.wait_state(call_id, "listening")
     result = d.rpc("voicecall.transfer", {"callId": call_id, "to": ALLOWED, "message": "Putting you through"},
@@ -204,7 +204,7 @@ def test_a_transfer_telnyx_refuses_leaves_the_call_up(env: Env) -> None:
 
 
 def test_recording_starts_on_answer_and_is_reported_by_a_signed_webhook(env: Env) -> None:
-    d, fake = env.d, env.fake
+    d = env.d
     events = Events(d)
     try:
         call_id, call = env.call(mode="notify", record=True)

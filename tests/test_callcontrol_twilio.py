@@ -117,7 +117,7 @@ def test_dtmf_is_play_digits_then_back_to_the_script(env: Env) -> None:
 
 
 def test_dtmf_on_initiate_is_sent_before_the_message(env: Env) -> None:
-    d, fake = env.d, env.fake
+    d = env.d
     call_id, call = env.call(mode="notify", dtmf="123#w9")
     record = d.wait_state(call_id, "completed")
     assert record["dtmf"] == "123#w9"
@@ -216,7 +216,7 @@ def test_failed_transfer_leaves_the_call_up(env: Env) -> None:
 
 
 def test_recording_is_asked_for_and_reported_by_a_signed_callback(env: Env) -> None:
-    d, fake = env.d, env.fake
+    d = env.d
     events = Events(d)
     try:
         call_id, call = env.call(mode="notify", record=True)
