@@ -266,6 +266,31 @@ def test_a_forged_recording_callback_is_refused_and_changes_nothing(env: Env) ->
         {"url": "https://evil.example.com/recording", "durationSec": 7, "channels": "dual"}]
 
 
+def test_an_inbound_call_starts_recording_in_its_first_twiml(start_daemon) -> None:
+    with FakeTwilio(time_scale=0.05, ms_per_char=1, owned_numbers=[FROM]) as fake:
+        port = free_port()
+        d = start_daemon(config(fake, port, inboundPolicy="open", inboundGreeting="Hi there",
+                                recording={"enabled": True, "channels": "mono", "announce": "We record calls."}))
+        webhook = f"http://127.0.0.1:{port}/voice/webhook"
+        sid = fake.inbound_call("+15557770000", FROM, webhook, webhook + "?type=status")
+        call_id = d.wait(lambda: d.rpc("voicecall.list")["calls"], what="the inbound call")[0]["callId"]
+        d.wait_state(call_id, "listening")
+        # While Twilio waits for the first TwiML the call is not in progress (the
+        # Recordings resource would refuse it): <Start><Recording> comes first.
+        first = ET.fromstring(fake.calls[sid].twiml[0])
+        assert [el.tag for el in first] == ["Start", "Gather", "Redirect"]  # no <Gather> may hold a <Start>
+        recording_el = first.find("Start/Recording")
+        assert recording_el is not None and recording_el.get("channels") == "mono"
+        callback = recording_el.get("recordingStatusCallback") or ""
+        assert callback.startswith(f"{webhook}?callId={call_id}&type=recording")
+        assert fake.calls[sid].said == ["We record calls.", "Hi there"]
+        assert not [r for r in fake.requests if "Recordings" in r.path]
+        fake.callee_hangs_up(sid)
+        record = d.wait(lambda: (r := d.rpc("voicecall.status", {"callId": call_id}))["recordings"] and r)
+        [recording] = fake.calls[sid].recordings
+        assert record["recordings"] == [{"url": recording.url, "durationSec": recording.duration, "channels": "mono"}]
+
+
 # --- in-band DTMF on a streamed call ---------------------------------------------------------
 
 

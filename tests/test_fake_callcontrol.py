@@ -124,6 +124,27 @@ def test_record_on_create_reports_a_signed_recording_callback(twilio: FakeTwilio
     assert hit.params["RecordingDuration"] == str(recording.duration)
 
 
+def test_start_recording_twiml_records_and_reports(twilio: FakeTwilio, receiver: Receiver) -> None:
+    receiver.twiml["/voice"] = ('<Response><Start><Recording channels="mono" recordingStatusCallback="/rec"/></Start>'
+                                '<Pause length="2"/><Hangup/></Response>')
+    receiver.twiml["/rec"] = "<Response/>"
+    call = twilio.wait_ended(start_call(twilio, receiver))
+    twilio.wait_for(lambda: receiver.at("/rec"), message="the recording callback")
+    [hit] = receiver.at("/rec")
+    assert hit.params["RecordingSource"] == "StartCallRecordingTwiML" and hit.params["RecordingChannels"] == "1"
+    assert hit.url == receiver.url("/rec") and call.recordings[0].status == "completed"
+
+
+@pytest.mark.parametrize("recording", ['<Recording channels="stereo"/>',
+                                       '<Recording recordingStatusCallbackEvent="done"/>',
+                                       '<Recording><Say>x</Say></Recording>'])
+def test_start_recordings_twilio_would_refuse_end_the_call(twilio: FakeTwilio, receiver: Receiver,
+                                                           recording: str) -> None:
+    receiver.twiml["/voice"] = f"<Response><Start>{recording}</Start><Say>never</Say></Response>"
+    call = twilio.wait_ended(start_call(twilio, receiver))
+    assert [e.code for e in call.errors] == [12100] and call.recordings == []
+
+
 def test_no_record_no_recording(twilio: FakeTwilio, receiver: Receiver) -> None:
     receiver.twiml["/voice"] = "<Response><Hangup/></Response>"
     call = twilio.wait_ended(start_call(twilio, receiver, RecordingStatusCallback=receiver.url("/rec")))

@@ -45,7 +45,7 @@ How the core's model maps onto TwiML (see ``twilio_script.py``):
   transfer is the message and a ``<Dial>``; its ``<Number>``'s status
   callback (``type=transfer``) says the target answered, its action
   (``type=dial``) how the dial ended. A call that records asks for it on
-  create (inbound calls: through the Recordings resource once answered),
+  create (inbound calls: ``<Start><Recording>`` first thing once answered),
   and the signed ``RecordingStatusCallback`` (``type=recording``) reports it.
 """
 
@@ -60,14 +60,14 @@ from urllib.parse import urlencode
 
 from werkzeug.wrappers import Request, Response
 
-from ..calls import CallRecord, Direction, Mode, SendDtmf, Speak, Transfer
+from ..calls import CallRecord, Direction, Mode, SendDtmf, Speak, StartRecording, Transfer
 from ..errors import NotConnected, ProviderError
 from ..phone import mask
 from . import twilio_control, twilio_errors, twiml
 from .base import Capabilities, CarrierStatus, Provider
 from .twilio_media import TwilioMedia
 from .twilio_rest import CallsApi
-from .twilio_script import CallScript, Style
+from .twilio_script import CallScript, Item, Style
 from .twilio_webhooks import Webhooks
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,8 @@ class TwilioProvider(Provider):
         cfg = self._cfg
         return Style(voice=cfg.twilio.voice, language=cfg.twilio.language,
                      hangup_delay=float(cfg.outbound.notifyHangupDelaySec), streaming=self.streaming(),
-                     dial_timeout=min(600, max(5, -(-cfg.ringTimeoutMs // 1000))))
+                     dial_timeout=min(600, max(5, -(-cfg.ringTimeoutMs // 1000))),
+                     recording_channels=cfg.recording.channels)
 
     def _base(self) -> str:
         """The webhook URL. Without a public URL (only possible when webhooks
@@ -238,17 +239,13 @@ class TwilioProvider(Provider):
 
     def start_recording(self, record: CallRecord) -> None:
         """Calls we create record from the create request on; an inbound
-        call is recorded through its Recordings resource."""
-        if record.direction == Direction.OUTBOUND:
-            return
-        script = self.adopt(record.callId, record.providerCallId)
-        sid = record.providerCallId or (script.sid if script else None)
-        if sid is None:
-            raise NotConnected(f"call {record.callId} is not connected yet", {"callId": record.callId})
-        callback = f"{self._base()}?{urlencode({'callId': record.callId, 'type': 'recording'})}"
-        self._api.record(sid, twilio_control.recording_params(callback, self._cfg.recording.channels))
+        call starts with ``<Start><Recording>`` (while its first webhook is
+        answered, the call is not in progress yet: the Recordings resource
+        would refuse it)."""
+        if record.direction != Direction.OUTBOUND:
+            self._play(record, StartRecording(), "starting the recording")
 
-    def _play(self, record: CallRecord, action: Speak | SendDtmf | Transfer, doing: str) -> None:
+    def _play(self, record: CallRecord, action: Item, doing: str) -> None:
         """Queue ``action`` in the call's script; update the live call with
         the next document when nothing else is playing."""
         script = self.adopt(record.callId, record.providerCallId)

@@ -16,9 +16,9 @@ a ``<Dial>`` ended, and recordings (request parameters, status callbacks).
 * Recording: ``Record=true`` with ``RecordingChannels`` (``mono`` or
   ``dual``) and a ``RecordingStatusCallback`` on call create
   (https://www.twilio.com/docs/voice/api/call-resource#create-a-call-resource);
-  a call Twilio did not create for us (inbound) is recorded through its
-  Recordings resource with the same parameters
-  (https://www.twilio.com/docs/voice/api/recording#create-a-recording-resource).
+  a call Twilio did not create for us (inbound) starts its first document
+  with ``<Start><Recording channels recordingStatusCallback>``
+  (https://www.twilio.com/docs/voice/twiml/recording).
   The callback carries ``RecordingStatus`` (``completed``, ``absent``...),
   ``RecordingUrl``, ``RecordingDuration`` (seconds) and
   ``RecordingChannels`` (1 or 2)
@@ -64,8 +64,7 @@ def dial_outcome(params: list[tuple[str, str]]) -> DialOutcome:
 
 
 def recording_params(callback_url: str, channels: str) -> list[tuple[str, str]]:
-    """The recording parameters of a call create (without ``Record``) or of
-    a Recordings resource create: the same names."""
+    """The recording parameters of a call create, besides ``Record``."""
     return [("RecordingChannels", "dual" if channels == "dual" else "mono"),
             ("RecordingStatusCallback", callback_url), ("RecordingStatusCallbackMethod", "POST"),
             ("RecordingStatusCallbackEvent", RECORDING_EVENTS)]

@@ -107,15 +107,6 @@ class CallsApi:
         if not response.ok:
             raise twilio_errors.provider_error(response.status_code, json_body(response), doing)
 
-    def record(self, sid: str, form: list[tuple[str, str]]) -> None:
-        """Start recording a live call (its Recordings resource)."""
-        client, account = self._rest()
-        # Not idempotent: a repeat would start a second recording.
-        response = client.request("POST", f"{account}/Calls/{quote(sid, safe='')}/Recordings.json",
-                                  idempotent=False, data=form)
-        if not response.ok:
-            raise twilio_errors.provider_error(response.status_code, json_body(response), "starting the recording")
-
     def status(self, sid: str) -> CarrierStatus | None:
         """What Twilio says about the call; None if it cannot say."""
         client, account = self._rest()

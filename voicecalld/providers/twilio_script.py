@@ -31,8 +31,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..calls import Mode, SendDtmf, Speak, Transfer
-from . import twilio_media, twiml
+from ..calls import Mode, SendDtmf, Speak, StartRecording, Transfer
+from . import twilio_control, twilio_media, twiml
 
 #: After the bot's speech the callee is still heard this long (seconds) before
 #: Twilio comes back to report the speech finished.
@@ -64,6 +64,12 @@ class Style:
     hangup_delay: float = 3.0
     streaming: bool = False
     dial_timeout: int = 30  # seconds a transfer's <Dial> rings
+    recording_channels: str = "dual"
+
+
+#: What a document does: speak, send digits, start recording (inbound
+#: calls), transfer.
+Item = Speak | SendDtmf | StartRecording | Transfer
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,7 @@ class CallScript:
     fetched: bool = False
     #: Webhooks for this call being answered with TwiML right now.
     answering: int = 0
-    queue: list[Speak | SendDtmf | Transfer] = field(default_factory=list)
+    queue: list[Item] = field(default_factory=list)
     #: Token of the document Twilio runs now, and other tokens that count as
     #: current (answers given to stale requests).
     token: str | None = None
@@ -112,7 +118,7 @@ class CallScript:
 
     # -- speaking --
 
-    def add(self, action: Speak | SendDtmf | Transfer) -> bool:
+    def add(self, action: Item) -> bool:
         """Queue an utterance (or digits, or a transfer). True means: compose
         and update the live call now; False: a webhook answer or Twilio's
         next request will carry it."""
@@ -143,10 +149,13 @@ class CallScript:
             items = self._take()
             self.saying = tuple(i.utterance_id for i in items if isinstance(i, Speak))
             self.playing = True
+            first = [twiml.start_recording(urls.turn("recording", token), style.recording_channels,
+                                           twilio_control.RECORDING_EVENTS)
+                     for i in items if isinstance(i, StartRecording)]
             verbs = [twiml.say(i.text, style.voice, style.language) if isinstance(i, Speak)
-                     else twiml.play_digits(i.digits) for i in items if not isinstance(i, Transfer)]
+                     else twiml.play_digits(i.digits) for i in items if isinstance(i, Speak | SendDtmf)]
             if isinstance(items[-1], Transfer):
-                return Document(self._transfer(items[-1], verbs, urls, style, token), token, self.saying)
+                return Document(self._transfer(items[-1], first + verbs, urls, style, token), token, self.saying)
             gather = None
             # Digits are not wrapped in a speech <Gather>: the far end's voice
             # (an IVR's prompt) would barge in and cut them off.
@@ -154,13 +163,13 @@ class CallScript:
             if self.mode == Mode.CONVERSATION and not self.hangup_after and not self._streaming(style) and not digits:
                 gather = urls.turn("gather", token)
             xml = twiml.prompts(verbs, played_url=urls.turn("played", token), language=style.language,
-                                gather_action=gather, gather_timeout=AFTER_SPEECH_TIMEOUT)
+                                gather_action=gather, gather_timeout=AFTER_SPEECH_TIMEOUT, first=first)
             return Document(xml, token, self.saying)
         self.saying = ()
         self.playing = False
         return Document(self._resting(urls, style, token), token)
 
-    def _take(self) -> list[Speak | SendDtmf | Transfer]:
+    def _take(self) -> list[Item]:
         """The queue up to and including its first transfer; the rest stays."""
         for i, item in enumerate(self.queue):
             if isinstance(item, Transfer):

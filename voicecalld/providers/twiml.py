@@ -109,17 +109,27 @@ def utterances(texts: Sequence[str], *, played_url: str, voice: str | None, lang
 
 
 def prompts(verbs: Sequence[ET.Element], *, played_url: str, language: str | None,
-            gather_action: str | None = None, gather_timeout: int = 1) -> str:
-    """``verbs`` (``<Say>``, ``<Play>``), then back to ``played_url``; with
-    ``gather_action`` inside a speech ``<Gather>``, as ``utterances``."""
+            gather_action: str | None = None, gather_timeout: int = 1, first: Sequence[ET.Element] = ()) -> str:
+    """``first`` (``<Start>``, which no ``<Gather>`` may hold), then ``verbs``
+    (``<Say>``, ``<Play>``), then back to ``played_url``; with
+    ``gather_action`` the verbs are inside a speech ``<Gather>``, as ``utterances``."""
     if gather_action is None:
-        return render([*verbs, redirect(played_url)])
-    return render([gather(gather_action, gather_timeout, language, verbs), redirect(played_url)])
+        return render([*first, *verbs, redirect(played_url)])
+    return render([*first, gather(gather_action, gather_timeout, language, verbs), redirect(played_url)])
 
 
 def play_digits(digits: str) -> ET.Element:
     """``<Play digits>``: DTMF tones, ``w`` a half-second pause."""
     return _element("Play", {"digits": digits})
+
+
+def start_recording(callback: str, channels: str, events: str) -> ET.Element:
+    """``<Start><Recording>``: record the call from here on, reporting to
+    ``callback`` (https://www.twilio.com/docs/voice/twiml/recording)."""
+    el = _element("Start")
+    el.append(_element("Recording", {"recordingStatusCallback": callback, "recordingStatusCallbackMethod": "POST",
+                                     "recordingStatusCallbackEvent": events, "channels": channels}))
+    return el
 
 
 def dial(number: str, *, action: str, timeout: int, answered_url: str) -> ET.Element:

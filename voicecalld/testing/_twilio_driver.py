@@ -30,6 +30,7 @@ from ._twilio_model import (
     GatherRecord,
     Inline,
     Interrupted,
+    RecordingRequest,
     SayRecord,
     Source,
     StreamRequest,
@@ -254,8 +255,10 @@ class CallRunner:
             return self._connect(verb, doc_url)
         elif isinstance(verb, tw.Dial):
             return self._dial_verb(verb, doc_url)
-        elif isinstance(verb, tw.Start):
+        elif isinstance(verb, tw.Start) and verb.stream is not None:
             self._open_stream(verb.stream, bidirectional=False)
+        elif isinstance(verb, tw.Start) and verb.recording is not None:
+            self._start_recording(verb.recording, doc_url)
         elif isinstance(verb, tw.Stop):
             self._stop_stream(verb.name)
         return None
@@ -404,6 +407,12 @@ class CallRunner:
                                     number.status_callback_method, params)
 
     # -- recordings --
+
+    def _start_recording(self, verb: tw.Recording, doc_url: str | None) -> None:
+        callback = None if verb.status_callback is None else self._resolve(verb.status_callback, doc_url)
+        request = RecordingRequest(verb.channels, callback, verb.status_callback_method, verb.status_events,
+                                   "StartCallRecordingTwiML")
+        self.fake._start_recording(self.call, request)
 
     def _recordings_done(self) -> None:
         """The call is over: its recordings are processed and reported."""

@@ -92,10 +92,22 @@ class Connect:
 
 
 @dataclass(frozen=True)
-class Start:
-    """``<Start><Stream>``: a one-way fork; the document goes on at once."""
+class Recording:
+    """``<Start><Recording>`` (https://www.twilio.com/docs/voice/twiml/recording)."""
 
-    stream: Stream
+    status_callback: str | None = None
+    status_callback_method: str = "POST"
+    status_events: frozenset[str] = frozenset({"completed"})
+    channels: str = "dual"
+
+
+@dataclass(frozen=True)
+class Start:
+    """``<Start><Stream>`` (a one-way fork) or ``<Start><Recording>``; the
+    document goes on at once."""
+
+    stream: Stream | None
+    recording: Recording | None = None
 
 
 @dataclass(frozen=True)
@@ -297,8 +309,28 @@ def _connect(el: ET.Element) -> Connect:
     return Connect(_single_stream(el), el.get("action"), _method(el))
 
 
+_RECORDING_EVENTS = frozenset({"in-progress", "completed", "absent"})
+
+
 def _start(el: ET.Element) -> Start:
+    if len(el) == 1 and el[0].tag == "Recording":
+        return Start(None, _recording(el[0]))
     return Start(_single_stream(el))
+
+
+def _recording(el: ET.Element) -> Recording:
+    _leaf(el)
+    events = frozenset((el.get("recordingStatusCallbackEvent") or "completed").split())
+    if not events <= _RECORDING_EVENTS:
+        raise TwimlError(f"<Recording recordingStatusCallbackEvent={el.get('recordingStatusCallbackEvent')!r}> "
+                         f"is not among {sorted(_RECORDING_EVENTS)}")
+    channels = el.get("channels", "dual")
+    if channels not in ("mono", "dual"):
+        raise TwimlError(f"<Recording channels={channels!r}> must be mono or dual")
+    method = (el.get("recordingStatusCallbackMethod") or "POST").upper()
+    if method not in ("GET", "POST"):
+        raise TwimlError(f"<Recording recordingStatusCallbackMethod={method!r}> must be GET or POST")
+    return Recording(el.get("recordingStatusCallback"), method, events, channels)
 
 
 def _stop(el: ET.Element) -> Stop:
