@@ -19,9 +19,9 @@ Call Control v2 (https://developers.telnyx.com/api/call-control).
   recording is reported by ``call.recording.saved``, signed like every
   webhook, with ``recording_urls`` (valid for 10 minutes) and
   ``public_recording_urls`` (kept while the file exists, where enabled),
-  ``recording_started_at``/``recording_ended_at`` and ``channels``
-  (https://developers.telnyx.com/api/call-control/callbacks, and the
-  ``CallRecordingSavedWebhookEvent`` of team-telnyx/telnyx-python).
+  ``recording_started_at``/``recording_ended_at`` and ``channels`` (the
+  record_start page's callback schema, and ``CallRecordingSavedWebhookEvent``
+  in team-telnyx/telnyx-python).
 """
 
 from __future__ import annotations
