@@ -15,6 +15,13 @@ hang up) and inspect everything that happened::
         fake.wait_ended(call.sid)
         assert call.said == ["Hello!", "Goodbye."]
 
+Call control: ``<Play digits>`` plays (``call.digits_played``); ``<Dial>``
+rings its ``<Number>``, which behaves as ``set_callee`` says (busy,
+no-answer...), reports to its status callback and lasts until
+``end_dial``; a call created with ``Record=true`` (or running
+``<Start><Recording>``) is recorded from its answer, and the signed
+RecordingStatusCallback follows its end (``call.recordings``).
+
 Timing: ``<Say>`` lasts ``len(text) * ms_per_char`` ms; every duration that
 TwiML or the API states in seconds (Pause length, Gather timeout, the call's
 ring Timeout) is multiplied by ``time_scale``. Callee behaviours use plain
