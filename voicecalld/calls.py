@@ -37,11 +37,13 @@ class State(enum.StrEnum):
     NO_ANSWER = "no-answer"
     BUSY = "busy"
     VOICEMAIL = "voicemail"
+    TRANSFERRED = "transferred"  # handed to another number (voicecall.transfer)
 
 
 TERMINAL: frozenset[State] = frozenset({
     State.COMPLETED, State.HANGUP_USER, State.HANGUP_BOT, State.TIMEOUT, State.ERROR,
     State.FAILED, State.NO_ANSWER, State.BUSY, State.VOICEMAIL,
+    State.TRANSFERRED,
 })
 #: States in which the callee is on the line and can hear us.
 CONNECTED: frozenset[State] = frozenset({State.ANSWERED, State.ACTIVE, State.SPEAKING, State.LISTENING})
@@ -87,6 +89,8 @@ class EventType(enum.StrEnum):
     DTMF = "dtmf"
     ENDED = "ended"         # the carrier says the call is over (reason)
     ERROR = "error"
+    TRANSFERRED = "transferred"          # the transfer target answered: the call is theirs now
+    TRANSFER_FAILED = "transfer-failed"  # the target was busy, did not answer, or the carrier refused (message)
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,12 @@ class CallRecord:
     #: ``{"at": epoch ms, "latencyMs": caller's end of speech to the reply's
     #: first audio at the carrier}``.
     turns: list[dict[str, Any]] = field(default_factory=list)
+    #: Call control (voicecalld-tools(7)): DTMF digits to send once answered,
+    #: before the opening; whether the carrier records the call; and the
+    #: recordings it reported, ``{"url", "durationSec", "channels"}`` each.
+    dtmf: str | None = None
+    record: bool = False
+    recordings: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -157,6 +167,7 @@ class CallRecord:
             "transcript": [dict(t) for t in self.transcript], "error": self.error,
             "opening": self.opening, "openingSpoken": self.openingSpoken,
             "turns": [dict(t) for t in self.turns],
+            "dtmf": self.dtmf, "record": self.record, "recordings": [dict(r) for r in self.recordings],
         }
 
     @classmethod
@@ -173,6 +184,9 @@ class CallRecord:
             opening=opening if isinstance(opening, str) and opening else None,
             openingSpoken=bool(d.get("openingSpoken", True)),
             turns=[dict(t) for t in d.get("turns") or [] if isinstance(t, dict)],
+            dtmf=d.get("dtmf") if isinstance(d.get("dtmf"), str) and d.get("dtmf") else None,
+            record=d.get("record") is True,
+            recordings=[dict(r) for r in d.get("recordings") or [] if isinstance(r, dict)],
         )
 
     @property
@@ -255,7 +269,32 @@ class Finished:
     reason: State
 
 
-Action = Persist | Publish | Speak | Listen | StopListening | HangUp | ArmTimer | CancelTimer | Deliver | Finished
+# Call control: DTMF, transfer, recording.
+
+@dataclass(frozen=True)
+class SendDtmf:
+    """Send DTMF ``digits`` (checked already: ``media.dtmf``) to the callee."""
+
+    digits: str
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Say ``message`` (if any), then hand the call to ``to``; the carrier
+    reports ``transferred`` or ``transfer-failed``."""
+
+    to: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class StartRecording:
+    """Ask the carrier to record the call (carriers that record from the
+    dial on have nothing to do)."""
+
+
+Action = (Persist | Publish | Speak | Listen | StopListening | HangUp | ArmTimer | CancelTimer | Deliver | Finished
+          | SendDtmf | Transfer | StartRecording)
 
 
 @dataclass(frozen=True)
@@ -265,3 +304,5 @@ class Policy:
     max_duration: float = 300.0
     ring_timeout: float = 30.0
     notify_hangup_delay: float = 3.0
+    #: Said before anything else on a call that records (recording.announce).
+    recording_announcement: str = ""

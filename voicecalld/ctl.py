@@ -80,6 +80,8 @@ def _parser() -> Parser:
     c.add_argument("--mode", choices=("notify", "conversation"), help="default: outbound.defaultMode")
     c.add_argument("--follow", action="store_true", help="print the call live until it ends; exit 0 if it ended "
                    "completed, hangup-user, hangup-bot or transferred, else 1")
+    c.add_argument("--dtmf", metavar="DIGITS", help="press these keys once answered, before the message")
+    c.add_argument("--record", action=argparse.BooleanOptionalAction, help="default: recording.enabled")
     for name, helptext in (("continue", "speak, then wait for and print the callee's reply"),
                            ("speak", "speak without waiting")):
         c = sub.add_parser(name, help=helptext)
@@ -88,6 +90,13 @@ def _parser() -> Parser:
     for name, helptext in (("end", "hang up a call"), ("status", "print a call record")):
         sub.add_parser(name, help=helptext).add_argument("--call-id", required=True, metavar="ID")
     sub.add_parser("list", help="list active calls")
+    c = sub.add_parser("dtmf", help="press keys on a call (0-9 * # A-D; w waits 0.5 s)")
+    c.add_argument("--call-id", required=True, metavar="ID")
+    c.add_argument("--digits", required=True, metavar="D")
+    c = sub.add_parser("transfer", help="hand a call to a number in transfer.allowTo; waits for the outcome")
+    c.add_argument("--call-id", required=True, metavar="ID")
+    c.add_argument("--to", required=True, metavar="E164")
+    c.add_argument("--message", metavar="TEXT", help="said before the transfer")
     t = sub.add_parser("tail", help="print the latest call records; -f follows live events")
     t.add_argument("-n", type=int, default=10, metavar="N", help="records to print (default 10)")
     t.add_argument("-f", "--follow", action="store_true", help="then print events as they happen")
@@ -173,7 +182,7 @@ def _show(args: argparse.Namespace, value: Any, for_people: Callable[[Any], str]
 def _run(args: argparse.Namespace, client: Client, path: str) -> int:
     cmd = args.command
     if cmd == "call":
-        params = {"message": args.message, "to": args.to, "mode": args.mode}
+        params = {"message": args.message, "to": args.to, "mode": args.mode, "dtmf": args.dtmf, "record": args.record}
         params = {k: v for k, v in params.items() if v is not None}
         if args.follow:
             with Client(path, timeout=client.timeout) as events:
@@ -197,6 +206,12 @@ def _run(args: argparse.Namespace, client: Client, path: str) -> int:
             return EX_ERROR
     elif cmd == "list":
         _show(args, client.call("voicecall.list"), lambda found: ctl_format.list_table(found["calls"]))
+    elif cmd == "dtmf":
+        _print(client.call("voicecall.dtmf", {"callId": args.call_id, "digits": args.digits}))
+    elif cmd == "transfer":
+        params = {"callId": args.call_id, "to": args.to, "message": args.message}
+        timeout = args.timeout if args.timeout is not None else CONTINUE_TIMEOUT
+        _print(client.call("voicecall.transfer", {k: v for k, v in params.items() if v is not None}, timeout))
     elif cmd == "tail":
         return _tail(args, client, path)
     elif cmd == "watch":

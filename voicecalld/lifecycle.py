@@ -56,8 +56,9 @@ from .calls import (
     TimerKind,
     can_transition,
 )
-from .errors import NotConnected
+from .errors import NotConnected, TurnInProgress
 from .lifecycle_steps import (
+    ANNOUNCE,
     ARM_MAX_DURATION,
     ARM_NOTIFY_HANGUP,
     ARM_RING,
@@ -72,6 +73,7 @@ from .lifecycle_steps import (
     DELIVERED,
     END_CHOSEN,
     FORGET_END,
+    FORGET_TRANSFER,
     GIVEN,
     HANG_UP,
     IDLE,
@@ -79,12 +81,16 @@ from .lifecycle_steps import (
     MARK_DELIVERED,
     MARK_INTERRUPTED,
     MARK_OPENING_SPOKEN,
+    MARK_TRANSFERRING,
     MARK_UNDELIVERED,
     MOVE,
     NO_OPENING,
+    NOT_TRANSFERRING,
     NOTE_ERROR,
     NOTE_TURN,
+    NOTHING_SAID,
     OPENING,
+    OPENING_DTMF,
     OPENING_UNSAID,
     OUTBOUND,
     PERSIST,
@@ -92,9 +98,13 @@ from .lifecycle_steps import (
     PUBLISH_PARTIAL,
     QUIET,
     SAME,
+    SEND_DTMF,
     SPEAK,
     STAMP_ANSWERED,
+    START_RECORDING,
     STOP_LISTENING,
+    TRANSFER,
+    TRANSFER_LINE,
     Data,
     Input,
     Row,
@@ -140,6 +150,13 @@ TABLE: tuple[Row, ...] = (
     row(ANY,           In.INTERRUPTED,         None,           SAME,        MARK_INTERRUPTED, PERSIST),
     row(CONNECTED,     In.TURN,                None,           SAME,        NOTE_TURN, PERSIST),
     row(ANY,           In.DTMF,                None,           SAME,        PUBLISH_DTMF),
+    # call control: DTMF, transfer, recording
+    row(S.ANSWERED,    In.PRELUDE,             NOTHING_SAID,   SAME,        START_RECORDING, ANNOUNCE, OPENING_DTMF),
+    row(CONNECTED,     In.SEND_DTMF,           None,           SAME,        SEND_DTMF),
+    row(CONNECTED,     In.TRANSFER,            NOT_TRANSFERRING, SAME,      MARK_TRANSFERRING, TRANSFER_LINE, PERSIST,
+                                                                            TRANSFER),
+    row(CONNECTED,     In.TRANSFERRED,         None,           S.TRANSFERRED, MOVE, CLOSE),
+    row(ANY,           In.TRANSFER_FAILED,     None,           SAME,        FORGET_TRANSFER),
     row(UNANSWERED,    In.RING_TIMER,          None,           SAME,        hang_up(S.NO_ANSWER)),
     row(ANY,           In.MAX_DURATION_TIMER,  None,           SAME,        hang_up(S.TIMEOUT)),
     row(ANY,           In.NOTIFY_HANGUP_TIMER, None,           SAME,        hang_up(S.COMPLETED)),
@@ -199,6 +216,7 @@ class Call:
     policy: Policy
     chosen_end: State | None  # the end reason the bot chose; wins over the carrier's
     delivered: bool           # an utterance that ends the call has played
+    transferring: str | None  # the target of a transfer under way
 
     def __init__(self, record: CallRecord, policy: Policy, opening: str | None = None) -> None:
         self.record = record
@@ -207,6 +225,7 @@ class Call:
             record.opening = opening
         self.chosen_end = None
         self.delivered = False
+        self.transferring = None
         self.turns = 0
         self._utterance_seq = 0
         self._utterances: dict[str, _Utterance] = {}  # said, not yet played
@@ -278,6 +297,11 @@ class Call:
         out = self._add_line("bot", data.text, data.now_ms)
         self._utterances[data.utterance_id] = _Utterance(data.then, data.turn, self.record.transcript[-1])
         return out
+
+    def note_said(self, data: Data) -> list[Action]:
+        """A line of the bot's that is not an utterance to wait for (a
+        transfer's message, said by the carrier with the transfer)."""
+        return self._add_line("bot", data.text, data.now_ms)
 
     def note_callee_line(self, data: Data) -> list[Action]:
         extra = {} if data.confidence is None else {"confidence": data.confidence}
@@ -352,6 +376,33 @@ class Call:
     def timer_fired(self, kind: TimerKind) -> list[Action]:
         return self._on(_TIMERS[kind], Data(0))
 
+    # -- call control --
+
+    def send_dtmf(self, digits: str) -> list[Action]:
+        """Send DTMF ``digits`` (already checked) to the callee."""
+        return self._command(Input.SEND_DTMF, Data(0, digits=digits))
+
+    def transfer(self, to: str, message: str, now_ms: int) -> list[Action]:
+        """Hand the call to ``to`` (already allowed), after ``message``."""
+        if self.transferring is not None and not self.terminal:
+            raise TurnInProgress(f"call {self.id} is already being transferred; wait for that to finish",
+                                 {"callId": self.id})
+        return self._command(Input.TRANSFER, Data(now_ms, to=to, text=message))
+
+    def transfer_failed(self, error: str) -> list[Action]:
+        """The transfer did not happen: the call goes on."""
+        return self._on(Input.TRANSFER_FAILED, Data(0, error=error))
+
+    def note_recording(self, recording: dict[str, Any]) -> list[Action] | None:
+        """The carrier reported a recording of the call; None once the call
+        has ended (its final record is amended instead)."""
+        if self.terminal:
+            return None
+        if any(r.get("url") == recording.get("url") for r in self.record.recordings):
+            return []  # reported again (a retried webhook)
+        self.record.recordings.append(dict(recording))
+        return [calls.Persist(), Publish("call.recording", dict(recording))]
+
     # -- carrier events --
 
     def handle(self, event: CallEvent, now_ms: int) -> list[Action]:
@@ -387,6 +438,10 @@ class Call:
         if kind == EventType.ERROR:
             data.error = event.message or None
             return self._on(Input.ERROR, data)
+        if kind == EventType.TRANSFERRED:
+            return self._on(Input.TRANSFERRED, data)
+        if kind == EventType.TRANSFER_FAILED:
+            return self.transfer_failed(event.message or "the transfer failed")
         return []  # initiated: a call starts there, it never moves back
 
     def _last_bot_line(self) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ TranscriptionEngine = Literal["Google", "Telnyx", "Deepgram", "Azure"]
 TtsProvider = Literal["openai"]
 TunnelProvider = Literal["none", "ngrok", "tailscale-serve", "tailscale-funnel"]
 TailscaleMode = Literal["off", "serve", "funnel"]
+RecordingChannels = Literal["dual", "mono"]
 
 REDACTED = "<redacted>"
 
@@ -198,6 +199,33 @@ class MockSettings:
     msPerChar: float = setting(60, "Simulated speech takes this long per character.", minimum=0)
     replyDelayMs: int = setting(300, "Simulated callee starts its reply this long after the prompt ended.",
                                 minimum=0)
+    transferBusy: tuple[str, ...] = setting(
+        (), "Transfer targets the simulated network reports busy (the transfer fails; the call goes on).",
+        kind="list[e164]")
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """``[transfer]``: handing calls to other numbers (voicecall.transfer)."""
+
+    allowTo: tuple[str, ...] = setting(
+        (), "The only numbers (exact E.164) calls may be transferred to, by a command, an agent or a model; "
+        "anything else is refused before the carrier is asked. Empty (the default): transfers are off, and the "
+        "auto-responder is offered no transfer_call tool.", kind="list[e164]")
+
+
+@dataclass(frozen=True)
+class RecordingSettings:
+    """``[recording]``: the carrier records calls; the daemon keeps metadata only."""
+
+    enabled: bool = setting(
+        False, "Record every call (voicecall.initiate's record overrides it per call). The carrier keeps the "
+        "audio; the call record lists each recording's URL, duration and channels.")
+    channels: RecordingChannels = setting(
+        "dual", "dual (the callee and the bot on separate channels) or mono.")
+    announce: str = setting(
+        "", "A sentence said before anything else on a call that records, e.g. \"This call is recorded.\" "
+        "Empty: none.")
 
 
 @dataclass(frozen=True)
@@ -278,6 +306,8 @@ class Config:
     control: ControlSettings = section(ControlSettings)
     metrics: MetricsSettings = section(MetricsSettings)
     mock: MockSettings = section(MockSettings)
+    transfer: TransferSettings = section(TransferSettings)
+    recording: RecordingSettings = section(RecordingSettings)
 
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     path: str | None = field(default=None, compare=False)

@@ -7,6 +7,8 @@ results into call events (partials, finals, barge-in), speaks the call's
 utterances through a ``Player``, and reports DTMF. An utterance the
 text-to-speech service refuses twice is said by the carrier instead
 (``MediaCarrier.say_instead``): one failed request must not end the call.
+DTMF the call sends goes out in-band, as tones (``dtmf.tones``) queued on
+the player after what it is saying.
 When the carrier ends the stream or the socket closes, the bridge tears
 everything down.
 
@@ -26,6 +28,7 @@ import simple_websocket
 
 from .. import metrics
 from ..calls import CallEvent, EventType, Speak
+from . import dtmf
 from .framing import Audio, Dtmf, Framing, Mark, Stop
 from .player import Player
 from .realtime_stt import SttEvent, Transcriber
@@ -63,6 +66,9 @@ class Bridge:
     def say(self, action: Speak) -> None:
         self._speaking[action.utterance_id] = action
         self.player.say(action.utterance_id, action.text)
+
+    def tones(self, digits: str) -> None:
+        self.player.play_audio(f"dtmf-{uuid.uuid4().hex[:12]}", dtmf.tones(digits))
 
     def _emit(self, type_: EventType, **fields: Any) -> None:
         event = CallEvent(type_, uuid.uuid4().hex, call_id=self.call_id, **fields)

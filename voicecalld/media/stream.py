@@ -99,6 +99,7 @@ class StreamHub:
         self.events = KeyedWorkQueue("media-events", workers=4, idle=1.0)
         self._refusals = RateLimitedLog(log)
         carrier.attach(self.speak)
+        carrier.attach_tones(self.send_tones)
 
     @property
     def config(self) -> Any:
@@ -258,6 +259,17 @@ class StreamHub:
         if bridge is None or not bridge.alive:
             return False
         bridge.say(action)
+        return True
+
+    def send_tones(self, record: CallRecord, digits: str) -> bool:
+        """The carrier's tone sender (``MediaCarrier.attach_tones``): DTMF
+        in-band on the call's stream if it has one (True), else left to
+        the carrier (False)."""
+        with self._lock:
+            bridge = self._bridges.get(record.callId)
+        if bridge is None or not bridge.alive:
+            return False
+        bridge.tones(digits)
         return True
 
     def say_instead(self, call_id: str, action: Speak, why: str) -> None:

@@ -36,6 +36,10 @@ Event mapping (Telnyx -> normalized):
   ``machine`` -> we hang up and the call ends as voicemail.
 - ``call.hangup`` -> ended, reason from ``telnyx_events.end_reason``.
 
+DTMF, transfer and recording: ``telnyx_control`` (``send_dtmf``;
+``transfer``, whose new leg's webhooks say how it went; ``record_start``
+once answered, and ``call.recording.saved``).
+
 Listening: transcription (inbound track only, so the bot never hears
 itself) starts at the first listening turn and keeps running until the
 call ends. Restarting it per turn would cost two commands a turn and clip
@@ -53,7 +57,7 @@ from urllib.parse import quote
 from werkzeug.wrappers import Response
 
 from .. import jsonsafe, metrics
-from ..calls import CallEvent, CallRecord, EventType, Speak, State
+from ..calls import CallEvent, CallRecord, EventType, SendDtmf, Speak, State, Transfer
 from ..errors import ProviderError
 from ..httpjson import json_response
 from ..lru import Bounded
@@ -64,6 +68,7 @@ from . import telnyx_events as wire
 from . import telnyx_signature
 from .base import Capabilities, CarrierStatus, Provider
 from .http import RestClient
+from .telnyx_control import TelnyxControl, is_transfer_message
 from .telnyx_events import ring_timeout_secs, time_limit_secs
 from .telnyx_legs import Leg, LegTable
 from .telnyx_signature import KeyCache as _KeyCache
@@ -101,6 +106,7 @@ class TelnyxProvider(Provider):
         self._keys = _KeyCache()
         self._work = KeyedWorkQueue("telnyx-events", workers=workers, max_pending=max_pending)
         self._rejections = RateLimitedLog(log)
+        self._control = TelnyxControl(self)
         self.accepted = 0   # webhooks acknowledged and queued
         self.processed = 0  # ... and processed (for status, and tests waiting for quiet)
 
@@ -249,6 +255,15 @@ class TelnyxProvider(Provider):
             leg.transcribing = False
         self._command(self._ccid(record), "transcription_stop", {}, "stop transcription", ended_ok=True)
 
+    def send_dtmf(self, record: CallRecord, action: SendDtmf) -> None:
+        self._control.send_dtmf(record, action)
+
+    def transfer(self, record: CallRecord, action: Transfer) -> None:
+        self._control.transfer(record, action)
+
+    def start_recording(self, record: CallRecord) -> None:
+        self._control.start_recording(record)
+
     def call_status(self, record: CallRecord) -> CarrierStatus | None:
         if not record.providerCallId:
             return None
@@ -333,6 +348,8 @@ class TelnyxProvider(Provider):
 
     def _process(self, hook: wire.Webhook) -> None:
         try:
+            if self._control.handle(hook):
+                return
             handler = _HANDLERS.get(hook.type)
             if handler is None:
                 log.debug("Telnyx %s for %s ignored", hook.type, hook.call_control_id)
@@ -411,14 +428,16 @@ class TelnyxProvider(Provider):
         leg = self._find(hook)
         with self._lock:
             utterance = leg.utterances[0] if leg is not None and leg.utterances else None
-        if utterance is not None:  # a late start of speech already reported as ended is old news
+        # A late start of speech already reported as ended is old news; a
+        # transfer's message is no utterance of the call's.
+        if utterance is not None and not is_transfer_message(utterance):
             self._event(hook, EventType.SPEAKING, leg, utterance_id=utterance)
 
     def _on_speak_ended(self, hook: wire.Webhook) -> None:
         leg = self._find(hook)
         with self._lock:
             utterance = leg.utterances.popleft() if leg is not None and leg.utterances else None
-        if utterance is None:
+        if utterance is None or (leg is not None and self._control.speak_ended(leg, utterance, hook)):
             return
         status = hook.text("status") or "completed"
         if status != "completed":

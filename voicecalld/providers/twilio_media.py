@@ -40,6 +40,7 @@ from ..media.framing import (
     Speaker,
     Start,
     Stop,
+    ToneSender,
     UpgradeRefused,
 )
 from . import twiml
@@ -146,6 +147,9 @@ class TwilioMedia:
 
     def attach(self, speaker: Speaker) -> None:
         self.provider.stream_speaker = speaker
+
+    def attach_tones(self, sender: ToneSender) -> None:
+        self.provider.stream_dtmf = sender
 
     def say_instead(self, record: CallRecord, action: Speak) -> None:
         self.provider.speak_with_say(record, action)

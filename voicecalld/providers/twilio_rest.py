@@ -54,9 +54,11 @@ class CallsApi:
     def _call_path(self, account: str, sid: str) -> str:
         return f"{account}/Calls/{quote(sid, safe='')}.json"
 
-    def create(self, *, to: str, from_: str, url: str, ring_timeout_ms: int, machine_detection: bool) -> str:
+    def create(self, *, to: str, from_: str, url: str, ring_timeout_ms: int, machine_detection: bool,
+               recording: list[tuple[str, str]] | None = None) -> str:
         """Place a call whose TwiML and status callbacks come from ``url``
-        (the latter with ``&type=status``); returns its sid."""
+        (the latter with ``&type=status``); returns its sid. ``recording``:
+        record it, with these parameters (``twilio_control.recording_params``)."""
         ring = min(MAX_TIMEOUT, max(1, math.ceil(ring_timeout_ms / 1000)))
         form: list[tuple[str, str]] = [
             ("To", to), ("From", from_), ("Url", url), ("Method", "POST"),
@@ -66,6 +68,8 @@ class CallsApi:
         ]
         if machine_detection:
             form.append(("MachineDetection", "Enable"))
+        if recording is not None:
+            form += [("Record", "true"), *recording]
         client, account = self._rest()
         # Not idempotent: Twilio has no idempotency key for creating calls, so
         # a retry could ring the callee twice (RestClient only retries when

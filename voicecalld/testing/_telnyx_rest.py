@@ -76,7 +76,8 @@ class RestApi:
             "speak": self._cmd_speak, "transcription_start": self._cmd_transcription_start,
             "transcription_stop": self._cmd_transcription_stop, "playback_start": self._cmd_playback_start,
             "playback_stop": self._cmd_accept, "streaming_start": self._cmd_streaming_start,
-            "streaming_stop": self._cmd_accept,
+            "streaming_stop": self._cmd_accept, "send_dtmf": self._cmd_send_dtmf, "transfer": self._cmd_transfer,
+            "record_start": self._cmd_record_start, "record_stop": self._cmd_record_stop,
         }
 
     def fail(self, error: wire.ApiError, count: int, path_contains: str | None) -> None:
@@ -275,6 +276,33 @@ class RestApi:
 
     def _cmd_accept(self, call: FakeCall, body: dict[str, Any]) -> Action:
         return lambda: None
+
+    # -- call control: each changes nothing until it is valid --
+
+    def _cmd_send_dtmf(self, call: FakeCall, body: dict[str, Any]) -> Action:
+        self._require_answered(call, "send_dtmf")
+        digits = params.send_dtmf(body)
+        return lambda: call.dtmf_sent.append(digits)  # no webhooks: Telnyx sends none for it
+
+    def _cmd_transfer(self, call: FakeCall, body: dict[str, Any]) -> Action:
+        self._require_answered(call, "transfer")
+        transfer = params.transfer(body)
+
+        def act() -> None:
+            self._sim.transfer(call, transfer, self._callee(transfer.to))
+        return act
+
+    def _cmd_record_start(self, call: FakeCall, body: dict[str, Any]) -> Action:
+        self._require_answered(call, "record_start")
+        if call.recording is not None:
+            raise wire.not_allowed_now("This call is already being recorded.")
+        options = params.record_start(body)
+        return lambda: self._sim.start_recording(call, options)
+
+    def _cmd_record_stop(self, call: FakeCall, body: dict[str, Any]) -> Action:
+        if call.recording is None:
+            raise wire.not_allowed_now("This call is not being recorded.")
+        return lambda: self._sim.stop_recording(call)
 
 
 def _json_or_none(raw: bytes) -> Any:
