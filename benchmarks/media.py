@@ -38,6 +38,7 @@ pacing jitter p99 under 5 ms. Prints a table and one JSON line.
 from __future__ import annotations
 
 import argparse
+import base64
 import gc
 import json
 import multiprocessing as mp
@@ -48,6 +49,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,44 @@ def openai_process(conn: Any) -> None:
 # --- simulated Twilio media clients, in their own process ------------------------------------
 
 
+class Pacer:
+    """Every stream's caller audio at real-time pace, from one thread: at
+    each 20 ms tick, one ``media`` frame to every stream, each frame built
+    (JSON, WebSocket framing, masking) before the run. MediaStreamClient's
+    own ``play`` does the same per stream with a thread each, which costs
+    this machine's two cores more than the server being measured."""
+
+    def __init__(self, clients: list[Any], audios: list[bytes]) -> None:
+        from voicecalld.media.wsframes import masked_text_frame
+
+        self.clients = clients
+        self.frames = []
+        for client, audio in zip(clients, audios, strict=True):
+            frames = []
+            for n, offset in enumerate(range(0, len(audio), FRAME)):
+                message = {"event": "media", "sequenceNumber": str(n + 2), "streamSid": client.stream_sid,
+                           "media": {"track": "inbound", "chunk": str(n + 1), "timestamp": str(n * 20),
+                                     "payload": base64.b64encode(audio[offset:offset + FRAME]).decode("ascii")}}
+                frames.append(masked_text_frame(json.dumps(message).encode()))
+            self.frames.append(frames)
+        self.sent: list[list[float]] = [[] for _ in clients]
+        self.thread = threading.Thread(target=self._run, name="pacer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        start = time.monotonic() + 0.05
+        for n in range(max(len(f) for f in self.frames)):
+            time.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
+            for client, frames, sent in zip(self.clients, self.frames, self.sent, strict=True):
+                if n < len(frames):
+                    with client._send_lock:  # after any mark echo the client is writing
+                        client._ws.sock.sendall(frames[n])
+                    sent.append(time.monotonic())
+
+    def join(self) -> None:
+        self.thread.join(120)
+
+
 def clients_process(requests: Any, results: Any, port: int) -> None:
     from voicecalld.testing.media_client import MediaStreamClient, silence, speech_like
 
@@ -125,7 +165,8 @@ def clients_process(requests: Any, results: Any, port: int) -> None:
             seconds, sync_turns = item[1], item[2]
             pattern = (speech_like(1.0) + silence(1.0)) * int(seconds // 2 + 1)
             pattern = pattern[:int(seconds * 8000) // FRAME * FRAME]
-            for index, client in clients:
+            audios = []
+            for index, _ in clients:
                 marker = b"MARK" + index.to_bytes(4, "big")
                 audio = pattern
                 if not sync_turns:
@@ -133,15 +174,14 @@ def clients_process(requests: Any, results: Any, port: int) -> None:
                     # one's speech/silence cycle starts at its own phase.
                     shift = random.Random(index).randrange(0, 2 * 8000, FRAME)
                     audio = pattern[shift:] + pattern[:shift]
-                client.start_streaming_in_background(marker + b"\xff" * (FRAME - 8) + audio[FRAME:])
+                audios.append(marker + b"\xff" * (FRAME - 8) + audio[FRAME:])
+            pacer = Pacer([c for _, c in clients], audios)
             results.put(("playing", len(clients)))
         elif item[0] == "collect":
-            for _, client in clients:
-                client.wait_streaming(60)
+            pacer.join()
             out = []
-            for index, client in clients:
-                out.append({"index": index, "sent": [f.sent_at for f in client.sent_frames],
-                            "received": [m.at for m in client.received_media]})
+            for (index, client), sent in zip(clients, pacer.sent, strict=True):
+                out.append({"index": index, "sent": sent, "received": [m.at for m in client.received_media]})
             results.put(("stats", out))
         else:
             for _, client in clients:

@@ -422,18 +422,21 @@ class LoopReader:
     def _deliver(ws: simple_websocket.Server, parts: list[str | bytes]) -> None:
         """Messages the splitter parsed go straight to simple-websocket's
         queue, the rest through wsproto (which queues what it parses), in
-        order; the doorbell rings once for the lot."""
-        queued = False
+        order. The event is set once per message, as simple-websocket does,
+        except a ``Doorbell``: its handler takes them all at once."""
+        queued = 0
         for part in parts:
             if isinstance(part, str):
                 ws.input_buffer.append(part)
-                queued = True
+                queued += 1
                 continue
             ws.ws.receive_data(part)
             ws.connected = ws._handle_events()
             if not ws.connected:
                 break
-        if queued:
+        if isinstance(ws.event, Doorbell) and ws.event.handler is not None:
+            queued = min(queued, 1)
+        for _ in range(queued):
             ws.event.set()
 
 
