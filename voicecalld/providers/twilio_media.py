@@ -26,7 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import jsonsafe
 from ..media.framing import (
@@ -49,7 +49,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from werkzeug.wrappers import Request
 
     from ..calls import CallRecord, Speak
-    from .twilio import TwilioProvider
 
 #: The ``<Parameter>``s of a call's ``<Stream>``, read back from ``start``.
 CALL_ID_PARAMETER = "callId"
@@ -121,17 +120,35 @@ class TwilioFraming:
         return _dumps({"event": "clear", "streamSid": self.stream_sid})
 
 
+class TwilioCalls(Protocol):
+    """What the media side uses of the Twilio provider (``twilio.TwilioProvider``)."""
+
+    stream_speaker: Speaker | None
+
+    @property
+    def _cfg(self) -> Any: ...
+
+    @property
+    def stream_url(self) -> str | None: ...
+
+    def streaming(self) -> bool: ...
+
+    def check_stream_token(self, call_id: str, token: str) -> bool: ...
+
+    def speak_with_say(self, record: CallRecord, action: Speak) -> None: ...
+
+
 class TwilioMedia:
     """Twilio's ``media.framing.MediaCarrier``."""
 
-    def __init__(self, provider: TwilioProvider) -> None:
+    def __init__(self, provider: TwilioCalls) -> None:
         self.provider = provider
 
     def streaming(self) -> bool:
         return self.provider.streaming()
 
     def open(self, request: Request) -> TwilioFraming:
-        cfg = self.provider.manager.config
+        cfg = self.provider._cfg
         if not cfg.skipSignatureVerification:
             url = self.provider.stream_url
             signature = request.headers.get(SIGNATURE_HEADER)
