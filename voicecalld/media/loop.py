@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import simple_websocket
+from wsproto.utilities import LocalProtocolError
 
 from .outbox import LoopSocket, Outbox
 from .wsframes import FrameSplitter
@@ -165,8 +166,8 @@ class ReadLoop:
         try:
             if ws.connected:
                 ws.close()
-        except (simple_websocket.ConnectionClosed, OSError):
-            pass
+        except (simple_websocket.ConnectionClosed, OSError, LocalProtocolError):
+            pass  # LocalProtocolError: a close is already under way
         over.wait(close_wait)
         try:
             ws.sock.shutdown(socket.SHUT_RDWR)
@@ -431,7 +432,9 @@ class LoopReader:
                 queued += 1
                 continue
             ws.ws.receive_data(part)
-            ws.connected = ws._handle_events()
+            # What arrives after a close we sent (the peer's last frames)
+            # must not open the connection again.
+            ws.connected = ws._handle_events() and ws.connected
             if not ws.connected:
                 break
         if isinstance(ws.event, Doorbell) and ws.event.handler is not None:
