@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import simple_websocket
 from werkzeug.serving import make_server
+from wsproto.events import Message, Ping
 
 from voicecalld.media.loop import RECEIVE_BYTES, Doorbell, LoopReader, ReadLoop
 from voicecalld.testing._wait import wait_until
@@ -200,6 +201,32 @@ def test_websocket_messages_are_handled_on_the_loop_thread(echo: tuple[str, Echo
         client.close()
     assert app.finished.wait(5)
     assert app.handler_threads == {"test-loop"}
+
+
+def test_mixed_frames_over_the_loop(echo: tuple[str, EchoApp]) -> None:
+    """A client that mixes pings, binary and fragmented messages in with
+    text gets each echoed in order and its pings answered."""
+    echo_url, _ = echo
+    client = simple_websocket.Client.connect(echo_url)
+    client.pong_received = False  # set by the client's reader when the server's pong comes
+    try:
+        for i in range(20):
+            client.send(f"text {i}")
+            if i % 5 == 0:
+                client.sock.send(client.ws.send(Ping(b"are you there")))
+                client.send(b"binary %d" % i)
+                client.sock.send(client.ws.send(Message(data=f"frag {i} ", message_finished=False)) +
+                                 client.ws.send(Message(data="end", message_finished=True)))
+        replies = [client.receive(timeout=5) for _ in range(20 + 2 * 4)]
+        expected: list[str | bytes] = []
+        for i in range(20):
+            expected.append(f"text {i}")
+            if i % 5 == 0:
+                expected += [b"binary %d" % i, f"frag {i} end"]
+        assert replies == expected
+        assert client.pong_received  # the pings were answered (before the replies after them)
+    finally:
+        client.close()
 
 
 def test_a_peer_that_vanishes_ends_the_connection(echo: tuple[str, EchoApp]) -> None:

@@ -1,18 +1,14 @@
 """The media layer's WebSocket fast paths (voicecalld.media.wsframes):
 checked against wsproto, the general parser and framer they stand in for,
-and end to end over the read loop with every kind of frame mixed in."""
+and end to end in test_media_loop (mixed frames over the read loop)."""
 
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Iterator
 
 import pytest
-import simple_websocket
 from hypothesis import given
 from hypothesis import strategies as st
-from wsproto.events import Message, Ping
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from voicecalld.media.wsframes import FAST_LIMIT, FrameSplitter, masked_text_frame, unmask
@@ -116,67 +112,3 @@ def test_masks_differ_per_frame_and_unmask_inverts() -> None:
     assert len({masked_text_frame(b"same")[2:6] for _ in range(20)}) > 1
     assert unmask(b"abcd", unmask(b"abcd", b"hello world")) == b"hello world"
     assert unmask(b"abcd", b"") == b""
-
-
-# --- end to end over the read loop ---------------------------------------------------------------
-
-def test_mixed_frames_over_the_loop(echo_url: str) -> None:
-    """A client that mixes pings, binary and fragmented messages in with
-    text gets each echoed in order and its pings answered."""
-    client = simple_websocket.Client.connect(echo_url)
-    client.pong_received = False  # set by the client's reader when the server's pong comes
-    try:
-        for i in range(20):
-            client.send(f"text {i}")
-            if i % 5 == 0:
-                client.sock.send(client.ws.send(Ping(b"are you there")))
-                client.send(b"binary %d" % i)
-                client.sock.send(client.ws.send(Message(data=f"frag {i} ", message_finished=False)) +
-                                 client.ws.send(Message(data="end", message_finished=True)))
-        replies = [client.receive(timeout=5) for _ in range(20 + 2 * 4)]
-        expected: list[str | bytes] = []
-        for i in range(20):
-            expected.append(f"text {i}")
-            if i % 5 == 0:
-                expected += [b"binary %d" % i, f"frag {i} end"]
-        assert replies == expected
-        assert client.pong_received  # the pings were answered (before the replies after them)
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def echo_url() -> Iterator[str]:
-    from werkzeug.serving import make_server
-
-    from voicecalld.media.loop import Doorbell, LoopReader, ReadLoop
-
-    loop = ReadLoop("wsframes-loop")
-
-    def app(environ, start_response):  # noqa: ANN001, ANN202 - WSGI
-        ws = simple_websocket.Server.accept(environ, thread_class=LoopReader, event_class=Doorbell)
-        over = loop.add_websocket(ws)
-        ended = threading.Event()
-
-        def on_message() -> None:
-            while True:
-                try:
-                    message = ws.receive(timeout=0)
-                except simple_websocket.ConnectionClosed:
-                    ended.set()
-                    return
-                if message is None:
-                    return
-                ws.send(message)
-
-        ws.event.handler = on_message
-        ended.wait(10)
-        loop.finish_websocket(ws, over)
-        raise ConnectionError("websocket finished")
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"ws://127.0.0.1:{server.server_port}/"
-    server.shutdown()
-    thread.join(5)
