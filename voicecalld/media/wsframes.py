@@ -63,10 +63,12 @@ class FrameSplitter:
         buffer += data
         out: list[str | bytes] = []
         pos, end = 0, len(buffer)
+        run = -1  # where the bytes for wsproto not yet in ``out`` begin (-1: none)
         while pos < end:
             if self._owed:
                 take = min(self._owed, end - pos)
-                _to_wsproto(out, buffer[pos:pos + take])
+                if run < 0:
+                    run = pos
                 self._owed -= take
                 pos += take
                 continue
@@ -95,11 +97,17 @@ class FrameSplitter:
                 break  # the rest of this frame has not arrived yet
             payload = unmask(bytes(buffer[pos + head - 4:pos + head]), buffer[pos + head:pos + head + length])
             try:
-                out.append(payload.decode("utf-8"))
+                text = payload.decode("utf-8")
             except UnicodeDecodeError:
                 self._owed = head + length  # wsproto fails the connection (1007) as it should
                 continue
+            if run >= 0:
+                out.append(bytes(buffer[run:pos]))  # one slice per run: a flood of pings stays linear
+                run = -1
+            out.append(text)
             pos += head + length
+        if run >= 0:
+            out.append(bytes(buffer[run:pos]))
         del buffer[:pos]
         return out
 
@@ -108,10 +116,3 @@ class FrameSplitter:
         opcode = first & 0x0F
         if opcode < 8:  # a data frame (text, binary, continuation); control frames interleave
             self._fragmented = not first & 0x80
-
-
-def _to_wsproto(out: list[str | bytes], data: bytearray) -> None:
-    if out and isinstance(out[-1], bytes):
-        out[-1] += bytes(data)
-    else:
-        out.append(bytes(data))
