@@ -18,31 +18,63 @@ in order, and without a lock the loop could wait for.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import simple_websocket
 
 from .. import metrics
-from ..calls import CallEvent, EventType, Speak
+from ..calls import CallEvent, CallRecord, EventType, Speak
+from ..workqueue import KeyedWorkQueue
 from . import dtmf
 from .framing import Audio, Dtmf, Framing, Mark, Stop
+from .loop import ReadLoop
 from .player import Player
 from .realtime_stt import SttEvent, Transcriber
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .stream import StreamHub
+from .tts import Synthesizer
 
 log = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    """What the media layer asks of the call engine."""
+
+    @property
+    def config(self) -> Any: ...
+
+    def handle_event(self, event: CallEvent) -> None: ...
+
+    def live_record(self, call_id: str) -> CallRecord | None: ...
+
+
+class Hub(Protocol):
+    """What a bridge uses of the stream hub (``stream.StreamHub``): what all
+    streams share."""
+
+    engine: Engine
+    loop: ReadLoop
+    events: KeyedWorkQueue
+    frames_in: int
+    forwarding: collections.deque[float]
+    lateness: collections.deque[float]
+
+    @property
+    def config(self) -> Any: ...
+
+    @property
+    def synthesizer(self) -> Synthesizer: ...
+
+    def say_instead(self, call_id: str, action: Speak, why: str) -> None: ...
 
 
 class Bridge:
     """One call's open media stream."""
 
-    def __init__(self, hub: StreamHub, call_id: str, ws: simple_websocket.Server, framing: Framing) -> None:
+    def __init__(self, hub: Hub, call_id: str, ws: simple_websocket.Server, framing: Framing) -> None:
         cfg = hub.config
         self.hub = hub
         self.call_id = call_id
