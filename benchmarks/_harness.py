@@ -14,11 +14,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_daemon(tmp: Path, config: str, socket_path: str, timeout: float = 20.0) -> subprocess.Popen:
-    """Write ``config`` to ``tmp/v.toml``, run the daemon from this source
-    tree (stderr to ``tmp/daemon.log``), and return once ``socket_path`` accepts."""
+def start_daemon(tmp: Path, config: str, socket_path: str, timeout: float = 20.0,
+                 root: Path = ROOT) -> subprocess.Popen:
+    """Write ``config`` to ``tmp/v.toml``, run the daemon from the source
+    tree ``root`` (this one by default; stderr to ``tmp/daemon.log``), and
+    return once ``socket_path`` accepts."""
     (tmp / "v.toml").write_text(config)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(root))
     proc = subprocess.Popen([sys.executable, "-m", "voicecalld", "--config", str(tmp / "v.toml")], env=env,
                             stdout=subprocess.DEVNULL, stderr=open(tmp / "daemon.log", "wb"))
     deadline = time.monotonic() + timeout
@@ -42,3 +44,10 @@ def stop_daemon(proc: subprocess.Popen, timeout: float = 60.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -23,6 +23,16 @@ process's own scheduling noise). Each call speaks once, at a random moment
 in the middle half of the run; each caller's speech/silence cycle starts at
 its own phase (``--sync-turns`` makes all of them start and stop together,
 the worst case for the speech-to-text events that follow every turn).
+``--servers`` measures several servers in turn, round by round, under the
+same load: voicecalld from this tree, voicecalld from another source tree
+(``base=PATH``, e.g. a checkout of main, to compare a change against it),
+and ``asyncio``, the plain asyncio bridge of benchmarks/asyncio_bridge.py
+(the clients stream to it directly; it forwards and never speaks, so
+compare it with ``--no-speak`` rounds). ``--repeat`` runs every pairing
+more than once and prints the range of each figure.
+``--metrics compare`` measures what the metrics cost instead: for each N,
+rounds with and without a metrics listener, alternating, comparing the
+daemon's CPU per forwarded frame (target: on / off under 1.03).
 Targets (issue 6):
 100 concurrent streams with p99 forwarding under 20 ms, no frame lost and
 pacing jitter p99 under 5 ms. Prints a table and one JSON line.
@@ -31,6 +41,7 @@ pacing jitter p99 under 5 ms. Prints a table and one JSON line.
 from __future__ import annotations
 
 import argparse
+import base64
 import gc
 import json
 import multiprocessing as mp
@@ -38,11 +49,14 @@ import os
 import queue
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -97,6 +111,44 @@ def openai_process(conn: Any) -> None:
 # --- simulated Twilio media clients, in their own process ------------------------------------
 
 
+class Pacer:
+    """Every stream's caller audio at real-time pace, from one thread: at
+    each 20 ms tick, one ``media`` frame to every stream, each frame built
+    (JSON, WebSocket framing, masking) before the run. MediaStreamClient's
+    own ``play`` does the same per stream with a thread each, which costs
+    this machine's two cores more than the server being measured."""
+
+    def __init__(self, clients: list[Any], audios: list[bytes]) -> None:
+        from voicecalld.media.wsframes import masked_text_frame
+
+        self.clients = clients
+        self.frames = []
+        for client, audio in zip(clients, audios, strict=True):
+            frames = []
+            for n, offset in enumerate(range(0, len(audio), FRAME)):
+                message = {"event": "media", "sequenceNumber": str(n + 2), "streamSid": client.stream_sid,
+                           "media": {"track": "inbound", "chunk": str(n + 1), "timestamp": str(n * 20),
+                                     "payload": base64.b64encode(audio[offset:offset + FRAME]).decode("ascii")}}
+                frames.append(masked_text_frame(json.dumps(message).encode()))
+            self.frames.append(frames)
+        self.sent: list[list[float]] = [[] for _ in clients]
+        self.thread = threading.Thread(target=self._run, name="pacer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        start = time.monotonic() + 0.05
+        for n in range(max(len(f) for f in self.frames)):
+            time.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
+            for client, frames, sent in zip(self.clients, self.frames, self.sent, strict=True):
+                if n < len(frames):
+                    with client._send_lock:  # after any mark echo the client is writing
+                        client._ws.sock.sendall(frames[n])
+                    sent.append(time.monotonic())
+
+    def join(self) -> None:
+        self.thread.join(120)
+
+
 def clients_process(requests: Any, results: Any, port: int) -> None:
     from voicecalld.testing.media_client import MediaStreamClient, silence, speech_like
 
@@ -116,7 +168,8 @@ def clients_process(requests: Any, results: Any, port: int) -> None:
             seconds, sync_turns = item[1], item[2]
             pattern = (speech_like(1.0) + silence(1.0)) * int(seconds // 2 + 1)
             pattern = pattern[:int(seconds * 8000) // FRAME * FRAME]
-            for index, client in clients:
+            audios = []
+            for index, _ in clients:
                 marker = b"MARK" + index.to_bytes(4, "big")
                 audio = pattern
                 if not sync_turns:
@@ -124,15 +177,14 @@ def clients_process(requests: Any, results: Any, port: int) -> None:
                     # one's speech/silence cycle starts at its own phase.
                     shift = random.Random(index).randrange(0, 2 * 8000, FRAME)
                     audio = pattern[shift:] + pattern[:shift]
-                client.start_streaming_in_background(marker + b"\xff" * (FRAME - 8) + audio[FRAME:])
+                audios.append(marker + b"\xff" * (FRAME - 8) + audio[FRAME:])
+            pacer = Pacer([c for _, c in clients], audios)
             results.put(("playing", len(clients)))
         elif item[0] == "collect":
-            for _, client in clients:
-                client.wait_streaming(60)
+            pacer.join()
             out = []
-            for index, client in clients:
-                out.append({"index": index, "sent": [f.sent_at for f in client.sent_frames],
-                            "received": [m.at for m in client.received_media]})
+            for (index, client), sent in zip(clients, pacer.sent, strict=True):
+                out.append({"index": index, "sent": sent, "received": [m.at for m in client.received_media]})
             results.put(("stats", out))
         else:
             for _, client in clients:
@@ -154,11 +206,109 @@ def proc_cpu_rss(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
-def run_round(n: int, seconds: float, client_procs: int, speak: bool = True, sync_turns: bool = False,
-              dump: str | None = None) -> dict[str, Any]:
-    from voicecalld.control.client import Client
-    from voicecalld.testing.fake_twilio import FakeTwilio
+class Server:
+    """What a round measures: a voicecalld (from a source tree) placing real
+    calls through FakeTwilio, or the asyncio bridge that clients stream to
+    directly."""
 
+    def __init__(self, spec: str, metrics: bool = False) -> None:
+        self.metrics = metrics
+        self.label, _, path = spec.partition("=")
+        self.asyncio = self.label == "asyncio"
+        self.root = Path(path).resolve() if path else ROOT
+        self.pid = 0
+
+    def start(self, n: int, port: int, base_url: str, realtime_url: str, requests: list[Any]) -> None:
+        self.call_ids: list[str] = []
+        self.tmp = Path(tempfile.mkdtemp(prefix="vc-media-"))
+        if self.asyncio:
+            self.proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "asyncio_bridge.py"), "--port",
+                                          str(port), "--stt-url", realtime_url], stdout=subprocess.PIPE,
+                                         stderr=open(self.tmp / "bridge.log", "wb"), text=True)
+            assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "listening"
+            self.pid = self.proc.pid
+            time.sleep(0.5)
+            self.rss_idle = proc_cpu_rss(self.pid)[1]
+            for index in range(n):
+                requests[index % len(requests)].put(("stream", index, "/stream", {}, {"callId": f"c{index}"}, None,
+                                                     None))
+            return
+        from voicecalld.control.client import Client
+        from voicecalld.testing.fake_twilio import FakeTwilio
+
+        self.twilio = FakeTwilio(SID, TOKEN, ms_per_char=1, time_scale=0.05)
+        self.twilio.start()
+        counter = iter(range(10**9))
+
+        def on_stream(req: Any) -> None:
+            index = next(counter)
+            requests[index % len(requests)].put(("stream", index, urlsplit(req.url).path, dict(req.headers),
+                                                 dict(req.parameters), req.call_sid, req.stream_sid))
+
+        self.twilio.on_stream = on_stream
+        self.sock = str(self.tmp / "control.sock")
+        config = (
+            f'provider = "twilio"\nfromNumber = "+15550001111"\ntoNumber = "+15550002222"\n'
+            f'publicUrl = "http://127.0.0.1:{port}"\nmaxConcurrentCalls = {n + 10}\nresponder = "off"\n'
+            f'store = "{self.tmp}/state"\nmaxDurationSeconds = 600\n'
+            f'[serve]\nport = {port}\n[control]\nsocket = "{self.sock}"\n'
+            f'[twilio]\naccountSid = "{SID}"\nauthToken = "{TOKEN}"\napiBaseUrl = "{self.twilio.base_url}"\n'
+            f'[streaming]\nenabled = true\nopenaiApiKey = "sk-bench"\nrealtimeUrl = "{realtime_url}"\n'
+            f'maxStreams = {n + 10}\nmaxPendingStreams = {n + 10}\n[tts]\nbaseUrl = "{base_url}"\n'
+            + ('[metrics]\nlisten = "127.0.0.1:0"\n' if self.metrics else ""))
+        self.proc = start_daemon(self.tmp, config, self.sock, root=self.root)
+        self.pid = self.proc.pid
+        time.sleep(0.5)
+        self.rss_idle = proc_cpu_rss(self.pid)[1]
+        with Client(self.sock, timeout=60) as c:
+            for _ in range(n):
+                self.call_ids.append(c.call("voicecall.initiate", {"message": "hi", "mode": "conversation"})["callId"])
+
+    def speak(self, t0: float, seconds: float, n: int) -> None:
+        """Each call speaks once, at a random moment in the middle half of the
+        run, as callers in real conversations do (not all in one instant)."""
+        from voicecalld.control.client import Client
+
+        rng = random.Random(n)
+        schedule = sorted((seconds / 4 + rng.uniform(0, seconds / 2), call_id) for call_id in self.call_ids)
+        with Client(self.sock, timeout=60) as c:
+            for at, call_id in schedule:
+                time.sleep(max(0.0, t0 + at - time.monotonic()))
+                c.call("voicecall.speak", {"callId": call_id, "message": "This is a paced test announcement."})
+
+    def status(self) -> dict[str, Any]:
+        if self.asyncio:
+            return {}
+        from voicecalld.control.client import Client
+
+        with Client(self.sock, timeout=60) as c:
+            return dict(c.call("daemon.status"))
+
+    def end_calls(self) -> None:
+        if self.asyncio:
+            return
+        from voicecalld.control.client import Client
+
+        with Client(self.sock, timeout=60) as c:
+            for call_id in self.call_ids:
+                try:
+                    c.call("voicecall.end", {"callId": call_id})
+                except Exception:  # noqa: BLE001 - a call the daemon already ended is fine here
+                    pass
+
+    def stop(self) -> None:
+        if self.asyncio:
+            self.proc.terminate()
+            self.proc.wait(30)
+        else:
+            stop_daemon(self.proc)
+            self.twilio.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def run_round(n: int, seconds: float, client_procs: int, speak: bool = True, sync_turns: bool = False,
+              dump: str | None = None, server_spec: str = "voicecalld", metrics: bool = False) -> dict[str, Any]:
+    server = Server(server_spec, metrics)
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     openai = ctx.Process(target=openai_process, args=(child,), daemon=True)
@@ -170,36 +320,8 @@ def run_round(n: int, seconds: float, client_procs: int, speak: bool = True, syn
     hosts = [ctx.Process(target=clients_process, args=(q, results, port), daemon=True) for q in requests]
     for h in hosts:
         h.start()
-    twilio = FakeTwilio(SID, TOKEN, ms_per_char=1, time_scale=0.05)
-    twilio.start()
-    counter = iter(range(10**9))
-
-    def on_stream(req: Any) -> None:
-        index = next(counter)
-        from urllib.parse import urlsplit
-
-        requests[index % client_procs].put(("stream", index, urlsplit(req.url).path, dict(req.headers),
-                                            dict(req.parameters), req.call_sid, req.stream_sid))
-
-    twilio.on_stream = on_stream
-    tmp = Path(tempfile.mkdtemp(prefix="vc-media-"))
-    sock = str(tmp / "control.sock")
-    config = (
-        f'provider = "twilio"\nfromNumber = "+15550001111"\ntoNumber = "+15550002222"\n'
-        f'publicUrl = "http://127.0.0.1:{port}"\nmaxConcurrentCalls = {n + 10}\nresponder = "off"\n'
-        f'store = "{tmp}/state"\nmaxDurationSeconds = 600\n'
-        f'[serve]\nport = {port}\n[control]\nsocket = "{sock}"\n'
-        f'[twilio]\naccountSid = "{SID}"\nauthToken = "{TOKEN}"\napiBaseUrl = "{twilio.base_url}"\n'
-        f'[streaming]\nenabled = true\nopenaiApiKey = "sk-bench"\nrealtimeUrl = "{realtime_url}"\n'
-        f'maxStreams = {n + 10}\nmaxPendingStreams = {n + 10}\n[tts]\nbaseUrl = "{base_url}"\n')
-    daemon = start_daemon(tmp, config, sock)
     try:
-        time.sleep(0.5)
-        cpu_idle, rss_idle = proc_cpu_rss(daemon.pid)
-        call_ids = []
-        with Client(sock, timeout=60) as c:
-            for _ in range(n):
-                call_ids.append(c.call("voicecall.initiate", {"message": "hi", "mode": "conversation"})["callId"])
+        server.start(n, port, base_url, realtime_url, requests)
         connected = 0
         deadline = time.monotonic() + 120
         while connected < n and time.monotonic() < deadline:
@@ -209,49 +331,37 @@ def run_round(n: int, seconds: float, client_procs: int, speak: bool = True, syn
             except queue.Empty:
                 pass
         time.sleep(1.0)
-        cpu0, rss_connected = proc_cpu_rss(daemon.pid)
+        cpu0, rss_connected = proc_cpu_rss(server.pid)
         t0 = time.monotonic()
         for q in requests:
             q.put(("play", seconds, sync_turns))
         for _ in requests:
             results.get(timeout=60)
-        # Each call speaks once, at a random moment in the middle half of the
-        # run, as callers in real conversations do (not all in one instant).
-        rng = random.Random(n)
-        schedule = sorted((seconds / 4 + rng.uniform(0, seconds / 2), call_id) for call_id in call_ids)
-        with Client(sock, timeout=60) as c:
-            for at, call_id in schedule if speak else ():
-                time.sleep(max(0.0, t0 + at - time.monotonic()))
-                c.call("voicecall.speak", {"callId": call_id, "message": "This is a paced test announcement."})
+        if speak and not server.asyncio:
+            server.speak(t0, seconds, n)
         for q in requests:
             q.put(("collect",))
         client_stats: list[dict[str, Any]] = []
         for _ in requests:
             kind, payload = results.get(timeout=seconds + 120)
             client_stats += payload
-        cpu1, rss_end = proc_cpu_rss(daemon.pid)
+        cpu1, rss_end = proc_cpu_rss(server.pid)
         busy = time.monotonic() - t0
-        with Client(sock, timeout=60) as c:
-            media = c.call("daemon.status").get("media", {})
+        status = server.status()
+        media = status.get("media", {})
+        scraped = _forward_samples(status) if metrics else 0
         time.sleep(1.0)
         parent.send("stats")
         sessions = parent.recv()
-        with Client(sock, timeout=60) as c:
-            for call_id in call_ids:
-                try:
-                    c.call("voicecall.end", {"callId": call_id})
-                except Exception:  # noqa: BLE001 - a call the daemon already ended is fine here
-                    pass
+        server.end_calls()
     finally:
-        stop_daemon(daemon)
+        server.stop()
         for q in requests:
             q.put(("stop",))
         for h in hosts:
             h.join(30)
         parent.send("stop")
         openai.join(30)
-        twilio.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
     by_marker = {s["marker"]: s for s in sessions}
     latencies: list[float] = []
@@ -278,16 +388,61 @@ def run_round(n: int, seconds: float, client_procs: int, speak: bool = True, syn
             paced = run[LEAD_FRAMES:]  # the first frames are sent ahead on purpose
             jitter += [abs((b - a) - 0.02) for a, b in zip(paced, paced[1:], strict=False)]
     return {
-        "n": n, "streams_connected": connected, "frames_sent": sent_bytes // FRAME,
+        "server": server.label, "n": n, "streams_connected": connected, "frames_sent": sent_bytes // FRAME,
         "frames_lost": max(0, (sent_bytes - received_bytes) // FRAME),
         "forward_p50_ms": percentile(latencies, 0.5) * 1e3, "forward_p99_ms": percentile(latencies, 0.99) * 1e3,
         "cpu_pct_per_call": (cpu1 - cpu0) / busy * 100 / n, "cpu_pct_total": (cpu1 - cpu0) / busy * 100,
-        "rss_kib_per_call": (rss_connected - rss_idle) / n, "rss_kib_end": rss_end,
+        # Robust to a starved round (which forwards less): the server's CPU for each frame that reached STT.
+        "cpu_us_per_frame": (cpu1 - cpu0) * 1e6 / max(1, received_bytes // FRAME),
+        "rss_kib_per_call": (rss_connected - server.rss_idle) / n, "rss_kib_end": rss_end,
         "daemon_forward_p99_ms": media.get("forwarding", {}).get("p99Ms") or float("nan"),
         "pacing_p99_ms": media.get("pacing", {}).get("latenessP99Ms") or float("nan"),
         "pacing_frames": media.get("pacing", {}).get("frames", 0),
         "arrival_jitter_p99_ms": percentile(jitter, 0.99) * 1e3,
+        "metrics": metrics, "metrics_forward_samples": scraped,
     }
+
+
+def _forward_samples(status: dict[str, Any]) -> int:
+    """voicecalld_media_forward_seconds_count from the daemon's /metrics (proof the metrics were on)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{status['metrics']['listen']}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("voicecalld_media_forward_seconds_count "):
+                return int(float(line.split()[1]))
+    return 0
+
+
+def compare(args: argparse.Namespace) -> None:
+    """--metrics compare: per N, rounds with metrics off and on, alternating; the daemon's CPU per call
+    and its own forwarding p99 for each."""
+    rows = []
+    for n in (int(x) for x in args.calls.split(",")):
+        for _ in range(args.rounds):
+            for flag in (False, True):
+                rows.append(run_round(n, args.seconds, args.client_procs, not args.no_speak, args.sync_turns,
+                                      None, "voicecalld", flag))
+    print(f"{'N':>5}{'metrics':>9}{'CPU µs/frame':>14}{'cpu%/call':>11}{'own fwd p99':>13}{'fwd p99':>9}{'lost':>6}"
+          f"{'samples':>9}")
+    for r in rows:
+        print(f"{r['n']:>5}{'on' if r['metrics'] else 'off':>9}{r['cpu_us_per_frame']:>14.1f}"
+              f"{r['cpu_pct_per_call']:>11.3f}"
+              f"{r['daemon_forward_p99_ms']:>13.3f}{r['forward_p99_ms']:>9.2f}{r['frames_lost']:>6}"
+              f"{r['metrics_forward_samples']:>9}")
+    summary = {}
+    for n in sorted({r["n"] for r in rows}):
+        off = [r["cpu_us_per_frame"] for r in rows if r["n"] == n and not r["metrics"]]
+        on = [r["cpu_us_per_frame"] for r in rows if r["n"] == n and r["metrics"]]
+        ratios = [b / a for a, b in zip(off, on, strict=True)]
+        summary[n] = ratios
+        print(f"N={n}: daemon CPU per frame on/off per round {', '.join(f'{x:.3f}' for x in ratios)}; "
+              f"mean of on / mean of off {sum(on) / sum(off):.3f} (target < 1.03)")
+    print(json.dumps({"benchmark": "media-metrics", "seconds": args.seconds, "rounds": args.rounds,
+                      "rows": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
+                               for r in rows],
+                      "cpu_ratios": {str(n): [round(x, 3) for x in v] for n, v in summary.items()},
+                      "target_ratio": 1.03}))
 
 
 def main() -> None:
@@ -300,22 +455,43 @@ def main() -> None:
                         help="append every frame's latency to FILE (N, stream, sent at, seconds)")
     parser.add_argument("--sync-turns", action="store_true",
                         help="worst case: every caller starts and stops talking in the same frame")
+    parser.add_argument("--servers", default="voicecalld", metavar="SPEC,...",
+                        help="what to measure, taking turns round by round: voicecalld (this tree), "
+                             "LABEL=PATH (voicecalld from another source tree, e.g. base=../main), "
+                             "asyncio (benchmarks/asyncio_bridge.py; never speaks)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds per server and N")
+    parser.add_argument("--metrics", choices=("off", "on", "compare"), default="off",
+                        help="the daemon's metrics listener ([metrics] listen); compare: rounds with and without, "
+                        "alternating, and the cost in daemon CPU")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per setting with --metrics compare")
     args = parser.parse_args()
-    rows = [run_round(int(n), args.seconds, args.client_procs, not args.no_speak, args.sync_turns, args.dump)
-            for n in args.calls.split(",")]
-    header = (f"{'N':>5}{'conn':>6}{'fwd p50':>9}{'fwd p99':>9}{'own p99':>9}{'lost':>7}{'cpu%/call':>11}"
-              f"{'cpu% all':>10}"
-              f"{'RSS KiB/call':>14}{'pacing p99':>12}{'arrival jit p99':>17}")
+    if args.metrics == "compare":
+        compare(args)
+        return
+    rows = [run_round(int(n), args.seconds, args.client_procs, not args.no_speak, args.sync_turns, args.dump, spec,
+                      args.metrics == "on")
+            for _ in range(args.repeat) for n in args.calls.split(",") for spec in args.servers.split(",")]
+    header = (f"{'server':>10}{'N':>5}{'conn':>6}{'fwd p50':>9}{'fwd p99':>9}{'own p99':>9}{'lost':>7}"
+              f"{'cpu%/call':>11}{'cpu% all':>10}{'us/frame':>10}{'RSS KiB/call':>14}{'pacing p99':>12}"
+              f"{'arrival jit p99':>17}")
     print(header)
     for r in rows:
-        print(f"{r['n']:>5}{r['streams_connected']:>6}{r['forward_p50_ms']:>9.2f}{r['forward_p99_ms']:>9.2f}"
-              f"{r['daemon_forward_p99_ms']:>9.2f}"
+        print(f"{r['server']:>10}{r['n']:>5}{r['streams_connected']:>6}{r['forward_p50_ms']:>9.2f}"
+              f"{r['forward_p99_ms']:>9.2f}{r['daemon_forward_p99_ms']:>9.2f}"
               f"{r['frames_lost']:>7}{r['cpu_pct_per_call']:>11.2f}{r['cpu_pct_total']:>10.1f}"
-              f"{r['rss_kib_per_call']:>14.0f}{r['pacing_p99_ms']:>12.2f}{r['arrival_jitter_p99_ms']:>17.2f}")
+              f"{r['cpu_us_per_frame']:>10.1f}{r['rss_kib_per_call']:>14.0f}{r['pacing_p99_ms']:>12.2f}{r['arrival_jitter_p99_ms']:>17.2f}")
     print("(ms; fwd = simulated Twilio's send to the fake STT's read, both processes sharing this machine's cores; "
           "own = the daemon's figure from daemon.status media.forwarding, socket read to STT send; "
           "pacing = the daemon's send time against each frame's due time; arrival jitter = the same as seen "
           "by the simulated Twilio process, including its own scheduling noise)")
+    if args.repeat > 1:
+        print("ranges over the rounds (min-max):")
+        for spec in args.servers.split(","):
+            for n in args.calls.split(","):
+                mine = [r for r in rows if r["server"] == Server(spec).label and r["n"] == int(n)]
+                print(f"{Server(spec).label:>10}{n:>5}" + "".join(
+                    f"  {key} {min(r[key] for r in mine):.2f}-{max(r[key] for r in mine):.2f}"
+                    for key in ("forward_p50_ms", "forward_p99_ms", "cpu_pct_total", "cpu_us_per_frame")))
     ok = [r for r in rows if r["forward_p99_ms"] < 20 and r["frames_lost"] == 0 and r["pacing_p99_ms"] < 5
           and r["streams_connected"] == r["n"]]
     print(json.dumps({"benchmark": "media", "seconds": args.seconds, "sync_turns": args.sync_turns,

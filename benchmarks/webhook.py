@@ -13,6 +13,9 @@ generator does not share either server's interpreter lock.
   signature verification, the replay check, parsing and the call manager.
 
 Target (issue 3): daemon throughput at least 0.6 of the bare app's.
+``--metrics compare`` instead measures what the metrics cost: two daemons,
+one with a metrics listener and one without, under the same load in
+alternating rounds (target: throughput off / on under 1.03).
 Prints a table and one JSON line.
 """
 
@@ -35,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _harness import start_daemon, stop_daemon  # noqa: E402
+from _harness import cpu_seconds, start_daemon, stop_daemon  # noqa: E402
 
 from voicecalld.testing.ports import free_port  # noqa: E402
 
@@ -132,14 +135,99 @@ def signed_callbacks(public: str, path: str, call_id: str, call_sid: str, count:
     return out
 
 
+def start_twilio_daemon(twilio: Any, metrics: bool) -> tuple[Any, Path, int, str, str]:
+    """A daemon on the fake Twilio with one live (ringing) call: (process, tmp, port, callId, CallSid)."""
+    from voicecalld.control.client import Client
+
+    port = free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="vc-webhook-"))
+    sock = str(tmp / "control.sock")
+    config = (
+        f'provider = "twilio"\nfromNumber = "{FROM}"\ntoNumber = "{TO}"\npublicUrl = "http://127.0.0.1:{port}"\n'
+        f'ringTimeoutMs = 600000\nstore = "{tmp}/state"\n[serve]\nport = {port}\n[control]\nsocket = "{sock}"\n'
+        f'[twilio]\naccountSid = "{SID}"\nauthToken = "{TOKEN}"\napiBaseUrl = "{twilio.base_url}"\n'
+        + ('[metrics]\nlisten = "127.0.0.1:0"\n' if metrics else ""))
+    daemon = start_daemon(tmp, config, sock)
+    with Client(sock) as c:
+        call_id = c.call("voicecall.initiate", {"message": "benchmark"})["callId"]
+        call_sid = c.call("voicecall.status", {"callId": call_id})["providerCallId"]
+    return daemon, tmp, port, call_id, call_sid
+
+
+def compare(args: argparse.Namespace) -> None:
+    """--metrics compare: the same load on two daemons, metrics off and on, in alternating rounds."""
+    from voicecalld.control.client import Client
+    from voicecalld.testing.fake_twilio import Callee, FakeTwilio
+
+    twilio = FakeTwilio(SID, TOKEN, ms_per_char=1, time_scale=1.0)
+    twilio.start()
+    twilio.set_callee(TO, Callee(outcome="no-answer"))
+    started = {flag: start_twilio_daemon(twilio, flag) for flag in (False, True)}
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    cpu_per_request: dict[bool, list[float]] = {False: [], True: []}  # daemon CPU µs per request
+    errors = {False: 0, True: 0}
+    try:
+        bodies = {flag: signed_callbacks(f"http://127.0.0.1:{port}", "/voice/webhook", call_id, sid, 100_000)
+                  for flag, (_, _, port, call_id, sid) in started.items()}
+        for _ in range(args.rounds):
+            for flag in (False, True):
+                daemon, _, port, call_id, _ = started[flag]
+                cpu0 = cpu_seconds(daemon.pid)
+                rps, err = measure(port, f"/voice/webhook?callId={call_id}&type=status", bodies[flag], args.procs,
+                                   args.connections, args.seconds)
+                cpu1 = cpu_seconds(daemon.pid)
+                rates[flag].append(rps)
+                cpu_per_request[flag].append((cpu1 - cpu0) / max(1.0, rps * args.seconds) * 1e6)
+                errors[flag] += err
+        with Client(str(started[True][1] / "control.sock")) as c:
+            listen = c.call("daemon.status")["metrics"]["listen"]
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{listen}/metrics", timeout=10) as r:
+            scraped = r.read().decode()
+        accepted = next(line for line in scraped.splitlines()
+                        if line.startswith('voicecalld_webhook_requests_total{outcome="accepted"}'))
+    finally:
+        for daemon, tmp, *_ in started.values():
+            stop_daemon(daemon)
+            shutil.rmtree(tmp, ignore_errors=True)
+        twilio.stop()
+    ratios = [off / on for off, on in zip(rates[False], rates[True], strict=True)]
+    cpu_ratios = [on / off for off, on in zip(cpu_per_request[False], cpu_per_request[True], strict=True)]
+    print(f"{'round':<7}{'off req/s':>10}{'on req/s':>10}{'off/on':>8}{'off CPU µs/req':>16}{'on CPU µs/req':>15}"
+          f"{'on/off':>8}")
+    for i in range(args.rounds):
+        print(f"{i + 1:<7}{rates[False][i]:>10.0f}{rates[True][i]:>10.0f}{ratios[i]:>8.3f}"
+              f"{cpu_per_request[False][i]:>16.0f}{cpu_per_request[True][i]:>15.0f}{cpu_ratios[i]:>8.3f}")
+
+    def span(values: list[float]) -> str:
+        return f"{min(values):.3f} .. {max(values):.3f} (median {sorted(values)[len(values) // 2]:.3f})"
+
+    print(f"cost of metrics: throughput off/on {span(ratios)}; daemon CPU per request on/off {span(cpu_ratios)}; "
+          f"target < 1.03; scraped {accepted}")
+    print(json.dumps({"benchmark": "webhook-metrics", "seconds": args.seconds, "rounds": args.rounds,
+                      "off_rps": [round(r, 1) for r in rates[False]], "on_rps": [round(r, 1) for r in rates[True]],
+                      "off_cpu_us_per_request": [round(r, 1) for r in cpu_per_request[False]],
+                      "on_cpu_us_per_request": [round(r, 1) for r in cpu_per_request[True]],
+                      "throughput_ratios": [round(r, 3) for r in ratios],
+                      "cpu_ratios": [round(r, 3) for r in cpu_ratios],
+                      "errors": errors, "target_ratio": 1.03}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--procs", type=int, default=2, help="load generator processes")
     parser.add_argument("--connections", type=int, default=4, help="keep-alive connections per process")
+    parser.add_argument("--metrics", choices=("off", "on", "compare"), default="off",
+                        help="the daemon's metrics listener ([metrics] listen); compare: one daemon with and one "
+                        "without, in alternating rounds, and the cost ratio of each round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per daemon with --metrics compare")
     args = parser.parse_args()
+    if args.metrics == "compare":
+        compare(args)
+        return
 
-    from voicecalld.control.client import Client
     from voicecalld.testing.fake_twilio import Callee, FakeTwilio
 
     ctx = mp.get_context("spawn")
@@ -150,18 +238,8 @@ def main() -> None:
     twilio = FakeTwilio(SID, TOKEN, ms_per_char=1, time_scale=1.0)
     twilio.start()
     twilio.set_callee(TO, Callee(outcome="no-answer"))
-    port = free_port()
-    tmp = Path(tempfile.mkdtemp(prefix="vc-webhook-"))
-    sock = str(tmp / "control.sock")
-    config = (
-        f'provider = "twilio"\nfromNumber = "{FROM}"\ntoNumber = "{TO}"\npublicUrl = "http://127.0.0.1:{port}"\n'
-        f'ringTimeoutMs = 600000\nstore = "{tmp}/state"\n[serve]\nport = {port}\n[control]\nsocket = "{sock}"\n'
-        f'[twilio]\naccountSid = "{SID}"\nauthToken = "{TOKEN}"\napiBaseUrl = "{twilio.base_url}"\n')
-    daemon = start_daemon(tmp, config, sock)
+    daemon, tmp, port, call_id, call_sid = start_twilio_daemon(twilio, args.metrics == "on")
     try:
-        with Client(sock) as c:
-            call_id = c.call("voicecall.initiate", {"message": "benchmark"})["callId"]
-        call_sid = twilio.wait_call(to=TO, timeout=10).sid
         requests_needed = 200_000
         bodies = signed_callbacks(f"http://127.0.0.1:{port}", "/voice/webhook", call_id, call_sid,
                                   requests_needed)
@@ -179,7 +257,7 @@ def main() -> None:
     print(f"{'server':<14}{'req/s':>10}{'non-200':>9}")
     print(f"{'bare werkzeug':<14}{bare_rps:>10.0f}{bare_err:>9}")
     print(f"{'voicecalld':<14}{daemon_rps:>10.0f}{daemon_err:>9}   ratio {ratio:.2f} (target >= 0.6)")
-    print(json.dumps({"benchmark": "webhook", "seconds": args.seconds,
+    print(json.dumps({"benchmark": "webhook", "seconds": args.seconds, "metrics": args.metrics,
                       "connections": args.procs * args.connections, "bare_rps": round(bare_rps, 1),
                       "daemon_rps": round(daemon_rps, 1), "ratio": round(ratio, 3), "bare_errors": bare_err,
                       "daemon_errors": daemon_err, "target_ratio": 0.6}))

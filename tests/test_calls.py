@@ -65,7 +65,7 @@ def test_never_backwards_between_live_states() -> None:
 
 def test_terminal_states_are_the_end_reasons() -> None:
     assert {str(s) for s in TERMINAL} == {"completed", "hangup-user", "hangup-bot", "timeout", "error",
-                                          "failed", "no-answer", "busy", "voicemail"}
+                                          "failed", "no-answer", "busy", "voicemail", "transferred"}
 
 
 # --- events ----------------------------------------------------------------------------------

@@ -145,7 +145,7 @@ def test_tool_and_tool_schema(start_daemon) -> None:
     code, schema, _ = d.ctl("tool-schema")
     assert code == 0 and schema["name"] == "voice_call"
     assert schema["parameters"]["properties"]["action"]["enum"] == [
-        "initiate_call", "continue_call", "speak_to_user", "end_call", "get_status"]
+        "initiate_call", "continue_call", "speak_to_user", "end_call", "get_status", "send_dtmf", "transfer_call"]
     code, out, _ = d.ctl("tool", stdin=json.dumps({"action": "initiate_call", "message": "hi",
                                                    "mode": "conversation"}))
     assert code == 0 and out["initiated"] is True

@@ -24,13 +24,6 @@ PACKAGE = ROOT / "voicecalld"
 #: Cycles that other branches of issue 14 are removing, each named by its
 #: modules. Remove an entry once its cycle is gone (the test says when).
 KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"voicecalld.media.bridge", "voicecalld.media.stream"}):
-        "a bridge names its hub's type (being reworked on the media branch)",
-    frozenset({"voicecalld.providers.twilio", "voicecalld.providers.twilio_media", "voicecalld.providers.twilio_script",
-               "voicecalld.providers.twilio_webhooks"}):
-        "Twilio's media side names the provider's type (being reworked on the media branch)",
-    frozenset({"voicecalld.testing._openai_realtime", "voicecalld.testing.fake_openai"}):
-        "the fake OpenAI server and its Realtime session module import each other",
     frozenset({"voicecalld.testing._twilio_driver", "voicecalld.testing._twilio_rest",
                "voicecalld.testing._twilio_webhooks", "voicecalld.testing.fake_twilio"}):
         "the fake Twilio server and its helper modules import each other",

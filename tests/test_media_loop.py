@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import simple_websocket
 from werkzeug.serving import make_server
+from wsproto.events import Message, Ping
 
 from voicecalld.media.loop import RECEIVE_BYTES, Doorbell, LoopReader, ReadLoop
 from voicecalld.testing._wait import wait_until
@@ -202,6 +203,32 @@ def test_websocket_messages_are_handled_on_the_loop_thread(echo: tuple[str, Echo
     assert app.handler_threads == {"test-loop"}
 
 
+def test_mixed_frames_over_the_loop(echo: tuple[str, EchoApp]) -> None:
+    """A client that mixes pings, binary and fragmented messages in with
+    text gets each echoed in order and its pings answered."""
+    echo_url, _ = echo
+    client = simple_websocket.Client.connect(echo_url)
+    client.pong_received = False  # set by the client's reader when the server's pong comes
+    try:
+        for i in range(20):
+            client.send(f"text {i}")
+            if i % 5 == 0:
+                client.sock.send(client.ws.send(Ping(b"are you there")))
+                client.send(b"binary %d" % i)
+                client.sock.send(client.ws.send(Message(data=f"frag {i} ", message_finished=False)) +
+                                 client.ws.send(Message(data="end", message_finished=True)))
+        replies = [client.receive(timeout=5) for _ in range(20 + 2 * 4)]
+        expected: list[str | bytes] = []
+        for i in range(20):
+            expected.append(f"text {i}")
+            if i % 5 == 0:
+                expected += [b"binary %d" % i, f"frag {i} end"]
+        assert replies == expected
+        assert client.pong_received  # the pings were answered (before the replies after them)
+    finally:
+        client.close()
+
+
 def test_a_peer_that_vanishes_ends_the_connection(echo: tuple[str, EchoApp]) -> None:
     url, app = echo
     client = simple_websocket.Client.connect(url)
@@ -264,3 +291,41 @@ def test_doorbell_without_a_handler_is_a_plain_event() -> None:
     bell.handler = lambda: rang.append(1)
     bell.set()
     assert rang == [1] and not bell.is_set()
+
+
+
+def accepted_pair(loop: ReadLoop) -> tuple[simple_websocket.Server, threading.Event, socket.socket]:
+    """A server WebSocket on the loop over a socket pair; the raw client end."""
+    server_sock, client_sock = socket.socketpair()
+    environ = {"werkzeug.socket": server_sock, "HTTP_HOST": "x", "HTTP_UPGRADE": "websocket",
+               "HTTP_CONNECTION": "Upgrade", "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ==",
+               "HTTP_SEC_WEBSOCKET_VERSION": "13"}
+    ws = simple_websocket.Server.accept(environ, thread_class=LoopReader)
+    return ws, loop.add_websocket(ws), client_sock
+
+
+def test_frames_after_our_close_do_not_reopen_the_connection(loop: ReadLoop) -> None:
+    ws, over, client = accepted_pair(loop)
+    try:
+        ws.close()  # ours: wsproto now waits for the peer's close
+        mask = b"\x01\x02\x03\x04"
+        data = bytes(c ^ mask[i % 4] for i, c in enumerate(b"late"))
+        client.sendall(bytes([0x82, 0x80 | 4]) + mask + data)  # a binary message, parsed by wsproto
+        wait_until(lambda: ws.input_buffer, 5, "the late message to be read")
+        assert not ws.connected
+    finally:
+        loop.finish_websocket(ws, over, close_wait=0.1)
+        client.close()
+
+
+def test_a_close_already_under_way_is_finished_quietly(loop: ReadLoop) -> None:
+    """Tearing down a connection whose close is under way (a reader racing
+    the close left it marked connected) sends no second close, which
+    wsproto would refuse with LocalProtocolError."""
+    ws, over, client = accepted_pair(loop)
+    try:
+        ws.close()
+        ws.connected = True
+        loop.finish_websocket(ws, over, close_wait=0.1)  # must not raise
+    finally:
+        client.close()

@@ -155,7 +155,7 @@ def test_dtmf_frames_become_events(world) -> None:
         client.send_dtmf("7")
         for event in sub.events():
             if event["event"] == "call.dtmf":
-                assert event["data"] == {"digits": "7"}
+                assert event["data"] == {"digits": "7", "direction": "received"}
                 break
     d.rpc("voicecall.end", {"callId": call_id})
 

@@ -93,7 +93,7 @@ class Calls:
     ({"action": "end_call", "callId": "c1"}, {"error": "end_call failed inside voicecalld; its log has the details"}),
     ({"action": "get_status", "callId": "c1"}, {"found": True, "call": {"callId": "c1"}}),
     ({"action": "dance"}, {"error": "action must be one of initiate_call, continue_call, speak_to_user, end_call, "
-                                    "get_status, got 'dance'"}),
+                                    "get_status, send_dtmf, transfer_call, got 'dance'"}),
     ({"action": "end_call", "callId": "c1", "message": "x"}, {"error": "end_call does not take message"}),
     ({"action": "continue_call", "callId": "c1"}, {"error": "continue_call needs message (a non-empty string)"}),
     ("{bad", {"error": "arguments is not valid JSON: Expecting property name enclosed in double quotes: "

@@ -43,8 +43,9 @@ def log_event(params: EventParams) -> None:
         log.debug("call %s: %s said %r (%s)", call_id, data.get("speaker"), text, final)
     elif name == "call.dtmf":
         digits = str(data.get("digits") or "")
-        log.info("call %s: callee pressed %d key(s)", call_id, len(digits))
-        log.debug("call %s: callee pressed %r", call_id, digits)
+        who = "bot sent" if data.get("direction") == "sent" else "callee pressed"
+        log.info("call %s: %s %d key(s)", call_id, who, len(digits))
+        log.debug("call %s: %s %r", call_id, who, digits)
     elif name == "call.ended":
         # The manager already logs "ended" at info level.
         log.debug("call %s: ended %s (%s)", call_id, data.get("reason"), _parties(call, True))

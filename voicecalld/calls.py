@@ -41,11 +41,13 @@ class State(enum.StrEnum):
     NO_ANSWER = "no-answer"
     BUSY = "busy"
     VOICEMAIL = "voicemail"
+    TRANSFERRED = "transferred"  # handed to another number (voicecall.transfer)
 
 
 TERMINAL: frozenset[State] = frozenset({
     State.COMPLETED, State.HANGUP_USER, State.HANGUP_BOT, State.TIMEOUT, State.ERROR,
     State.FAILED, State.NO_ANSWER, State.BUSY, State.VOICEMAIL,
+    State.TRANSFERRED,
 })
 #: States in which the callee is on the line and can hear us.
 CONNECTED: frozenset[State] = frozenset({State.ANSWERED, State.ACTIVE, State.SPEAKING, State.LISTENING})
@@ -94,6 +96,8 @@ class EventType(enum.StrEnum):
     ERROR = "error"
     DETECTED = "detected"   # answering-machine detection says who answered (answered_by)
     GREETING_ENDED = "greeting-ended"  # the answering machine's greeting ended (the beep)
+    TRANSFERRED = "transferred"          # the transfer target answered: the call is theirs now
+    TRANSFER_FAILED = "transfer-failed"  # the target was busy, did not answer, or the carrier refused (message)
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,12 @@ class CallRecord:
     queuedAt: int | None = None
     #: Who answered, when answering-machine detection ran: human, machine, fax or unknown.
     answeredBy: str | None = None
+    #: Call control (voicecalld-tools(7)): DTMF digits to send once answered,
+    #: before the opening; whether the carrier records the call; and the
+    #: recordings it reported, ``{"url", "durationSec", "channels"}`` each.
+    dtmf: str | None = None
+    record: bool = False
+    recordings: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -174,6 +184,7 @@ class CallRecord:
             "opening": self.opening, "openingSpoken": self.openingSpoken,
             "turns": [dict(t) for t in self.turns],
             "queuedAt": self.queuedAt, "answeredBy": self.answeredBy,
+            "dtmf": self.dtmf, "record": self.record, "recordings": [dict(r) for r in self.recordings],
         }
 
     @classmethod
@@ -192,6 +203,9 @@ class CallRecord:
             turns=[dict(t) for t in d.get("turns") or [] if isinstance(t, dict)],
             queuedAt=_int_or_none(d.get("queuedAt")),
             answeredBy=answered_by if (answered_by := d.get("answeredBy")) in ANSWERED_BY else None,
+            dtmf=d.get("dtmf") if isinstance(d.get("dtmf"), str) and d.get("dtmf") else None,
+            record=d.get("record") is True,
+            recordings=[dict(r) for r in d.get("recordings") or [] if isinstance(r, dict)],
         )
 
     @property
@@ -278,7 +292,32 @@ class Finished:
     reason: State
 
 
-Action = Persist | Publish | Speak | Listen | StopListening | HangUp | ArmTimer | CancelTimer | Deliver | Finished
+# Call control: DTMF, transfer, recording.
+
+@dataclass(frozen=True)
+class SendDtmf:
+    """Send DTMF ``digits`` (checked already: ``media.dtmf``) to the callee."""
+
+    digits: str
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Say ``message`` (if any), then hand the call to ``to``; the carrier
+    reports ``transferred`` or ``transfer-failed``."""
+
+    to: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class StartRecording:
+    """Ask the carrier to record the call (carriers that record from the
+    dial on have nothing to do)."""
+
+
+Action = (Persist | Publish | Speak | Listen | StopListening | HangUp | ArmTimer | CancelTimer | Deliver | Finished
+          | SendDtmf | Transfer | StartRecording)
 
 
 @dataclass(frozen=True)
@@ -294,3 +333,5 @@ class Policy:
     #: How long after the answer a held opening waits for the verdict (and
     #: for a machine's beep) before it is said anyway.
     detection_deadline: float = 45.0
+    #: Said before anything else on a call that records (recording.announce).
+    recording_announcement: str = ""

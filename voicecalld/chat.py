@@ -11,6 +11,7 @@ real API refuses provider-prefixed names with a 404.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,36 @@ HANG_UP_TOOL: dict[str, Any] = {
         },
     },
 }
+
+TRANSFER_CALL = "transfer_call"
+
+
+def transfer_function(allow_to: Sequence[str]) -> dict[str, Any] | None:
+    """The ``transfer_call`` function a model may call (name, description,
+    JSON-schema parameters), or None when transfers are off (an empty
+    ``transfer.allowTo``): a model is only ever offered the allowed numbers.
+    Chat Completions takes it as ``{"type": "function", "function": it}``,
+    the Realtime API as ``{"type": "function", **it}``."""
+    if not allow_to:
+        return None
+    return {
+        "name": TRANSFER_CALL,
+        "description": ("Hand the call over to a person at another number (a cold transfer: you leave the "
+                        "call). Use it when the caller asks for a person or for something only they can do. "
+                        "The message is said to the caller first."),
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "to": {"type": "string", "enum": list(allow_to), "description": "The number to transfer to."},
+                "message": {"type": "string",
+                            "description": "A short sentence said before the transfer, e.g. \"Transferring "
+                                           "you to a colleague now.\""},
+            },
+            "required": ["to"],
+            "additionalProperties": False,
+        },
+    }
+
 
 DEFAULT_PROMPT = (
     "You are a friendly voice assistant on a phone call, talking with {who} whose phone number is {caller}. "
@@ -103,7 +134,8 @@ def unanswered(transcript: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def request_body(model: str, record: dict[str, Any], prompt: str | None, *, tools: bool = True) -> dict[str, Any]:
+def request_body(model: str, record: dict[str, Any], prompt: str | None, *, tools: bool = True,
+                 transfer_to: Sequence[str] = ()) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model_name(model),
         "messages": [{"role": "system", "content": system_prompt(prompt, record)},
@@ -111,17 +143,20 @@ def request_body(model: str, record: dict[str, Any], prompt: str | None, *, tool
         "max_completion_tokens": MAX_COMPLETION_TOKENS,
     }
     if tools:
-        body["tools"] = [HANG_UP_TOOL]
+        transfer = transfer_function(transfer_to)
+        body["tools"] = [HANG_UP_TOOL, *([{"type": "function", "function": transfer}] if transfer else [])]
     return body
 
 
 @dataclass(frozen=True)
 class Reply:
     """What the model answered: ``text`` cleaned for speech (may be empty);
-    ``hang_up`` when it called the hang_up tool."""
+    ``hang_up`` when it called the hang_up tool; ``transfer_to`` when it
+    called transfer_call (``text`` is then its message)."""
 
     text: str
     hang_up: bool = False
+    transfer_to: str | None = None
 
 
 class BadCompletion(ValueError):
@@ -146,16 +181,22 @@ def parse_completion(data: Any) -> Reply:
     text = for_speech(_content_text(message.get("content")))
     for call in message.get("tool_calls") or []:
         function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or function.get("name") != HANG_UP:
+        if not isinstance(function, dict) or function.get("name") not in (HANG_UP, TRANSFER_CALL):
             continue
-        goodbye = ""
         raw = function.get("arguments")
         try:
             args = jsonsafe.loads(raw) if isinstance(raw, str) and raw.strip() else (raw or {})
         except ValueError:
             args = {}
-        if isinstance(args, dict) and isinstance(args.get("goodbye"), str):
-            goodbye = for_speech(args["goodbye"])
+        if not isinstance(args, dict):
+            args = {}
+        if function.get("name") == TRANSFER_CALL:
+            to = args.get("to")
+            if not isinstance(to, str) or not to:
+                continue  # nowhere to transfer to: as if it had not been called
+            said = for_speech(args["message"]) if isinstance(args.get("message"), str) else ""
+            return Reply(said or text, transfer_to=to)
+        goodbye = for_speech(args["goodbye"]) if isinstance(args.get("goodbye"), str) else ""
         return Reply(text or goodbye or DEFAULT_GOODBYE, hang_up=True)
     return Reply(text)
 

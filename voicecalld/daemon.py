@@ -22,12 +22,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, calllog, config, httpserver, logs, paths, providers
+from . import __version__, calllog, config, httpserver, logs, metrics, paths, providers, stats
 from .config import Config, ConfigError
 from .control.server import ControlServer, SocketError, bind_socket
 from .errors import InvalidParams, VoiceCallError
 from .events import EventBus
 from .manager import CallManager
+from .probe import Probes
 from .recovery import Recovery
 from .responder import Responder
 from .store import Store
@@ -39,6 +40,7 @@ from .workerpool import WorkerPool
 
 if TYPE_CHECKING:  # pragma: no cover
     from .media.stream import StreamHub
+    from .metrics_http import MetricsServer
 
 log = logging.getLogger("voicecalld")
 
@@ -51,7 +53,7 @@ RESTART_KEYS = (
     "serve.readTimeoutSec", "control.socket", "control.mode",
     "control.maxConnections", "control.lineTimeoutSec", "streaming.enabled", "streaming.streamPath",
     "tunnel.provider", "tunnel.ngrokAuthToken", "tunnel.ngrokDomain", "tunnel.allowNgrokFreeTier",
-    "tailscale.mode", "tailscale.path",
+    "tailscale.mode", "tailscale.path", "metrics.listen", "metrics.allowRemote",
 )
 
 SWITCH_INTERVAL = 0.001
@@ -79,6 +81,8 @@ class Daemon:
         self.control: ControlServer | None = None
         self.streams: StreamHub | None = None  # when streaming is on and the carrier streams audio
         self.tunnels: Tunnels | None = None
+        self.metrics_server: MetricsServer | None = None
+        self.probes = Probes()
 
     # -- start-up --
 
@@ -120,6 +124,7 @@ class Daemon:
         # then fails with "already listening on <socket>", not a port clash.
         self._start_control_server()
         self._start_webhook_server()
+        self._start_metrics()
         self._start_tunnel()
         self.provider.start()
         self._install_signal_handlers()
@@ -137,7 +142,8 @@ class Daemon:
 
             self.streams = StreamHub(self.manager, carrier)
             stream_handler = self.streams.handle
-        app = WebhookApp(self.provider, cfg.serve.path, self.healthy, cfg.streaming.streamPath, stream_handler)
+        app = WebhookApp(self.provider, cfg.serve.path, self.healthy, cfg.streaming.streamPath, stream_handler,
+                         self.probes)
         try:
             self.webhook_server = httpserver.create(cfg, app)
         except OSError as exc:
@@ -147,6 +153,31 @@ class Daemon:
         self._webhook_thread = threading.Thread(target=self.webhook_server.serve_forever, kwargs={"poll_interval": 0.5},
                                                 name="webhook-server", daemon=True)
         self._webhook_thread.start()
+
+    def _start_metrics(self) -> None:
+        """The gauges read the engine when scraped; the listener only with ``metrics.listen``."""
+        manager, streams = self.manager, self.streams
+        metrics.gauge_source(metrics.CALLS_ACTIVE, lambda: float(manager.active_count))
+        metrics.gauge_source(metrics.CALLS_QUEUED, lambda: float(manager.queued_count))
+        if streams is not None:
+            metrics.gauge_source(metrics.MEDIA_STREAMS, lambda: float(streams.open_streams))
+        listen = self.config.metrics.listen
+        metrics.enable(bool(listen))
+        if not listen:
+            return
+        from .metrics_http import MetricsServer
+
+        try:
+            self.metrics_server = MetricsServer(listen, self.config.metrics.allowRemote)
+        except (OSError, ValueError) as exc:
+            if self.control is not None:
+                self.control.close()
+            if self.webhook_server is not None:
+                self.webhook_server.shutdown()
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StartupError(f"cannot serve metrics on {listen}: {why}") from None
+        self.metrics_server.start()
+        log.info("metrics at http://%s/metrics", self.metrics_server.address)
 
     def _start_tunnel(self) -> None:
         """Before READY=1 (bounded by tunnel.START_TIMEOUT), so a carrier is
@@ -165,6 +196,8 @@ class Daemon:
                 self.control.close()
             if self.webhook_server is not None:
                 self.webhook_server.shutdown()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             raise StartupError(f"tunnel.provider {provider}: {exc}") from None
 
     def _set_public_url(self, url: str | None) -> None:
@@ -221,6 +254,8 @@ class Daemon:
             **({"media": self.streams.stats()} if self.streams is not None else {}),
             "tunnel": self.tunnels.describe() if self.tunnels is not None else None,
             "store": self._store_status(),
+            "metrics": {"listen": self.metrics_server.address if self.metrics_server is not None else None},
+            "stats": stats.live(metrics.CALLS.values(), metrics.TURN_LATENCY),
         }
 
     def _store_status(self) -> dict[str, Any]:
@@ -238,6 +273,12 @@ class Daemon:
         except TunnelError as exc:
             raise VoiceCallError(str(exc)) from None
         return {"ok": True, "mode": result["mode"], "publicUrl": self.public_url}
+
+    def probe(self, token: str | None) -> dict[str, Any]:
+        """``daemon.probe``: a new reachability token, or whether ``token`` reached /healthz."""
+        if token is None:
+            return {"token": self.probes.issue(), "path": "/healthz", "query": "probe"}
+        return {"token": token, "seen": self.probes.seen(token)}
 
     def healthy(self) -> bool:
         """What ``GET /healthz`` tells the internet; the detail is in daemon.status."""
@@ -346,6 +387,8 @@ class Daemon:
         self.provider.stop()
         if self.webhook_server is not None:
             self.webhook_server.shutdown()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         # Drain the work pools before the log closes, so what they still do
         # is logged; anything later (a worker that outlived the pool's join
         # timeout) gets a clean "log closed" error instead of a write.
@@ -363,6 +406,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="PATH",
                    help=f"configuration file, TOML or .json (default: {config.DEFAULT_CONFIG_PATH} if it exists)")
     p.add_argument("--check-config", action="store_true", help="validate the configuration and exit (78 if invalid)")
+    p.add_argument("--online", action="store_true", help="with --check-config: also check the credentials, the "
+                   "OpenAI key, the public URL and the tunnel, as voicecallctl doctor does (exit 1 if one fails)")
     p.add_argument("--print-config", action="store_true", help="print the effective configuration, secrets redacted")
     p.add_argument("--version", action="version", version=f"voicecalld {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="debug logging (-vv: also every HTTP request)")
@@ -379,6 +424,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"voicecalld: {where}: {problem}", file=sys.stderr)
         return EX_CONFIG
     if args.check_config:
+        if args.online:
+            from . import doctor
+
+            checks = doctor.run(args.config, None)
+            print(doctor.lines(checks))
+            return EX_OK if all(c.ok for c in checks) else EX_FAILURE
         print(f"{cfg.path or 'defaults'}: configuration OK (provider {cfg.provider})")
         return EX_OK
     if args.print_config:

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from . import metrics
 from .backlog import Backlog
 from .calls import (
     Action,
@@ -31,10 +32,13 @@ from .calls import (
     Listen,
     Persist,
     Publish,
+    SendDtmf,
     Speak,
+    StartRecording,
     State,
     StopListening,
     TimerKind,
+    Transfer,
 )
 from .errors import NotConnected, ProviderError, StoreFailed, VoiceCallError
 from .events import EventBus
@@ -136,6 +140,7 @@ class Interpreter:
                                           {"callId": call.id, "endReason": str(reason)}))
             self.timers.cancel(live.waiter.timer)
         self.calls.release(live, call.record.to_dict())
+        metrics.call_ended(str(call.record.direction), str(reason))
         log.info("call %s: ended (%s)", call.id, reason)
         try:
             self.provider.forget(call.record)
@@ -159,6 +164,12 @@ class Interpreter:
                 self._hang_up_at_carrier(live, action.reason, raise_errors)
             elif isinstance(action, Deliver):
                 self.unclaimed(live.call.id, action.text)
+            elif isinstance(action, SendDtmf):
+                self.provider.send_dtmf(record, action)
+            elif isinstance(action, Transfer):
+                self.provider.transfer(record, action)
+            elif isinstance(action, StartRecording):
+                self.provider.start_recording(record)
         except Exception as exc:
             if isinstance(exc, VoiceCallError):
                 if not raise_errors:
@@ -166,13 +177,19 @@ class Interpreter:
                                 exc.message)
             else:
                 log.exception("call %s: %s failed", live.call.id, type(action).__name__.lower())
+            if isinstance(action, Transfer):
+                why = exc.message if isinstance(exc, VoiceCallError) else str(exc)
+                self.run(live, lambda c: c.transfer_failed(why))
             if raise_errors:
                 if isinstance(action, Speak):
                     self.run(live, lambda c: c.speak_refused(action.utterance_id))
                 if isinstance(exc, VoiceCallError):
                     raise
                 raise ProviderError(f"the carrier request failed: {exc}") from exc
-            if not isinstance(action, HangUp):
+            if isinstance(action, StartRecording):
+                # The call goes on unrecorded rather than not at all.
+                log.error("call %s: the carrier did not start recording; the call goes on unrecorded", live.call.id)
+            elif not isinstance(action, HangUp | Transfer):
                 self.run(live, lambda c: c.end(State.ERROR))
 
     def _hang_up_at_carrier(self, live: LiveCall, reason: State, explicit: bool) -> None:

@@ -59,8 +59,9 @@ from .calls import (
     TimerKind,
     can_transition,
 )
-from .errors import NotConnected
+from .errors import NotConnected, TurnInProgress
 from .lifecycle_steps import (
+    ANNOUNCE,
     ARM_DETECTION,
     ARM_MAX_DURATION,
     ARM_NOTIFY_HANGUP,
@@ -78,6 +79,7 @@ from .lifecycle_steps import (
     END_CHOSEN,
     FAX,
     FORGET_END,
+    FORGET_TRANSFER,
     GIVEN,
     HANG_UP,
     IDLE,
@@ -88,15 +90,20 @@ from .lifecycle_steps import (
     MARK_DELIVERED,
     MARK_INTERRUPTED,
     MARK_OPENING_SPOKEN,
+    MARK_TRANSFERRING,
     MARK_UNDELIVERED,
     MESSAGE_DUE,
     MOVE,
     NO_OPENING,
+    NOT_TRANSFERRING,
     NOTE_ANSWERED_BY,
     NOTE_ERROR,
     NOTE_GREETING_ENDED,
+    NOTE_TURN,
     NOTE_UNKNOWN,
+    NOTHING_SAID,
     OPENING,
+    OPENING_DTMF,
     OPENING_UNSAID,
     OUTBOUND,
     PERSIST,
@@ -104,11 +111,15 @@ from .lifecycle_steps import (
     PUBLISH_PARTIAL,
     QUIET,
     SAME,
+    SEND_DTMF,
     SPEAK,
     STAMP_ANSWERED,
     STAMP_QUEUED,
     STAMP_STARTED,
+    START_RECORDING,
     STOP_LISTENING,
+    TRANSFER,
+    TRANSFER_LINE,
     VERDICT_DUE,
     Data,
     Input,
@@ -162,7 +173,15 @@ TABLE: tuple[Row, ...] = (
     row(S.SPEAKING,    In.SPEECH,              QUIET,          S.LISTENING, CALLEE_LINE, MOVE, PERSIST, DELIVER),
     row(ANY,           In.SPEECH,              None,           SAME,        CALLEE_LINE, PERSIST, DELIVER),
     row(ANY,           In.INTERRUPTED,         None,           SAME,        MARK_INTERRUPTED, PERSIST),
+    row(CONNECTED,     In.TURN,                None,           SAME,        NOTE_TURN, PERSIST),
     row(ANY,           In.DTMF,                None,           SAME,        PUBLISH_DTMF),
+    # call control: DTMF, transfer, recording
+    row(S.ANSWERED,    In.PRELUDE,             NOTHING_SAID,   SAME,        START_RECORDING, ANNOUNCE, OPENING_DTMF),
+    row(CONNECTED,     In.SEND_DTMF,           None,           SAME,        SEND_DTMF),
+    row(CONNECTED,     In.TRANSFER,            NOT_TRANSFERRING, SAME,      MARK_TRANSFERRING, TRANSFER_LINE, PERSIST,
+                                                                            TRANSFER),
+    row(CONNECTED,     In.TRANSFERRED,         None,           S.TRANSFERRED, MOVE, CLOSE),
+    row(ANY,           In.TRANSFER_FAILED,     None,           SAME,        FORGET_TRANSFER),
     row(UNANSWERED,    In.RING_TIMER,          None,           SAME,        hang_up(S.NO_ANSWER)),
     row(ANY,           In.MAX_DURATION_TIMER,  None,           SAME,        hang_up(S.TIMEOUT)),
     row(ANY,           In.NOTIFY_HANGUP_TIMER, None,           SAME,        hang_up(S.COMPLETED)),
@@ -234,6 +253,7 @@ class Call:
     chosen_end: State | None  # the end reason the bot chose; wins over the carrier's
     delivered: bool           # an utterance that ends the call has played
     greeting_over: bool       # an answering machine's greeting ended (the beep)
+    transferring: str | None  # the target of a transfer under way
 
     def __init__(self, record: CallRecord, policy: Policy, opening: str | None = None) -> None:
         self.record = record
@@ -243,6 +263,7 @@ class Call:
         self.chosen_end = None
         self.delivered = False
         self.greeting_over = False
+        self.transferring = None
         self.turns = 0
         self._utterance_seq = 0
         self._utterances: dict[str, _Utterance] = {}  # said, not yet played
@@ -315,6 +336,11 @@ class Call:
         self._utterances[data.utterance_id] = _Utterance(data.then, data.turn, self.record.transcript[-1])
         return out
 
+    def note_said(self, data: Data) -> list[Action]:
+        """A line of the bot's that is not an utterance to wait for (a
+        transfer's message, said by the carrier with the transfer)."""
+        return self._add_line("bot", data.text, data.now_ms)
+
     def note_callee_line(self, data: Data) -> list[Action]:
         extra = {} if data.confidence is None else {"confidence": data.confidence}
         return self._add_line("user", data.text, data.now_ms, extra)
@@ -381,6 +407,10 @@ class Call:
         the remaining time is armed)."""
         return self._on(Input.ANSWERED, Data(now_ms, duration=max_duration_left))
 
+    def note_turn(self, latency_ms: int, now_ms: int) -> list[Action]:
+        """A reply's turn latency was measured; nothing if the call is not connected."""
+        return self._on(Input.TURN, Data(now_ms, latency_ms=latency_ms))
+
     def timer_fired(self, kind: TimerKind) -> list[Action]:
         return self._on(_TIMERS[kind], Data(0))
 
@@ -395,6 +425,32 @@ class Call:
     def dial_throttled(self, now_ms: int) -> list[Action]:
         """The carrier refused the dial for its rate limit: queued again."""
         return self._on(Input.DIAL_THROTTLED, Data(now_ms))
+    # -- call control --
+
+    def send_dtmf(self, digits: str) -> list[Action]:
+        """Send DTMF ``digits`` (already checked) to the callee."""
+        return self._command(Input.SEND_DTMF, Data(0, digits=digits))
+
+    def transfer(self, to: str, message: str, now_ms: int) -> list[Action]:
+        """Hand the call to ``to`` (already allowed), after ``message``."""
+        if self.transferring is not None and not self.terminal:
+            raise TurnInProgress(f"call {self.id} is already being transferred; wait for that to finish",
+                                 {"callId": self.id})
+        return self._command(Input.TRANSFER, Data(now_ms, to=to, text=message))
+
+    def transfer_failed(self, error: str) -> list[Action]:
+        """The transfer did not happen: the call goes on."""
+        return self._on(Input.TRANSFER_FAILED, Data(0, error=error))
+
+    def note_recording(self, recording: dict[str, Any]) -> list[Action] | None:
+        """The carrier reported a recording of the call; None once the call
+        has ended (its final record is amended instead)."""
+        if self.terminal:
+            return None
+        if any(r.get("url") == recording.get("url") for r in self.record.recordings):
+            return []  # reported again (a retried webhook)
+        self.record.recordings.append(dict(recording))
+        return [calls.Persist(), Publish("call.recording", dict(recording))]
 
     # -- carrier events --
 
@@ -436,6 +492,10 @@ class Call:
             return self._on(Input.ANSWERED_BY, data)
         if kind == EventType.GREETING_ENDED:
             return self._on(Input.GREETING_ENDED, data)
+        if kind == EventType.TRANSFERRED:
+            return self._on(Input.TRANSFERRED, data)
+        if kind == EventType.TRANSFER_FAILED:
+            return self.transfer_failed(event.message or "the transfer failed")
         return []  # initiated: a call starts there, it never moves back
 
     def _last_bot_line(self) -> dict[str, Any] | None:

@@ -29,9 +29,12 @@ from .calls import (
     Persist,
     Policy,
     Publish,
+    SendDtmf,
     Speak,
+    StartRecording,
     State,
     StopListening,
+    Transfer,
 )
 
 
@@ -48,6 +51,7 @@ class Input(enum.StrEnum):
     PARTIAL = "partial speech"
     SPEECH = "speech"
     INTERRUPTED = "interrupted"
+    TURN = "turn measured"
     DTMF = "dtmf"
     ENDED = "ended"
     ERROR = "error"
@@ -70,6 +74,12 @@ class Input(enum.StrEnum):
     ANSWERED_BY = "answered by"
     GREETING_ENDED = "greeting ended"
     DETECTION_TIMER = "detection timer"
+    # call control
+    PRELUDE = "prelude"
+    SEND_DTMF = "send dtmf"
+    TRANSFER = "transfer"
+    TRANSFERRED = "transferred"
+    TRANSFER_FAILED = "transfer failed"
 
 
 #: What each input is, as the docs say it.
@@ -85,6 +95,7 @@ MEANING: dict[Input, str] = {
     Input.PARTIAL: "an interim transcript of the callee",
     Input.SPEECH: "a final transcript of the callee",
     Input.INTERRUPTED: "the callee spoke over the bot (barge-in)",
+    Input.TURN: "a reply's turn latency was measured (the caller's last word to the reply's first audio)",
     Input.DTMF: "the callee pressed keys",
     Input.ENDED: "the carrier says the call is over, and why",
     Input.ERROR: "a carrier or media error, or one of ours (the call log cannot be written)",
@@ -109,6 +120,11 @@ MEANING: dict[Input, str] = {
     Input.ANSWERED_BY: "answering-machine detection says who answered: human, machine, fax or unknown",
     Input.GREETING_ENDED: "the answering machine's greeting ended (the beep)",
     Input.DETECTION_TIMER: "no verdict, or no beep, within the detection deadline after the answer",
+    Input.PRELUDE: "follows answered in the same step, before opening: what comes before the opening",
+    Input.SEND_DTMF: "the command voicecall.dtmf (the tool's send_dtmf)",
+    Input.TRANSFER: "the command voicecall.transfer (the tool's and the auto-responder's transfer_call)",
+    Input.TRANSFERRED: "the carrier says the transfer target answered: the call is theirs now",
+    Input.TRANSFER_FAILED: "the carrier says the transfer failed (busy, no answer, refused); the call goes on",
 }
 
 
@@ -129,6 +145,8 @@ class Data:
     utterance_id: str = ""
     entry: dict[str, Any] | None = None       # the transcript entry an input is about
     answered_by: str | None = None            # what answering-machine detection said
+    latency_ms: int = 0                       # a measured turn latency
+    to: str = ""                              # a transfer's target
 
 
 class Machine(Protocol):
@@ -144,6 +162,8 @@ class Machine(Protocol):
     delivered: bool
     #: The answering machine's greeting ended (the beep): a message left now is recorded.
     greeting_over: bool
+    #: The number a transfer under way hands the call to; None when there is none.
+    transferring: str | None
 
     @property
     def state(self) -> State: ...
@@ -156,6 +176,8 @@ class Machine(Protocol):
     def note_bot_line(self, data: Data) -> list[Action]: ...
 
     def note_callee_line(self, data: Data) -> list[Action]: ...
+
+    def note_said(self, data: Data) -> list[Action]: ...
 
     def forget_utterances(self) -> None: ...
 
@@ -235,7 +257,8 @@ def _close(call: Machine, data: Data) -> list[Action]:
 
 def _opening(call: Machine, data: Data) -> list[Action]:
     then: AfterSpeech = "hangup" if call.record.mode == Mode.NOTIFY else "listen"
-    return call.fire(Input.OPENING, Data(data.now_ms, text=call.record.opening or "", then=then)) or []
+    prelude = call.fire(Input.PRELUDE, Data(data.now_ms)) or []
+    return prelude + (call.fire(Input.OPENING, Data(data.now_ms, text=call.record.opening or "", then=then)) or [])
 
 
 def _interrupted(call: Machine, data: Data) -> list[Action]:
@@ -248,6 +271,10 @@ def _interrupted(call: Machine, data: Data) -> list[Action]:
 def _mark_undelivered(call: Machine, data: Data) -> None:
     assert data.entry is not None
     data.entry["undelivered"] = True
+
+
+def _note_turn(call: Machine, data: Data) -> None:
+    call.record.turns.append({"at": data.now_ms, "latencyMs": data.latency_ms})
 
 
 def _set_opening_spoken(call: Machine, data: Data) -> None:
@@ -317,7 +344,7 @@ ARM_MAX_DURATION = Step("arm max-duration", lambda call, data: [ArmTimer("max-du
 ARM_NOTIFY_HANGUP = Step("arm notify-hangup",
                          lambda call, data: [ArmTimer("notify-hangup", call.policy.notify_hangup_delay)])
 STAMP_ANSWERED = Step("stamp answeredAt", _none(_stamp_answered))
-OPENING = Step("opening", _opening, "then the input opening, in the same step")
+OPENING = Step("opening", _opening, "then the inputs prelude and opening, in the same step")
 MARK_OPENING_SPOKEN = Step("mark the opening spoken", _none(_set_opening_spoken))
 BOT_LINE = Step("note the bot's line", lambda call, data: call.note_bot_line(data),
                 "add it to the transcript; it waits to be played")
@@ -334,7 +361,9 @@ DELIVER = Step("deliver", lambda call, data: [Deliver(data.text, data.confidence
 PUBLISH_PARTIAL = Step("publish the partial", lambda call, data: [
     Publish("call.transcript", {"speaker": "user", "text": data.text, "isFinal": False})])
 MARK_INTERRUPTED = Step("mark the line interrupted", _interrupted)
-PUBLISH_DTMF = Step("publish the digits", lambda call, data: [Publish("call.dtmf", {"digits": data.digits})])
+NOTE_TURN = Step("note the turn", _none(_note_turn), "add {at, latencyMs} to the record's turns")
+PUBLISH_DTMF = Step("publish the digits", lambda call, data: [
+    Publish("call.dtmf", {"digits": data.digits, "direction": "received"})])
 CHOOSE_END = Step("choose the end reason", _none(_choose_end))
 FORGET_END = Step("forget the chosen end", _none(_clear_chosen_end))
 NOTE_ERROR = Step("note the error", _none(_note_error))
@@ -349,6 +378,48 @@ ARM_DETECTION = Step("arm detection", lambda call, data: [ArmTimer("detection", 
 CANCEL_DETECTION = Step("cancel detection", lambda call, data: [CancelTimer("detection")])
 PREPARE_VOICEMAIL = Step("take the message", _none(_prepare_voicemail),
                          "the opening, to be said before hanging up, and the end reason voicemail")
+
+
+# Call control: DTMF, transfer, recording.
+
+def _announce(call: Machine, data: Data) -> list[Action]:
+    text = call.policy.recording_announcement
+    if not (call.record.record and text):
+        return []
+    said = Data(data.now_ms, text=text)
+    return [*call.note_bot_line(said), Persist(), Speak(text, said.utterance_id)]
+
+
+def _sent_dtmf(digits: str) -> list[Action]:
+    return [Publish("call.dtmf", {"digits": digits, "direction": "sent"}), SendDtmf(digits)]
+
+
+def _set_transferring(call: Machine, data: Data) -> None:
+    call.transferring = data.to
+
+
+def _transfer_failed(call: Machine, data: Data) -> list[Action]:
+    to, call.transferring = call.transferring, None
+    return [Publish("call.transfer", {"to": to or data.to, "ok": False, "error": data.error or ""})]
+
+
+START_RECORDING = Step("start recording", lambda call, data: [StartRecording()] if call.record.record else [],
+                       "if the call records (recording.enabled, or record on voicecall.initiate)")
+ANNOUNCE = Step("announce the recording", _announce,
+                "say recording.announce first, if the call records and it is set (it waits to be played)")
+OPENING_DTMF = Step("send the initial digits",
+                    lambda call, data: _sent_dtmf(call.record.dtmf) if call.record.dtmf else [],
+                    "the dtmf of voicecall.initiate, if any: publish call.dtmf (direction sent), then send them")
+SEND_DTMF = Step("send the digits", lambda call, data: _sent_dtmf(data.digits),
+                 "publish call.dtmf (direction sent), then have the carrier send them")
+MARK_TRANSFERRING = Step("mark the transfer under way", _none(_set_transferring))
+TRANSFER_LINE = Step("note the transfer message", lambda call, data: call.note_said(data) if data.text else [],
+                     "add the message, if any, to the transcript")
+TRANSFER = Step("transfer", lambda call, data: [Transfer(data.to, data.text)],
+                "have the carrier say the message, then hand the call to the target")
+FORGET_TRANSFER = Step("forget the transfer", _transfer_failed,
+                       "the transfer is over; publish call.transfer (ok false, with the error)")
+
 CLOSE = Step("close", _close, "stamp endReason and endedAt, cancel every timer, persist, publish call.ended, "
                               "free the call's slot")
 
@@ -389,6 +460,8 @@ MACHINE_GREETING = Guard("leave-message, and a machine answered",
                          and call.chosen_end is None)
 FAX = Guard("leave-message, and a fax answered",
             lambda call, data: _leaves_messages(call) and data.answered_by == "fax")
+NOTHING_SAID = Guard("nothing was said yet", lambda call, data: not call.record.openingSpoken)
+NOT_TRANSFERRING = Guard("no transfer is under way", lambda call, data: call.transferring is None)
 
 SAME = Target("=", lambda call, data: call.state)
 CHOSEN = Target("the chosen reason", lambda call, data: call.chosen_end or State.ERROR)  # guarded: never None

@@ -181,6 +181,12 @@ class LiveCalls:
             self._by_provider_id[provider_call_id] = live.call.id
             return True
 
+    def amend_ended(self, call_id: str, snapshot: dict[str, Any]) -> None:
+        """An ended call's final record changed (a recording reported late)."""
+        with self._lock:
+            if call_id in self._recent:
+                self._recent.put(call_id, snapshot)
+
     def remember_ended(self, provider_call_id: str, call_id: str) -> None:
         with self._lock:
             self._ended_ids.put(provider_call_id, call_id)

@@ -22,12 +22,14 @@ write that succeeds lets calls in again.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from . import inbound
+from . import inbound, metrics
+from .callcontrol import CallControl
 from .calls import (
     TERMINAL,
     Action,
@@ -48,6 +50,7 @@ from .events import EventBus
 from .interpreter import Interpreter, Step
 from .lifecycle import Call
 from .livecalls import LiveCall, LiveCalls, check_call_id, now_ms
+from .media import dtmf as dtmf_digits
 from .phone import is_e164, mask
 from .placing import Placer
 from .providers.base import Provider
@@ -76,6 +79,8 @@ class CallManager:
         #: Called (off any lock) with (callId, text) for a final callee
         #: transcript that no continue is waiting for: the auto-responder.
         self.on_unclaimed: UnclaimedTranscript | None = None
+        #: DTMF, transfer and recordings (callcontrol.py).
+        self.control = CallControl(self)
         provider.bind(self)
 
     # -- configuration --
@@ -91,7 +96,8 @@ class CallManager:
         c = self.config
         return Policy(max_duration=float(c.maxDurationSeconds), ring_timeout=c.ringTimeoutMs / 1000,
                       notify_hangup_delay=float(c.outbound.notifyHangupDelaySec),
-                      leave_voicemail=c.outbound.voicemail == "leave-message")
+                      leave_voicemail=c.outbound.voicemail == "leave-message",
+                      recording_announcement=c.recording.announce.strip())
 
     def _limits(self) -> Limits:
         c = self.config
@@ -160,8 +166,13 @@ class CallManager:
             raise InvalidParams(f"message is {len(message)} characters; the limit is {limit}")
         return message.strip()
 
-    def initiate(self, message: object, to: object = None, mode: object = None) -> dict[str, Any]:
+    def initiate(self, message: object, to: object = None, mode: object = None, *, dtmf: object = None,
+                 record: object = None) -> dict[str, Any]:
         text = self._check_message(message)
+        digits = None if dtmf is None else dtmf_digits.check(dtmf, "dtmf")
+        if record is not None and not isinstance(record, bool):
+            raise InvalidParams(f"record must be true or false, got {record!r}")
+        records = self.config.recording.enabled if record is None else record
         to = to or self.config.toNumber
         if to is None:
             raise InvalidParams("no destination: pass to, or set toNumber in the configuration")
@@ -172,7 +183,8 @@ class CallManager:
             raise InvalidParams(f"mode must be notify or conversation, got {mode!r}")
         record = CallRecord(callId=str(uuid.uuid4()), provider=self.provider.name,
                             direction=Direction.OUTBOUND, mode=Mode(mode), to=str(to),
-                            from_=self.config.fromNumber or "", startedAt=now_ms())
+                            from_=self.config.fromNumber or "", startedAt=now_ms(), dtmf=digits,
+                            record=records)
         live = LiveCall(Call(record, self.policy, opening=text))
         if self.dialer.admit(live) == "queue":
             position: int | None = self._placer.queue(live)
@@ -243,6 +255,18 @@ class CallManager:
             reason = live.call.record.endReason or live.call.chosen_end
         return {"callId": live.call.id, "ok": True, "endReason": None if reason is None else str(reason)}
 
+    # -- call control (callcontrol.py) --
+
+    def send_dtmf(self, call_id: object, digits: object) -> dict[str, Any]:
+        return self.control.dtmf(call_id, digits)
+
+    def transfer(self, call_id: object, to: object, message: object = None) -> dict[str, Any]:
+        return self.control.transfer(call_id, to, message)
+
+    def report_recording(self, call_id: str | None, provider_call_id: str | None,
+                         recording: dict[str, Any]) -> bool:
+        return self.control.report_recording(call_id, provider_call_id, recording)
+
     # -- from the carrier --
 
     def accept_inbound(self, from_: str, to: str | None, provider_call_id: str | None = None
@@ -267,7 +291,8 @@ class CallManager:
         record = CallRecord(callId=str(uuid.uuid4()), provider=self.provider.name,
                             direction=Direction.INBOUND, mode=Mode.CONVERSATION,
                             to=to or self.config.fromNumber or "", from_=from_ if isinstance(from_, str) else "",
-                            providerCallId=provider_call_id, startedAt=now_ms())
+                            providerCallId=provider_call_id, startedAt=now_ms(),
+                            record=self.config.recording.enabled)
         live = LiveCall(Call(record, self.policy, opening=self.config.inboundGreeting))
         reason = decision.reason
         if decision.accept:
@@ -303,6 +328,28 @@ class CallManager:
                       event.provider_call_id)
             return
         self._run(live, lambda c: c.handle(event, now_ms()))
+
+    def note_turn(self, call_id: str, latency_ms: float) -> bool:
+        """A reply's turn latency (the caller's last word to the reply's first
+        audio at the carrier) was measured: it joins the record's ``turns``
+        and the turn-latency histogram. False if the call is not connected
+        (or the figure is not a duration)."""
+        live = self.calls.get(call_id)
+        if live is None or not isinstance(latency_ms, (int, float)) or not math.isfinite(latency_ms) \
+                or latency_ms < 0:
+            return False
+        noted: list[bool] = []
+
+        def step(call: Call) -> list[Action]:
+            actions = call.note_turn(round(latency_ms), now_ms())
+            noted.append(bool(actions))
+            return actions
+
+        self._run(live, step)
+        if noted and noted[0]:
+            metrics.observe_turn(latency_ms / 1000)
+            return True
+        return False
 
     def attach_provider_id(self, call_id: str, provider_call_id: str) -> None:
         """A carrier told us its id for a call (e.g. before initiate returned)."""

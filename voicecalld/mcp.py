@@ -49,7 +49,8 @@ INSTRUCTIONS = (
     "voice_call places and runs real phone calls through the voicecalld daemon. Start with initiate_call "
     "(mode conversation to talk, notify to deliver one message), then continue_call to say something and "
     "get the callee's spoken reply, speak_to_user to talk without waiting, end_call to hang up, and "
-    "get_status for the record and transcript. Phone numbers are E.164, like +15550001234."
+    "get_status for the record and transcript; send_dtmf presses keys (extensions, phone menus) and "
+    "transfer_call hands the call to a number the operator allowed. Phone numbers are E.164, like +15550001234."
 )
 
 

@@ -3,7 +3,9 @@ waiting for it, on inbound calls and conversation-mode calls.
 
 ``responder = "llm"`` sends the conversation to an OpenAI-compatible Chat
 Completions endpoint and speaks the reply; the model may call ``hang_up``
-to say goodbye and end the call. ``responder = "socket"`` publishes a
+to say goodbye and end the call, and, when ``transfer.allowTo`` lists
+numbers, ``transfer_call`` to hand the call to one of them (a failed
+transfer is logged and the conversation goes on). ``responder = "socket"`` publishes a
 ``call.turn`` event to ``events.subscribe`` clients and waits for one of
 them to speak on the call (``voicecall.speak``); that lets any agent
 framework run the conversation over the control socket. Either way, a
@@ -37,7 +39,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from . import chat, jsonsafe
+from . import chat, jsonsafe, metrics
 from .calls import TERMINAL
 from .errors import NotConnected, ProviderError, VoiceCallError
 from .events import EventBus, EventParams
@@ -60,13 +62,15 @@ MAX_SUPERSEDED = 2
 @dataclass(frozen=True)
 class Outcome:
     """How producing one reply went. ``kind``: ``say`` (speak ``text``),
-    ``goodbye`` (speak ``text``, then hang up), ``done`` (someone else
-    already answered, or the call ended), ``failed`` (apologize; ``why``
-    says why, for the log)."""
+    ``goodbye`` (speak ``text``, then hang up), ``transfer`` (say ``text``
+    and transfer the call to ``to``), ``done`` (someone else already
+    answered, or the call ended), ``failed`` (apologize; ``why`` says why,
+    for the log)."""
 
     kind: str
     text: str = ""
     why: str = ""
+    to: str = ""
 
 
 class Unusable(Exception):
@@ -188,6 +192,16 @@ class Responder:
             self._say(call_id, outcome.text, goodbye=True)
         elif outcome.kind == "say":
             self._say(call_id, outcome.text)
+        elif outcome.kind == "transfer":
+            self._transfer(call_id, outcome)
+
+    def _transfer(self, call_id: str, outcome: Outcome) -> None:
+        log.info("call %s: the model transfers the call", call_id)
+        try:
+            self.manager.transfer(call_id, outcome.to, outcome.text or None)
+        except VoiceCallError as exc:
+            # The manager logged why; the model hears of it with the caller's next words.
+            log.warning("call %s: the model's transfer did not happen: %s", call_id, exc.message)
 
     @staticmethod
     def _answerable(record: dict[str, Any]) -> bool:
@@ -247,7 +261,8 @@ class Responder:
         try:
             try:
                 data = self._complete(base, key, chat.request_body(cfg.responseModel, record,
-                                                                   cfg.responseSystemPrompt, tools=tools), deadline)
+                                                                   cfg.responseSystemPrompt, tools=tools,
+                                                                   transfer_to=cfg.transfer.allowTo), deadline)
             except _ToolsRefused as exc:
                 # Some local servers reject function calling; talk without hang_up rather than not at all.
                 log.warning("%s refused the hang_up tool (%s); continuing without tools", base, exc)
@@ -259,6 +274,8 @@ class Responder:
             return Outcome("failed", why=str(exc))
         if reply.hang_up:
             return Outcome("goodbye", reply.text)
+        if reply.transfer_to is not None:
+            return Outcome("transfer", reply.text, to=reply.transfer_to)
         if not reply.text:
             return Outcome("failed", why="the model's reply was empty")
         return Outcome("say", reply.text)
@@ -271,6 +288,7 @@ class Responder:
         if remaining <= 0:
             raise Unusable("no time left for the request")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
+        started = time.monotonic()
         try:
             response = self._session.post(f"{base}/chat/completions", json=body, headers=headers,
                                           timeout=(min(CONNECT_TIMEOUT, remaining), remaining))
@@ -285,6 +303,8 @@ class Responder:
             if response.status_code == 400 and "tools" in body and "tool" in message.lower():
                 raise _ToolsRefused(message)
             raise Unusable(f"HTTP {response.status_code} from {base}: {message}")
+        # Without streaming the first token arrives with the whole reply.
+        metrics.LLM_FIRST_TOKEN.observe(time.monotonic() - started)
         try:
             return jsonsafe.loads(response.content)
         except ValueError:

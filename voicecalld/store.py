@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import jsonsafe
+from . import jsonsafe, metrics
 from .errors import StoreFailed
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ class Store:
     def append(self, record: dict[str, Any]) -> None:
         """Append one snapshot; returns once it is on disk, raises
         ``StoreFailed`` if it cannot be written or synced."""
+        started = time.monotonic()
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
         with self._write_lock:
             if self._closed:
@@ -154,6 +155,7 @@ class Store:
                 self._pending -= 1
                 if self._pending == 0:
                     self._lost.clear()  # nobody is left to tell
+        metrics.STORE_APPEND.observe(time.monotonic() - started)
         if self.failure is not None:
             self.failure = None
             log.warning("%s: the call log is writable again", self.path)

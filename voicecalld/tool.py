@@ -25,10 +25,12 @@ DESCRIPTION = (
     "(mode notify hangs up after the message; mode conversation keeps the line open). "
     "continue_call speaks and then waits for the callee's spoken reply, which it returns. "
     "speak_to_user says something without waiting. end_call hangs up. get_status returns the call "
-    "record with its transcript. Failures come back as {\"error\": \"...\"} results."
+    "record with its transcript. send_dtmf presses keys on the call (extensions, phone menus). "
+    "transfer_call says an optional message and hands the call to another number (only numbers the "
+    "operator allowed). Failures come back as {\"error\": \"...\"} results."
 )
 
-ACTIONS = ("initiate_call", "continue_call", "speak_to_user", "end_call", "get_status")
+ACTIONS = ("initiate_call", "continue_call", "speak_to_user", "end_call", "get_status", "send_dtmf", "transfer_call")
 
 PARAMETERS: dict[str, Any] = {
     "type": "object",
@@ -37,11 +39,18 @@ PARAMETERS: dict[str, Any] = {
                    "description": "initiate_call: dial `to` and say `message` -> {callId, initiated}. "
                                   "continue_call: say `message` on `callId`, then wait for the callee's reply "
                                   "-> {success, transcript}. speak_to_user: say `message` without waiting. "
-                                  "end_call: hang up `callId`. get_status: -> {found, call} with the transcript."},
+                                  "end_call: hang up `callId`. get_status: -> {found, call} with the transcript. "
+                                  "send_dtmf: press `digits` on `callId`. transfer_call: say `message` (optional), "
+                                  "then hand `callId` to `to`; the call ends as transferred."},
         "message": {"type": "string",
-                    "description": "What to say. Required for initiate_call, continue_call and speak_to_user."},
+                    "description": "What to say. Required for initiate_call, continue_call and speak_to_user; "
+                                   "transfer_call says it before the transfer."},
         "to": {"type": "string", "description": "initiate_call: number to dial in E.164 form, e.g. +15550001234. "
-                                                "Defaults to the daemon's configured toNumber."},
+                                                "Defaults to the daemon's configured toNumber. transfer_call "
+                                                "(required): the number to hand the call to; only numbers in "
+                                                "the daemon's transfer.allowTo are accepted."},
+        "digits": {"type": "string", "pattern": "^[0-9*#A-Dw]{1,64}$",
+                   "description": "send_dtmf: keys to press, from 0-9 * # A-D; w waits half a second."},
         "mode": {"type": "string", "enum": ["notify", "conversation"],
                  "description": "initiate_call: notify (say the message, then hang up) or conversation."},
         "callId": {"type": "string",
@@ -96,6 +105,8 @@ class Calls(Protocol):
     def speak(self, call_id: object, message: object) -> dict[str, Any]: ...
     def end(self, call_id: object) -> dict[str, Any]: ...
     def status(self, call_id: object) -> dict[str, Any]: ...
+    def send_dtmf(self, call_id: object, digits: object) -> dict[str, Any]: ...
+    def transfer(self, call_id: object, to: object, message: object = None) -> dict[str, Any]: ...
 
 
 _ALLOWED = {
@@ -104,6 +115,8 @@ _ALLOWED = {
     "speak_to_user": {"callId", "message"},
     "end_call": {"callId"},
     "get_status": {"callId"},
+    "send_dtmf": {"callId", "digits"},
+    "transfer_call": {"callId", "to", "message"},
 }
 
 
@@ -150,6 +163,15 @@ def call(calls: Calls, arguments: object) -> dict[str, Any]:
             return {"success": True}
         if action == "end_call":
             calls.end(call_id)
+            return {"success": True}
+        if action == "send_dtmf":
+            calls.send_dtmf(call_id, arguments.get("digits"))
+            return {"success": True}
+        if action == "transfer_call":
+            problem = _require(arguments, "to")
+            if problem:
+                return {"error": problem}
+            calls.transfer(call_id, arguments["to"], arguments.get("message"))
             return {"success": True}
         try:
             return {"found": True, "call": calls.status(call_id)}

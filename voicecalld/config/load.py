@@ -177,6 +177,12 @@ def _cross_checks(config: Config) -> list[str]:
         problems.append("responseApology: must not be empty (the caller would hear nothing)")
     if config.serve.path == config.streaming.streamPath:
         problems.append("streaming.streamPath: must differ from serve.path")
+    if config.metrics.listen:
+        from ..metrics_http import check_listen
+
+        problem = check_listen(config.metrics.listen, config.metrics.allowRemote)
+        if problem:
+            problems.append(f"metrics.listen: {problem}")
     return problems + _check_tunnel(config)
 
 

@@ -26,6 +26,7 @@ TtsProvider = Literal["openai"]
 TunnelProvider = Literal["none", "ngrok", "tailscale-serve", "tailscale-funnel"]
 TailscaleMode = Literal["off", "serve", "funnel"]
 VoicemailPolicy = Literal["hangup", "leave-message"]
+RecordingChannels = Literal["dual", "mono"]
 
 REDACTED = "<redacted>"
 
@@ -191,6 +192,19 @@ class ControlSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """``[metrics]``: the Prometheus metrics listener (voicecalld(8), Monitoring)."""
+
+    listen: str = setting(
+        "", "host:port of a separate HTTP listener serving GET /metrics in the Prometheus text format, like "
+        "127.0.0.1:9334 (port 0 picks a free one; daemon.status names it). Empty: no listener, and the "
+        "per-request and per-frame figures are not collected.")
+    allowRemote: bool = setting(
+        False, "Let metrics.listen bind an address other than loopback (the metrics then reach whoever can "
+        "reach that address; they name no call or number, but tell call volume and failures).")
+
+
+@dataclass(frozen=True)
 class MockSettings:
     """``[mock]``: the simulated carrier."""
 
@@ -208,6 +222,33 @@ class MockSettings:
         (), "Numbers whose simulated phone is an answering machine: it answers with a greeting of greetingMs, "
         "then beeps.", kind="list[e164]")
     greetingMs: int = setting(2000, "How long a simulated answering machine's greeting lasts.", minimum=0)
+    transferBusy: tuple[str, ...] = setting(
+        (), "Transfer targets the simulated network reports busy (the transfer fails; the call goes on).",
+        kind="list[e164]")
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """``[transfer]``: handing calls to other numbers (voicecall.transfer)."""
+
+    allowTo: tuple[str, ...] = setting(
+        (), "The only numbers (exact E.164) calls may be transferred to, by a command, an agent or a model; "
+        "anything else is refused before the carrier is asked. Empty (the default): transfers are off, and the "
+        "auto-responder is offered no transfer_call tool.", kind="list[e164]")
+
+
+@dataclass(frozen=True)
+class RecordingSettings:
+    """``[recording]``: the carrier records calls; the daemon keeps metadata only."""
+
+    enabled: bool = setting(
+        False, "Record every call (voicecall.initiate's record overrides it per call). The carrier keeps the "
+        "audio; the call record lists each recording's URL, duration and channels.")
+    channels: RecordingChannels = setting(
+        "dual", "dual (the callee and the bot on separate channels) or mono.")
+    announce: str = setting(
+        "", "A sentence said before anything else on a call that records, e.g. \"This call is recorded.\" "
+        "Empty: none.")
 
 
 @dataclass(frozen=True)
@@ -286,7 +327,10 @@ class Config:
     tunnel: TunnelSettings = section(TunnelSettings)
     tailscale: TailscaleSettings = section(TailscaleSettings)
     control: ControlSettings = section(ControlSettings)
+    metrics: MetricsSettings = section(MetricsSettings)
     mock: MockSettings = section(MockSettings)
+    transfer: TransferSettings = section(TransferSettings)
+    recording: RecordingSettings = section(RecordingSettings)
 
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     path: str | None = field(default=None, compare=False)

@@ -28,6 +28,7 @@ class Services(Protocol):
 
     def daemon_status(self) -> dict[str, Any]: ...
     def expose(self, mode: str) -> dict[str, Any]: ...
+    def probe(self, token: str | None) -> dict[str, Any]: ...
 
 
 #: A method of the daemon's control socket.
@@ -38,7 +39,7 @@ class MethodNotFound(VoiceCallError):
     code = METHOD_NOT_FOUND
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object"}
+_TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object", bool: "true or false"}
 
 
 def validate(method: str, spec: Method, params: dict[str, Any]) -> dict[str, Any]:
@@ -94,8 +95,10 @@ _MESSAGE = Param("message", str)
 
 METHODS: dict[str, Method] = {
     "voicecall.initiate": Method(
-        (_MESSAGE, Param("to", str, False), Param("mode", str, False)),
-        lambda s, _, p: s.manager.initiate(p["message"], p.get("to"), p.get("mode"))),
+        (_MESSAGE, Param("to", str, False), Param("mode", str, False), Param("dtmf", str, False),
+         Param("record", bool, False)),
+        lambda s, _, p: s.manager.initiate(p["message"], p.get("to"), p.get("mode"), dtmf=p.get("dtmf"),
+                                           record=p.get("record"))),
     "voicecall.continue": Method(
         (_CALL_ID, _MESSAGE), lambda s, _, p: s.manager.continue_(p["callId"], p["message"]), slow=True),
     "voicecall.speak": Method((_CALL_ID, _MESSAGE), lambda s, _, p: s.manager.speak(p["callId"], p["message"])),
@@ -106,8 +109,13 @@ METHODS: dict[str, Method] = {
     "events.subscribe": Method((Param("callId", str, False),), _subscribe),
     "tool.schema": Method((Param("format", str, False),), _tool_schema),
     "tool.call": Method((Param("name", str), Param("arguments", (dict, str))), _tool_call, slow=True),
+    "voicecall.dtmf": Method((_CALL_ID, Param("digits", str)),
+                            lambda s, _, p: s.manager.send_dtmf(p["callId"], p["digits"])),
+    "voicecall.transfer": Method((_CALL_ID, Param("to", str), Param("message", str, False)),
+                                lambda s, _, p: s.manager.transfer(p["callId"], p["to"], p.get("message")), slow=True),
     "daemon.status": Method((), lambda s, _, p: s.daemon_status()),
     "daemon.expose": Method((Param("mode", str),), lambda s, _, p: s.expose(p["mode"])),
+    "daemon.probe": Method((Param("token", str, False),), lambda s, _, p: s.probe(p.get("token"))),
 }
 
 

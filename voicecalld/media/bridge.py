@@ -7,6 +7,8 @@ results into call events (partials, finals, barge-in), speaks the call's
 utterances through a ``Player``, and reports DTMF. An utterance the
 text-to-speech service refuses twice is said by the carrier instead
 (``MediaCarrier.say_instead``): one failed request must not end the call.
+DTMF the call sends goes out in-band, as tones (``dtmf.tones``) queued on
+the player after what it is saying.
 When the carrier ends the stream or the socket closes, the bridge tears
 everything down.
 
@@ -16,29 +18,63 @@ in order, and without a lock the loop could wait for.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import simple_websocket
 
-from ..calls import CallEvent, EventType, Speak
+from .. import metrics
+from ..calls import CallEvent, CallRecord, EventType, Speak
+from ..workqueue import KeyedWorkQueue
+from . import dtmf
 from .framing import Audio, Dtmf, Framing, Mark, Stop
+from .loop import ReadLoop
 from .player import Player
 from .realtime_stt import SttEvent, Transcriber
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .stream import StreamHub
+from .tts import Synthesizer
 
 log = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    """What the media layer asks of the call engine."""
+
+    @property
+    def config(self) -> Any: ...
+
+    def handle_event(self, event: CallEvent) -> None: ...
+
+    def live_record(self, call_id: str) -> CallRecord | None: ...
+
+
+class Hub(Protocol):
+    """What a bridge uses of the stream hub (``stream.StreamHub``): what all
+    streams share."""
+
+    engine: Engine
+    loop: ReadLoop
+    events: KeyedWorkQueue
+    frames_in: int
+    forwarding: collections.deque[float]
+    lateness: collections.deque[float]
+
+    @property
+    def config(self) -> Any: ...
+
+    @property
+    def synthesizer(self) -> Synthesizer: ...
+
+    def say_instead(self, call_id: str, action: Speak, why: str) -> None: ...
 
 
 class Bridge:
     """One call's open media stream."""
 
-    def __init__(self, hub: StreamHub, call_id: str, ws: simple_websocket.Server, framing: Framing) -> None:
+    def __init__(self, hub: Hub, call_id: str, ws: simple_websocket.Server, framing: Framing) -> None:
         cfg = hub.config
         self.hub = hub
         self.call_id = call_id
@@ -62,6 +98,9 @@ class Bridge:
     def say(self, action: Speak) -> None:
         self._speaking[action.utterance_id] = action
         self.player.say(action.utterance_id, action.text)
+
+    def tones(self, digits: str) -> None:
+        self.player.play_audio(f"dtmf-{uuid.uuid4().hex[:12]}", dtmf.tones(digits))
 
     def _emit(self, type_: EventType, **fields: Any) -> None:
         event = CallEvent(type_, uuid.uuid4().hex, call_id=self.call_id, **fields)
@@ -111,7 +150,9 @@ class Bridge:
             self.transcriber.send_audio(event.payload)
             read_at = getattr(self.ws, "read_at", None)
             if read_at is not None:
-                self.hub.forwarding.append(time.monotonic() - read_at)
+                elapsed = time.monotonic() - read_at
+                self.hub.forwarding.append(elapsed)
+                metrics.MEDIA_FORWARD.observe(elapsed)
         elif isinstance(event, Mark):
             name = event.name
             # With the call's events, off the loop: the loop takes no lock of a call's player.

@@ -126,6 +126,8 @@ class UpgradeRefused(Exception):
 
 #: Speaks an utterance over the call's open stream (True), or declines (False).
 Speaker = Callable[["CallRecord", "Speak"], bool]
+#: Plays DTMF digits' tones in-band on the call's open stream (True), or declines (False).
+ToneSender = Callable[["CallRecord", str], bool]
 
 
 class MediaCarrier(Protocol):
@@ -146,6 +148,11 @@ class MediaCarrier(Protocol):
     def attach(self, speaker: Speaker) -> None:
         """From now on the carrier speaks through ``speaker`` on calls
         whose stream is open (it falls back to its own speech otherwise)."""
+
+    def attach_tones(self, sender: ToneSender) -> None:
+        """From now on the carrier sends DTMF through ``sender`` on calls
+        whose stream is open, so the stream stays up (it falls back to its
+        own way of sending digits otherwise)."""
 
     def say_instead(self, record: CallRecord, action: Speak) -> None:
         """Say an utterance the carrier's own way, because speaking it over

@@ -31,7 +31,10 @@ a connection is added or removed); ``health`` reports it until then.
 simple-websocket starts a reader thread per connection; its documented
 ``thread_class`` and ``event_class`` hooks let ``LoopReader`` take that
 thread's place (``LoopReader.pump`` does what one turn of its loop does)
-and let ``Doorbell`` hand each parsed message to a handler on the spot.
+and let ``Doorbell`` hand parsed messages to a handler on the spot. The
+plain text frames carriers send their media in are parsed by
+``wsframes.FrameSplitter``; wsproto, simple-websocket's parser, gets every
+other frame.
 """
 
 from __future__ import annotations
@@ -47,8 +50,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import simple_websocket
+from wsproto.utilities import LocalProtocolError
 
 from .outbox import LoopSocket, Outbox
+from .wsframes import FrameSplitter
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +166,8 @@ class ReadLoop:
         try:
             if ws.connected:
                 ws.close()
-        except (simple_websocket.ConnectionClosed, OSError):
-            pass
+        except (simple_websocket.ConnectionClosed, OSError, LocalProtocolError):
+            pass  # LocalProtocolError: a close is already under way
         over.wait(close_wait)
         try:
             ws.sock.shutdown(socket.SHUT_RDWR)
@@ -400,9 +405,11 @@ class LoopReader:
         except OSError:
             data = b""
         if data:
+            splitter = getattr(ws, "splitter", None)
+            if splitter is None:
+                splitter = ws.splitter = FrameSplitter()
             try:
-                ws.ws.receive_data(data)
-                ws.connected = ws._handle_events()
+                LoopReader._deliver(ws, splitter.feed(data))
             except Exception:  # noqa: BLE001 - a protocol violation ends the connection, like upstream
                 ws.connected = False
                 ws.event.set()
@@ -410,6 +417,30 @@ class LoopReader:
             ws.connected = False
             ws.event.set()  # wake a receive() waiting for the start message
         return bool(ws.connected)
+
+
+    @staticmethod
+    def _deliver(ws: simple_websocket.Server, parts: list[str | bytes]) -> None:
+        """Messages the splitter parsed go straight to simple-websocket's
+        queue, the rest through wsproto (which queues what it parses), in
+        order. The event is set once per message, as simple-websocket does,
+        except a ``Doorbell``: its handler takes them all at once."""
+        queued = 0
+        for part in parts:
+            if isinstance(part, str):
+                ws.input_buffer.append(part)
+                queued += 1
+                continue
+            ws.ws.receive_data(part)
+            # What arrives after a close we sent (the peer's last frames)
+            # must not open the connection again.
+            ws.connected = ws._handle_events() and ws.connected
+            if not ws.connected:
+                break
+        if isinstance(ws.event, Doorbell) and ws.event.handler is not None:
+            queued = min(queued, 1)
+        for _ in range(queued):
+            ws.event.set()
 
 
 class Doorbell(threading.Event):

@@ -19,6 +19,11 @@ A failed synthesis request is tried once more (if none of its audio went
 out); failing again, the utterance goes to ``on_failed`` with its text, so
 the caller can have it said some other way.
 
+Ready audio (DTMF tones, ``play_audio``) queues with the utterances and is
+paced the same way, but it is not speech: a barge-in neither cuts it nor
+drops it (the far end's voice, an IVR's prompt, must not stop the digits
+meant for it), and while it plays there is nothing to interrupt.
+
 Locks: ``_lock`` guards the player's state and is never held while
 sending or calling back, because the thread that reads every call's media
 takes it (``mark_echoed``). ``_send_lock`` keeps a frame of an interrupted
@@ -70,6 +75,8 @@ class Player:
         self._queued: list[str] = []        # utterance ids waiting, in order
         self._current: str | None = None
         self._marks: set[str] = set()       # sent, not yet echoed
+        self._audio: dict[str, bytes] = {}  # ready audio (play_audio) by id, until it plays
+        self._tones: set[str] = set()       # ids of ready audio queued, playing or awaiting its mark
         self._generation = 0                # bumped by interrupt(); stale work stops
         self._t0 = 0.0
         self._frames = 0
@@ -89,6 +96,14 @@ class Player:
             self._queued.append(utterance_id)
         self._queue.put((utterance_id, text))
 
+    def play_audio(self, item_id: str, audio: bytes) -> None:
+        """Queue ready µ-law audio (``PHONE_AUDIO``) after what is queued."""
+        with self._lock:
+            self._queued.append(item_id)
+            self._audio[item_id] = audio
+            self._tones.add(item_id)
+        self._queue.put((item_id, ""))
+
     @property
     def speaking(self) -> bool:
         """Something is playing, queued, or sent but not yet heard."""
@@ -100,13 +115,13 @@ class Player:
         with self._send_lock:
             with self._lock:
                 busy = bool(self._current or self._queued or self._marks)
-                if not busy:
-                    return False
+                if not busy or self._current in self._tones or self._marks & self._tones:
+                    return False  # nothing said, or tones playing: no speech to stop
                 self._generation += 1
-                dropped = list(self._queued)
+                dropped = [q for q in self._queued if q not in self._tones]
                 if self._current is not None and self._current not in self._marks:
                     dropped.insert(0, self._current)
-                self._queued.clear()
+                self._queued = [q for q in self._queued if q in self._tones]
                 self._current = None
             self._send(self._framing.clear())
         for utterance_id in dropped:
@@ -118,7 +133,10 @@ class Player:
             if name not in self._marks:
                 return
             self._marks.discard(name)
-        self._on_played(name)
+            tones = name in self._tones
+            self._tones.discard(name)
+        if not tones:
+            self._on_played(name)
 
     def close(self) -> None:
         with self._send_lock, self._lock:
@@ -148,6 +166,18 @@ class Player:
     def _speak(self, utterance_id: str, text: str, generation: int) -> None:
         """Play one utterance; a failed attempt that sent nothing is made
         once more (a 429 or 5xx is often over by then)."""
+        with self._lock:
+            audio = self._audio.pop(utterance_id, None)
+        if audio is not None:
+            try:
+                self._play(utterance_id, text, generation, [audio])
+            except Exception as exc:  # noqa: BLE001 - the socket failed: the call's stream is going
+                log.warning("audio %s could not be played: %s", utterance_id, exc)
+                with self._lock:
+                    if self._current == utterance_id:
+                        self._current = None
+                    self._tones.discard(utterance_id)
+            return
         for attempt in (1, 2):
             sent = self.frames_sent
             try:
@@ -168,14 +198,14 @@ class Player:
             self._on_failed(utterance_id, text, why)
             return
 
-    def _play(self, utterance_id: str, text: str, generation: int) -> None:
+    def _play(self, utterance_id: str, text: str, generation: int, ready: Iterable[bytes] | None = None) -> None:
         if self._frames and self._clock() > self._due(self._frames) + REANCHOR_AFTER * FRAME_SECONDS:
             # The line went quiet since the last utterance: a new schedule
             # starts with this one's first frame (once its audio exists, so
             # the synthesis request's latency is not counted as lateness).
             self._frames = 0
         pending = b""
-        for chunk in self._synthesize(text):
+        for chunk in self._synthesize(text) if ready is None else ready:
             pending += chunk
             while len(pending) >= FRAME_BYTES:
                 if not self._send_frame(pending[:FRAME_BYTES], generation):

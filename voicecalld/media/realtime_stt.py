@@ -37,7 +37,8 @@ from typing import Any
 
 import websocket
 
-from .. import jsonsafe
+from .. import jsonsafe, metrics
+from .wsframes import masked_text_frame
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +125,12 @@ class TurnOrder:
         return len(self._order)
 
 
-def _append_message(audio: bytes) -> str:
-    # The hot path (50 times a second per call): base64 needs no JSON
-    # escaping, so the message is assembled directly.
-    return '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(audio).decode("ascii") + '"}'
+def _append_frame(audio: bytes) -> bytes:
+    """``input_audio_buffer.append`` as a whole WebSocket frame. The hot
+    path (50 times a second per call): base64 needs no JSON escaping, so
+    the message is assembled directly, and framed without websocket-client's
+    general-purpose frame builder."""
+    return masked_text_frame(b'{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(audio) + b'"}')
 
 
 class _Session:
@@ -176,16 +179,25 @@ class _Session:
         try:
             if not self.writable.poll(0):
                 return False
-            self.ws.send(_append_message(audio))
+            self._write(_append_frame(audio))
             return True
         finally:
             self.send_lock.release()
 
     def append(self, audio: bytes) -> None:
         """Append, waiting for the socket as long as it takes."""
-        assert self.ws is not None
         with self.send_lock:
-            self.ws.send(_append_message(audio))
+            self._write(_append_frame(audio))
+
+    def _write(self, frame: bytes) -> None:
+        """A whole frame onto the socket, under websocket-client's own lock
+        (its reader thread answers pings on the same socket)."""
+        ws = self.ws
+        assert ws is not None
+        with ws.lock:
+            if ws.sock is None:
+                raise websocket.WebSocketConnectionClosedException("the socket is closed")
+            ws.sock.sendall(frame)
 
     def close(self) -> None:
         self.closing = True
@@ -433,5 +445,6 @@ class Transcriber:
                 self._active = None
                 if not self._closed:
                     self.reconnects += 1
+                    metrics.STT_RECONNECTS.inc()
         session.ready.set()  # unblock anyone waiting on it
         self._wake.set()

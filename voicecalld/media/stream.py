@@ -38,18 +38,18 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import simple_websocket
 from werkzeug.wrappers import Request, Response
 
-from ..calls import CallEvent, CallRecord, Speak
+from ..calls import CallRecord, Speak
 from ..config import stream_limits
 from ..errors import NotConnected, VoiceCallError
 from ..httpjson import error_response
 from ..ratelog import RateLimitedLog
 from ..workqueue import KeyedWorkQueue
-from .bridge import Bridge
+from .bridge import Bridge, Engine
 from .framing import PHONE_AUDIO, Framing, MediaCarrier, MediaEvent, Other, Start, UpgradeRefused
 from .loop import RECEIVE_BYTES, Doorbell, LoopReader, ReadLoop
 from .tts import Synthesizer
@@ -58,17 +58,6 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT = 5.0
 POLICY_VIOLATION = 1008
-
-
-class Engine(Protocol):
-    """What the media layer asks of the call engine."""
-
-    @property
-    def config(self) -> Any: ...
-
-    def handle_event(self, event: CallEvent) -> None: ...
-
-    def live_record(self, call_id: str) -> CallRecord | None: ...
 
 
 class StreamFinished(ConnectionError):
@@ -99,6 +88,7 @@ class StreamHub:
         self.events = KeyedWorkQueue("media-events", workers=4, idle=1.0)
         self._refusals = RateLimitedLog(log)
         carrier.attach(self.speak)
+        carrier.attach_tones(self.send_tones)
 
     @property
     def config(self) -> Any:
@@ -258,6 +248,17 @@ class StreamHub:
         if bridge is None or not bridge.alive:
             return False
         bridge.say(action)
+        return True
+
+    def send_tones(self, record: CallRecord, digits: str) -> bool:
+        """The carrier's tone sender (``MediaCarrier.attach_tones``): DTMF
+        in-band on the call's stream if it has one (True), else left to
+        the carrier (False)."""
+        with self._lock:
+            bridge = self._bridges.get(record.callId)
+        if bridge is None or not bridge.alive:
+            return False
+        bridge.tones(digits)
         return True
 
     def say_instead(self, call_id: str, action: Speak, why: str) -> None:

@@ -10,13 +10,14 @@ start before the whole utterance has been synthesized.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from .. import jsonsafe
+from .. import jsonsafe, metrics
 from ..errors import ProviderError
 from . import mulaw
 from .resample import Decimator
@@ -45,6 +46,7 @@ class Synthesizer:
         """µ-law 8 kHz audio for ``text``, in chunks as they arrive. Raises
         ProviderError (before yielding anything) if the service refuses."""
         body = {"model": self.model, "input": text[:MAX_INPUT], "voice": self.voice, "response_format": "pcm"}
+        started = time.monotonic()
         try:
             response = self.session.post(self.url, json=body, timeout=self.timeout, stream=True)
         except requests.RequestException as exc:
@@ -52,10 +54,10 @@ class Synthesizer:
         if response.status_code != 200:
             raise ProviderError(f"text-to-speech refused ({response.status_code}): {_error_message(response)}",
                                 status=response.status_code)
-        return self._convert(response)
+        return self._convert(response, started)
 
     @staticmethod
-    def _convert(response: requests.Response) -> Iterator[bytes]:
+    def _convert(response: requests.Response, started: float | None = None) -> Iterator[bytes]:
         decimator = Decimator()
         pending = b""
         try:
@@ -65,6 +67,9 @@ class Synthesizer:
                 pending = data[usable:]
                 pcm8k = decimator.process(data[:usable])
                 if pcm8k:
+                    if started is not None:
+                        metrics.TTS_FIRST_AUDIO.observe(time.monotonic() - started)
+                        started = None
                     yield mulaw.encode(pcm8k)
         except requests.RequestException as exc:
             raise ProviderError(f"text-to-speech stream broke off: {type(exc).__name__}") from None

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .. import publicurl
-from ..calls import CallEvent, CallRecord, Speak, State
+from ..calls import CallEvent, CallRecord, SendDtmf, Speak, State, Transfer
+from ..errors import ProviderError
 
 if TYPE_CHECKING:  # pragma: no cover
     from werkzeug.wrappers import Request, Response
@@ -39,6 +40,10 @@ class CallSink(Protocol):
     def find_by_provider_id(self, provider_call_id: str) -> str | None: ...
     def attach_provider_id(self, call_id: str, provider_call_id: str) -> None: ...
     def live_record(self, call_id: str) -> CallRecord | None: ...
+    def note_turn(self, call_id: str, latency_ms: float) -> bool:
+        """A reply's turn latency: the caller's last word to its first audio at the carrier."""
+    def report_recording(self, call_id: str | None, provider_call_id: str | None,
+                         recording: dict[str, Any]) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,24 @@ class Provider(ABC):
     def call_status(self, record: CallRecord) -> CarrierStatus | None:
         """Ask the carrier about a call; None if it cannot tell."""
         return None
+
+    # -- call control: DTMF, transfer, recording --
+
+    def send_dtmf(self, record: CallRecord, action: SendDtmf) -> None:
+        """Send DTMF to the callee, after what the call says before it."""
+        raise ProviderError(f"the {self.name} carrier cannot send DTMF")
+
+    def transfer(self, record: CallRecord, action: Transfer) -> None:
+        """Say ``action.message`` (if any), then hand the call to
+        ``action.to``. Returns once the carrier took the request; the
+        outcome comes later as a ``transferred`` or ``transfer-failed``
+        event. Raises if the carrier refuses at once."""
+        raise ProviderError(f"the {self.name} carrier cannot transfer calls")
+
+    def start_recording(self, record: CallRecord) -> None:
+        """Record the call from now on; the carrier reports the recording
+        (``CallSink.report_recording``) once it is processed."""
+        raise ProviderError(f"the {self.name} carrier cannot record calls")
 
     def forget(self, record: CallRecord) -> None:
         """The call is over: drop per-call state."""

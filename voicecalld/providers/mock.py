@@ -7,8 +7,13 @@ rings, answers after ``mock.answerDelayMs``, "hears" speech for a time
 proportional to its length, answers each ``continue`` turn from
 ``mock.calleeReplies``, and says or hangs up whatever the ``mock.say`` /
 ``mock.hangup`` control methods ask for; ``mock.inbound`` places a call to
-the daemon. Those three methods are the mock's own (``control_methods``):
-a daemon on a real carrier does not serve them.
+the daemon. It also plays the far end of call control: it "hears" DTMF
+(``dtmf.duration`` long, after what is being said; logged), answers a
+transfer after the message and ``mock.answerDelayMs`` (or reports a target
+in ``mock.transferBusy`` busy), and, for a call that records, reports a
+recording (``mock://recordings/<id>.wav``) just after the call ends.
+The three ``mock.*`` methods are the mock's own (``control_methods``): a
+daemon on a real carrier does not serve them.
 
 Answering-machine detection is simulated as the real carriers do it (on
 with ``mock.machineDetection`` or ``outbound.voicemail = leave-message``):
@@ -39,10 +44,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..calls import CallEvent, CallRecord, EventType, Speak, State
+from ..calls import CallEvent, CallRecord, EventType, SendDtmf, Speak, State, Transfer
 from ..control.spec import Method, Param
 from ..errors import CallNotFound, NotConnected
 from ..lru import Bounded
+from ..media import dtmf
 from ..timers import Timer, TimerService
 from .base import Capabilities, CarrierStatus, Provider
 
@@ -53,6 +59,7 @@ STATE_FILE = "mock-carrier.json"
 _KEEP_ENDED = 64      # recently ended calls the state file remembers (older ones: "long gone")
 INBOUND_ANSWER = 0.05  # seconds until the daemon's answer of an inbound call connects
 DETECT_AFTER = 0.05    # seconds from the answer to the detection verdict
+RECORDING_AFTER = 0.05  # seconds from the end of a call to the report of its recording
 
 
 @dataclass
@@ -65,6 +72,9 @@ class _MockCall:
     timers: list[Timer] = field(default_factory=list)
     reason: str | None = None  # end reason once ended
     replies: list[Timer] = field(default_factory=list)  # the callee's scheduled answers
+    heard_at: float | None = None  # when the callee last finished speaking, until the bot replies
+    heard_dtmf: list[str] = field(default_factory=list)  # digits the far end heard, in order
+    recording_since: float | None = None  # monotonic start of the recording, if the call records
 
 
 class MockProvider(Provider):
@@ -134,6 +144,9 @@ class MockProvider(Provider):
         self._ended.put(mc.call_id, mc)
         pending, mc.timers = mc.timers, []
         self._save_state()
+        if mc.recording_since is not None:
+            self._report_recording_later(mc, time.monotonic() - mc.recording_since)
+            mc.recording_since = None
         return pending
 
     @property
@@ -152,6 +165,9 @@ class MockProvider(Provider):
                 with self._lock:
                     mc.answered = True
                     self._save_state()
+            elif type_ == EventType.SPEECH:
+                with self._lock:
+                    mc.heard_at = time.monotonic()
             elif type_ == EventType.ENDED and event.reason is not None:
                 with self._lock:
                     pending = self._end(mc, event.reason)
@@ -230,8 +246,13 @@ class MockProvider(Provider):
         with self._lock:
             start = max(now, mc.speaking_until)
             mc.speaking_until = start + duration
+            heard_at, mc.heard_at = mc.heard_at, None
         self._later(mc, start - now, EventType.SPEAKING, utterance_id=action.utterance_id)
         self._later(mc, start + duration - now, EventType.PLAYED, utterance_id=action.utterance_id)
+        if heard_at is not None:
+            # The simulated line measures a reply's turn latency as a carrier
+            # would: from the callee's last word to the reply starting to play.
+            self.sink.note_turn(record.callId, (start - heard_at) * 1000)
 
     def start_listening(self, record: CallRecord, turn: int | None) -> None:
         replies = self._mock.calleeReplies
@@ -268,6 +289,53 @@ class MockProvider(Provider):
             pending = self._end(mc, State(record.endReason or State.COMPLETED)) if mc is not None else []
         for t in pending:
             self._timers.cancel(t)
+
+    # -- call control, simulated --
+
+    def _line_free_at(self, mc: _MockCall, seconds: float) -> float:
+        """Seconds from now until something ``seconds`` long, queued after
+        what is being said, has played."""
+        now = time.monotonic()
+        with self._lock:
+            start = max(now, mc.speaking_until)
+            mc.speaking_until = start + seconds
+        return start + seconds - now
+
+    def send_dtmf(self, record: CallRecord, action: SendDtmf) -> None:
+        mc = self._get(record.callId)
+        delay = self._line_free_at(mc, dtmf.duration(action.digits))
+
+        def heard() -> None:
+            with self._lock:
+                if mc.ended:
+                    return
+                mc.heard_dtmf.append(action.digits)
+            log.info("call %s: the simulated callee heard the DTMF digits %s", mc.call_id, action.digits)
+
+        with self._lock:
+            mc.timers.append(self._timers.call_later(delay, heard))
+
+    def transfer(self, record: CallRecord, action: Transfer) -> None:
+        mc = self._get(record.callId)
+        speech = len(action.message) * self._mock.msPerChar / 1000 if action.message else 0.0
+        delay = self._line_free_at(mc, speech) + self._mock.answerDelayMs / 1000
+        if action.to in self._mock.transferBusy:
+            self._later(mc, delay, EventType.TRANSFER_FAILED, message=f"{action.to} is busy")
+        else:
+            self._later(mc, delay, EventType.TRANSFERRED)
+
+    def start_recording(self, record: CallRecord) -> None:
+        mc = self._get(record.callId)
+        with self._lock:
+            if mc.recording_since is None:
+                mc.recording_since = time.monotonic()
+
+    def _report_recording_later(self, mc: _MockCall, seconds: float) -> None:
+        """(Lock held.) Like a carrier, report the recording once "processed"."""
+        recording = {"url": f"mock://recordings/{mc.provider_id}.wav", "durationSec": int(seconds),
+                     "channels": self.sink.config.recording.channels}
+        self._timers.call_later(RECORDING_AFTER, lambda: self.sink.report_recording(mc.call_id, mc.provider_id,
+                                                                                   recording))
 
     # -- the simulated callee (control methods mock.*) --
 

@@ -40,6 +40,9 @@ Event mapping (Telnyx -> normalized):
 A dial refused for the account's dials per second (429, code 90103,
 https://developers.telnyx.com/docs/voice/programmable-voice/dials-per-second-limit)
 raises ``RateLimited`` at once: the dial queue paces and retries it.
+DTMF, transfer and recording: ``telnyx_control`` (``send_dtmf``;
+``transfer``, whose new leg's webhooks say how it went; ``record_start``
+once answered, and ``call.recording.saved``).
 
 Listening: transcription (inbound track only, so the bot never hears
 itself) starts at the first listening turn and keeps running until the
@@ -57,8 +60,8 @@ from urllib.parse import quote
 
 from werkzeug.wrappers import Response
 
-from .. import jsonsafe
-from ..calls import CallEvent, CallRecord, EventType, Speak, State
+from .. import jsonsafe, metrics
+from ..calls import CallEvent, CallRecord, EventType, SendDtmf, Speak, State, Transfer
 from ..errors import ProviderError, RateLimited
 from ..httpjson import json_response
 from ..lru import Bounded
@@ -69,6 +72,7 @@ from . import telnyx_amd, telnyx_signature
 from . import telnyx_events as wire
 from .base import Capabilities, CarrierStatus, Provider
 from .http import RestClient, retry_after
+from .telnyx_control import TelnyxControl, is_transfer_message
 from .telnyx_events import ring_timeout_secs, time_limit_secs
 from .telnyx_legs import Leg, LegTable
 from .telnyx_signature import KeyCache as _KeyCache
@@ -109,6 +113,7 @@ class TelnyxProvider(Provider):
         self._keys = _KeyCache()
         self._work = KeyedWorkQueue("telnyx-events", workers=workers, max_pending=max_pending)
         self._rejections = RateLimitedLog(log)
+        self._control = TelnyxControl(self)
         self.accepted = 0   # webhooks acknowledged and queued
         self.processed = 0  # ... and processed (for status, and tests waiting for quiet)
 
@@ -262,6 +267,15 @@ class TelnyxProvider(Provider):
             leg.transcribing = False
         self._command(self._ccid(record), "transcription_stop", {}, "stop transcription", ended_ok=True)
 
+    def send_dtmf(self, record: CallRecord, action: SendDtmf) -> None:
+        self._control.send_dtmf(record, action)
+
+    def transfer(self, record: CallRecord, action: Transfer) -> None:
+        self._control.transfer(record, action)
+
+    def start_recording(self, record: CallRecord) -> None:
+        self._control.start_recording(record)
+
     def call_status(self, record: CallRecord) -> CarrierStatus | None:
         if not record.providerCallId:
             return None
@@ -312,17 +326,20 @@ class TelnyxProvider(Provider):
                 # timestamp all get 401 and change nothing.
                 self._rejections.warning(exc.kind, "rejected a Telnyx webhook from %s: %s", request.remote_addr,
                                          exc.reason)
+                metrics.webhook("rejected")
                 return json_response(401, {"error": "webhook signature verification failed"})
         try:
             hook = wire.parse(raw)
         except wire.WebhookFormatError as exc:
             log.warning("ignored a malformed Telnyx webhook: %s", exc)
+            metrics.webhook("error")
             return json_response(400, {"error": f"not a Telnyx webhook: {exc}"})
         with self._lock:
             duplicate = hook.id in self._seen
             if not duplicate:
                 self._seen.put(hook.id, None)
         if duplicate:
+            metrics.webhook("replay")
             log.debug("Telnyx %s %s (attempt %d) already handled", hook.type, hook.id, hook.attempt)
             return json_response(200, {"ok": True, "duplicate": True})
         key = hook.call_control_id or hook.call_id or "-"
@@ -333,14 +350,18 @@ class TelnyxProvider(Provider):
                 self.accepted -= 1
                 self._seen.pop(hook.id)  # not handled: Telnyx's retry must be
             log.warning("Telnyx %s for %s: event queue is full; asking Telnyx to retry", hook.type, key)
+            metrics.webhook("error")
             return Response("busy; retry later\n", status=503, mimetype="text/plain",
                             headers={"Retry-After": "1"})
+        metrics.webhook("accepted")
         return json_response(200, {"ok": True})
 
     # -- events (on the per-call worker) ------------------------------------------------------
 
     def _process(self, hook: wire.Webhook) -> None:
         try:
+            if self._control.handle(hook):
+                return
             handler = _HANDLERS.get(hook.type)
             if handler is None:
                 log.debug("Telnyx %s for %s ignored", hook.type, hook.call_control_id)
@@ -419,14 +440,16 @@ class TelnyxProvider(Provider):
         leg = self._find(hook)
         with self._lock:
             utterance = leg.utterances[0] if leg is not None and leg.utterances else None
-        if utterance is not None:  # a late start of speech already reported as ended is old news
+        # A late start of speech already reported as ended is old news; a
+        # transfer's message is no utterance of the call's.
+        if utterance is not None and not is_transfer_message(utterance):
             self._event(hook, EventType.SPEAKING, leg, utterance_id=utterance)
 
     def _on_speak_ended(self, hook: wire.Webhook) -> None:
         leg = self._find(hook)
         with self._lock:
             utterance = leg.utterances.popleft() if leg is not None and leg.utterances else None
-        if utterance is None:
+        if utterance is None or (leg is not None and self._control.speak_ended(leg, utterance, hook)):
             return
         status = hook.text("status") or "completed"
         if status != "completed":

@@ -18,7 +18,7 @@ import collections
 import threading
 from dataclasses import dataclass, field
 
-from ..calls import CallRecord, State
+from ..calls import CallRecord, State, Transfer
 from ..errors import NotConnected
 from ..lru import Bounded
 
@@ -40,6 +40,8 @@ class Leg:
     end_override: State | None = None
     #: Utterance ids in the order their speak commands were sent.
     utterances: collections.deque[str] = field(default_factory=collections.deque)
+    #: A transfer waiting for its message (this utterance) to be said.
+    transfer: tuple[str, Transfer] | None = None
 
 
 class LegTable:

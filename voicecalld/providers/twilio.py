@@ -43,6 +43,14 @@ How the core's model maps onto TwiML (see ``twilio_script.py``):
   becomes the record's ``answeredBy``; with ``outbound.voicemail =
   leave-message`` it arrives at the ``type=amd`` callback, and the end of a
   machine's greeting is reported so the message is left after the beep.
+* Call control (``twilio_control``): DTMF is ``<Play digits>`` queued with
+  the speech, or, on a call whose media stream is open, tones played
+  in-band on the stream (its ``stream_dtmf``), which keeps the stream up. A
+  transfer is the message and a ``<Dial>``; its ``<Number>``'s status
+  callback (``type=transfer``) says the target answered, its action
+  (``type=dial``) how the dial ended. A call that records asks for it on
+  create (inbound calls: ``<Start><Recording>`` first thing once answered),
+  and the signed ``RecordingStatusCallback`` (``type=recording``) reports it.
 """
 
 from __future__ import annotations
@@ -56,14 +64,14 @@ from urllib.parse import urlencode
 
 from werkzeug.wrappers import Request, Response
 
-from ..calls import CallRecord, Mode, Speak
+from ..calls import CallRecord, Direction, Mode, SendDtmf, Speak, StartRecording, Transfer
 from ..errors import NotConnected, ProviderError
 from ..phone import mask
-from . import twilio_amd, twilio_errors, twiml
+from . import twilio_amd, twilio_control, twilio_errors, twiml
 from .base import Capabilities, CarrierStatus, Provider
 from .twilio_media import TwilioMedia
 from .twilio_rest import CallsApi
-from .twilio_script import CallScript, Style
+from .twilio_script import CallScript, Item, Style
 from .twilio_webhooks import Webhooks
 
 log = logging.getLogger(__name__)
@@ -110,6 +118,9 @@ class TwilioProvider(Provider):
         #: it over the call's open stream and return True, or return False to
         #: leave it to TwiML ``<Say>`` (the default, and the fallback).
         self.stream_speaker: Callable[[CallRecord, Speak], bool] | None = None
+        #: Likewise for DTMF: play the digits' tones in-band on the call's
+        #: open stream (True), or leave them to ``<Play digits>`` (False).
+        self.stream_dtmf: Callable[[CallRecord, str], bool] | None = None
 
     # -- configuration, read at use time so SIGHUP reloads apply --
 
@@ -129,7 +140,9 @@ class TwilioProvider(Provider):
     def style(self) -> Style:
         cfg = self._cfg
         return Style(voice=cfg.twilio.voice, language=cfg.twilio.language,
-                     hangup_delay=float(cfg.outbound.notifyHangupDelaySec), streaming=self.streaming())
+                     hangup_delay=float(cfg.outbound.notifyHangupDelaySec), streaming=self.streaming(),
+                     dial_timeout=min(600, max(5, -(-cfg.ringTimeoutMs // 1000))),
+                     recording_channels=cfg.recording.channels)
 
     def _base(self) -> str:
         """The webhook URL. Without a public URL (only possible when webhooks
@@ -181,10 +194,12 @@ class TwilioProvider(Provider):
         script = CallScript(record.callId, record.mode)
         with self._lock:
             self._scripts[record.callId] = script
+        url = f"{self.webhook_url}?{urlencode({'callId': record.callId})}"
+        recording = (twilio_control.recording_params(url + "&type=recording", cfg.recording.channels)
+                     if record.record else None)
         detection = twilio_amd.create_params(twilio_amd.mode(cfg), self.webhook_url, record.callId)
-        sid = self._api.create(to=record.to, from_=record.from_,
-                               url=f"{self.webhook_url}?{urlencode({'callId': record.callId})}",
-                               ring_timeout_ms=cfg.ringTimeoutMs, detection=detection)
+        sid = self._api.create(to=record.to, from_=record.from_, url=url, ring_timeout_ms=cfg.ringTimeoutMs,
+                               detection=detection, recording=recording)
         with script.lock:
             script.sid = sid
             too_late = script.hangup_requested or script.forgotten
@@ -220,6 +235,28 @@ class TwilioProvider(Provider):
     def speak_with_say(self, record: CallRecord, action: Speak) -> None:
         """Say it with TwiML ``<Say>``: speech on calls without a media
         stream, and the fallback when streamed speech cannot be made."""
+        self._play(record, action, "speaking on the call")
+
+    def send_dtmf(self, record: CallRecord, action: SendDtmf) -> None:
+        sender = self.stream_dtmf
+        if sender is not None and sender(record, action.digits):
+            return
+        self._play(record, action, "sending DTMF")
+
+    def transfer(self, record: CallRecord, action: Transfer) -> None:
+        self._play(record, action, "transferring the call")
+
+    def start_recording(self, record: CallRecord) -> None:
+        """Calls we create record from the create request on; an inbound
+        call starts with ``<Start><Recording>`` (while its first webhook is
+        answered, the call is not in progress yet: the Recordings resource
+        would refuse it)."""
+        if record.direction != Direction.OUTBOUND:
+            self._play(record, StartRecording(), "starting the recording")
+
+    def _play(self, record: CallRecord, action: Item, doing: str) -> None:
+        """Queue ``action`` in the call's script; update the live call with
+        the next document when nothing else is playing."""
         script = self.adopt(record.callId, record.providerCallId)
         if script is None:
             raise NotConnected(f"call {record.callId} has ended", {"callId": record.callId})
@@ -241,7 +278,7 @@ class TwilioProvider(Provider):
         # fetched from the webhook instead.
         form = {"Twiml": doc.xml} if inline else {"Url": urls.turn("twiml", doc.token), "Method": "POST"}
         try:
-            self._api.update(sid, form, "speaking on the call")
+            self._api.update(sid, form, doing)
         except ProviderError as exc:
             with script.lock:
                 script.update_failed(doc.token)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import jsonsafe
 from ..media.framing import (
@@ -40,6 +40,7 @@ from ..media.framing import (
     Speaker,
     Start,
     Stop,
+    ToneSender,
     UpgradeRefused,
 )
 from . import twiml
@@ -49,7 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from werkzeug.wrappers import Request
 
     from ..calls import CallRecord, Speak
-    from .twilio import TwilioProvider
+    from .base import CallSink
 
 #: The ``<Parameter>``s of a call's ``<Stream>``, read back from ``start``.
 CALL_ID_PARAMETER = "callId"
@@ -121,10 +122,29 @@ class TwilioFraming:
         return _dumps({"event": "clear", "streamSid": self.stream_sid})
 
 
+class TwilioCalls(Protocol):
+    """What the media side uses of the Twilio provider (``twilio.TwilioProvider``)."""
+
+    stream_speaker: Speaker | None
+    stream_dtmf: ToneSender | None
+
+    @property
+    def sink(self) -> CallSink: ...
+
+    @property
+    def stream_url(self) -> str | None: ...
+
+    def streaming(self) -> bool: ...
+
+    def check_stream_token(self, call_id: str, token: str) -> bool: ...
+
+    def speak_with_say(self, record: CallRecord, action: Speak) -> None: ...
+
+
 class TwilioMedia:
     """Twilio's ``media.framing.MediaCarrier``."""
 
-    def __init__(self, provider: TwilioProvider) -> None:
+    def __init__(self, provider: TwilioCalls) -> None:
         self.provider = provider
 
     def streaming(self) -> bool:
@@ -147,6 +167,9 @@ class TwilioMedia:
     def attach(self, speaker: Speaker) -> None:
         self.provider.stream_speaker = speaker
 
+    def attach_tones(self, sender: ToneSender) -> None:
+        self.provider.stream_dtmf = sender
+
     def say_instead(self, record: CallRecord, action: Speak) -> None:
         self.provider.speak_with_say(record, action)
 
@@ -156,7 +179,8 @@ def _audio(value: Any) -> MediaEvent:
     if media.get("track", "inbound") not in INBOUND:
         return Other("media")
     try:
-        payload = base64.b64decode(media.get("payload") or "", validate=True)
+        # strict_mode: as base64.b64decode(validate=True), minus its regex.
+        payload = binascii.a2b_base64(media.get("payload") or "", strict_mode=True)
     except (binascii.Error, ValueError, TypeError):
         return Other("media")
     return Audio(payload, _int(media.get("chunk")), _int(media.get("timestamp")))
@@ -171,11 +195,11 @@ def _format(value: Any) -> MediaFormat:
 
 
 def _int(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 20:
+    """Twilio's numbers come as strings."""
+    try:
         return int(value)
-    return None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
+        return None
 
 
 def _obj(value: Any) -> dict[str, Any]:

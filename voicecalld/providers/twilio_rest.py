@@ -55,12 +55,14 @@ class CallsApi:
         return f"{account}/Calls/{quote(sid, safe='')}.json"
 
     def create(self, *, to: str, from_: str, url: str, ring_timeout_ms: int,
-               detection: list[tuple[str, str]]) -> str:
+               detection: list[tuple[str, str]], recording: list[tuple[str, str]] | None = None) -> str:
         """Place a call whose TwiML and status callbacks come from ``url``
         (the latter with ``&type=status``), with the answering-machine
-        ``detection`` parameters (``twilio_amd``); returns its sid. Raises
-        ``RateLimited`` when Twilio refuses it for the account's calls per
-        second (429 / 20429): the dial queue paces, nothing sleeps here."""
+        ``detection`` parameters (``twilio_amd``); returns its sid.
+        ``recording``: record it, with these parameters
+        (``twilio_control.recording_params``). Raises ``RateLimited`` when
+        Twilio refuses it for the account's calls per second (429 / 20429):
+        the dial queue paces, nothing sleeps here."""
         ring = min(MAX_TIMEOUT, max(1, math.ceil(ring_timeout_ms / 1000)))
         form: list[tuple[str, str]] = [
             ("To", to), ("From", from_), ("Url", url), ("Method", "POST"),
@@ -68,6 +70,8 @@ class CallsApi:
             *[("StatusCallbackEvent", event) for event in STATUS_EVENTS],
             ("Timeout", str(ring)), *detection,
         ]
+        if recording is not None:
+            form += [("Record", "true"), *recording]
         client, account = self._rest()
         # Not idempotent: Twilio has no idempotency key for creating calls, so
         # a retry could ring the callee twice (RestClient only retries when

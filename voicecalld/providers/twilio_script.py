@@ -17,17 +17,22 @@ which of the bot's utterances that document is saying.
   call with the new document at once.
 * While a webhook for the call is being answered, whatever the manager says
   during it goes into that very answer, not through the REST API.
+* DTMF and transfers queue like speech, in order with it (``twilio_control``):
+  digits are a ``<Play digits>`` among the speech, and a transfer ends its
+  document with the ``<Dial>``; whatever was queued after it waits for the
+  next document (the transfer may fail).
 """
 
 from __future__ import annotations
 
 import secrets
 import threading
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..calls import Mode, Speak
-from . import twilio_media, twiml
+from ..calls import Mode, SendDtmf, Speak, StartRecording, Transfer
+from . import twilio_control, twilio_media, twiml
 
 #: After the bot's speech the callee is still heard this long (seconds) before
 #: Twilio comes back to report the speech finished.
@@ -43,7 +48,8 @@ def new_token() -> str:
 
 class Urls(Protocol):
     def turn(self, kind: str, token: str) -> str:
-        """A webhook URL for this call: ``kind`` is gather, played, twiml or connect."""
+        """A webhook URL for this call: ``kind`` is gather, played, twiml, connect,
+        dial (a transfer's ``<Dial>`` action) or transfer (its target answered)."""
 
     def stream(self) -> str:
         """The ``wss://`` Media Streams URL."""
@@ -57,6 +63,13 @@ class Style:
     language: str | None = "en-US"
     hangup_delay: float = 3.0
     streaming: bool = False
+    dial_timeout: int = 30  # seconds a transfer's <Dial> rings
+    recording_channels: str = "dual"
+
+
+#: What a document does: speak, send digits, start recording (inbound
+#: calls), transfer.
+Item = Speak | SendDtmf | StartRecording | Transfer
 
 
 @dataclass(frozen=True)
@@ -77,13 +90,16 @@ class CallScript:
     fetched: bool = False
     #: Webhooks for this call being answered with TwiML right now.
     answering: int = 0
-    queue: list[Speak] = field(default_factory=list)
+    queue: list[Item] = field(default_factory=list)
     #: Token of the document Twilio runs now, and other tokens that count as
     #: current (answers given to stale requests).
     token: str | None = None
     aliases: set[str] = field(default_factory=set)
     #: Utterances the current document says, not yet reported played.
     saying: tuple[str, ...] = ()
+    #: The current document plays something (speech, digits, a transfer's
+    #: dial) Twilio has not come back from: new items wait for it.
+    playing: bool = False
     #: Notify: once the message is said, pause and hang up.
     hangup_after: bool = False
     #: The closing Pause/Hangup was handed out: a "completed" now is our own hang-up.
@@ -102,13 +118,14 @@ class CallScript:
 
     # -- speaking --
 
-    def add(self, action: Speak) -> bool:
-        """Queue an utterance. True means: compose and update the live call
-        now; False: a webhook answer or Twilio's next request will carry it."""
+    def add(self, action: Item) -> bool:
+        """Queue an utterance (or digits, or a transfer). True means: compose
+        and update the live call now; False: a webhook answer or Twilio's
+        next request will carry it."""
         self.queue.append(action)
-        if action.then == "hangup":
+        if isinstance(action, Speak) and action.then == "hangup":
             self.hangup_after = True
-        return self.fetched and not self.answering and not self.saying
+        return self.fetched and not self.answering and not self.saying and not self.playing
 
     def is_current(self, token: str | None) -> bool:
         return token is not None and (token == self.token or token in self.aliases)
@@ -119,6 +136,7 @@ class CallScript:
         if not self.is_current(token):
             return None
         played, self.saying = self.saying, ()
+        self.playing = False
         return played
 
     def compose(self, urls: Urls, style: Style) -> Document:
@@ -128,17 +146,46 @@ class CallScript:
         self.token, self.aliases = token, set()
         self.stored.clear()
         if self.queue:
-            speaks, self.queue = self.queue, []
-            self.saying = tuple(s.utterance_id for s in speaks)
+            items = self._take()
+            self.saying = tuple(i.utterance_id for i in items if isinstance(i, Speak))
+            self.playing = True
+            first = [twiml.start_recording(urls.turn("recording", token), style.recording_channels,
+                                           twilio_control.RECORDING_EVENTS)
+                     for i in items if isinstance(i, StartRecording)]
+            verbs = [twiml.say(i.text, style.voice, style.language) if isinstance(i, Speak)
+                     else twiml.play_digits(i.digits) for i in items if isinstance(i, Speak | SendDtmf)]
+            if isinstance(items[-1], Transfer):
+                return Document(self._transfer(items[-1], first + verbs, urls, style, token), token, self.saying)
             gather = None
-            if self.mode == Mode.CONVERSATION and not self.hangup_after and not self._streaming(style):
+            # Digits are not wrapped in a speech <Gather>: the far end's voice
+            # (an IVR's prompt) would barge in and cut them off.
+            digits = any(isinstance(i, SendDtmf) for i in items)
+            if self.mode == Mode.CONVERSATION and not self.hangup_after and not self._streaming(style) and not digits:
                 gather = urls.turn("gather", token)
-            xml = twiml.utterances([s.text for s in speaks], played_url=urls.turn("played", token),
-                                   voice=style.voice, language=style.language, gather_action=gather,
-                                   gather_timeout=AFTER_SPEECH_TIMEOUT)
+            xml = twiml.prompts(verbs, played_url=urls.turn("played", token), language=style.language,
+                                gather_action=gather, gather_timeout=AFTER_SPEECH_TIMEOUT, first=first)
             return Document(xml, token, self.saying)
         self.saying = ()
+        self.playing = False
         return Document(self._resting(urls, style, token), token)
+
+    def _take(self) -> list[Item]:
+        """The queue up to and including its first transfer; the rest stays."""
+        for i, item in enumerate(self.queue):
+            if isinstance(item, Transfer):
+                items, self.queue = self.queue[:i + 1], self.queue[i + 1:]
+                return items
+        items, self.queue = self.queue, []
+        return items
+
+    @staticmethod
+    def _transfer(transfer: Transfer, verbs: list[ET.Element], urls: Urls, style: Style, token: str) -> str:
+        """What was queued before it, the message, then the ``<Dial>``."""
+        if transfer.message:
+            verbs.append(twiml.say(transfer.message, style.voice, style.language))
+        verbs.append(twiml.dial(transfer.to, action=urls.turn("dial", token), timeout=style.dial_timeout,
+                                answered_url=urls.turn("transfer", token)))
+        return twiml.render(verbs)
 
     def stale_answer(self, urls: Urls, style: Style) -> str:
         """What to answer a request from a replaced document: carry on
@@ -168,3 +215,4 @@ class CallScript:
         """A REST update with ``token``'s document failed: nothing is being said."""
         if self.token == token:
             self.saying = ()
+            self.playing = False

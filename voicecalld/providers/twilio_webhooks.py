@@ -11,9 +11,10 @@ from a bounded cache, never processed twice.
 Which request is which (``twilio.py`` builds the URLs): ``type`` in the
 query names it (``status`` callbacks; ``gather``, ``played`` and
 ``connect`` actions of a turn; ``twiml`` fetches of a stored document;
-``amd``, the answering-machine verdict of ``twilio_amd``), and
-``callId`` names our call. The bare webhook URL with neither is a call to one
-of our numbers. The parameters are Twilio's
+``amd``, the answering-machine verdict of ``twilio_amd``; a transfer's
+``dial`` action and ``transfer`` callback, and ``recording`` status
+callbacks: see ``twilio_control``), and ``callId`` names our call. The bare
+webhook URL with neither is a call to one of our numbers. The parameters are Twilio's
 (https://www.twilio.com/docs/voice/twiml and, for status callbacks,
 https://www.twilio.com/docs/voice/api/call-resource).
 """
@@ -27,12 +28,14 @@ from typing import Any, Protocol
 
 from werkzeug.wrappers import Request, Response
 
+from .. import metrics
 from ..calls import CallEvent, EventType, State
 from ..errors import ProviderError
 from ..ratelog import RateLimitedLog
 from . import twilio_amd, twiml
 from .base import CallSink
 from .replay import ReplayGuard
+from .twilio_control import ANSWERED_STATUS, dial_outcome, recording_report
 from .twilio_rest import CallsApi
 from .twilio_script import CallScript, Style, Urls
 from .twilio_signature import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, validate
@@ -91,6 +94,7 @@ class Webhooks:
             return self._refuse(request, "no X-Twilio-Signature header").response()
         params, body = form_params(request)
         if params is None:
+            metrics.webhook("error")
             return text_answer(415, "expected a form-encoded (or JSON) Twilio webhook").response()
         if not cfg.skipSignatureVerification:
             problem = self._verify(request, signature or "", params, body)
@@ -100,6 +104,7 @@ class Webhooks:
         keys = [f"token:{token}" if token else "", f"signature:{signature}" if signature else ""]
         entry, first = self._replays.begin(keys)
         if not first:
+            metrics.webhook("replay")
             answer = self._replays.wait(entry, DUPLICATE_WAIT)
             log.info("call %s: repeated Twilio webhook answered from cache, not processed again",
                      request.args.get("callId", "?"))
@@ -113,9 +118,11 @@ class Webhooks:
             self._replays.abandon(entry)
             raise
         self._replays.finish(entry, answer)
+        metrics.webhook("accepted" if answer.status < 400 else "error")
         return answer.response()
 
     def _refuse(self, request: Request, problem: str) -> Answer:
+        metrics.webhook("rejected")
         self._rejections.warning(problem, "rejected a webhook from %s: %s", request.remote_addr, problem)
         return text_answer(401, "webhook signature verification failed")
 
@@ -141,6 +148,10 @@ class Webhooks:
             if kind:
                 return text_answer(400, "a Twilio webhook with a type needs a callId")
             return self._on_incoming(sid, params)
+        if kind == "recording":  # usually after the call has ended
+            return self._on_recording(call_id, sid, params)
+        if kind == "transfer":  # the target's own call: its CallSid is not ours
+            return self._on_transfer_answered(call_id, turn, params)
         script = self._calls.adopt(call_id, sid)
         if script is None:
             # A call we no longer run: whatever Twilio is doing with it, stop.
@@ -158,6 +169,8 @@ class Webhooks:
             return self._on_stored(script, turn)
         if kind == "amd":
             return self._on_amd(script, params)
+        if kind == "dial":
+            return self._on_dial(script, turn, params)
         return text_answer(400, f"unknown webhook type {kind!r}")
 
     def _emit(self, type_: EventType, event_id: str, script: CallScript, **fields: Any) -> None:
@@ -243,6 +256,49 @@ class Webhooks:
             if kind == "gather" and digits:
                 self._emit(EventType.DTMF, f"{script.sid}:digits:{turn}", script, digits=digits)
         return xml_answer(out[0])
+
+    # -- call control (twilio_control) --
+
+    def _on_transfer_answered(self, call_id: str, turn: str | None, params: list[tuple[str, str]]) -> Answer:
+        """The ``<Number>`` of a transfer's ``<Dial>`` answered: the call is theirs."""
+        script = self._calls.adopt(call_id, None)
+        if script is None:
+            return xml_answer(twiml.empty())
+        parent = first(params, "ParentCallSid")
+        if parent is not None and script.sid is not None and parent != script.sid:
+            return text_answer(400, f"ParentCallSid does not belong to call {call_id}")
+        with script.lock:
+            current = script.is_current(turn)
+        if current and first(params, "CallStatus") == ANSWERED_STATUS:
+            self._emit(EventType.TRANSFERRED, f"{script.sid}:transferred:{turn}", script)
+        return xml_answer(twiml.empty())
+
+    def _on_dial(self, script: CallScript, turn: str | None, params: list[tuple[str, str]]) -> Answer:
+        """A transfer's ``<Dial>`` is over; if the target never answered, the
+        call goes on with its next document."""
+        outcome = dial_outcome(params)
+        with self._answering(script) as out:
+            with script.lock:
+                played = script.advance(turn)
+                if played is None:
+                    out.append(self._stale_answer(script))
+            if played is None:
+                return xml_answer(out[0])
+            for utterance in played:
+                self._emit(EventType.PLAYED, f"{script.sid}:played:{utterance}", script, utterance_id=utterance)
+            if outcome.answered:  # the same event as the target's answered callback, which may come first
+                self._emit(EventType.TRANSFERRED, f"{script.sid}:transferred:{turn}", script)
+            else:
+                self._emit(EventType.TRANSFER_FAILED, f"{script.sid}:dial:{turn}", script, message=outcome.why)
+        return xml_answer(out[0])
+
+    def _on_recording(self, call_id: str, sid: str | None, params: list[tuple[str, str]]) -> Answer:
+        report = recording_report(params)
+        if report.recording is None:
+            log.info("call %s: Twilio reports recording status %s; nothing to keep", call_id, report.status or "?")
+        else:
+            self._calls.sink.report_recording(call_id, sid, report.recording)
+        return xml_answer(twiml.empty())
 
     def _on_stored(self, script: CallScript, turn: str | None) -> Answer:
         """Twilio fetches a document too long to send inline."""

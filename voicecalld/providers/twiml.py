@@ -16,7 +16,11 @@ The document shapes (see ``providers/twilio.py`` for when each is used):
   same ``<Redirect>``;
 * listening: an empty speech ``<Gather>`` and a ``<Redirect>`` that loops
   back when it times out, so the call stays open while an agent thinks;
-* streaming: ``<Connect><Stream url="wss://...">`` with ``<Parameter>``s.
+* streaming: ``<Connect><Stream url="wss://...">`` with ``<Parameter>``s;
+* DTMF: ``<Play digits="...">`` among the speech
+  (https://www.twilio.com/docs/voice/twiml/play#attributes-digits);
+* transfer: the message, then ``<Dial action timeout><Number
+  statusCallbackEvent="answered" statusCallback>`` (see ``twilio_control``).
 """
 
 from __future__ import annotations
@@ -100,10 +104,43 @@ def utterances(texts: Sequence[str], *, played_url: str, voice: str | None, lang
                gather_action: str | None = None, gather_timeout: int = 1) -> str:
     """Say ``texts``; then come back to ``played_url``. With ``gather_action``
     the callee is heard while (and shortly after) the bot speaks."""
-    says = [say(t, voice, language) for t in texts]
+    return prompts([say(t, voice, language) for t in texts], played_url=played_url, language=language,
+                   gather_action=gather_action, gather_timeout=gather_timeout)
+
+
+def prompts(verbs: Sequence[ET.Element], *, played_url: str, language: str | None,
+            gather_action: str | None = None, gather_timeout: int = 1, first: Sequence[ET.Element] = ()) -> str:
+    """``first`` (``<Start>``, which no ``<Gather>`` may hold), then ``verbs``
+    (``<Say>``, ``<Play>``), then back to ``played_url``; with
+    ``gather_action`` the verbs are inside a speech ``<Gather>``, as ``utterances``."""
     if gather_action is None:
-        return render([*says, redirect(played_url)])
-    return render([gather(gather_action, gather_timeout, language, says), redirect(played_url)])
+        return render([*first, *verbs, redirect(played_url)])
+    return render([*first, gather(gather_action, gather_timeout, language, verbs), redirect(played_url)])
+
+
+def play_digits(digits: str) -> ET.Element:
+    """``<Play digits>``: DTMF tones, ``w`` a half-second pause."""
+    return _element("Play", {"digits": digits})
+
+
+def start_recording(callback: str, channels: str, events: str) -> ET.Element:
+    """``<Start><Recording>``: record the call from here on, reporting to
+    ``callback`` (https://www.twilio.com/docs/voice/twiml/recording)."""
+    el = _element("Start")
+    el.append(_element("Recording", {"recordingStatusCallback": callback, "recordingStatusCallbackMethod": "POST",
+                                     "recordingStatusCallbackEvent": events, "channels": channels}))
+    return el
+
+
+def dial(number: str, *, action: str, timeout: int, answered_url: str) -> ET.Element:
+    """``<Dial>`` one ``<Number>``: ``answered_url`` hears when it answers
+    (its status callback), ``action`` when the dial is over, with
+    ``DialCallStatus`` (https://www.twilio.com/docs/voice/twiml/dial,
+    https://www.twilio.com/docs/voice/twiml/number)."""
+    el = _element("Dial", {"action": action, "method": "POST", "timeout": str(timeout)})
+    el.append(_element("Number", {"statusCallbackEvent": "answered", "statusCallback": answered_url,
+                                  "statusCallbackMethod": "POST"}, number))
+    return el
 
 
 def listen(gather_action: str, again_url: str, timeout: int, language: str | None) -> str:

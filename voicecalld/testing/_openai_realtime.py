@@ -21,7 +21,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import simple_websocket
 from werkzeug.datastructures import Headers
@@ -37,8 +37,23 @@ from ._openai_session import (
 )
 from ._openai_vad import EnergyVad
 
-if TYPE_CHECKING:
-    from .fake_openai import FakeOpenAI
+
+class Service(Protocol):
+    """What a connection asks of the fake server (``fake_openai.FakeOpenAI``):
+    its knobs and its shared state."""
+
+    session_lifetime: float | None
+    transcription_models: set[str]
+    completed_out_of_order: bool
+    out_of_order_hold_s: float
+    transcription_delay_s: float
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def _next_transcript(self) -> str | dict[str, Any]: ...
+
+    def _frame_triggers_drop(self) -> bool: ...
 
 __all__ = ["BETA_CLOSE_CODE", "RealtimeConnection", "RealtimeRecord"]
 
@@ -151,7 +166,7 @@ class _Stop(Exception):
 class RealtimeConnection:
     """Runs one accepted WebSocket until it closes."""
 
-    def __init__(self, ws: simple_websocket.Server, record: RealtimeRecord, fake: FakeOpenAI) -> None:
+    def __init__(self, ws: simple_websocket.Server, record: RealtimeRecord, fake: Service) -> None:
         self.ws = ws
         self.record = record
         self.fake = fake

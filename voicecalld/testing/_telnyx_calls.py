@@ -103,6 +103,12 @@ class FakeCall:
     speak_jobs: list[SpeakJob] = field(default_factory=list)
     speech_busy_until: float = 0.0     # monotonic end of queued TTS
     listen_busy_until: float = 0.0     # monotonic end of queued remote speech
+    dtmf_sent: list[str] = field(default_factory=list)       # send_dtmf digits, in order
+    transfers: list[FakeCall] = field(default_factory=list)  # the legs B transfer commands dialed
+    transfer_of: FakeCall | None = None                      # a leg B: the call it was dialed for
+    bridged_with: FakeCall | None = None
+    recording: dict[str, Any] | None = None                  # record_start's, while recording
+    recordings: list[dict[str, Any]] = field(default_factory=list)  # call.recording.saved payloads sent
 
     @property
     def alive(self) -> bool:

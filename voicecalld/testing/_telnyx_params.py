@@ -131,6 +131,63 @@ def streaming_start(body: dict[str, Any]) -> dict[str, Any]:
     return dict(body)
 
 
+_DTMF_RE = re.compile(r"^[0-9A-D*#wW]+$")
+
+
+def send_dtmf(body: dict[str, Any]) -> str:
+    """``send_dtmf``: the digits (https://developers.telnyx.com/api/call-control/send-dtmf)."""
+    digits = wire.required_str(body, "digits")
+    if not _DTMF_RE.match(digits):
+        raise wire.invalid("digits", "Valid digits are 0-9, A-D, *, and #; pauses are w (0.5s) and W (1s).")
+    wire.optional_int_in_range(body, "duration_millis", 100, 500)
+    wire.client_state(body)
+    return digits
+
+
+@dataclass(frozen=True)
+class TransferParams:
+    to: str
+    from_: str | None
+    timeout_secs: int
+    target_leg_client_state: str | None
+    webhook_url: str | None
+
+
+def transfer(body: dict[str, Any]) -> TransferParams:
+    """``transfer`` (https://developers.telnyx.com/api/call-control/transfer-call)."""
+    to = _destination(body)
+    from_ = wire.e164(body, "from") if body.get("from") is not None else None
+    timeout = wire.int_in_range(body, "timeout_secs", 5, 600, 30)
+    wire.optional_int_in_range(body, "time_limit_secs", 30, 14400)
+    target_state = wire.optional_str(body, "target_leg_client_state")
+    if target_state is not None and not wire.is_base64(target_state):
+        raise wire.invalid("target_leg_client_state", "target_leg_client_state must be a valid Base-64 encoded "
+                                                      "string.")
+    wire.client_state(body)
+    wire.optional_url(body, "audio_url")
+    wire.optional_one_of(body, "answering_machine_detection", AMD_MODES)
+    return TransferParams(to, from_, timeout, target_state, wire.optional_url(body, "webhook_url"))
+
+
+def record_start(body: dict[str, Any]) -> dict[str, Any]:
+    """``record_start``: channels and format are required
+    (https://developers.telnyx.com/api/call-control/start-call-record)."""
+    channels = body.get("channels")
+    if channels not in ("single", "dual"):
+        raise wire.invalid("channels", "channels is required: single or dual.")
+    fmt = body.get("format")
+    if fmt not in ("wav", "mp3"):
+        raise wire.invalid("format", "format is required: wav or mp3.")
+    wire.optional_one_of(body, "recording_track", TRACKS)
+    wire.optional_int_in_range(body, "max_length", 0, 14400)
+    wire.optional_one_of(body, "trim", ("trim-silence",))
+    play_beep = body.get("play_beep")
+    if play_beep is not None and not isinstance(play_beep, bool):
+        raise wire.invalid("play_beep", "play_beep must be true or false.")
+    wire.client_state(body)
+    return {"channels": channels, "format": fmt}
+
+
 def reject_cause(body: dict[str, Any]) -> str:
     cause = wire.one_of(body, "cause", ("CALL_REJECTED", "USER_BUSY"), "CALL_REJECTED")
     return "user_busy" if cause == "USER_BUSY" else "call_rejected"

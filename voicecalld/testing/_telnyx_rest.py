@@ -83,7 +83,8 @@ class RestApi:
             "speak": self._cmd_speak, "transcription_start": self._cmd_transcription_start,
             "transcription_stop": self._cmd_transcription_stop, "playback_start": self._cmd_playback_start,
             "playback_stop": self._cmd_accept, "streaming_start": self._cmd_streaming_start,
-            "streaming_stop": self._cmd_accept,
+            "streaming_stop": self._cmd_accept, "send_dtmf": self._cmd_send_dtmf, "transfer": self._cmd_transfer,
+            "record_start": self._cmd_record_start, "record_stop": self._cmd_record_stop,
         }
 
     def fail(self, error: wire.ApiError, count: int, path_contains: str | None) -> None:
@@ -123,6 +124,8 @@ class RestApi:
 
     def _route(self, method: str, path: str, raw: bytes, record: RestRequest) -> tuple[int, dict[str, Any]]:
         parts = path.strip("/").split("/")
+        if parts[:2] == ["v2", "call_control_applications"] and len(parts) == 3 and method == "GET":
+            return self._application(parts[2])
         if parts[:2] == ["v2", "calls"]:
             if len(parts) == 2 and method == "POST":
                 return self._dial(raw, record)
@@ -132,6 +135,15 @@ class RestApi:
             if len(parts) == 5 and parts[3] == "actions" and method == "POST":
                 return self._command(parts[2], parts[4], raw, record)
         raise wire.not_found(f"No route for {method} {path} on this fake Telnyx.")
+
+    def _application(self, app_id: str) -> tuple[int, dict[str, Any]]:
+        """Retrieve a call control application
+        (https://developers.telnyx.com/api-reference/call-control-applications/retrieve-a-call-control-application):
+        the fake has one, ``connection_id``."""
+        if app_id != self.settings.connection_id:
+            raise wire.not_found(f"No call control application with id {app_id!r}.")
+        return 200, {"data": {"id": app_id, "record_type": "call_control_application", "active": True,
+                              "application_name": "voicecalld fake", "webhook_api_version": "2"}}
 
     def _call_or_404(self, call_control_id: str) -> FakeCall:
         call = self._sim.calls.get(call_control_id)
@@ -291,6 +303,33 @@ class RestApi:
 
     def _cmd_accept(self, call: FakeCall, body: dict[str, Any]) -> Action:
         return lambda: None
+
+    # -- call control: each changes nothing until it is valid --
+
+    def _cmd_send_dtmf(self, call: FakeCall, body: dict[str, Any]) -> Action:
+        self._require_answered(call, "send_dtmf")
+        digits = params.send_dtmf(body)
+        return lambda: call.dtmf_sent.append(digits)  # no webhooks: Telnyx sends none for it
+
+    def _cmd_transfer(self, call: FakeCall, body: dict[str, Any]) -> Action:
+        self._require_answered(call, "transfer")
+        transfer = params.transfer(body)
+
+        def act() -> None:
+            self._sim.transfer(call, transfer, self._callee(transfer.to))
+        return act
+
+    def _cmd_record_start(self, call: FakeCall, body: dict[str, Any]) -> Action:
+        self._require_answered(call, "record_start")
+        if call.recording is not None:
+            raise wire.not_allowed_now("This call is already being recorded.")
+        options = params.record_start(body)
+        return lambda: self._sim.start_recording(call, options)
+
+    def _cmd_record_stop(self, call: FakeCall, body: dict[str, Any]) -> Action:
+        if call.recording is None:
+            raise wire.not_allowed_now("This call is not being recorded.")
+        return lambda: self._sim.stop_recording(call)
 
 
 def _json_or_none(raw: bytes) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 from . import _telnyx_wire as wire
 from ._scheduler import Scheduler
 from ._telnyx_calls import SIP_CAUSES, Callee, FakeCall, SpeakJob
-from ._telnyx_params import DialParams
+from ._telnyx_params import DialParams, TransferParams
 from ._telnyx_webhooks import Deliverer, Event
 
 Happening = Callable[[], None]
@@ -42,6 +42,7 @@ class Timing:
     rest_latency: float = 0.0          # every REST request waits this long before it is handled
     greeting_secs: float | None = None  # a machine's greeting, from the answer to its beep (None: amd_delay
                                         # after the verdict)
+    recording_delay: float = 0.05      # end of a recording -> call.recording.saved
 
 
 class Simulation:
@@ -104,6 +105,10 @@ class Simulation:
         call.hangup_cause, call.hangup_source = cause, source
         self.emit(call, "call.hangup", hangup_cause=cause, hangup_source=source,
                   sip_hangup_cause=SIP_CAUSES[cause], end_time=call.end_time)
+        self.stop_recording(call)
+        other = call.bridged_with
+        if other is not None and other.alive:  # a bridge ends with either side
+            self.end(other, "normal_clearing", other.remote_source())
 
     def _callee_acts(self, call: FakeCall, behaviour: str) -> None:
         if call.status != "ringing":
@@ -227,6 +232,56 @@ class Simulation:
         if call.status == "answered":
             call.dtmf.append(digit)
             self.emit(call, "call.dtmf.received", digit=digit)
+
+    # -- call control: transfer, recording --------------------------------------------
+
+    def transfer(self, call: FakeCall, params: TransferParams, callee: Callee) -> FakeCall:
+        """Dial leg B for ``call``; B reports itself with its own webhooks
+        (``target_leg_client_state``): initiated, then answered and bridged
+        (with ``call``), or hung up with the reason (``call`` stays up)."""
+        last = self.last_call
+        leg = self.new_call("outgoing", params.from_ or call.to, params.to, params.webhook_url or call.webhook_url,
+                            params.target_leg_client_state, status="ringing")
+        self.last_call = last  # tests mean the calls they made, not the legs of transfers
+        leg.callee, leg.timeout_secs, leg.transfer_of = callee, params.timeout_secs, call
+        call.transfers.append(leg)
+        self.emit(leg, "call.initiated")
+        after = self.timing.answer_after if callee.after is None else callee.after
+        self.later(after, lambda: self._target_acts(call, leg, callee.behaviour))
+        self.later(params.timeout_secs * self.timing.timeout_scale,
+                   lambda: self._end_if(leg, "ringing", "timeout", leg.local_source()))
+        return leg
+
+    def _target_acts(self, call: FakeCall, leg: FakeCall, behaviour: str) -> None:
+        if leg.status != "ringing":
+            return
+        if not call.alive:
+            self.end(leg, "originator_cancel", leg.local_source())
+        elif behaviour in ("answer", "machine"):
+            leg.status, leg.answered_at = "answered", time.monotonic()
+            self.emit(leg, "call.answered")
+            call.bridged_with, leg.bridged_with = leg, call
+            self.emit(call, "call.bridged")
+            self.emit(leg, "call.bridged")
+        elif behaviour != "no_answer":
+            cause = {"busy": "user_busy", "reject": "call_rejected", "not_found": "not_found"}[behaviour]
+            self.end(leg, cause, leg.remote_source())
+
+    def start_recording(self, call: FakeCall, options: dict[str, Any]) -> None:
+        call.recording = {**options, "started_at": wire.iso_now()}
+
+    def stop_recording(self, call: FakeCall) -> None:
+        """The recording ends (record_stop, or the call ended); it is reported
+        once "processed", after the call's own webhooks."""
+        recording, call.recording = call.recording, None
+        if recording is None:
+            return
+        fmt = recording["format"]
+        url = f"https://s3.amazonaws.com/telnyx-recordings/{call.call_leg_id}-{int(time.time())}.{fmt}"
+        payload = {"channels": recording["channels"], "recording_started_at": recording["started_at"],
+                   "recording_ended_at": wire.iso_now(), "recording_urls": {fmt: url}, "public_recording_urls": {}}
+        call.recordings.append(payload)
+        self.later(self.timing.recording_delay, lambda: self.emit(call, "call.recording.saved", **payload))
 
     # -- plumbing --------------------------------------------------------------------
 

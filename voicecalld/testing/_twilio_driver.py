@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
@@ -22,18 +23,20 @@ from . import _twilio_twiml as tw
 from ._twilio_model import (
     CallOver,
     Delivery,
+    DialRecord,
     FakeCall,
     FakeError,
     Fetch,
     GatherRecord,
     Inline,
     Interrupted,
+    RecordingRequest,
     SayRecord,
     Source,
     StreamRequest,
 )
 from ._twilio_rest import is_http_url
-from ._twilio_webhooks import standard_params, status_params
+from ._twilio_webhooks import child_params, recording_params, standard_params, status_params
 
 if TYPE_CHECKING:
     from .fake_twilio import FakeTwilio
@@ -84,6 +87,7 @@ class CallRunner:
         if not call._silent:
             self._status_event("completed")
             self._flush_held()
+            self._recordings_done()
 
     # -- dialing an outbound call --
 
@@ -122,6 +126,8 @@ class CallRunner:
         if callee.hangup_after is not None:
             call.schedule_hangup(callee.hangup_after)
         self._status_event("answered")
+        if call.recording is not None:
+            self.fake._start_recording(call, call.recording)  # Record=true records from the answer on
         if call.amd_callback is not None:
             self._start_async_amd()
 
@@ -274,8 +280,7 @@ class CallRunner:
         elif isinstance(verb, tw.Pause):
             call.wait(verb.length * self.fake.time_scale)
         elif isinstance(verb, tw.Play):
-            call.played.append(verb.url)
-            call.wait(0)
+            self._play(verb)
         elif isinstance(verb, tw.Hangup):
             call.end("completed", "twiml-hangup")
             raise CallOver()
@@ -285,8 +290,12 @@ class CallRunner:
             return self._gather(verb, doc_url)
         elif isinstance(verb, tw.Connect):
             return self._connect(verb, doc_url)
-        elif isinstance(verb, tw.Start):
+        elif isinstance(verb, tw.Dial):
+            return self._dial_verb(verb, doc_url)
+        elif isinstance(verb, tw.Start) and verb.stream is not None:
             self._open_stream(verb.stream, bidirectional=False)
+        elif isinstance(verb, tw.Start) and verb.recording is not None:
+            self._start_recording(verb.recording, doc_url)
         elif isinstance(verb, tw.Stop):
             self._stop_stream(verb.name)
         return None
@@ -369,10 +378,92 @@ class CallRunner:
         if isinstance(prompt, tw.Say):
             return self._say(prompt, in_gather=True, barge_in=barge_in)
         if isinstance(prompt, tw.Play):
-            self.call.played.append(prompt.url)
-            return self.call.wait(0, self.call.has_input if barge_in else None)
+            return self._play(prompt, self.call.has_input if barge_in else None)
         return self.call.wait(prompt.length * self.fake.time_scale,
                               self.call.has_input if barge_in else None)
+
+    # -- Play (audio, or DTMF digits) --
+
+    def _play(self, verb: tw.Play, until: Callable[[], bool] | None = None) -> bool:
+        """Play a URL (instantly: the fake fetches no audio) or ``digits``,
+        which take their time: 100 ms a tone and 100 ms between, w 0.5 s,
+        W 1 s, scaled like every other duration."""
+        call = self.call
+        if verb.url:
+            call.played.append(verb.url)
+        if not verb.digits:
+            return call.wait(0, until)
+        seconds = sum({"w": 0.5, "W": 1.0}.get(c, 0.2) for c in verb.digits) * self.fake.time_scale
+        cut = call.wait(seconds, until)
+        if not cut:
+            call.digits_played.append(verb.digits)
+        return cut
+
+    # -- Dial (a transfer) --
+
+    def _dial_verb(self, verb: tw.Dial, doc_url: str | None) -> Source | None:
+        """Dial the number: the target (``FakeTwilio.set_callee``) answers,
+        is busy, fails or rings out; an answered dial lasts until the target
+        hangs up (its ``hangup_after``, or ``FakeTwilio.end_dial``). Then the
+        action gets ``DialCallStatus``."""
+        call, fake = self.call, self.fake
+        target = fake._dial_target(verb.number.number)
+        record = DialRecord(verb.number.number, "CA" + uuid.uuid4().hex, time.time())
+        call.dials.append(record)
+        call.start_dial()
+        ring_limit = verb.timeout * fake.time_scale
+        answer_after = fake.answer_delay if target.answer_after is None else target.answer_after
+        if target.outcome in ("busy", "failed"):
+            call.wait(fake.dial_delay)
+            record.status = target.outcome
+        elif target.outcome == "no-answer" or answer_after >= ring_limit:
+            call.wait(ring_limit)
+            record.status = "no-answer"
+        else:
+            call.wait(answer_after)
+            record.status, record.answered_at = "in-progress", time.time()
+            self._number_event(verb.number, record, "answered", doc_url)
+            call.wait(target.hangup_after, call.dial_over)
+            record.status = "completed"
+            self._number_event(verb.number, record, "completed", doc_url)
+        record.ended = time.time()
+        record.dial_call_status = record.status
+        if verb.action is None:
+            return None
+        extra = [("DialCallStatus", record.status), ("DialCallSid", record.child_sid)]
+        if record.answered_at is not None:
+            extra.append(("DialCallDuration", str(round(record.ended - record.answered_at))))
+        return Fetch(self._resolve(verb.action, doc_url), verb.method, "dial-action", tuple(extra))
+
+    def _number_event(self, number: tw.Number, record: DialRecord, event: str, doc_url: str | None) -> None:
+        if number.status_callback is None or event not in number.status_events:
+            return
+        status = {"answered": "in-progress"}.get(event, record.status)
+        params = child_params(self.call, record.child_sid, record.number, status)
+        self.fake._webhooks.deliver(self.call, "number-status", self._resolve(number.status_callback, doc_url),
+                                    number.status_callback_method, params)
+
+    # -- recordings --
+
+    def _start_recording(self, verb: tw.Recording, doc_url: str | None) -> None:
+        callback = None if verb.status_callback is None else self._resolve(verb.status_callback, doc_url)
+        request = RecordingRequest(verb.channels, callback, verb.status_callback_method, verb.status_events,
+                                   "StartCallRecordingTwiML")
+        self.fake._start_recording(self.call, request)
+
+    def _recordings_done(self) -> None:
+        """The call is over: its recordings are processed and reported."""
+        call = self.call
+        for recording in call.recordings:
+            if recording.status != "in-progress":
+                continue
+            end = call.end_time or time.time()
+            recording.duration, recording.status = max(0, round(end - recording.started)), "completed"
+            request = call.recording
+            if request is None or request.callback is None or "completed" not in request.events:
+                continue
+            self.fake._webhooks.deliver(call, "recording", request.callback, request.callback_method,
+                                        recording_params(call, recording))
 
     # -- Streams --
 

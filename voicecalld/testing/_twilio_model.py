@@ -154,6 +154,44 @@ class RestRequest:
         return [v for k, v in self.form if k == name]
 
 
+@dataclass
+class DialRecord:
+    """A ``<Dial>`` the call ran, and the target's leg (its own call sid)."""
+
+    number: str
+    child_sid: str
+    started: float
+    status: str = "ringing"  # then in-progress, or busy | no-answer | failed; completed once over
+    answered_at: float | None = None
+    ended: float | None = None
+    dial_call_status: str | None = None  # what the action was told
+
+
+@dataclass(frozen=True)
+class RecordingRequest:
+    """Recording asked for on create (``Record``) or through the call's
+    Recordings resource."""
+
+    channels: str  # mono | dual
+    callback: str | None
+    callback_method: str
+    events: frozenset[str]
+    source: str  # OutboundAPI | StartCallRecordingAPI
+
+
+@dataclass
+class RecordingRecord:
+    """A recording of the call, as its Recording resource would say."""
+
+    sid: str
+    url: str
+    channels: int
+    source: str
+    started: float
+    duration: int | None = None
+    status: str = "in-progress"
+
+
 @dataclass(frozen=True)
 class Fetch:
     """TwiML to be fetched from a URL (voice Url, Gather action, Redirect...)."""
@@ -201,7 +239,8 @@ class FakeCall:
                  status_callback_method: str, status_events: frozenset[str],
                  timeout: float, machine_detection: str | None, callee: Callee,
                  params: list[tuple[str, str]] | None = None, status: str = "queued",
-                 amd_callback: Fetch | None = None) -> None:
+                 amd_callback: Fetch | None = None,
+                 recording: RecordingRequest | None = None) -> None:
         self.sid = sid
         self.account_sid = account_sid
         self.direction = direction
@@ -237,6 +276,10 @@ class FakeCall:
         self.errors: list[FakeError] = []
         self.streams: list[StreamRequest] = []
         self.updates: list[list[tuple[str, str]]] = []
+        self.digits_played: list[str] = []      # <Play digits> values, as played
+        self.dials: list[DialRecord] = []
+        self.recording: RecordingRequest | None = recording  # asked for, not yet recording until answered
+        self.recordings: list[RecordingRecord] = []
         # Synchronisation with REST handlers and test helpers.
         self._cond = threading.Condition()
         self._pending: Source | None = None
@@ -244,6 +287,7 @@ class FakeCall:
         self._accepting: frozenset[str] = frozenset()
         self._hangup_at: float | None = None
         self._stream_open = False
+        self._dial_over = False  # end_dial(): the transfer target hung up
         self._waiting = False  # the call thread is blocked in wait()
         self._silent = False  # ended by stop(): post nothing more
         self.thread: threading.Thread | None = None
@@ -376,6 +420,19 @@ class FakeCall:
         with self._cond:
             self._stream_open = False
             self._cond.notify_all()
+
+    def end_dial(self) -> None:
+        """The party a ``<Dial>`` connected hangs up."""
+        with self._cond:
+            self._dial_over = True
+            self._cond.notify_all()
+
+    def dial_over(self) -> bool:
+        return self._dial_over  # called under self._cond by wait()
+
+    def start_dial(self) -> None:
+        with self._cond:
+            self._dial_over = False
 
     # -- used by the call thread --
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from werkzeug.wrappers import Request, Response
 
-from ._twilio_model import TERMINAL, FakeCall, Fetch, Inline, RestRequest, Source, rfc2822
+from ._twilio_model import TERMINAL, FakeCall, Fetch, Inline, RecordingRequest, RestRequest, Source, rfc2822
 
 if TYPE_CHECKING:
     from .fake_twilio import FakeTwilio
@@ -30,6 +30,9 @@ STATUS_EVENTS = frozenset({"initiated", "ringing", "answered", "completed"})
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}", re.ASCII)
 _CALLS = re.compile(r"/2010-04-01/Accounts/(?P<account>[^/]+)/Calls\.json")
 _CALL = re.compile(r"/2010-04-01/Accounts/(?P<account>[^/]+)/Calls/(?P<sid>[^/]+)\.json")
+_ACCOUNT = re.compile(r"/2010-04-01/Accounts/(?P<account>[^/]+)\.json")
+_RECORDINGS = re.compile(r"/2010-04-01/Accounts/(?P<account>[^/]+)/Calls/(?P<sid>[^/]+)/Recordings\.json")
+RECORDING_EVENTS = frozenset({"in-progress", "completed", "absent"})
 
 # Canonical messages, close to Twilio's own wording so logs read the same.
 MESSAGES = {
@@ -102,6 +105,7 @@ class CreateRequest:
     machine_detection: str | None
     params: list[tuple[str, str]]
     amd_callback: Fetch | None = None  # AsyncAmd=true: where the verdict is posted
+    recording: RecordingRequest | None = None
 
 
 def json_response(body: Any, status: int, headers: dict[str, str] | None = None) -> Response:
@@ -215,13 +219,17 @@ def parse_create(form: list[tuple[str, str]], owned: frozenset[str] | None) -> C
     if machine is not None and machine not in ("Enable", "DetectMessageEnd"):
         raise ApiError(21205, message=f"MachineDetection must be Enable or DetectMessageEnd, not {machine!r}")
     amd_callback = _parse_async_amd(form, machine)
+    record = _one(form, "Record")
+    if record is not None and record.lower() not in ("true", "false"):
+        raise ApiError(21205, message=f"Record must be true or false, not {record!r}")
+    recording = parse_recording(form, "OutboundAPI") if record is not None and record.lower() == "true" else None
     return CreateRequest(
         to=to, from_=from_, source=source, application_sid=app_sid,
         status_callback=callback,
         status_callback_method=_method(_one(form, "StatusCallbackMethod")),
         status_events=names | {"completed"},
         timeout=_parse_timeout(_one(form, "Timeout")),
-        machine_detection=machine, params=list(form), amd_callback=amd_callback)
+        machine_detection=machine, params=list(form), amd_callback=amd_callback, recording=recording)
 
 
 def _parse_async_amd(form: list[tuple[str, str]], machine: str | None) -> Fetch | None:
@@ -242,6 +250,24 @@ def _parse_async_amd(form: list[tuple[str, str]], machine: str | None) -> Fetch 
         # the daemon relies on the callback, so the fake refuses.
         raise ApiError(21205, message=f"AsyncAmdStatusCallback must be an http(s) URL, got {url!r}")
     return Fetch(url, "POST", "amd")
+
+
+
+
+def parse_recording(form: list[tuple[str, str]], source: str) -> RecordingRequest:
+    """The recording parameters of a call create or a Recordings create
+    (https://www.twilio.com/docs/voice/api/recording#create-a-recording-resource)."""
+    channels = _one(form, "RecordingChannels") or "mono"
+    if channels not in ("mono", "dual"):
+        raise ApiError(21205, message=f"RecordingChannels must be mono or dual, not {channels!r}")
+    callback = _one(form, "RecordingStatusCallback")
+    if callback is not None and not is_http_url(callback):
+        raise ApiError(21205, message=f"RecordingStatusCallback is not a valid URL: {callback}")
+    words = frozenset(w for k, v in form if k == "RecordingStatusCallbackEvent" for w in v.split())
+    if not words <= RECORDING_EVENTS:
+        raise ApiError(21205, message=f"Invalid RecordingStatusCallbackEvent: {' '.join(sorted(words))}")
+    return RecordingRequest(channels, callback, _method(_one(form, "RecordingStatusCallbackMethod")),
+                            words or frozenset({"completed"}), source)
 
 
 def _parse_timeout(raw: str | None) -> int:
@@ -301,6 +327,15 @@ class RestApp:
 
     def _route(self, request: Request, record: RestRequest) -> Response:
         self._authenticate(request)
+        account = _ACCOUNT.fullmatch(request.path)
+        if account is not None and request.method == "GET":
+            return self._account(account["account"])
+        recordings = _RECORDINGS.fullmatch(request.path)
+        if recordings and recordings["account"] == self.fake.account_sid and request.method == "POST":
+            target = self.fake._get_call(recordings["sid"])
+            if target is None:
+                raise ApiError(20404, 404, path=request.path)
+            return self._record(target, record)
         calls, call = _CALLS.fullmatch(request.path), _CALL.fullmatch(request.path)
         match = calls or call
         if match is None or match["account"] != self.fake.account_sid:
@@ -317,6 +352,18 @@ class RestApp:
                 return json_response(call_resource(target), 200)
             return self._update(target, record)
         raise ApiError(20004, 405, message=f"Method {request.method} not allowed on {request.path}")
+
+    def _account(self, sid: str) -> Response:
+        """Fetch the Account resource (https://www.twilio.com/docs/iam/api/account):
+        only the account the credentials belong to."""
+        if sid != self.fake.account_sid:
+            raise ApiError(20404, 404, path=f"/{API_VERSION}/Accounts/{sid}.json")
+        uri = f"/{API_VERSION}/Accounts/{sid}.json"
+        return json_response({"sid": sid, "owner_account_sid": sid, "friendly_name": "voicecalld fake account",
+                              "status": self.fake.account_status, "type": "Full", "auth_token": self.fake.auth_token,
+                              "date_created": "Mon, 02 Nov 2026 10:00:00 +0000",
+                              "date_updated": "Mon, 02 Nov 2026 10:00:00 +0000", "uri": uri,
+                              "subresource_uris": {"calls": uri.replace(".json", "/Calls.json")}}, 200)
 
     def _authenticate(self, request: Request) -> None:
         auth = request.authorization
@@ -372,6 +419,17 @@ class RestApp:
                 raise ApiError(21205, value=url)
             call.replace_twiml(Fetch(url, _method(_one(form, "Method")), "redirect"))
         return json_response(call_resource(call), 200)
+
+    def _record(self, call: FakeCall, record: RestRequest) -> Response:
+        """Start recording a live call (its Recordings resource)."""
+        if call.status != "in-progress":
+            raise ApiError(21220, message="Call is not in-progress. Cannot start a recording.")
+        recording = self.fake._start_recording(call, parse_recording(record.form, "StartCallRecordingAPI"))
+        return json_response({"account_sid": call.account_sid, "call_sid": call.sid, "sid": recording.sid,
+                              "channels": recording.channels, "source": recording.source, "status": "in-progress",
+                              "duration": None,
+                              "uri": f"/{API_VERSION}/Accounts/{call.account_sid}/Recordings/{recording.sid}.json"},
+                             201)
 
     def _update_status(self, call: FakeCall, status: str) -> None:
         if status == "completed":

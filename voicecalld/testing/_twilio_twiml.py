@@ -92,10 +92,22 @@ class Connect:
 
 
 @dataclass(frozen=True)
-class Start:
-    """``<Start><Stream>``: a one-way fork; the document goes on at once."""
+class Recording:
+    """``<Start><Recording>`` (https://www.twilio.com/docs/voice/twiml/recording)."""
 
-    stream: Stream
+    status_callback: str | None = None
+    status_callback_method: str = "POST"
+    status_events: frozenset[str] = frozenset({"completed"})
+    channels: str = "dual"
+
+
+@dataclass(frozen=True)
+class Start:
+    """``<Start><Stream>`` (a one-way fork) or ``<Start><Recording>``; the
+    document goes on at once."""
+
+    stream: Stream | None
+    recording: Recording | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +115,29 @@ class Stop:
     name: str | None
 
 
-Verb = Say | Pause | Play | Hangup | Reject | Redirect | Gather | Connect | Start | Stop
+@dataclass(frozen=True)
+class Number:
+    """``<Number>`` in a ``<Dial>``; ``status_events`` as requested
+    (Twilio's default is ``completed`` alone)."""
+
+    number: str
+    status_callback: str | None = None
+    status_callback_method: str = "POST"
+    status_events: frozenset[str] = frozenset({"completed"})
+
+
+@dataclass(frozen=True)
+class Dial:
+    """``<Dial>`` of one number (https://www.twilio.com/docs/voice/twiml/dial)."""
+
+    number: Number
+    action: str | None = None
+    method: str = "POST"
+    timeout: float = 30
+    caller_id: str | None = None
+
+
+Verb = Say | Pause | Play | Hangup | Reject | Redirect | Gather | Connect | Start | Stop | Dial
 
 _BOOL = {"true": True, "false": False}
 
@@ -187,9 +221,20 @@ def _pause(el: ET.Element) -> Pause:
     return Pause(_number(el, "length", 1))
 
 
+#: What Twilio plays as DTMF: the characters error 21206 names for SendDigits
+#: (https://www.twilio.com/docs/api/errors/21206); w and W wait 0.5 s and 1 s.
+PLAY_DIGITS = frozenset("0123456789ABCD*#wW")
+
+
 def _play(el: ET.Element) -> Play:
     _leaf(el)
-    return Play((el.text or "").strip(), int(_number(el, "loop", 1)), el.get("digits", ""))
+    url, digits = (el.text or "").strip(), el.get("digits", "")
+    if not url and not digits:
+        raise TwimlError("<Play> needs a URL or digits")
+    bad = set(digits) - PLAY_DIGITS
+    if bad:
+        raise TwimlError(f"<Play digits={digits!r}> has characters Twilio cannot play: {''.join(sorted(bad))}")
+    return Play(url, int(_number(el, "loop", 1)), digits)
 
 
 def _hangup(el: ET.Element) -> Hangup:
@@ -264,8 +309,28 @@ def _connect(el: ET.Element) -> Connect:
     return Connect(_single_stream(el), el.get("action"), _method(el))
 
 
+_RECORDING_EVENTS = frozenset({"in-progress", "completed", "absent"})
+
+
 def _start(el: ET.Element) -> Start:
+    if len(el) == 1 and el[0].tag == "Recording":
+        return Start(None, _recording(el[0]))
     return Start(_single_stream(el))
+
+
+def _recording(el: ET.Element) -> Recording:
+    _leaf(el)
+    events = frozenset((el.get("recordingStatusCallbackEvent") or "completed").split())
+    if not events <= _RECORDING_EVENTS:
+        raise TwimlError(f"<Recording recordingStatusCallbackEvent={el.get('recordingStatusCallbackEvent')!r}> "
+                         f"is not among {sorted(_RECORDING_EVENTS)}")
+    channels = el.get("channels", "dual")
+    if channels not in ("mono", "dual"):
+        raise TwimlError(f"<Recording channels={channels!r}> must be mono or dual")
+    method = (el.get("recordingStatusCallbackMethod") or "POST").upper()
+    if method not in ("GET", "POST"):
+        raise TwimlError(f"<Recording recordingStatusCallbackMethod={method!r}> must be GET or POST")
+    return Recording(el.get("recordingStatusCallback"), method, events, channels)
 
 
 def _stop(el: ET.Element) -> Stop:
@@ -273,6 +338,34 @@ def _stop(el: ET.Element) -> Stop:
     if len(el) != 1 or el[0].tag != "Stream":
         raise TwimlError("<Stop> must contain exactly one <Stream>")
     return Stop(el[0].get("name"))
+
+
+_NUMBER_EVENTS = frozenset({"initiated", "ringing", "answered", "completed"})
+
+
+def _dial(el: ET.Element) -> Dial:
+    """Strict: exactly one ``<Number>`` (the daemon dials one), or a bare number."""
+    text = (el.text or "").strip()
+    if len(el) > 1 or (len(el) == 1 and text):
+        raise TwimlError("<Dial> must hold one number: either text or one <Number>")
+    if len(el) == 1:
+        child = el[0]
+        if child.tag != "Number":
+            raise TwimlError(f"<Dial> cannot contain <{child.tag}> here (this fake dials <Number>s)")
+        _leaf(child)
+        events = frozenset((child.get("statusCallbackEvent") or "completed").split())
+        if not events <= _NUMBER_EVENTS:
+            raise TwimlError(f"<Number statusCallbackEvent={child.get('statusCallbackEvent')!r}> is not "
+                             f"among {sorted(_NUMBER_EVENTS)}")
+        method = (child.get("statusCallbackMethod") or "POST").upper()
+        if method not in ("GET", "POST"):
+            raise TwimlError(f"<Number statusCallbackMethod={method!r}> must be GET or POST")
+        number = Number((child.text or "").strip(), child.get("statusCallback"), method, events)
+    else:
+        number = Number(text)
+    if not number.number:
+        raise TwimlError("<Dial> has no number to dial")
+    return Dial(number, el.get("action"), _method(el), _number(el, "timeout", 30, minimum=5), el.get("callerId"))
 
 
 _VERBS: dict[str, Callable[[ET.Element], Verb]] = {
@@ -286,6 +379,7 @@ _VERBS: dict[str, Callable[[ET.Element], Verb]] = {
     "Connect": _connect,
     "Start": _start,
     "Stop": _stop,
+    "Dial": _dial,
 }
 
 

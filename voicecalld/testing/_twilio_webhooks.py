@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
 
-from ._twilio_model import Delivery, FakeCall
+from ._twilio_model import Delivery, FakeCall, RecordingRecord, rfc2822
 from ._twilio_signing import compute_signature
 
 if TYPE_CHECKING:
@@ -62,6 +62,26 @@ def status_params(call: FakeCall, call_status: str, sequence: int,
         ("Timestamp", time.strftime("%a, %d %b %Y %H:%M:%S +0000", now)),
         ("CallbackSource", "call-progress-events"),
     ] + extra
+
+
+def child_params(call: FakeCall, child_sid: str, number: str, call_status: str) -> list[tuple[str, str]]:
+    """A ``<Number>`` status callback: about the dialed leg, whose parent is ``call``
+    (https://www.twilio.com/docs/voice/twiml/number#attributes-status-callback)."""
+    return [("AccountSid", call.account_sid), ("ApiVersion", API_VERSION), ("CallSid", child_sid),
+            ("ParentCallSid", call.sid), ("CallStatus", call_status), ("Direction", "outbound-dial"),
+            ("From", call.from_ if call.direction != "inbound" else call.to), ("To", number),
+            ("Timestamp", time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())),
+            ("CallbackSource", "call-progress-events"), ("SequenceNumber", "0")]
+
+
+def recording_params(call: FakeCall, recording: RecordingRecord) -> list[tuple[str, str]]:
+    """A RecordingStatusCallback
+    (https://www.twilio.com/docs/voice/api/recording#recordingstatuscallback)."""
+    return [("AccountSid", call.account_sid), ("CallSid", call.sid), ("RecordingSid", recording.sid),
+            ("RecordingUrl", recording.url), ("RecordingStatus", recording.status),
+            ("RecordingDuration", str(recording.duration or 0)), ("RecordingChannels", str(recording.channels)),
+            ("RecordingStartTime", rfc2822(recording.started) or ""), ("RecordingSource", recording.source),
+            ("RecordingTrack", "both")]
 
 
 def _decode(body: bytes, content_type: str) -> str:

@@ -1,4 +1,5 @@
-"""A fake OpenAI server for tests: Realtime transcription, TTS, Chat.
+"""A fake OpenAI server for tests: Realtime transcription, TTS, Chat, and
+the model list (``GET /v1/models``, which checks the key like the rest).
 
 It listens on 127.0.0.1 (a free port) and speaks the real wire protocols
 (https://platform.openai.com/docs/guides/realtime-transcription,
@@ -59,15 +60,16 @@ from ._openai_speech import SpeechRequestError, prepare, synthesize, validate_sp
 
 __all__ = ["FakeOpenAI", "InjectedError", "RealtimeRecord", "RecordedRequest"]
 
-Endpoint = Literal["chat", "speech", "realtime"]
+Endpoint = Literal["chat", "speech", "realtime", "models"]
 ChatReply = str | dict[str, Any]
 
 _PATHS: dict[str, Endpoint] = {
     "/v1/chat/completions": "chat",
     "/v1/audio/speech": "speech",
     "/v1/realtime": "realtime",
+    "/v1/models": "models",
 }
-_METHODS: dict[Endpoint, str] = {"chat": "POST", "speech": "POST", "realtime": "GET"}
+_METHODS: dict[Endpoint, str] = {"chat": "POST", "speech": "POST", "realtime": "GET", "models": "GET"}
 _STREAM_CHUNK = 4800  # 100 ms of 24 kHz s16le per chunk of a TTS response
 
 
@@ -135,7 +137,7 @@ class FakeOpenAI:
         self.requests: list[RecordedRequest] = []
 
         self._lock = threading.Lock()
-        self._errors: dict[str, list[InjectedError]] = {"chat": [], "speech": [], "realtime": []}
+        self._errors: dict[str, list[InjectedError]] = {"chat": [], "speech": [], "realtime": [], "models": []}
         self._drop_countdown: int | None = None
         self._stopping = threading.Event()
         self._sessions_changed = threading.Condition(self._lock)
@@ -308,6 +310,12 @@ class FakeOpenAI:
             )
         if endpoint == "realtime":
             return self._realtime(request, environ)
+        if endpoint == "models":
+            # https://platform.openai.com/docs/api-reference/models/list
+            names = sorted({*self.transcription_models, "gpt-4o-mini", "gpt-4o-mini-tts", "gpt-realtime"})
+            return Response(json.dumps({"object": "list", "data": [
+                {"id": n, "object": "model", "created": 1700000000, "owned_by": "system"} for n in names]}),
+                200, content_type="application/json")
         if not isinstance(record.body, dict):
             return openai_error(
                 400,

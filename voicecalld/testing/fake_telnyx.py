@@ -11,6 +11,12 @@ envelope, retries, duplicates and out-of-order delivery on request.
         fake.wait_event(call.call_control_id, "call.answered")
         fake.callee_says(call.call_control_id, "yes please")
 
+Call control: ``send_dtmf`` (``call.dtmf_sent``), ``transfer`` (a leg B
+that behaves as ``set_callee`` says for its number, reporting with its own
+webhooks: answered and bridged, or hung up with the reason) and
+``record_start``/``record_stop`` (``call.recording.saved`` once the
+recording ends) are checked and simulated.
+
 Timing model: every simulated happening (answer, speech, timeouts) runs on
 one scheduler thread in due order, and each produces its webhooks at once
 (plus ``webhook_latency``). Webhooks are POSTed from that same thread, one

@@ -15,6 +15,13 @@ hang up) and inspect everything that happened::
         fake.wait_ended(call.sid)
         assert call.said == ["Hello!", "Goodbye."]
 
+Call control: ``<Play digits>`` plays (``call.digits_played``); ``<Dial>``
+rings its ``<Number>``, which behaves as ``set_callee`` says (busy,
+no-answer...), reports to its status callback and lasts until
+``end_dial``; a call created with ``Record=true`` (or running
+``<Start><Recording>``) is recorded from its answer, and the signed
+RecordingStatusCallback follows its end (``call.recordings``).
+
 Timing: ``<Say>`` lasts ``len(text) * ms_per_char`` ms; every duration that
 TwiML or the API states in seconds (Pause length, Gather timeout, the call's
 ring Timeout) is multiplied by ``time_scale``. Callee behaviours use plain
@@ -43,6 +50,8 @@ from ._twilio_model import (
     FakeCall,
     FakeError,
     Fetch,
+    RecordingRecord,
+    RecordingRequest,
     RestRequest,
     StreamRequest,
 )
@@ -119,6 +128,8 @@ class FakeTwilio:
         self.dial_delay = dial_delay
         self.owned_numbers: set[str] | None = None if owned_numbers is None else set(owned_numbers)
         self.api_keys = dict(api_keys or {})
+        #: What fetching the Account resource says: active, suspended or closed.
+        self.account_status = "active"
         self.webhook_timeout = webhook_timeout
         self.webhook_retries = webhook_retries
         self.retry_delay = retry_delay
@@ -248,6 +259,11 @@ class FakeTwilio:
         """The far end hangs up now: ``completed`` if answered (else ``canceled``
         for an outbound call, ``no-answer`` for an inbound one)."""
         self._call(call_sid).hang_up("callee-hangup")
+
+    def end_dial(self, call_sid: str) -> None:
+        """The party the call's ``<Dial>`` connected (a transfer's target)
+        hangs up; the ``<Dial>``'s action then runs."""
+        self._call(call_sid).end_dial()
 
     def end_stream(self, call_sid: str) -> None:
         """End the call's ``<Connect><Stream>``, as the daemon closing its WebSocket
@@ -416,6 +432,18 @@ class FakeTwilio:
                 return self._next_callees.popleft()
         return self._callees.get(number, Callee())
 
+    def _dial_target(self, number: str) -> Callee:
+        """How a ``<Dial>`` to ``number`` goes: ``set_callee`` decides, as for calls."""
+        return self._callees.get(number, Callee())
+
+    def _start_recording(self, call: FakeCall, request: RecordingRequest) -> RecordingRecord:
+        sid = "RE" + uuid.uuid4().hex
+        recording = RecordingRecord(sid, f"{self.base_url}/2010-04-01/Accounts/{call.account_sid}/Recordings/{sid}",
+                                    2 if request.channels == "dual" else 1, request.source, time.time())
+        call.recording = request
+        call.recordings.append(recording)
+        return recording
+
     def _create_call(self, create: CreateRequest) -> FakeCall:
         call = FakeCall(
             sid=_sid("CA"), account_sid=self.account_sid, direction="outbound-api",
@@ -423,7 +451,7 @@ class FakeTwilio:
             status_callback=create.status_callback, status_callback_method=create.status_callback_method,
             status_events=create.status_events, timeout=create.timeout,
             machine_detection=create.machine_detection, callee=self._callee_for(create.to),
-            params=create.params, amd_callback=create.amd_callback)
+            params=create.params, amd_callback=create.amd_callback, recording=create.recording)
         self._launch(call)
         return call
 
