@@ -40,7 +40,6 @@ utterance played, what was said, which reason), drop what carries nothing
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +126,7 @@ from .lifecycle_steps import (
     hang_up,
     row,
 )
+from .lru import Bounded
 
 # --- the table --------------------------------------------------------------------------------
 
@@ -267,7 +267,7 @@ class Call:
         self.turns = 0
         self._utterance_seq = 0
         self._utterances: dict[str, _Utterance] = {}  # said, not yet played
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: Bounded[str, None] = Bounded(_SEEN_EVENTS)
 
     @property
     def id(self) -> str:
@@ -509,7 +509,5 @@ class Call:
         """False if the event was seen before."""
         if event_id in self._seen:
             return False
-        self._seen[event_id] = None
-        if len(self._seen) > _SEEN_EVENTS:
-            self._seen.popitem(last=False)
+        self._seen.put(event_id, None)
         return True
