@@ -5,7 +5,7 @@
     python -m voicecalld.lifecycle_doc --check   # exit 1 if either differs from the table
     python -m voicecalld.lifecycle_doc rst       # print the page (or: man, the section)
 
-Both are rendered from ``lifecycle.TABLE``: its rows, and the labels and
+Both are rendered from ``lifecycle_table.TABLE``: its rows, and the labels and
 meanings of its inputs, guards and steps. In man/voicecalld.8 only the lines
 between ``.\\" BEGIN GENERATED: lifecycle`` and ``.\\" END GENERATED:
 lifecycle`` are generated. tests/test_lifecycle_doc.py fails when the
@@ -20,8 +20,8 @@ from pathlib import Path
 
 from .calls import TERMINAL, State
 from .docs import roff_escape, wrap
-from .lifecycle import ANY, TABLE
 from .lifecycle_steps import MEANING, MOVE, SAME, Input, Row, Step
+from .lifecycle_table import ANY, TABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 RST_PATH = ROOT / "docs" / "lifecycle.rst"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
 from . import _twilio_twiml as tw
+from ._twilio_amd import amd_result, start_async_amd
 from ._twilio_model import (
     CallOver,
     Delivery,
@@ -121,7 +122,7 @@ class CallRunner:
                 call.greeting_started = time.time()
                 call.wait(callee.greeting)
                 call.beeped = time.time()
-            call.answered_by = self._amd_result()
+            call.answered_by = amd_result(call)
         call.set_status("in-progress")
         if callee.hangup_after is not None:
             call.schedule_hangup(callee.hangup_after)
@@ -129,46 +130,7 @@ class CallRunner:
         if call.recording is not None:
             self.fake._start_recording(call, call.recording)  # Record=true records from the answer on
         if call.amd_callback is not None:
-            self._start_async_amd()
-
-    # -- asynchronous answering-machine detection --
-
-    def _start_async_amd(self) -> None:
-        """``AsyncAmd=true``: the TwiML runs at once while detection listens
-        on a thread of its own, then posts the verdict to
-        ``AsyncAmdStatusCallback``
-        (https://www.twilio.com/docs/voice/answering-machine-detection)."""
-        if self.call.callee.machine:
-            self.call.greeting_started = time.time()
-        self.fake._start_thread(self._async_amd, f"fake-twilio-amd-{self.call.sid}")
-
-    def _async_amd(self) -> None:
-        call, callee = self.call, self.call.callee
-        try:
-            started = time.monotonic()
-            at_beep = callee.machine and call.machine_detection == "DetectMessageEnd"
-            if call.wait_ended(callee.greeting if at_beep else callee.verdict_after):
-                return  # the call ended before detection knew
-            if at_beep:
-                call.beeped = time.time()
-            call.answered_by = verdict = self._amd_result()
-            callback = call.amd_callback
-            assert callback is not None
-            params = [("AccountSid", call.account_sid), ("CallSid", call.sid), ("AnsweredBy", verdict),
-                      ("MachineDetectionDuration", str(round((time.monotonic() - started) * 1000)))]
-            self.fake._webhooks.deliver(call, "amd", callback.url, callback.method, params)
-        except Exception as exc:  # noqa: BLE001 - a bug in the fake itself: stop() re-raises it
-            self.fake._internal_error(call, exc, traceback.format_exc())
-
-    def _amd_result(self) -> str:
-        callee = self.call.callee
-        if not callee.machine:
-            return callee.answered_by or "human"
-        if callee.answered_by:
-            return callee.answered_by
-        # Enable reports as soon as a machine is recognised; DetectMessageEnd
-        # waits for the greeting to end and reports how it ended.
-        return "machine_start" if self.call.machine_detection == "Enable" else "machine_end_beep"
+            start_async_amd(self.fake, call)
 
     # -- status callbacks --
 
