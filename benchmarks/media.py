@@ -220,6 +220,7 @@ class Server:
 
     def start(self, n: int, port: int, base_url: str, realtime_url: str, requests: list[Any]) -> None:
         self.call_ids: list[str] = []
+        self.speak_errors: list[str] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="vc-media-"))
         if self.asyncio:
             self.proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "asyncio_bridge.py"), "--port",
@@ -269,14 +270,17 @@ class Server:
     def speak(self, t0: float, seconds: float, n: int) -> None:
         """Each call speaks once, at a random moment in the middle half of the
         run, as callers in real conversations do (not all in one instant)."""
-        from voicecalld.control.client import Client
+        from voicecalld.control.client import Client, RpcError
 
         rng = random.Random(n)
         schedule = sorted((seconds / 4 + rng.uniform(0, seconds / 2), call_id) for call_id in self.call_ids)
         with Client(self.sock, timeout=60) as c:
             for at, call_id in schedule:
                 time.sleep(max(0.0, t0 + at - time.monotonic()))
-                c.call("voicecall.speak", {"callId": call_id, "message": "This is a paced test announcement."})
+                try:
+                    c.call("voicecall.speak", {"callId": call_id, "message": "This is a paced test announcement."})
+                except RpcError as exc:  # reported with the round, not fatal to the whole run
+                    self.speak_errors.append(exc.message)
 
     def status(self) -> dict[str, Any]:
         if self.asyncio:
@@ -402,6 +406,7 @@ def run_round(n: int, seconds: float, client_procs: int, speak: bool = True, syn
         "pacing_frames": media.get("pacing", {}).get("frames", 0),
         "arrival_jitter_p99_ms": percentile(jitter, 0.99) * 1e3,
         "metrics": metrics, "metrics_forward_samples": scraped,
+        "speak_errors": len(server.speak_errors), "speak_error_first": server.speak_errors[:1],
     }
 
 
@@ -470,9 +475,13 @@ def main() -> None:
     if args.metrics == "compare":
         compare(args)
         return
-    rows = [run_round(int(n), args.seconds, args.client_procs, not args.no_speak, args.sync_turns, args.dump, spec,
-                      args.metrics == "on")
-            for _ in range(args.repeat) for n in args.calls.split(",") for spec in args.servers.split(",")]
+    rows = []
+    for _ in range(args.repeat):
+        for n in args.calls.split(","):
+            for spec in args.servers.split(","):
+                rows.append(run_round(int(n), args.seconds, args.client_procs, not args.no_speak, args.sync_turns,
+                                      args.dump, spec, args.metrics == "on"))
+                print(json.dumps({"round": rows[-1]}, default=str), file=sys.stderr, flush=True)  # survives a crash
     header = (f"{'server':>10}{'N':>5}{'conn':>6}{'fwd p50':>9}{'fwd p99':>9}{'own p99':>9}{'lost':>7}"
               f"{'cpu%/call':>11}{'cpu% all':>10}{'us/frame':>10}{'RSS KiB/call':>14}{'pacing p99':>12}"
               f"{'arrival jit p99':>17}")
