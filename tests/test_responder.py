@@ -147,8 +147,8 @@ def test_the_request_runs_on_the_responder_pool_without_a_lock(make_engine, fake
     e = make_engine(inboundPolicy="open", responseBaseUrl=fake.base_url, responseApiKey="sk-test")
     responder = Responder(e.manager, e.bus)
     threads: list[str] = []
-    real = responder._complete
-    responder._complete = lambda *a, **k: (threads.append(threading.current_thread().name), real(*a, **k))[1]
+    real = responder._stream_reply
+    responder._stream_reply = lambda *a, **k: (threads.append(threading.current_thread().name), real(*a, **k))[1]  # type: ignore[method-assign]
     fake.chat_replies.put({"content": "Slow reply.", "delay": 0.5})
     try:
         call_id = e.provider.inbound(CALLER, None)["callId"]
@@ -158,7 +158,7 @@ def test_the_request_runs_on_the_responder_pool_without_a_lock(make_engine, fake
         assert lines(e.manager.status(call_id))[-1] == ("user", "hi")
         e.wait(lambda: len(fake.chat_requests) == 1, what="the request")
         # ...and while the request is in flight, the call's lock is free.
-        assert fake.chat_requests[0].status == 0  # not answered yet
+        assert not fake.chat_requests[0].finished.is_set()  # not answered yet
         e.manager.speak(call_id, "One moment.")
         e.wait(lambda: lines(e.manager.status(call_id))[-1] == ("bot", "Slow reply."), what="the reply")
         assert len(threads) == 1 and threads[0].startswith("responder-")
@@ -195,8 +195,9 @@ def test_a_call_that_ends_while_the_model_thinks_gets_nothing(start_daemon, fake
     d.wait(lambda: len(fake.chat_requests) == 1, what="the request")
     d.rpc("mock.hangup", {"callId": call_id})
     d.wait_state(call_id, "hangup-user")
-    d.wait(lambda: fake.chat_requests[0].status == 200, what="the reply to arrive")
-    wait_log(d, f"call {call_id}: ended before the reply could be spoken")
+    # The request is cancelled: the connection closed while the model is still at it.
+    wait_log(d, f"call {call_id}: the reply stopped (the call ended)")
+    assert fake.chat_requests[0].finished.wait(10) and fake.chat_requests[0].client_left
     wait_log(d, f"call {call_id}: turn answered in")  # the worker is done with the call
     record = d.rpc("voicecall.status", {"callId": call_id})
     assert lines(record)[-1] == ("user", "hello?") and record["endReason"] == "hangup-user"
@@ -281,6 +282,8 @@ def test_an_unusable_endpoint_gives_the_apology(make_engine, fake, fault: str, c
 
         def post(*args: Any, **kwargs: Any) -> Any:
             response = real(*args, **kwargs)
+            response.close()  # a server that answers with one body that is not a completion
+            response.headers["Content-Type"] = "application/json"
             response._content = b'{"choices": []}' if fault == "not-a-completion" else b"<html>oops</html>"
             return response
 

@@ -195,6 +195,11 @@ class _Utterance:
     then: AfterSpeech
     turn: int | None
     entry: dict[str, Any]  # its transcript entry, marked if it never plays
+    start: int = 0  # where its text begins in the entry (a reply's sentences share one line)
+    end: int = 0
+
+
+_RECENT_UTTERANCES = 64  # remembered after playing, for a barge-in's bookkeeping
 
 
 _SEEN_EVENTS = 512  # remembered event ids per call; carriers retry within seconds
@@ -229,6 +234,7 @@ class Call:
         self.turns = 0
         self._utterance_seq = 0
         self._utterances: dict[str, _Utterance] = {}  # said, not yet played
+        self._recent: OrderedDict[str, _Utterance] = OrderedDict()  # said lately, played or not
         self._seen: OrderedDict[str, None] = OrderedDict()
 
     @property
@@ -291,11 +297,26 @@ class Call:
     # -- what steps do to the transcript --
 
     def note_bot_line(self, data: Data) -> list[Action]:
-        """The bot says ``data.text``: a new utterance, waiting to play."""
+        """The bot says ``data.text``: a new utterance, waiting to play. With
+        ``data.joins`` (a reply's next sentence) it goes on the bot's line
+        if that is the transcript's last, so a reply stays one line."""
         self._utterance_seq += 1
         data.utterance_id = f"u{self._utterance_seq}"
-        out = self._add_line("bot", data.text, data.now_ms)
-        self._utterances[data.utterance_id] = _Utterance(data.then, data.turn, self.record.transcript[-1])
+        last = self.record.transcript[-1] if self.record.transcript else None
+        if data.joins and last is not None and last["speaker"] == "bot" and not last.get("interrupted"):
+            start = len(last["text"]) + 1
+            last["text"] += " " + data.text
+            out: list[Action] = [Publish("call.transcript", {"speaker": "bot", "text": data.text, "isFinal": True,
+                                                             "continues": True})]
+        else:
+            start = 0
+            out = self._add_line("bot", data.text, data.now_ms)
+        entry = self.record.transcript[-1]
+        utterance = _Utterance(data.then, data.turn, entry, start, len(entry["text"]))
+        self._utterances[data.utterance_id] = utterance
+        self._recent[data.utterance_id] = utterance
+        while len(self._recent) > _RECENT_UTTERANCES:
+            self._recent.popitem(last=False)
         return out
 
     def note_said(self, data: Data) -> list[Action]:
@@ -321,8 +342,11 @@ class Call:
         """A new call was created (for an outbound one, before the carrier is asked)."""
         return self._on(Input.CREATED, Data(0))
 
-    def speak(self, text: str, now_ms: int, then: AfterSpeech = None, turn: int | None = None) -> list[Action]:
-        return self._command(Input.SPEAK, Data(now_ms, text=text, then=then, turn=turn))
+    def speak(self, text: str, now_ms: int, then: AfterSpeech = None, turn: int | None = None,
+              joins: bool = False) -> list[Action]:
+        """Say ``text``; ``joins``: it continues the bot's last line (the
+        next sentence of a reply that is spoken as it is generated)."""
+        return self._command(Input.SPEAK, Data(now_ms, text=text, then=then, turn=turn, joins=joins))
 
     def begin_turn(self, text: str, now_ms: int) -> list[Action]:
         """``continue``: speak, then listen for the callee's reply."""
@@ -426,8 +450,7 @@ class Call:
                 return []
             return self._on(Input.SPEECH if event.is_final else Input.PARTIAL, data)
         if kind == EventType.INTERRUPTED:
-            data.entry = self._last_bot_line()
-            return [] if data.entry is None else self._on(Input.INTERRUPTED, data)
+            return self._interrupted(event, data)
         if kind == EventType.DTMF:
             data.digits = event.digits
             return self._on(Input.DTMF, data) if event.digits else []
@@ -443,6 +466,28 @@ class Call:
         if kind == EventType.TRANSFER_FAILED:
             return self.transfer_failed(event.message or "the transfer failed")
         return []  # initiated: a call starts there, it never moves back
+
+    def _interrupted(self, event: CallEvent, data: Data) -> list[Action]:
+        """Barge-in. When the media layer says which utterance was cut off
+        and which never played, the transcript keeps what was heard (the
+        cut-off one in full: where in it the caller spoke up is unknown);
+        otherwise the bot's last line is marked."""
+        heard = self._recent.get(event.utterance_id or "")
+        dropped = [u for u in (self._recent.get(i) for i in event.dropped) if u is not None]
+        if heard is None and not dropped:
+            data.entry = self._last_bot_line()
+            return [] if data.entry is None else self._on(Input.INTERRUPTED, data)
+        cuts: dict[int, tuple[dict[str, Any], int]] = {}
+        for u in dropped:
+            entry, at = cuts.get(id(u.entry), (u.entry, len(u.entry["text"])))
+            cuts[id(u.entry)] = (entry, min(at, max(0, u.start - 1)))
+        if heard is not None:  # what followed it in its line never played
+            cuts[id(heard.entry)] = (heard.entry, heard.end)
+        data.entry = heard.entry if heard is not None else dropped[0].entry
+        if data.entry.get("interrupted") and not any(at < len(e["text"]) for e, at in cuts.values()):
+            return []
+        data.cuts = list(cuts.values())
+        return self._on(Input.INTERRUPTED, data)
 
     def _last_bot_line(self) -> dict[str, Any] | None:
         """The bot's last line, unless a barge-in marked it already."""

@@ -132,6 +132,10 @@ class Data:
     entry: dict[str, Any] | None = None       # the transcript entry an input is about
     latency_ms: int = 0                       # a measured turn latency
     to: str = ""                              # a transfer's target
+    joins: bool = False                       # the line goes on the bot's previous line (a reply's next sentence)
+    #: Barge-in: (transcript entry, characters of it that were heard), for
+    #: the lines whose end never played.
+    cuts: list[tuple[dict[str, Any], int]] | None = None
 
 
 class Machine(Protocol):
@@ -246,6 +250,16 @@ def _opening(call: Machine, data: Data) -> list[Action]:
 
 def _interrupted(call: Machine, data: Data) -> list[Action]:
     assert data.entry is not None
+    transcript = call.record.transcript
+    for entry, heard in data.cuts or ():
+        # Only what the caller heard stays: a reply's sentences that never
+        # played were never said, and the model must not think they were.
+        entry["text"] = entry["text"][:heard].rstrip()
+        if not entry["text"] and entry is not data.entry:
+            transcript[:] = [e for e in transcript if e is not entry]
+    if not data.entry["text"]:
+        transcript[:] = [e for e in transcript if e is not data.entry]
+        return []
     data.entry["interrupted"] = True
     return [Publish("call.transcript", {"speaker": "bot", "text": data.entry["text"], "isFinal": True,
                                         "interrupted": True})]
@@ -311,7 +325,9 @@ DELIVER = Step("deliver", lambda call, data: [Deliver(data.text, data.confidence
                "hand the transcript to the continue waiting for it, or else to the auto-responder")
 PUBLISH_PARTIAL = Step("publish the partial", lambda call, data: [
     Publish("call.transcript", {"speaker": "user", "text": data.text, "isFinal": False})])
-MARK_INTERRUPTED = Step("mark the line interrupted", _interrupted)
+MARK_INTERRUPTED = Step("mark the line interrupted", _interrupted,
+                        "keep only what was heard of the bot's lines (sentences that never played are dropped), "
+                        "and mark the line cut off interrupted")
 NOTE_TURN = Step("note the turn", _none(_note_turn), "add {at, latencyMs} to the record's turns")
 PUBLISH_DTMF = Step("publish the digits", lambda call, data: [
     Publish("call.dtmf", {"digits": data.digits, "direction": "received"})])
