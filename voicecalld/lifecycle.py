@@ -354,11 +354,13 @@ class Call:
         self.turns += 1
         return actions
 
-    def say_goodbye(self, text: str, now_ms: int, reason: State = State.HANGUP_BOT) -> list[Action]:
+    def say_goodbye(self, text: str, now_ms: int, reason: State = State.HANGUP_BOT, joins: bool = False
+                    ) -> list[Action]:
         """Speak a last message, then hang up once it has played (after the
         notify hangup delay, as in notify mode). The bot chose to end the
-        call, so it ends as ``reason`` whoever hangs up first."""
-        return self._command(Input.GOODBYE, Data(now_ms, text=text, then="hangup", reason=reason))
+        call, so it ends as ``reason`` whoever hangs up first. ``joins`` as
+        for ``speak``."""
+        return self._command(Input.GOODBYE, Data(now_ms, text=text, then="hangup", reason=reason, joins=joins))
 
     def speak_refused(self, utterance_id: str) -> list[Action]:
         """The carrier refused an utterance: the transcript says so, and the

@@ -218,12 +218,12 @@ class CallManager:
         self._run(live, lambda c: c.speak(text, now_ms(), then=then, joins=joins), raise_errors=True)
         return {"callId": live.call.id, "ok": True}
 
-    def say_goodbye(self, call_id: object, message: object) -> dict[str, Any]:
+    def say_goodbye(self, call_id: object, message: object, *, joins: bool = False) -> dict[str, Any]:
         """Speak ``message``, then hang up after it has played; the call ends
-        as hangup-bot (the auto-responder's hang_up tool)."""
+        as hangup-bot (the auto-responder's hang_up tool). ``joins`` as for ``speak``."""
         text = self._check_message(message)
         live = self.calls.find(call_id)
-        self._run(live, lambda c: c.say_goodbye(text, now_ms()), raise_errors=True)
+        self._run(live, lambda c: c.say_goodbye(text, now_ms(), joins=joins), raise_errors=True)
         return {"callId": live.call.id, "ok": True}
 
     def continue_(self, call_id: object, message: object) -> dict[str, Any]:

@@ -138,7 +138,7 @@ class SpokenReply:
             self._end_after_playing()
             return
         try:
-            self.manager.say_goodbye(self.call_id, text)
+            self.manager.say_goodbye(self.call_id, text, joins=self.said > 0)
             self.said += 1
         except NotConnected:
             log.debug("call %s: ended before the goodbye could be spoken", self.call_id)
