@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_streaming import TO, World
 from test_responder import inbound, llm_config, wait_log
+from test_streaming import TO, World
 
 from voicecalld.testing.fake_openai import FakeOpenAI
 from voicecalld.testing.media_client import MediaStreamClient, silence, speech_like
