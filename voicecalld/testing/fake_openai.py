@@ -19,7 +19,8 @@ server-sent events, paced like a generating model: the first token after
 ``chat_first_token_s``, each further one ``chat_token_s`` later (or the
 reply's ``token_s``); a reply with ``stall_after: N`` sends N tokens and
 then nothing more (until the client leaves). ``chat_streaming = False``
-makes the fake a server that ignores ``stream`` (one JSON body). Each
+makes the fake a server that ignores ``stream`` (one JSON body, sent
+once the whole reply is generated at that pace). Each
 request's record says how the stream went (``tokens_sent``,
 ``stream_finished``, ``client_left``; ``finished`` is set when it is over).
 
@@ -63,7 +64,7 @@ from ._http import (
     openai_error,
     serve_websocket,
 )
-from ._openai_chat import ChatRequestError, build_completion, validate_chat_request
+from ._openai_chat import ChatRequestError, build_completion, stream_chunks, validate_chat_request
 from ._openai_chat_stream import stream_events
 from ._openai_realtime import ArrivalStamps, RealtimeConnection, RealtimeRecord
 from ._openai_session import DEFAULT_MODELS
@@ -394,11 +395,14 @@ class FakeOpenAI:
                 )
                 return openai_error(err["status"], err["message"], kind, err.get("param"), err.get("code"))
         completion = build_completion(body, reply)
+        per_token = float(reply.get("token_s", self.chat_token_s)) if isinstance(reply, dict) else self.chat_token_s
         if not (body.get("stream") and self.chat_streaming):
-            self._pause(delay)
+            # A server that does not stream answers once the whole reply is generated.
+            count = sum(1 for _, is_token in stream_chunks(completion) if is_token)
+            generating = self.chat_first_token_s + per_token * max(0, count - 1) if count else 0.0
+            self._pause(delay + generating)
             record.finished.set()
             return json_response(completion, headers=_request_id())
-        per_token = float(reply.get("token_s", self.chat_token_s)) if isinstance(reply, dict) else self.chat_token_s
         stall = reply.get("stall_after") if isinstance(reply, dict) else None
         first = delay + self.chat_first_token_s
 
