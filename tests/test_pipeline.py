@@ -161,3 +161,32 @@ def test_hang_up_in_the_stream_comes_after_the_words_before_it(start_daemon: Any
     last = record["transcript"][-1]
     assert (last["speaker"], last["text"]) == ("bot", "Glad I could help. Goodbye!")
     assert "Bye." not in [e["text"] for e in record["transcript"]]  # the words said win, as without streaming
+
+
+def test_the_first_token_histogram_is_observed_at_the_first_token(make_engine: Any, fake: FakeOpenAI,
+                                                                  monkeypatch: Any) -> None:
+    import uuid
+
+    from voicecalld import metrics
+    from voicecalld.calls import CallEvent, EventType
+    from voicecalld.responder import Responder
+
+    seen: list[tuple[float, int]] = []
+    real = metrics.LLM_FIRST_TOKEN.observe
+    monkeypatch.setattr(metrics.LLM_FIRST_TOKEN, "observe",
+                        lambda v: (seen.append((v, fake.chat_requests[-1].tokens_sent)), real(v)))
+    fake.chat_first_token_s = 0.3  # the role chunk comes at once, the first token later
+    fake.chat_replies.put({"content": "Hello there, friend of mine.", "stall_after": 1})
+    e = make_engine(inboundPolicy="open", responseBaseUrl=fake.base_url, responseApiKey="sk-test",
+                    responseTimeoutMs=1500)
+    responder = Responder(e.manager, e.bus)
+    try:
+        call_id = e.provider.inbound("+15550002222", None)["callId"]
+        e.wait_state(call_id, "listening")
+        e.manager.handle_event(CallEvent(EventType.SPEECH, uuid.uuid4().hex, call_id=call_id, transcript="hi"))
+        e.wait(lambda: seen, what="the first token")
+        value, tokens = seen[0]
+        assert tokens == 1 and value >= 0.3  # at the first token: not the role chunk, not the whole reply
+        assert fake.chat_requests[0].finished.wait(10)  # the stalled request is given up
+    finally:
+        responder.stop()

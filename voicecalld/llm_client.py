@@ -137,6 +137,13 @@ class ChatRequest:
             return "no reply in time" if now > self.first_deadline else None
         return "the reply stalled" if now - self._last_data > self.stall else None
 
+    def first_token(self) -> None:
+        """The reply's first token arrived (the first chunk that carries
+        text or a tool call: servers send the role ahead of the model's output)."""
+        if self.first_data_at is None:
+            self.first_data_at = time.monotonic()
+            metrics.LLM_FIRST_TOKEN.observe(self.first_data_at - self.started)
+
     def first_sentence_done(self) -> None:
         self._last_data = time.monotonic()
         self._first_done = True
@@ -154,9 +161,6 @@ class ChatRequest:
                 return
             decoder = SseDecoder()
             for chunk in self._chunks(response):
-                if self.first_data_at is None:
-                    self.first_data_at = time.monotonic()
-                    metrics.LLM_FIRST_TOKEN.observe(self.first_data_at - self.started)
                 self._last_data = time.monotonic()
                 yield from decoder.feed(chunk)
             yield from decoder.close()
@@ -221,9 +225,7 @@ class ChatRequest:
             self._raise_cancelled()
             raise Unusable("the reply broke off") from None
         self._raise_cancelled()
-        self.first_data_at = time.monotonic()
-        # Without streaming the first token arrives with the whole reply.
-        metrics.LLM_FIRST_TOKEN.observe(self.first_data_at - self.started)
+        self.first_token()  # without streaming, the first token arrives with the whole reply
         try:
             return jsonsafe.loads(content)
         except ValueError:

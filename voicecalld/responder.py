@@ -319,6 +319,8 @@ class Responder:
                 if self._stopping:
                     active.stop("the daemon is stopping")
                 request_text = streamed.add(payload)
+                if request_text or streamed.calls_tool:
+                    request.first_token()
                 if request_text and reply.text(request_text) and reply.said == 1:
                     request.first_sentence_done()  # from now on the deadline is the stall limit
                 if streamed.done:
