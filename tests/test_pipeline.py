@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from test_responder import inbound, llm_config, wait_log
-from test_streaming import TO, World
+from test_streaming import FROM, TO, World
 
 from voicecalld.testing.fake_openai import FakeOpenAI
 from voicecalld.testing.media_client import MediaStreamClient, silence, speech_like
@@ -190,3 +190,20 @@ def test_the_first_token_histogram_is_observed_at_the_first_token(make_engine: A
         assert fake.chat_requests[0].finished.wait(10)  # the stalled request is given up
     finally:
         responder.stop()
+
+
+def test_the_inbound_greeting_is_spoken_over_the_stream(start_daemon: Any) -> None:
+    greeting = "Welcome to the test line, how can I help?"
+    w = World(start_daemon, inboundPolicy="open", inboundGreeting=greeting, tts={"voice": "marin"})
+    try:
+        base = f"http://127.0.0.1:{w.port}/voice/webhook"
+        sid = w.twilio.inbound_call("+15550003333", FROM, base, base + "?type=status")
+        client = w.client()
+        client.wait_for(lambda: any(m.echoed_at for m in client.marks), timeout=15)  # the greeting played
+        speech = w.openai.speech_requests[0].body
+        assert speech["input"] == greeting and speech["voice"] == "marin"
+        assert w.twilio.calls[sid].said == []  # the stream opened at once; no <Say>
+        call_id = w.daemon.rpc("voicecall.list")["calls"][0]["callId"]
+        w.daemon.wait_state(call_id, "listening")
+    finally:
+        w.close()
