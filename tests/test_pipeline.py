@@ -71,20 +71,24 @@ def test_barge_in_cancels_the_stream_and_keeps_only_what_was_heard(world: World)
     openai.tts_ms_per_char = 60  # the first sentence plays for about three seconds
     first = "Let me tell you about our opening hours today."
     second = "We open at nine."
-    # Two sentences at once, then the model goes on thinking (the stream stays open).
-    openai.chat_replies.put({"content": f"{first} {second} And on Sundays we", "stall_after": 14})
+    # Two sentences at once, then the model goes on slowly (the stream stays
+    # open for half a minute unless it is cancelled).
+    rest = " ".join(["and on Sundays we open later"] * 5) + "."
+    openai.chat_replies.put({"content": f"{first} {second} {rest}", "slow_after": 15, "slow_token_s": 1.0})
     call_id, client = call(world)
     openai.transcripts.put("what are your hours")
     client.play(silence(0.2) + speech_like(0.6) + silence(0.6))
     d.wait(lambda: len(openai.chat_requests) == 1, 20, "the request")
     before = len(client.received_media)
     client.wait_for(lambda: len(client.received_media) > before + 25, timeout=20)  # half a second heard
-    openai.transcripts.put("wait a moment")
+    openai.transcripts.put("")  # (a cough: no words, so no new turn cancels anything)
     client.play(speech_like(0.5) + silence(0.6))  # the caller talks over the bot
     client.wait_for(lambda: client.clears, timeout=10)
     request = openai.chat_requests[0]
     assert request.finished.wait(10) and request.client_left and not request.stream_finished
     # The next request carries exactly what was heard, marked in the record.
+    openai.transcripts.put("wait a moment")
+    client.play(silence(0.2) + speech_like(0.6) + silence(0.6))
     d.wait(lambda: len(openai.chat_requests) == 2, 20, "the request for the caller's next words")
     messages = openai.chat_requests[1].body["messages"]
     assert messages[-2:] == [{"role": "assistant", "content": first}, {"role": "user", "content": "wait a moment"}]

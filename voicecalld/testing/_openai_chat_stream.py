@@ -24,10 +24,12 @@ __all__ = ["stream_events"]
 
 
 def stream_events(completion: dict[str, Any], record: RecordedRequest, sock: Any, first: float, per_token: float,
-                  stall: int | None, stopping: threading.Event) -> Iterator[bytes]:
+                  stall: int | None, stopping: threading.Event,
+                  slow: tuple[int, float] | None = None) -> Iterator[bytes]:
     """The response body: ``first`` seconds to the first token, ``per_token``
     to each next; with ``stall``, only that many tokens and then silence
-    until the client leaves or the fake stops."""
+    until the client leaves or the fake stops; with ``slow`` = (n, s), the
+    tokens after the n-th come every s seconds (a model still thinking)."""
     try:
         tokens = 0
         for chunk, is_token in stream_chunks(completion):
@@ -36,7 +38,8 @@ def stream_events(completion: dict[str, Any], record: RecordedRequest, sock: Any
                     while _pause_unless_gone(0.05, sock, stopping):
                         pass
                     return
-                if not _pause_unless_gone(first if tokens == 0 else per_token, sock, stopping):
+                pause = first if tokens == 0 else slow[1] if slow and tokens >= slow[0] else per_token
+                if not _pause_unless_gone(pause, sock, stopping):
                     return
                 tokens += 1
             yield b"data: " + json.dumps(chunk).encode() + b"\n\n"

@@ -18,7 +18,8 @@ an OpenAI error JSON). A request with ``stream: true`` is answered with
 server-sent events, paced like a generating model: the first token after
 ``chat_first_token_s``, each further one ``chat_token_s`` later (or the
 reply's ``token_s``); a reply with ``stall_after: N`` sends N tokens and
-then nothing more (until the client leaves). ``chat_streaming = False``
+then nothing more (until the client leaves), one with ``slow_after: N``
+sends the tokens after the N-th every ``slow_token_s`` (1 s). ``chat_streaming = False``
 makes the fake a server that ignores ``stream`` (one JSON body, sent
 once the whole reply is generated at that pace). Each
 request's record says how the stream went (``tokens_sent``,
@@ -406,7 +407,9 @@ class FakeOpenAI:
         stall = reply.get("stall_after") if isinstance(reply, dict) else None
         first = delay + self.chat_first_token_s
 
-        body_events = stream_events(completion, record, sock, first, per_token, stall, self._stopping)
+        slow = (int(reply["slow_after"]), float(reply.get("slow_token_s", 1.0))) \
+            if isinstance(reply, dict) and "slow_after" in reply else None
+        body_events = stream_events(completion, record, sock, first, per_token, stall, self._stopping, slow)
         return Response(body_events, content_type="text/event-stream", headers=_request_id())
 
     def _speech(self, body: dict[str, Any]) -> Response:
