@@ -38,6 +38,7 @@ utterance played, what was said, which reason), drop what carries nothing
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,7 @@ from .lifecycle_steps import (
     GIVEN,
     HANG_UP,
     IDLE,
+    LAST_THEN_HANG_UP,
     LISTEN,
     MARK_DELIVERED,
     MARK_INTERRUPTED,
@@ -138,6 +140,8 @@ TABLE: tuple[Row, ...] = (
     row(CONNECTED,     In.CONTINUE,            None,           S.SPEAKING,  BOT_LINE, MOVE, PERSIST, SPEAK),
     row(CONNECTED,     In.GOODBYE,             None,           S.SPEAKING,  CHOOSE_END, BOT_LINE, MOVE, PERSIST,
                                                                             SPEAK, STOP_LISTENING),
+    row(CONNECTED,     In.HANG_UP_AFTER,       None,           SAME,        CHOOSE_END, LAST_THEN_HANG_UP,
+                                                                            STOP_LISTENING),
     row(CONNECTED,     In.PLAYED_THEN_HANG_UP, None,           SAME,        MARK_DELIVERED, ARM_NOTIFY_HANGUP),
     row(NOT_LISTENING, In.PLAYED_THEN_LISTEN,  IDLE,           S.LISTENING, MOVE, PERSIST, LISTEN),
     row(CONNECTED,     In.PLAYED_THEN_LISTEN,  None,           SAME,        LISTEN),
@@ -336,6 +340,15 @@ class Call:
     def forget_utterances(self) -> None:
         self._utterances.clear()
 
+    def hang_up_after_last(self) -> bool:
+        """The utterance waiting to play last now ends the call once it has
+        played; False if nothing is waiting."""
+        if not self._utterances:
+            return False
+        last = next(reversed(self._utterances))
+        self._utterances[last] = dataclasses.replace(self._utterances[last], then="hangup")
+        return True
+
     # -- commands --
 
     def start(self) -> list[Action]:
@@ -361,6 +374,12 @@ class Call:
         call, so it ends as ``reason`` whoever hangs up first. ``joins`` as
         for ``speak``."""
         return self._command(Input.GOODBYE, Data(now_ms, text=text, then="hangup", reason=reason, joins=joins))
+
+    def hang_up_after_speech(self, now_ms: int, reason: State = State.HANGUP_BOT) -> list[Action]:
+        """Hang up (as ``reason``) once what the bot is saying has played,
+        after the notify hangup delay, as after a goodbye: the reply that
+        ends the call was already being spoken when the bot chose to end it."""
+        return self._command(Input.HANG_UP_AFTER, Data(now_ms, reason=reason))
 
     def speak_refused(self, utterance_id: str) -> list[Action]:
         """The carrier refused an utterance: the transcript says so, and the

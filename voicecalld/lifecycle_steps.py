@@ -60,6 +60,7 @@ class Input(enum.StrEnum):
     SPEAK = "speak"
     CONTINUE = "continue"
     GOODBYE = "goodbye"
+    HANG_UP_AFTER = "hang up after the words"
     SPEAK_REFUSED = "speak refused"
     END = "end"
     HANG_UP_REFUSED = "hang-up refused"
@@ -97,6 +98,8 @@ MEANING: dict[Input, str] = {
     Input.SPEAK: "the command voicecall.speak, or a reply of the auto-responder",
     Input.CONTINUE: "the command voicecall.continue: speak, then wait for the callee's reply",
     Input.GOODBYE: "a last line, then hang up (the auto-responder's hang_up tool)",
+    Input.HANG_UP_AFTER: "hang up once what is being said has played (the auto-responder's hang_up tool, "
+                         "after a reply it was already speaking)",
     Input.SPEAK_REFUSED: "the carrier refused an utterance",
     Input.END: "the command voicecall.end (as hangup-bot), a deadline that passed while voicecalld was "
                "down, or shutdown",
@@ -167,6 +170,8 @@ class Machine(Protocol):
     def note_said(self, data: Data) -> list[Action]: ...
 
     def forget_utterances(self) -> None: ...
+
+    def hang_up_after_last(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -319,6 +324,12 @@ LISTEN = Step("listen", lambda call, data: [Listen(data.turn)])
 STOP_LISTENING = Step("stop listening", lambda call, data: [StopListening()],
                       "stop transcribing, so the callee's last words start no new turn")
 MARK_DELIVERED = Step("mark delivered", _none(_set_delivered))
+LAST_THEN_HANG_UP = Step(
+    "hang up after the last line",
+    lambda call, data: [] if call.hang_up_after_last()
+    else [ArmTimer("notify-hangup", call.policy.notify_hangup_delay)],
+    "the utterance still to play last now ends the call when it has played (played, then hang up); with "
+    "nothing left to play, arm notify-hangup")
 MARK_UNDELIVERED = Step("mark the line undelivered", _none(_mark_undelivered))
 CALLEE_LINE = Step("note the callee's line", lambda call, data: call.note_callee_line(data))
 DELIVER = Step("deliver", lambda call, data: [Deliver(data.text, data.confidence)],

@@ -226,6 +226,13 @@ class CallManager:
         self._run(live, lambda c: c.say_goodbye(text, now_ms(), joins=joins), raise_errors=True)
         return {"callId": live.call.id, "ok": True}
 
+    def hang_up_after_speech(self, call_id: object) -> dict[str, Any]:
+        """Hang up once what the call is saying has played (as after
+        ``say_goodbye``); the call ends as hangup-bot."""
+        live = self.calls.find(call_id)
+        self._run(live, lambda c: c.hang_up_after_speech(now_ms()), raise_errors=True)
+        return {"callId": live.call.id, "ok": True}
+
     def continue_(self, call_id: object, message: object) -> dict[str, Any]:
         text = self._check_message(message)
         live = self.calls.find(call_id)

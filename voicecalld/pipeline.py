@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import chat
 from .chat_stream import ThinkFilter
@@ -33,9 +33,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .manager import CallManager
 
 log = logging.getLogger("voicecalld.responder")
-
-#: How long a reply that ends with hang_up may take to play before the line is closed anyway.
-GOODBYE_PLAY_LIMIT = 120.0
 
 
 class SpokenReply:
@@ -149,25 +146,12 @@ class SpokenReply:
             log.debug("call %s: goodbye not spoken: %s", self.call_id, exc.message)
 
     def _end_after_playing(self) -> None:
-        played = threading.Event()
-
-        def watch(params: dict[str, Any]) -> None:  # on the publisher's thread: only flag
-            if params.get("event") == "call.ended" or (
-                    params.get("event") == "call.state" and params.get("data", {}).get("from") == "speaking"):
-                played.set()
-
-        bus = self.manager.bus
-        sub = bus.subscribe(watch, self.call_id)  # first, so the end of the playing cannot slip in between
         try:
-            try:
-                state = self.manager.status(self.call_id).get("state")
-            except VoiceCallError:
-                return
-            if state == "speaking" and not played.wait(GOODBYE_PLAY_LIMIT):
-                log.warning("call %s: the goodbye did not finish playing in time; hanging up", self.call_id)
-        finally:
-            bus.unsubscribe(sub)
-        self._end()
+            self.manager.hang_up_after_speech(self.call_id)
+        except NotConnected:
+            log.debug("call %s: ended before the hang-up", self.call_id)
+        except VoiceCallError as exc:
+            log.warning("call %s: hang-up after the reply failed: %s", self.call_id, exc.message)
 
     def _end(self) -> None:
         try:

@@ -196,16 +196,20 @@ class Responder:
             log.warning("call %s: no automatic reply (%s); the caller hears the apology", call_id, outcome.why)
             self._say(call_id, cfg.responseApology)
         elif outcome.kind == "goodbye":
-            with self._lock:
-                self._closing[call_id] = None
-                while len(self._closing) > _CLOSING_REMEMBERED:
-                    self._closing.popitem(last=False)
+            self._close(call_id)
             log.info("call %s: the model ends the call", call_id)
             self._say(call_id, outcome.text, goodbye=True)
         elif outcome.kind == "say":
             self._say(call_id, outcome.text)
         elif outcome.kind == "transfer":
             self._transfer(call_id, outcome)
+
+    def _close(self, call_id: str) -> None:
+        """The call's goodbye is under way: no more replies on it."""
+        with self._lock:
+            self._closing[call_id] = None
+            while len(self._closing) > _CLOSING_REMEMBERED:
+                self._closing.popitem(last=False)
 
     def _transfer(self, call_id: str, outcome: Outcome) -> None:
         log.info("call %s: the model transfers the call", call_id)
@@ -343,6 +347,8 @@ class Responder:
                     del self._active[call_id]
         if done == "empty":
             return Outcome("failed", why="the model's reply was empty")
+        if done == "goodbye":
+            self._close(call_id)
         return Outcome("spoken")
 
     # -- responder = "socket" --

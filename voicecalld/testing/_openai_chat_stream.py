@@ -13,12 +13,19 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ._openai_chat import stream_chunks
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .fake_openai import RecordedRequest
+
+class RecordedRequest(Protocol):
+    """What a stream records of itself (``fake_openai.RecordedRequest``)."""
+
+    tokens_sent: int
+    stream_finished: bool
+    client_left: bool
+    last_token_at: float | None
+    finished: threading.Event
 
 __all__ = ["stream_events"]
 
