@@ -211,3 +211,15 @@ def test_the_inbound_greeting_is_spoken_over_the_stream(start_daemon: Any) -> No
         w.daemon.wait_state(call_id, "listening")
     finally:
         w.close()
+
+
+def test_semantic_turn_detection_is_passed_to_the_realtime_session(start_daemon: Any) -> None:
+    w = World(start_daemon, streaming={"turnDetection": "semantic_vad", "eagerness": "high"})
+    try:
+        call_id, client = call(w)
+        session = w.openai.wait_for_session(0)
+        update = next(e for e in session.events if e["type"] == "session.update")["session"]
+        assert update["audio"]["input"]["turn_detection"] == {"type": "semantic_vad", "eagerness": "high"}
+        w.daemon.rpc("voicecall.end", {"callId": call_id})
+    finally:
+        w.close()

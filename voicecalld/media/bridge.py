@@ -92,8 +92,10 @@ class Bridge:
         self._speaking: dict[str, Speak] = {}
         self._closed = False
         self.frames_in = 0
-        #: When the caller's last word arrived (monotonic), until a reply starts.
+        #: When the caller's last word arrived (monotonic), until a reply
+        #: starts; a turn counts once words were heard in it (not a cough).
         self._speech_ended: float | None = None
+        self._words = False
         self.player = Player(self._send, framing, hub.synthesizer.stream, on_played=self._played,
                              on_failed=self._speech_failed, name=call_id[:8], lateness=hub.lateness,
                              on_started=self._started)
@@ -183,10 +185,11 @@ class Bridge:
             if cut is not None:
                 self._emit(EventType.INTERRUPTED, utterance_id=cut.heard, dropped=cut.unheard)
         elif event.kind == "speech_stopped":
-            self._speech_ended = event.at
+            self._speech_ended, self._words = event.at, False
         elif event.kind == "partial" and event.text:
             self._emit(EventType.SPEECH, transcript=event.text, is_final=False)
         elif event.kind == "final" and event.text:
+            self._words = True
             self._emit(EventType.SPEECH, transcript=event.text, is_final=True)
         elif event.kind == "error":
             self._emit(EventType.ERROR, message=f"speech-to-text failed: {event.text}")
@@ -194,7 +197,7 @@ class Bridge:
     def _started(self, utterance_id: str) -> None:
         """On the player's thread: an utterance's first frame went out."""
         ended, self._speech_ended = self._speech_ended, None
-        if ended is None:
+        if ended is None or not self._words:
             return
         latency_ms = (time.monotonic() - ended) * 1000
 
