@@ -263,8 +263,10 @@ def _interrupted(call: Machine, data: Data) -> list[Action]:
         if not entry["text"] and entry is not data.entry:
             transcript[:] = [e for e in transcript if e is not entry]
     if not data.entry["text"]:
+        # Nothing of it was heard: the line goes, and subscribers (the
+        # auto-responder writing the rest of it) still learn of the barge-in.
         transcript[:] = [e for e in transcript if e is not data.entry]
-        return []
+        return [Publish("call.transcript", {"speaker": "bot", "text": "", "isFinal": True, "interrupted": True})]
     data.entry["interrupted"] = True
     return [Publish("call.transcript", {"speaker": "bot", "text": data.entry["text"], "isFinal": True,
                                         "interrupted": True})]
