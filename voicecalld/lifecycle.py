@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 from . import calls
@@ -110,7 +109,10 @@ from .lifecycle_steps import (
     Data,
     Input,
     Row,
+    Utterance,
+    barge_in_cuts,
     hang_up,
+    join_line,
     row,
 )
 
@@ -194,15 +196,6 @@ _ROWS = _index(TABLE)
 # --- the machine --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Utterance:
-    then: AfterSpeech
-    turn: int | None
-    entry: dict[str, Any]  # its transcript entry, marked if it never plays
-    start: int = 0  # where its text begins in the entry (a reply's sentences share one line)
-    end: int = 0
-
-
 _RECENT_UTTERANCES = 64  # remembered after playing, for a barge-in's bookkeeping
 
 
@@ -237,8 +230,8 @@ class Call:
         self.transferring = None
         self.turns = 0
         self._utterance_seq = 0
-        self._utterances: dict[str, _Utterance] = {}  # said, not yet played
-        self._recent: OrderedDict[str, _Utterance] = OrderedDict()  # said lately, played or not
+        self._utterances: dict[str, Utterance] = {}  # said, not yet played
+        self._recent: OrderedDict[str, Utterance] = OrderedDict()  # said lately, played or not
         self._seen: OrderedDict[str, None] = OrderedDict()
 
     @property
@@ -301,22 +294,13 @@ class Call:
     # -- what steps do to the transcript --
 
     def note_bot_line(self, data: Data) -> list[Action]:
-        """The bot says ``data.text``: a new utterance, waiting to play. With
-        ``data.joins`` (a reply's next sentence) it goes on the bot's line
-        if that is the transcript's last, so a reply stays one line."""
+        """The bot says ``data.text``: a new utterance, waiting to play (on the bot's line: ``joins``)."""
         self._utterance_seq += 1
         data.utterance_id = f"u{self._utterance_seq}"
-        last = self.record.transcript[-1] if self.record.transcript else None
-        if data.joins and last is not None and last["speaker"] == "bot" and not last.get("interrupted"):
-            start = len(last["text"]) + 1
-            last["text"] += " " + data.text
-            out: list[Action] = [Publish("call.transcript", {"speaker": "bot", "text": data.text, "isFinal": True,
-                                                             "continues": True})]
-        else:
-            start = 0
-            out = self._add_line("bot", data.text, data.now_ms)
+        out = join_line(self.record.transcript, data.text) if data.joins else None
+        out = self._add_line("bot", data.text, data.now_ms) if out is None else out
         entry = self.record.transcript[-1]
-        utterance = _Utterance(data.then, data.turn, entry, start, len(entry["text"]))
+        utterance = Utterance(data.then, data.turn, entry, len(entry["text"]) - len(data.text), len(entry["text"]))
         self._utterances[data.utterance_id] = utterance
         self._recent[data.utterance_id] = utterance
         while len(self._recent) > _RECENT_UTTERANCES:
@@ -341,8 +325,7 @@ class Call:
         self._utterances.clear()
 
     def hang_up_after_last(self) -> bool:
-        """The utterance waiting to play last now ends the call once it has
-        played; False if nothing is waiting."""
+        """The last utterance waiting to play now ends the call; False if none waits."""
         if not self._utterances:
             return False
         last = next(reversed(self._utterances))
@@ -357,8 +340,7 @@ class Call:
 
     def speak(self, text: str, now_ms: int, then: AfterSpeech = None, turn: int | None = None,
               joins: bool = False) -> list[Action]:
-        """Say ``text``; ``joins``: it continues the bot's last line (the
-        next sentence of a reply that is spoken as it is generated)."""
+        """Say ``text``; ``joins``: the next sentence of a reply, on the bot's line."""
         return self._command(Input.SPEAK, Data(now_ms, text=text, then=then, turn=turn, joins=joins))
 
     def begin_turn(self, text: str, now_ms: int) -> list[Action]:
@@ -371,14 +353,11 @@ class Call:
                     ) -> list[Action]:
         """Speak a last message, then hang up once it has played (after the
         notify hangup delay, as in notify mode). The bot chose to end the
-        call, so it ends as ``reason`` whoever hangs up first. ``joins`` as
-        for ``speak``."""
+        call, so it ends as ``reason`` whoever hangs up first."""
         return self._command(Input.GOODBYE, Data(now_ms, text=text, then="hangup", reason=reason, joins=joins))
 
     def hang_up_after_speech(self, now_ms: int, reason: State = State.HANGUP_BOT) -> list[Action]:
-        """Hang up (as ``reason``) once what the bot is saying has played,
-        after the notify hangup delay, as after a goodbye: the reply that
-        ends the call was already being spoken when the bot chose to end it."""
+        """Hang up (as ``reason``) as after a goodbye, once what the bot is saying has played."""
         return self._command(Input.HANG_UP_AFTER, Data(now_ms, reason=reason))
 
     def speak_refused(self, utterance_id: str) -> list[Action]:
@@ -489,25 +468,18 @@ class Call:
         return []  # initiated: a call starts there, it never moves back
 
     def _interrupted(self, event: CallEvent, data: Data) -> list[Action]:
-        """Barge-in. When the media layer says which utterance was cut off
-        and which never played, the transcript keeps what was heard (the
-        cut-off one in full: where in it the caller spoke up is unknown);
-        otherwise the bot's last line is marked."""
+        """Barge-in: the transcript keeps what was heard (``barge_in_cuts``)
+        when the media layer says; otherwise the bot's last line is marked."""
         heard = self._recent.get(event.utterance_id or "")
         dropped = [u for u in (self._recent.get(i) for i in event.dropped) if u is not None]
         if heard is None and not dropped:
             data.entry = self._last_bot_line()
             return [] if data.entry is None else self._on(Input.INTERRUPTED, data)
-        cuts: dict[int, tuple[dict[str, Any], int]] = {}
-        for u in dropped:
-            entry, at = cuts.get(id(u.entry), (u.entry, len(u.entry["text"])))
-            cuts[id(u.entry)] = (entry, min(at, max(0, u.start - 1)))
-        if heard is not None:  # what followed it in its line never played
-            cuts[id(heard.entry)] = (heard.entry, heard.end)
+        cuts = barge_in_cuts(heard, dropped)
         data.entry = heard.entry if heard is not None else dropped[0].entry
-        if data.entry.get("interrupted") and not any(at < len(e["text"]) for e, at in cuts.values()):
+        if data.entry.get("interrupted") and not any(at < len(e["text"]) for e, at in cuts):
             return []
-        data.cuts = list(cuts.values())
+        data.cuts = cuts
         return self._on(Input.INTERRUPTED, data)
 
     def _last_bot_line(self) -> dict[str, Any] | None:

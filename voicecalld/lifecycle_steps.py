@@ -141,6 +141,41 @@ class Data:
     cuts: list[tuple[dict[str, Any], int]] | None = None
 
 
+@dataclass(frozen=True)
+class Utterance:
+    """Something the bot said that may not have played yet."""
+
+    then: AfterSpeech
+    turn: int | None
+    entry: dict[str, Any]  # its transcript entry, marked if it never plays
+    start: int = 0  # where its text begins in the entry (a reply's sentences share one line)
+    end: int = 0
+
+
+def barge_in_cuts(heard: Utterance | None, dropped: list[Utterance]) -> list[tuple[dict[str, Any], int]]:
+    """(transcript entry, characters of it heard) for a barge-in: ``heard``
+    was cut off (it stays whole: where in it the caller spoke up is
+    unknown, and whatever followed it in its line never played);
+    ``dropped`` never played at all."""
+    cuts: dict[int, tuple[dict[str, Any], int]] = {}
+    for u in dropped:
+        entry, at = cuts.get(id(u.entry), (u.entry, len(u.entry["text"])))
+        cuts[id(u.entry)] = (entry, min(at, max(0, u.start - 1)))
+    if heard is not None:
+        cuts[id(heard.entry)] = (heard.entry, heard.end)
+    return list(cuts.values())
+
+
+def join_line(transcript: list[dict[str, Any]], text: str) -> list[Action] | None:
+    """A reply's next sentence goes on the bot's line, if that is the
+    transcript's last (and no barge-in cut it); None if it cannot."""
+    last = transcript[-1] if transcript else None
+    if last is None or last["speaker"] != "bot" or last.get("interrupted"):
+        return None
+    last["text"] += " " + text
+    return [Publish("call.transcript", {"speaker": "bot", "text": text, "isFinal": True, "continues": True})]
+
+
 class Machine(Protocol):
     """What the table's steps and guards may read and change: the record,
     the policy, two flags, and the utterances waiting to play."""
