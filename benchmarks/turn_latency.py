@@ -36,8 +36,6 @@ Prints a table and one JSON line.
 from __future__ import annotations
 
 import argparse
-import base64
-import gc
 import json
 import multiprocessing as mp
 import os
@@ -45,15 +43,16 @@ import random
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import start_daemon, stop_daemon  # noqa: E402
+from media import Pacer, quiet_gc  # noqa: E402  (benchmarks/media.py: callers' audio at real-time pace)
 
 SID, TOKEN = "AC" + "5" * 32, "turn-latency-token"
 FRAME = 160  # 20 ms of µ-law
@@ -67,12 +66,6 @@ ANSWER_S = 4.8     # ...then silence while the bot answers (the next turn may ba
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
-
-
-def quiet_gc() -> None:
-    # The load generators' collector pauses would show up as daemon latency.
-    gc.freeze()
-    gc.disable()
 
 
 def bounds(args: argparse.Namespace) -> tuple[float, float]:
@@ -109,36 +102,6 @@ def openai_process(conn: Any, settings: dict[str, Any]) -> None:
 
 
 # --- the simulated callers, in their own process -------------------------------------------------
-
-
-class Pacer:
-    """Every caller's audio at real-time pace from one thread (a thread per
-    caller would cost this machine's cores more than the daemon does)."""
-
-    def __init__(self, clients: list[Any], audios: list[bytes]) -> None:
-        from voicecalld.media.wsframes import masked_text_frame
-
-        self.clients = clients
-        self.frames: list[list[bytes]] = []
-        for client, audio in zip(clients, audios, strict=True):
-            self.frames.append([masked_text_frame(json.dumps({
-                "event": "media", "streamSid": client.stream_sid,
-                "media": {"track": "inbound", "chunk": str(n + 1), "timestamp": str(n * 20),
-                          "payload": base64.b64encode(audio[offset:offset + FRAME]).decode("ascii")}}).encode())
-                for n, offset in enumerate(range(0, len(audio), FRAME))])
-        self.sent: list[list[float]] = [[] for _ in clients]
-        self.thread = threading.Thread(target=self._run, name="pacer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        start = time.monotonic() + 0.05
-        for n in range(max(len(f) for f in self.frames)):
-            time.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
-            for client, frames, sent in zip(self.clients, self.frames, self.sent, strict=True):
-                if n < len(frames):
-                    with client._send_lock:  # the client may be echoing a mark
-                        client._ws.sock.sendall(frames[n])
-                    sent.append(time.monotonic())
 
 
 def voiced(payload: bytes) -> bool:
