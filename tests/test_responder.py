@@ -55,10 +55,16 @@ def wait_log(d: Daemon, text: str, count: int = 1) -> None:
     d.wait(lambda: d.log().count(text) >= count, what=f"{text!r} x{count} in the daemon log")
 
 
-def say_and_wait(d: Daemon, call_id: str, text: str) -> dict[str, Any]:
+def say_and_wait(d: Daemon, call_id: str, text: str, reply: str | None = None) -> dict[str, Any]:
+    """Say ``text``; the record once the bot's reply line is there (once it
+    reads ``reply``, when given: a reply is spoken, and its line grows,
+    sentence by sentence)."""
     before = len(d.rpc("voicecall.status", {"callId": call_id})["transcript"])
     d.rpc("mock.say", {"callId": call_id, "text": text})
-    return wait_lines(d, call_id, before + 2)
+    if reply is None:
+        return wait_lines(d, call_id, before + 2)
+    return d.wait(lambda: lines(r := d.rpc("voicecall.status", {"callId": call_id}))[before + 1:] == [
+        ("bot", reply)] and r, what=f"the reply {reply!r}")
 
 
 def test_inbound_call_is_answered_by_the_llm_over_several_turns(start_daemon, fake) -> None:
@@ -66,8 +72,8 @@ def test_inbound_call_is_answered_by_the_llm_over_several_turns(start_daemon, fa
     fake.chat_replies.put("**Sure**, your table is booked for `7 pm`.\n\n- see you then")
     d = start_daemon(llm_config(fake))
     call_id = inbound(d)
-    say_and_wait(d, call_id, "hello")
-    record = say_and_wait(d, call_id, "book a table at seven")
+    say_and_wait(d, call_id, "hello", "Hi! What can I do for you?")
+    record = say_and_wait(d, call_id, "book a table at seven", "Sure, your table is booked for 7 pm. see you then.")
     assert lines(record) == [
         ("bot", GREETING), ("user", "hello"), ("bot", "Hi! What can I do for you?"),
         ("user", "book a table at seven"), ("bot", "Sure, your table is booked for 7 pm. see you then."),
