@@ -26,7 +26,7 @@ ignores ``stream`` (one JSON body once the reply is generated) show the
 sequential cost for comparison. "Daemon share" is the total minus the
 bound: what voicecalld (and the simulated network) add. The daemon's own
 measurement (the record's ``turns``, speech_stopped to first frame sent)
-is reported too.
+is reported too, and the CPU (cores) the daemon and the fake OpenAI used.
 
 Prints a table and one JSON line.
 
@@ -51,7 +51,7 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import start_daemon, stop_daemon  # noqa: E402
+from _harness import cpu_seconds, start_daemon, stop_daemon  # noqa: E402
 from media import Pacer, quiet_gc  # noqa: E402  (benchmarks/media.py: callers' audio at real-time pace)
 
 SID, TOKEN = "AC" + "5" * 32, "turn-latency-token"
@@ -60,7 +60,7 @@ OPENING = "Hello."
 REPLY = ("Sure, I can help with that. I have a table for two at seven thirty tonight, or one at eight "
          "fifteen if you would rather eat later; which one would suit you best?")
 SPEECH_S = 1.2     # each caller turn: this much speech...
-ANSWER_S = 4.8     # ...then silence while the bot answers (the next turn may barge in on a long reply)
+ANSWER_S = 7.0     # ...then silence while the bot answers (long enough for the whole reply to play)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -126,7 +126,7 @@ def clients_process(requests: Any, results: Any, port: int) -> None:
             clients.append(client)
             results.put(("connected", len(clients)))
         elif item[0] == "play":
-            turns = item[1]
+            turns, silence_ms = item[1], item[2]
             cycle = speech_like(SPEECH_S) + silence(ANSWER_S)
             audios, phases = [], []
             for index in range(len(clients)):
@@ -140,7 +140,7 @@ def clients_process(requests: Any, results: Any, port: int) -> None:
             time.sleep(0.5)
             out = []
             for client, sent, phase in zip(clients, pacer.sent, phases, strict=True):
-                out += measure(client, sent, phase, turns)
+                out += measure(client, sent, phase, turns, silence_ms)
             results.put(("latencies", out))
         else:
             for client in clients:
@@ -149,8 +149,10 @@ def clients_process(requests: Any, results: Any, port: int) -> None:
             return
 
 
-def measure(client: Any, sent: list[float], phase: int, turns: int) -> list[float]:
-    """Per turn: last voiced frame sent -> first voiced reply frame received (ms)."""
+def measure(client: Any, sent: list[float], phase: int, turns: int, silence_ms: float) -> list[float]:
+    """Per turn: last voiced frame sent -> first voiced reply frame received
+    (ms). No reply can start before the VAD's silence has passed, so audio
+    before half of it is still the previous reply's."""
     out = []
     speech_frames, cycle_frames = int(SPEECH_S * 50), int((SPEECH_S + ANSWER_S) * 50)
     received = [(m.at, m.payload) for m in list(client.received_media)]
@@ -160,7 +162,8 @@ def measure(client: Any, sent: list[float], phase: int, turns: int) -> list[floa
         if end >= len(sent):
             end = len(sent) - 1
         t0, t1 = sent[last], sent[end]
-        reply = next((at for at, payload in received if t0 < at < t1 and voiced(payload)), None)
+        floor = t0 + silence_ms / 2000
+        reply = next((at for at, payload in received if floor < at < t1 and voiced(payload)), None)
         if reply is not None:
             out.append((reply - t0) * 1000)
     return out
@@ -213,8 +216,13 @@ def run_round(n: int, turns: int, streaming: bool, args: argparse.Namespace) -> 
             if kind == "connected":
                 connected = value
         time.sleep(1.0)  # the openings play
-        requests.put(("play", turns))
+        requests.put(("play", turns, args.silence_ms))
+        cpu0 = cpu_seconds(proc.pid), cpu_seconds(openai.pid)
+        started = time.monotonic()
         kind, latencies = results.get(timeout=3600)
+        elapsed = time.monotonic() - started
+        cpu = [round((cpu_seconds(pid) - before) / elapsed, 2) for pid, before in zip((proc.pid, openai.pid), cpu0,
+                                                                                       strict=True)]
         with Client(sock, timeout=60) as c:
             records = [c.call("voicecall.status", {"callId": call_id}) for call_id in call_ids]
             for call_id in call_ids:
@@ -234,7 +242,7 @@ def run_round(n: int, turns: int, streaming: bool, args: argparse.Namespace) -> 
         parent.recv()
         shutil.rmtree(tmp, ignore_errors=True)
     measured = [t["latencyMs"] for r in records for t in r.get("turns") or ()]
-    return {"latencies": latencies, "daemon_measured": measured, "expected": n * turns}
+    return {"latencies": latencies, "daemon_measured": measured, "expected": n * turns, "cpu": cpu}
 
 
 def summary(values: list[float]) -> dict[str, float | None]:
@@ -255,7 +263,7 @@ def main() -> None:
     p.add_argument("--token-ms", type=float, default=30)
     p.add_argument("--tts-first-ms", type=float, default=200)
     p.add_argument("--tts-rtf", type=float, default=4.0, help="TTS audio seconds per second after the first")
-    p.add_argument("--tts-ms-per-char", type=float, default=60, help="length of the fake's speech")
+    p.add_argument("--tts-ms-per-char", type=float, default=25, help="length of the fake's speech")
     p.add_argument("--no-compare", action="store_true", help="skip the runs without pipelining")
     p.add_argument("--per-turn", action="store_true", help="print every turn")
     args = p.parse_args()
@@ -272,7 +280,8 @@ def main() -> None:
                    **summary(lat), "bound": bound,
                    "share_p50": None if not lat else round(percentile(lat, 0.5) - bound, 1),
                    "share_p95": None if not lat else round(percentile(lat, 0.95) - bound, 1),
-                   "daemon_measured": summary(result["daemon_measured"])}
+                   "daemon_measured": summary(result["daemon_measured"]),
+                   "cpu_daemon": result["cpu"][0], "cpu_fake_openai": result["cpu"][1]}
             if streaming and lat:
                 row["target_met"] = bool(percentile(lat, 0.5) - pipelined <= 60
                                          and percentile(lat, 0.95) - pipelined <= 150)
@@ -287,13 +296,13 @@ def main() -> None:
           f"{args.tts_rtf:g}x real time")
     print(f"bounds: pipelined {pipelined:.0f} ms, sequential {sequential:.0f} ms")
     print(f"{'conversations':>13} {'mode':>13} {'turns':>9} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} "
-          f"{'bound':>6} {'share p50':>9} {'share p95':>9} {'daemon p50':>10} {'target':>7}")
+          f"{'bound':>6} {'share p50':>9} {'share p95':>9} {'daemon p50':>10} {'CPU d/f':>9} {'target':>7}")
     for r in rows:
         mode = "pipelined" if r["pipelined"] else "not pipelined"
         target = "" if "target_met" not in r else ("met" if r["target_met"] else "NOT met")
         print(f"{r['conversations']:>13} {mode:>13} {r['turns']:>4}/{r['expected']:<4} {r['p50']!s:>8} "
               f"{r['p95']!s:>8} {r['max']!s:>8} {r['bound']:>6.0f} {r['share_p50']!s:>9} {r['share_p95']!s:>9} "
-              f"{r['daemon_measured']['p50']!s:>10} {target:>7}")
+              f"{r['daemon_measured']['p50']!s:>10} {r['cpu_daemon']:>4}/{r['cpu_fake_openai']:<4} {target:>7}")
     print(json.dumps({"benchmark": "turn_latency", "load_average": round(load, 2), "cpus": os.cpu_count(),
                       "bound_pipelined_ms": pipelined, "bound_sequential_ms": sequential,
                       "config": {k: getattr(args, k) for k in ("silence_ms", "stt_ms", "first_token_ms", "token_ms",
