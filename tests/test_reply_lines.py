@@ -104,3 +104,14 @@ def test_hang_up_after_the_words_when_all_has_played() -> None:
     call.speak(S1, 2, then="listen")
     call.handle(event(EventType.PLAYED, utterance_id="u1"), 3)
     assert ArmTimer("notify-hangup", 2) in call.hang_up_after_speech(4)
+
+
+def test_a_late_speaking_event_for_an_utterance_that_played_changes_nothing() -> None:
+    """Carriers (and the mock's timers) may deliver "speaking" after "played"
+    for a short utterance: the call must not go back to speaking for good."""
+    call = listening_call()
+    call.speak(S1, 2, then="listen")
+    call.handle(event(EventType.PLAYED, utterance_id="u1"), 3)
+    assert call.state == State.LISTENING
+    assert call.handle(event(EventType.SPEAKING, utterance_id="u1"), 4) == []
+    assert call.state == State.LISTENING

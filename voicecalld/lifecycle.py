@@ -326,9 +326,9 @@ class Call:
 
     def hang_up_after_last(self) -> bool:
         """The last utterance waiting to play now ends the call; False if none waits."""
-        if not self._utterances:
+        last = next(reversed(self._utterances), None)
+        if last is None:
             return False
-        last = next(reversed(self._utterances))
         self._utterances[last] = dataclasses.replace(self._utterances[last], then="hangup")
         return True
 
@@ -434,8 +434,9 @@ class Call:
             return []
         data = Data(now_ms)
         kind = event.type
-        if kind in _PROGRESS:
-            return self._on(_PROGRESS[kind], data)
+        if kind in _PROGRESS:  # (an utterance that played already starts no more: events may cross)
+            stale = kind == EventType.SPEAKING and event.utterance_id and event.utterance_id not in self._utterances
+            return [] if stale else self._on(_PROGRESS[kind], data)
         if kind == EventType.ANSWERED:
             return self.answered(now_ms, self.policy.max_duration)
         if kind == EventType.PLAYED:
@@ -468,8 +469,7 @@ class Call:
         return []  # initiated: a call starts there, it never moves back
 
     def _interrupted(self, event: CallEvent, data: Data) -> list[Action]:
-        """Barge-in: the transcript keeps what was heard (``barge_in_cuts``)
-        when the media layer says; otherwise the bot's last line is marked."""
+        """Barge-in: keep what was heard (``barge_in_cuts``), else mark the bot's last line."""
         heard = self._recent.get(event.utterance_id or "")
         dropped = [u for u in (self._recent.get(i) for i in event.dropped) if u is not None]
         if heard is None and not dropped:
