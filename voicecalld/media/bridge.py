@@ -8,7 +8,9 @@ utterances through a ``Player``, and reports DTMF. An utterance the
 text-to-speech service refuses twice is said by the carrier instead
 (``MediaCarrier.say_instead``): one failed request must not end the call.
 DTMF the call sends goes out in-band, as tones (``dtmf.tones``) queued on
-the player after what it is saying.
+the player after what it is saying. A reply's turn latency is measured
+here: from the caller's last word (the transcriber's ``speech_stopped``,
+on our clock) to the first frame of the next utterance sent to the carrier.
 When the carrier ends the stream or the socket closes, the bridge tears
 everything down.
 
@@ -50,6 +52,8 @@ class Engine(Protocol):
 
     def live_record(self, call_id: str) -> CallRecord | None: ...
 
+    def note_turn(self, call_id: str, latency_ms: float) -> bool: ...
+
 
 class Hub(Protocol):
     """What a bridge uses of the stream hub (``stream.StreamHub``): what all
@@ -88,11 +92,18 @@ class Bridge:
         self._speaking: dict[str, Speak] = {}
         self._closed = False
         self.frames_in = 0
+        #: When the caller's last word arrived (monotonic), until a reply
+        #: starts; a turn counts once words were heard in it (not a cough).
+        self._speech_ended: float | None = None
+        self._words = False
         self.player = Player(self._send, framing, hub.synthesizer.stream, on_played=self._played,
-                             on_failed=self._speech_failed, name=call_id[:8], lateness=hub.lateness)
+                             on_failed=self._speech_failed, name=call_id[:8], lateness=hub.lateness,
+                             on_started=self._started)
         self.transcriber = Transcriber(call_id, url=cfg.streaming.realtimeUrl, api_key=cfg.streaming.openaiApiKey,
                                        model=cfg.streaming.sttModel, threshold=float(cfg.streaming.vadThreshold),
-                                       silence_ms=int(cfg.streaming.silenceDurationMs), listener=self._heard)
+                                       silence_ms=int(cfg.streaming.silenceDurationMs), listener=self._heard,
+                                       detection=str(cfg.streaming.turnDetection),
+                                       eagerness=str(cfg.streaming.eagerness))
         self.transcriber.start()
 
     def say(self, action: Speak) -> None:
@@ -169,14 +180,32 @@ class Bridge:
 
     def _heard(self, event: SttEvent) -> None:
         if event.kind == "speech_started":
-            if self.player.interrupt():
-                self._emit(EventType.INTERRUPTED)
+            self._speech_ended = None
+            cut = self.player.interrupt()
+            if cut is not None:
+                self._emit(EventType.INTERRUPTED, utterance_id=cut.heard, dropped=cut.unheard)
+        elif event.kind == "speech_stopped":
+            self._speech_ended, self._words = event.at, False
         elif event.kind == "partial" and event.text:
             self._emit(EventType.SPEECH, transcript=event.text, is_final=False)
         elif event.kind == "final" and event.text:
+            self._words = True
             self._emit(EventType.SPEECH, transcript=event.text, is_final=True)
         elif event.kind == "error":
             self._emit(EventType.ERROR, message=f"speech-to-text failed: {event.text}")
+
+    def _started(self, utterance_id: str) -> None:
+        """On the player's thread: an utterance's first frame went out."""
+        ended, self._speech_ended = self._speech_ended, None
+        if ended is None or not self._words:
+            return
+        latency_ms = (time.monotonic() - ended) * 1000
+
+        def note() -> None:
+            self.hub.engine.note_turn(self.call_id, latency_ms)
+
+        if not self.hub.events.submit(self.call_id, note):
+            log.debug("call %s: turn latency not recorded (daemon stopping or overloaded)", self.call_id)
 
     def _played(self, utterance_id: str) -> None:
         self._speaking.pop(utterance_id, None)
@@ -184,7 +213,8 @@ class Bridge:
 
     def _speech_failed(self, utterance_id: str, text: str, why: str) -> None:
         action = self._speaking.pop(utterance_id, None) or Speak(text, utterance_id)
-        if not self.hub.events.submit(self.call_id, lambda: self.hub.say_instead(self.call_id, action, why)):
+        reason = f"text-to-speech failed ({why})"
+        if not self.hub.events.submit(self.call_id, lambda: self.hub.say_instead(self.call_id, action, reason)):
             log.warning("call %s: utterance %s dropped (daemon stopping or overloaded)", self.call_id, utterance_id)
 
     def close(self) -> None:

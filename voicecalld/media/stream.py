@@ -14,6 +14,13 @@ carrier listens its own way).
 An admitted stream gets a ``Bridge`` (``bridge``): the call's audio to
 speech-to-text, the call's speech from text-to-speech, marks and barge-in.
 
+One voice per call: what a call says before its stream has started (the
+opening message, the inbound greeting) waits for the stream when the
+carrier expects one (``MediaCarrier.stream_expected``), and is spoken over
+it in the text-to-speech voice as soon as it starts. Only if the stream
+has not started within ``STREAM_WAIT`` seconds does the carrier say it its
+own way (``MediaCarrier.say_instead``), as it does when text-to-speech fails.
+
 simple-websocket does the handshake and the framing, but its reader thread
 per connection is replaced (``thread_class``) by one ``ReadLoop`` thread
 that reads every stream's socket, and messages are handled as they are
@@ -58,6 +65,8 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT = 5.0
 POLICY_VIOLATION = 1008
+#: Seconds the opening waits for the call's stream to start before the carrier says it instead.
+STREAM_WAIT = 4.0
 
 
 class StreamFinished(ConnectionError):
@@ -75,6 +84,8 @@ class StreamHub:
         self._lock = threading.Lock()
         self._pending = 0
         self._bridges: dict[str, Bridge] = {}
+        #: Calls whose stream is expected, and what they said meanwhile (in order).
+        self._waiting: dict[str, tuple[list[Speak], threading.Timer]] = {}
         self._closing = False
         #: Frame lateness of every call's playback (seconds), for daemon.status.
         self.lateness: collections.deque[float] = collections.deque(maxlen=20_000)
@@ -181,6 +192,12 @@ class StreamHub:
                 if bridge is not None:
                     old = self._bridges.pop(bridge.call_id, None)
                     self._bridges[bridge.call_id] = bridge
+                    waiting = self._waiting.pop(bridge.call_id, None)
+                    if waiting is not None:
+                        # Said before anything else can be: under the lock speak() takes.
+                        waiting[1].cancel()
+                        for action in waiting[0]:
+                            bridge.say(action)
                 else:
                     old = None
             if old is not None:
@@ -241,13 +258,56 @@ class StreamHub:
 
     def speak(self, record: CallRecord, action: Speak) -> bool:
         """The carrier's speaker (``MediaCarrier.attach``): speak over the
-        call's stream if it has one (True), else leave it to the carrier
+        call's stream if it has one, or hold the utterance until the stream
+        the carrier expects starts (True); else leave it to the carrier
         (False)."""
-        bridge = self._live_bridge(record.callId)
-        if bridge is None:
+        call_id = record.callId
+        with self._lock:
+            bridge = self._bridges.get(call_id)
+            waiting = self._waiting.get(call_id)
+            if waiting is not None:
+                waiting[0].append(action)
+                return True
+        if bridge is not None:
+            if not bridge.alive:
+                return False
+            bridge.say(action)
+            return True
+        if self._closing or not self.carrier.stream_expected(record):
             return False
-        bridge.say(action)
+        timer = threading.Timer(STREAM_WAIT, self._stream_late, args=(call_id,))
+        timer.daemon = True
+        with self._lock:
+            if call_id in self._bridges or call_id in self._waiting:
+                bridge, waiting = self._bridges.get(call_id), self._waiting.get(call_id)
+            else:
+                self._waiting[call_id] = ([action], timer)
+                bridge = waiting = None
+        if waiting is not None:
+            waiting[0].append(action)  # pragma: no cover - another utterance raced this one
+            return True
+        if bridge is not None:  # pragma: no cover - the stream started meanwhile
+            return self.speak(record, action)
+        timer.start()
         return True
+
+    def speaks_over_stream(self, call_id: str) -> bool:
+        """Does the call speak over a media stream (open, or expected)?"""
+        with self._lock:
+            bridge = self._bridges.get(call_id)
+            return call_id in self._waiting or (bridge is not None and bridge.alive)
+
+    def _stream_late(self, call_id: str) -> None:
+        """The stream did not start in time: the carrier says what waited."""
+        with self._lock:
+            waiting = self._waiting.pop(call_id, None)
+        if waiting is None:
+            return
+        why = f"the media stream did not start within {STREAM_WAIT:g} s"
+        for action in waiting[0]:
+            if not self.events.submit(call_id, lambda a=action: self.say_instead(call_id, a, why)):  # type: ignore[misc]
+                log.warning("call %s: utterance %s dropped (daemon stopping or overloaded)", call_id,
+                            action.utterance_id)
 
     def send_tones(self, record: CallRecord, digits: str) -> bool:
         """The carrier's tone sender (``MediaCarrier.attach_tones``): DTMF
@@ -271,8 +331,7 @@ class StreamHub:
         record = self.engine.live_record(call_id)
         if record is None:
             return  # the call is over
-        log.warning("call %s: text-to-speech failed (%s); the carrier says utterance %s instead", call_id, why,
-                    action.utterance_id)
+        log.warning("call %s: %s; the carrier says utterance %s instead", call_id, why, action.utterance_id)
         try:
             self.carrier.say_instead(record, action)
         except NotConnected:
@@ -285,6 +344,9 @@ class StreamHub:
         with self._lock:
             self._closing = True
             bridges = list(self._bridges.values())
+            waiting, self._waiting = list(self._waiting.values()), {}
+        for _, timer in waiting:
+            timer.cancel()
         for bridge in bridges:
             bridge.close()
         self.events.stop()
