@@ -330,7 +330,8 @@ class TelnyxProvider(Provider):
     def describe(self) -> dict[str, Any]:
         hooks = self._webhooks
         return {"name": self.name, "pendingEvents": hooks.pending, "acceptedEvents": hooks.accepted,
-                "processedEvents": hooks.processed, "legs": len(self._legs), "streaming": self.streaming()}
+                "processedEvents": hooks.processed, "legs": len(self._legs), "streaming": self.streaming(),
+                "eventWorkers": len(self._work._threads)}
 
     def handle_webhook(self, request: Request) -> Response:
         return self._webhooks.handle(request)
@@ -391,6 +392,9 @@ class TelnyxProvider(Provider):
         with self._lock:
             was, leg.stream = leg.stream, STREAM_ENDED
             listen, ccid = leg.listening, leg.ccid
+        record = self.sink.live_record(leg.call_id) if leg.call_id else None
+        if record is None or record.terminal:
+            return  # the stream ended with the call
         if failed:
             log.warning("call %s: the Telnyx media stream failed (%s); the call goes on with Telnyx "
                         "transcription and speak", leg.call_id, (reason or "no reason given")[:80])
