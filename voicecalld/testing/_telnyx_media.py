@@ -59,26 +59,35 @@ def silence(seconds: float, encoding: str = "PCMU") -> bytes:
 
 @dataclass
 class TelnyxWire:
-    """Telnyx media streaming's frame shapes, for ``MediaStreamClient``."""
+    """Telnyx media streaming's frame shapes, for ``MediaStreamClient``
+    (plain values, so another process can make one: see benchmarks/media.py)."""
 
-    call: FakeCall
+    call_control_id: str
     stream_id: str
     encoding: str = "PCMU"
+    call_session_id: str = ""
+    from_: str = ""
+    to: str = ""
+    client_state: str | None = None
     sequence_key: str = "sequence_number"
     silence: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.silence = alaw.SILENCE if self.encoding == "PCMA" else mulaw.SILENCE
 
+    @classmethod
+    def of(cls, call: FakeCall, stream_id: str, encoding: str = "PCMU") -> TelnyxWire:
+        return cls(call.call_control_id, stream_id, encoding, call.call_session_id, call.from_, call.to,
+                   call.client_state)
+
     def connected(self) -> dict[str, Any]:
         return {"event": "connected", "version": "1.0.0"}
 
     def start(self) -> dict[str, Any]:
-        call = self.call
         return {"event": "start", "stream_id": self.stream_id, "start": {
-            "user_id": "3e6f995f-85f7-4705-9741-53b116d28237", "call_control_id": call.call_control_id,
-            "call_session_id": call.call_session_id, "from": call.from_, "to": call.to,
-            "client_state": call.client_state,
+            "user_id": "3e6f995f-85f7-4705-9741-53b116d28237", "call_control_id": self.call_control_id,
+            "call_session_id": self.call_session_id, "from": self.from_, "to": self.to,
+            "client_state": self.client_state,
             "media_format": {"encoding": self.encoding, "sample_rate": 8000, "channels": 1}}}
 
     def media(self, chunk: int, timestamp_ms: int, payload_b64: str) -> dict[str, Any]:
@@ -94,7 +103,13 @@ class TelnyxWire:
     def stop(self) -> dict[str, Any]:
         return {"event": "stop", "stream_id": self.stream_id,
                 "stop": {"user_id": "3e6f995f-85f7-4705-9741-53b116d28237",
-                         "call_control_id": self.call.call_control_id}}
+                         "call_control_id": self.call_control_id}}
+
+
+def plain_url(url: str) -> str:
+    """``url`` with ws:// for wss:// (nothing on 127.0.0.1 speaks TLS)."""
+    parts = urlsplit(url)
+    return urlunsplit(("ws", *parts[1:])) if parts.scheme == "wss" else url
 
 
 @dataclass
@@ -127,6 +142,10 @@ class Streams:
         self.out_of_order = 0
         #: Connect with ws:// when the URL says wss:// (nothing on 127.0.0.1 speaks TLS).
         self.plain_ws = True
+        #: If set, called (under the lock) with each stream to open instead
+        #: of opening it: the caller connects (a ``TelnyxWire.of(call,
+        #: req.stream_id)`` client to ``plain_url(req.url)``), e.g. from another process.
+        self.on_stream: Callable[[FakeCall, StreamRequest], None] | None = None
         self.requests: dict[str, list[StreamRequest]] = {}
         self._threads: list[threading.Thread] = []
         self._closing = threading.Event()
@@ -140,7 +159,10 @@ class Streams:
         for req in self.requests.get(call.call_control_id, []):
             if req.state != "requested":
                 continue
-            if self.behaviour == "silent":
+            if self.on_stream is not None:
+                req.state = "external"
+                self.on_stream(call, req)
+            elif self.behaviour == "silent":
                 req.state = "silent"
             elif self.behaviour == "fail":
                 req.state = "failed"
@@ -183,13 +205,10 @@ class Streams:
                                                            "track": req.params.get("stream_track", "inbound_track")})
 
     def _url(self, url: str) -> str:
-        parts = urlsplit(url)
-        if self.plain_ws and parts.scheme == "wss":
-            return urlunsplit(("ws", *parts[1:]))
-        return url
+        return plain_url(url) if self.plain_ws else url
 
     def _run(self, call: FakeCall, req: StreamRequest, encoding: str, out_of_order: int) -> None:
-        client = MediaStreamClient(self._url(req.url), wire=TelnyxWire(call, req.stream_id, encoding),
+        client = MediaStreamClient(self._url(req.url), wire=TelnyxWire.of(call, req.stream_id, encoding),
                                    out_of_order=out_of_order)
         try:
             client.connect(timeout=CONNECT_TIMEOUT)
