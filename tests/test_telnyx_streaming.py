@@ -49,6 +49,7 @@ class World:
                              "publicKey": fake.public_key_b64, "apiBaseUrl": fake.base_url},
                   "outbound": {"notifyHangupDelaySec": 0.05},
                   "streaming": streaming, "tts": {"baseUrl": self.openai.base_url},
+                  "responseBaseUrl": self.openai.base_url, "responseApiKey": "sk-test",
                   "responder": "off", "transcriptTimeoutMs": 15000, **overrides}
         self.daemon: Daemon = start_daemon(config)
         self.webhook_url = f"http://127.0.0.1:{self.port}/voice/webhook"
@@ -350,4 +351,32 @@ def test_streams_without_the_right_token_or_call_are_closed_with_1008_and_change
     after = d.rpc("voicecall.status", {"callId": call_id})
     assert after["state"] == before["state"] and after["transcript"] == before["transcript"]
     assert "transcription_start" not in call.command_names  # ... and it still listens
+    d.rpc("voicecall.end", {"callId": call_id})
+
+
+def test_the_auto_responder_answers_an_inbound_caller_over_the_stream(start_daemon: Any) -> None:
+    with make_world(start_daemon, inboundPolicy="open", inboundGreeting="Hello, how can I help?",
+                    responder="llm") as world:
+        auto_responder(world)
+
+
+def auto_responder(world: World) -> None:
+    d, fake, openai = world.daemon, world.fake, world.openai
+    fake.hold_webhook("call.answered")
+    ccid = fake.inbound_call(CALLER, OURS, world.webhook_url)
+    client = fake.wait_stream(ccid, 10)
+    call_id = parse_qs(urlsplit(next(c for c in fake.calls[ccid].commands if c.name == "answer")
+                                .params["stream_url"]).query)["call"][0]
+    opened(world, call_id)
+    assert fake.release_webhook("call.answered") == 1
+    d.wait_state(call_id, "listening", timeout=15)
+    openai.transcripts.put("what time is it")
+    openai.chat_replies.put("It is noon.")
+    assert fake.callee_says(ccid, "what time is it")
+    d.wait(lambda: transcript(d, call_id)[-1] == ("bot", "It is noon."), 15, "the responder's reply")
+    assert transcript(d, call_id) == [("bot", "Hello, how can I help?"), ("user", "what time is it"),
+                                      ("bot", "It is noon.")]
+    client.wait_for(lambda: sum(1 for m in client.marks if m.echoed_at) >= 2, timeout=10)  # both said over the stream
+    assert fake.calls[ccid].said == []
+    assert [r.body["input"] for r in openai.speech_requests][-1] == "It is noon."
     d.rpc("voicecall.end", {"callId": call_id})

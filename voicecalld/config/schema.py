@@ -123,8 +123,8 @@ class StreamingSettings:
         "previous one closes.", minimum=1)
     maxPendingStreams: int | None = setting(
         None, "Media streams that have connected but not yet sent start; more are refused with 503 (the call "
-        "then listens with the carrier's own recognition). Unset, it follows maxConcurrentCalls: every call can open its stream at "
-        "once.", minimum=1)
+        "then listens with the carrier's own recognition). Unset, it follows maxConcurrentCalls: every call "
+        "can open its stream at once.", minimum=1)
 
 
 @dataclass(frozen=True)
