@@ -357,7 +357,7 @@ class TelnyxProvider(Provider):
             leg.stream_token, leg.stream = token, STREAM_REQUESTED
         return telnyx_media.stream_request(url, leg.call_id, token)
 
-    def stream_admitted(self, call_id: str, ccid: str | None, token: str | None) -> bool:
+    def stream_admitted(self, call_id: str, ccid: str | None, token: str | None, stream_id: str) -> bool:
         """Is this the stream asked for on ``call_id``: its token (constant
         time) and its ``call_control_id``? If so the stream listens from now on."""
         leg = self._legs.find(call_id, None)
@@ -371,7 +371,7 @@ class TelnyxProvider(Provider):
         if not ccid or ccid != known:
             return False
         with self._lock:
-            leg.stream = STREAM_OPEN
+            leg.stream, leg.stream_id = STREAM_OPEN, stream_id
             stop = leg.transcribing
             leg.transcribing = False
         log.info("call %s: listening through the media stream", call_id)
@@ -386,10 +386,13 @@ class TelnyxProvider(Provider):
         except ProviderError as exc:
             log.warning("call %s: %s", call_id, exc.message)
 
-    def stream_ended(self, leg: Leg, *, failed: bool, reason: str | None) -> None:
+    def stream_ended(self, leg: Leg, stream_id: str | None, *, failed: bool, reason: str | None) -> None:
         """``streaming.stopped``/``failed``: the call listens with
-        transcription and speaks with ``speak`` from now on."""
+        transcription and speaks with ``speak`` from now on (unless the
+        news is of an earlier stream than the one open now)."""
         with self._lock:
+            if stream_id and leg.stream_id and stream_id != leg.stream_id and leg.stream == STREAM_OPEN:
+                return
             was, leg.stream = leg.stream, STREAM_ENDED
             listen, ccid = leg.listening, leg.ccid
         record = self.sink.live_record(leg.call_id) if leg.call_id else None

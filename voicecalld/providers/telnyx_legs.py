@@ -48,6 +48,7 @@ class Leg:
     #: The media stream's per-call token and state (None: no stream asked for).
     stream_token: str | None = None
     stream: str | None = None
+    stream_id: str | None = None   # of the stream admitted last
     end_override: State | None = None
     #: Utterance ids in the order their speak commands were sent.
     utterances: collections.deque[str] = field(default_factory=collections.deque)

@@ -61,6 +61,7 @@ from ..media.framing import (
     Stop,
     ToneSender,
 )
+from ..ratelog import RateLimitedLog
 
 if TYPE_CHECKING:  # pragma: no cover
     from werkzeug.wrappers import Request
@@ -68,6 +69,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..calls import CallRecord, Speak
 
 log = logging.getLogger("voicecalld.providers.telnyx")
+#: Telnyx's ``error`` frames, on the read loop: logged at a bounded rate.
+_errors = RateLimitedLog(log)
 
 #: The stream URL's query parameters: our call id and its token.
 CALL_PARAMETER = "call"
@@ -180,8 +183,8 @@ class TelnyxFraming:
             return None
         if event == "error":
             error = _obj(message.get("payload")) or _obj(message.get("error"))
-            log.warning("Telnyx media stream %s reported an error: %s", self.stream_id or "?",
-                        str(error.get("detail") or error.get("title") or error)[:200])
+            _errors.warning("error", "Telnyx media stream %s reported an error: %s", self.stream_id or "?",
+                            str(error.get("detail") or error.get("title") or error)[:200])
         return Other(str(event)[:40])
 
     def _start(self, message: dict[str, Any]) -> Start:
@@ -226,7 +229,7 @@ class TelnyxCalls(Protocol):
 
     def streaming(self) -> bool: ...
 
-    def stream_admitted(self, call_id: str, ccid: str | None, token: str | None) -> bool: ...
+    def stream_admitted(self, call_id: str, ccid: str | None, token: str | None, stream_id: str) -> bool: ...
 
     def speak_with_telnyx(self, record: CallRecord, action: Speak) -> None: ...
 
@@ -248,7 +251,7 @@ class TelnyxMedia:
 
     def admit(self, start: Start) -> str | None:
         if start.call_id is None or not self.provider.stream_admitted(start.call_id, start.carrier_call_id,
-                                                                      start.token):
+                                                                      start.token, start.stream_id):
             return None
         return start.call_id
 

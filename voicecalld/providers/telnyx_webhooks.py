@@ -59,7 +59,7 @@ class Host(Protocol):
     def _command(self, ccid: str, name: str, body: dict[str, Any], what: str, *,
                  ended_ok: bool = False) -> bool: ...
     def stream_params(self, leg: Leg) -> dict[str, str]: ...
-    def stream_ended(self, leg: Leg, *, failed: bool, reason: str | None) -> None: ...
+    def stream_ended(self, leg: Leg, stream_id: str | None, *, failed: bool, reason: str | None) -> None: ...
 
 
 class Webhooks:
@@ -273,7 +273,7 @@ class Webhooks:
             log.debug("call %s: Telnyx media stream %s started", leg.call_id, hook.text("stream_id"))
             return
         reason = hook.text("failure_reason") if hook.type == "streaming.failed" else None
-        self.p.stream_ended(leg, failed=hook.type == "streaming.failed", reason=reason)
+        self.p.stream_ended(leg, hook.text("stream_id"), failed=hook.type == "streaming.failed", reason=reason)
 
     def _on_dtmf(self, hook: wire.Webhook) -> None:
         digit = hook.text("digit")
