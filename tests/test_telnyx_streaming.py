@@ -303,8 +303,11 @@ def test_stream_teardown_leaves_no_threads(world: World) -> None:
     client.play(silence(0.3))
     assert threads() > baseline
     d.rpc("voicecall.end", {"callId": call_id})
-    client.wait_closed(10)
+    assert client.wait_closed(10)  # the carrier's socket ...
+    # ... and speech-to-text's are closed, and the stream's threads are gone.
+    d.wait(lambda: all(session.closed for session in world.openai.realtime_sessions), 10, "STT sockets closed")
     d.wait(lambda: threads() <= baseline, timeout=10, what="thread count back to baseline")
+    assert d.rpc("daemon.status")["media"]["openStreams"] == 0
 
 
 # --- admission ----------------------------------------------------------------------------
@@ -379,4 +382,31 @@ def auto_responder(world: World) -> None:
     client.wait_for(lambda: sum(1 for m in client.marks if m.echoed_at) >= 2, timeout=10)  # both said over the stream
     assert fake.calls[ccid].said == []
     assert [r.body["input"] for r in openai.speech_requests][-1] == "It is noon."
+    d.rpc("voicecall.end", {"callId": call_id})
+
+
+def test_a_transfer_message_on_a_streamed_call_is_telnyx_speech_then_the_transfer(start_daemon: Any) -> None:
+    """The transfer waits for the message's call.speak.ended, so that
+    message is Telnyx's speak even while the stream speaks everything else."""
+    with make_world(start_daemon, transfer={"allowTo": ["+15550004444"]}) as world:
+        d = world.daemon
+        call_id, call, client = dial(world)
+        d.wait_state(call_id, "listening", timeout=15)
+        result = d.rpc("voicecall.transfer", {"callId": call_id, "to": "+15550004444",
+                                              "message": "Putting you through"}, timeout=30)
+        assert result["endReason"] == "transferred"
+        names = [c.name for c in call.commands if c.accepted]
+        assert names[-2:] == ["speak", "transfer"] and call.said == ["Putting you through"]
+
+
+def test_dtmf_sent_on_a_streamed_call_is_tones_on_the_stream(world: World) -> None:
+    d = world.daemon
+    call_id, call, client = dial(world)
+    d.wait_state(call_id, "listening", timeout=15)
+    before = len(client.received_media)
+    d.rpc("voicecall.dtmf", {"callId": call_id, "digits": "1"})
+    client.wait_for(lambda: len(client.received_media) > before and any(
+        m.get("event") == "mark" and str(m.get("mark", {}).get("name", "")).startswith("dtmf-")
+        for m in client.received), timeout=10)
+    assert "send_dtmf" not in call.command_names
     d.rpc("voicecall.end", {"callId": call_id})
