@@ -170,7 +170,7 @@ class Streams:
             else:
                 thread = threading.Thread(target=self._run, args=(call, req, self.encoding, self.out_of_order),
                                           name="fake-telnyx-stream", daemon=True)
-                self._threads.append(thread)
+                self._threads = [t for t in self._threads if t.is_alive()] + [thread]
                 thread.start()
 
     def ended(self, call: FakeCall) -> None:
