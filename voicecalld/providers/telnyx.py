@@ -322,6 +322,9 @@ class TelnyxProvider(Provider):
         if cfg.streaming.enabled and not cfg.streaming.openaiApiKey:
             log.warning("streaming.enabled is on but streaming.openaiApiKey (OPENAI_API_KEY) is not set: "
                         "Telnyx calls listen with Telnyx transcription instead")
+        elif cfg.streaming.enabled and self.public_url and not self.public_url.startswith("https://"):
+            log.warning("streaming.enabled: Telnyx opens media streams to wss:// URLs, so publicUrl should be "
+                        "https (got %s)", self.public_url)
 
     def stop(self) -> None:
         self._webhooks.stop()
