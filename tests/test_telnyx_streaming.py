@@ -410,3 +410,25 @@ def test_dtmf_sent_on_a_streamed_call_is_tones_on_the_stream(world: World) -> No
         for m in client.received), timeout=10)
     assert "send_dtmf" not in call.command_names
     d.rpc("voicecall.end", {"callId": call_id})
+
+
+def test_failed_text_to_speech_is_said_with_telnyx_speak_and_the_stream_keeps_listening(world: World) -> None:
+    d, fake = world.daemon, world.fake
+    call_id, call, client = dial(world)
+    d.wait_state(call_id, "listening", timeout=15)
+    world.openai.inject_error("speech", 503, "The engine is currently overloaded", times=2)
+    world.openai.transcripts.put("yes, deploy it")
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.update(d.rpc("voicecall.continue",
+                                                            {"callId": call_id, "message": "Should I deploy?"},
+                                                            timeout=30)))
+    t.start()
+    # Refused twice (the request and its one retry): Telnyx's speak says it instead.
+    fake.wait_for(lambda: "Should I deploy?" in call.said, 15, "Telnyx speak of the question")
+    fake.wait_event(call.call_control_id, "call.speak.ended", 10, ok=True)
+    assert fake.callee_says(call.call_control_id, "yes, deploy it")  # heard through the stream
+    t.join(30)
+    assert result == {"callId": call_id, "transcript": "yes, deploy it"}
+    assert client.connected and "transcription_start" not in call.command_names
+    assert "the carrier says utterance" in d.log()
+    d.rpc("voicecall.end", {"callId": call_id})
