@@ -66,6 +66,13 @@ def test_a_lost_frame_is_given_up_on_after_the_window_and_a_late_one_dropped() -
     assert order.push(Audio(b"x", 6)) == [] and order.late == 2  # a duplicate is late too
 
 
+def test_numbering_that_starts_again_is_followed_not_dropped() -> None:
+    order = Reorder(window=3)
+    assert [a.sequence for n in range(100, 110) for a in order.push(Audio(b"", n))] == list(range(100, 110))
+    assert [a.sequence for n in (1, 2) for a in order.push(Audio(b"", n))] == [1, 2]
+    assert order.late == 0
+
+
 @pytest.mark.parametrize("body", [{"track": "outbound", "payload": "AAAA"}, {"payload": "not base64!"},
                                   {"payload": 5}])
 def test_media_that_is_not_caller_audio_is_other(body: dict) -> None:

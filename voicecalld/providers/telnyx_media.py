@@ -34,7 +34,8 @@ and ``stop``. We send ``media`` (``media.payload``), ``mark`` and
 order within a small window (``REORDER_WINDOW`` frames, so a lost frame
 holds the audio back by at most that much); a frame that arrives after the
 window moved past it is counted ``late`` and dropped, a gap the window
-gave up on is counted ``lost``.
+gave up on is counted ``lost`` (a frame far behind the window means the
+numbering started again: the window follows it).
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ CALL_PARAMETER = "call"
 TOKEN_PARAMETER = "token"
 #: Frames held back, at most, waiting for one that is missing (20 ms each).
 REORDER_WINDOW = 3
+#: A frame numbered this far behind the window is no late frame but a
+#: numbering that started again: it is taken, and the window moves there.
+RESTART_GAP = 50
 #: The caller's track; ``outbound`` would be our own audio.
 INBOUND = ("inbound", "inbound_track")
 #: What the media layer speaks, and asks Telnyx to take back.
@@ -114,8 +118,9 @@ class Reorder:
         number = audio.sequence
         if number is None:
             return [audio]  # unnumbered: nothing to order it by
-        if self.next is None:
-            self.next = number
+        if self.next is None or number < self.next - RESTART_GAP:
+            self.lost += len(self.held)
+            self.next, self.held = number, {}
         if number < self.next or number in self.held:
             self.late += 1
             return []
