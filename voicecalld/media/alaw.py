@@ -8,8 +8,8 @@ its media stream over in the leg's codec, while the media layer speaks
 ``bytes.translate`` per frame.
 
 The coder is the Sun g711.c form that CPython's ``audioop`` used
-(``alaw2lin``/``lin2alaw``): the 13-bit magnitude (``sample >> 3``), seven
-segments above a linear first one, the even bits of every code inverted
+(``alaw2lin``/``lin2alaw``): the 13-bit magnitude (``sample >> 3``) in eight
+segments (the first two with the same step), the even bits of every code inverted
 (XOR 0x55) on the wire. Its decoder yields the midpoints of G.711's
 decision intervals scaled to 16 bits (G.711's 1..4032 become 8..32256), so
 0xD5 is +8, 0x55 is -8, 0xAA is +32256 and 0x2A is -32256.
