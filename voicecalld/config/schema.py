@@ -122,8 +122,10 @@ class StreamingSettings:
     """``[streaming]``: call audio over media streams, transcribed by OpenAI Realtime."""
 
     enabled: bool = setting(
-        False, "Twilio only: take the call audio over Media Streams and transcribe it with OpenAI Realtime.")
-    streamPath: str = setting("/voice/stream", "URL path of the Media Streams WebSocket.", kind="urlpath")
+        False, "Take the call audio over a media stream (Twilio Media Streams, Telnyx media streaming), "
+        "transcribe it with OpenAI Realtime and speak over it with OpenAI text-to-speech.")
+    streamPath: str = setting("/voice/stream", "URL path of the media-stream WebSocket (both carriers).",
+                              kind="urlpath")
     openaiApiKey: str | None = setting(None, "OpenAI API key for speech-to-text and text-to-speech.",
                                        secret=True, env="OPENAI_API_KEY", credential="openai-api-key")
     sttModel: str = setting("gpt-4o-transcribe", "OpenAI transcription model.")
@@ -145,13 +147,14 @@ class StreamingSettings:
     realtimeUrl: str = setting("wss://api.openai.com/v1/realtime?intent=transcription",
                                "OpenAI Realtime transcription WebSocket URL.", kind="url", schemes=("ws", "wss"))
     maxStreams: int | None = setting(
-        None, "Media streams open at once; more are refused with 503 (the call then listens with <Gather>). "
+        None, "Media streams open at once; more are refused with 503 (the call then listens with the carrier's "
+        "own recognition: <Gather>, Telnyx transcription). "
         "Unset, it follows maxConcurrentCalls: twice its value, so every call can open a stream while its "
         "previous one closes.", minimum=1)
     maxPendingStreams: int | None = setting(
         None, "Media streams that have connected but not yet sent start; more are refused with 503 (the call "
-        "then listens with <Gather>). Unset, it follows maxConcurrentCalls: every call can open its stream at "
-        "once.", minimum=1)
+        "then listens with the carrier's own recognition). Unset, it follows maxConcurrentCalls: every call "
+        "can open its stream at once.", minimum=1)
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ import simple_websocket
 from .. import metrics
 from ..calls import CallEvent, CallRecord, EventType, Speak
 from ..workqueue import KeyedWorkQueue
-from . import dtmf
-from .framing import Audio, Dtmf, Framing, Mark, Stop
+from . import alaw, dtmf
+from .framing import PHONE_AUDIO, Audio, Dtmf, Framing, Mark, MediaFormat, Stop
 from .loop import ReadLoop
 from .player import Player
 from .realtime_stt import SttEvent, Transcriber
@@ -63,6 +63,8 @@ class Hub(Protocol):
     loop: ReadLoop
     events: KeyedWorkQueue
     frames_in: int
+    frames_late: int
+    frames_lost: int
     forwarding: collections.deque[float]
     lateness: collections.deque[float]
 
@@ -78,7 +80,8 @@ class Hub(Protocol):
 class Bridge:
     """One call's open media stream."""
 
-    def __init__(self, hub: Hub, call_id: str, ws: simple_websocket.Server, framing: Framing) -> None:
+    def __init__(self, hub: Hub, call_id: str, ws: simple_websocket.Server, framing: Framing,
+                 media_format: MediaFormat = PHONE_AUDIO) -> None:
         cfg = hub.config
         self.hub = hub
         self.call_id = call_id
@@ -96,6 +99,8 @@ class Bridge:
         #: starts; a turn counts once words were heard in it (not a cough).
         self._speech_ended: float | None = None
         self._words = False
+        # The transcriber takes µ-law: A-law (PCMA) legs are transcoded frame by frame.
+        self._transcode = alaw.to_mulaw if media_format.encoding == "PCMA" else None
         self.player = Player(self._send, framing, hub.synthesizer.stream, on_played=self._played,
                              on_failed=self._speech_failed, name=call_id[:8], lateness=hub.lateness,
                              on_started=self._started)
@@ -158,7 +163,8 @@ class Bridge:
         if isinstance(event, Audio):
             self.frames_in += 1
             self.hub.frames_in += 1
-            self.transcriber.send_audio(event.payload)
+            payload = event.payload if self._transcode is None else self._transcode(event.payload)
+            self.transcriber.send_audio(payload)
             read_at = getattr(self.ws, "read_at", None)
             if read_at is not None:
                 elapsed = time.monotonic() - read_at
@@ -224,6 +230,12 @@ class Bridge:
             self._closed = True
         self.alive = False
         self._ended.set()
+        # Carriers that number their frames count what they could not put back in order.
+        late, lost = getattr(self.framing, "late", 0), getattr(self.framing, "lost", 0)
+        if late or lost:
+            self.hub.frames_late += late
+            self.hub.frames_lost += lost
+            log.info("call %s: %d caller frames came too late to be used, %d never came", self.call_id, late, lost)
         self.player.close()
         self.transcriber.close()
         try:

@@ -6,8 +6,9 @@ The endpoint lets the carrier authenticate the upgrade (``MediaCarrier.open``;
 and streams in total (503 past either cap; by default every call the daemon
 may have can open its stream at once), then requires a ``start`` within 5 s
 naming a live call and carrying that call's token (``MediaCarrier.admit``)
-in the one audio format the daemon speaks (G.711 µ-law, 8 kHz, mono);
-anything else is closed with 1008 (policy violation). Refusals are logged
+in G.711 at 8 kHz mono (µ-law, the format the daemon speaks, or A-law,
+which the bridge transcodes to µ-law as it arrives); anything else is
+closed with 1008 (policy violation). Refusals are logged
 at a bounded rate. A call whose stream is refused goes on without one (the
 carrier listens its own way).
 
@@ -57,7 +58,7 @@ from ..httpjson import error_response
 from ..ratelog import RateLimitedLog
 from ..workqueue import KeyedWorkQueue
 from .bridge import Bridge, Engine
-from .framing import PHONE_AUDIO, Framing, MediaCarrier, MediaEvent, Other, Start, UpgradeRefused
+from .framing import PHONE_AUDIO, Framing, MediaCarrier, MediaEvent, MediaFormat, Other, Start, UpgradeRefused
 from .loop import RECEIVE_BYTES, Doorbell, LoopReader, ReadLoop
 from .tts import Synthesizer
 
@@ -67,6 +68,8 @@ START_TIMEOUT = 5.0
 POLICY_VIOLATION = 1008
 #: Seconds the opening waits for the call's stream to start before the carrier says it instead.
 STREAM_WAIT = 4.0
+#: The caller's audio formats a stream may start with: µ-law, and A-law (transcoded by the bridge).
+ACCEPTED_FORMATS = frozenset({PHONE_AUDIO, MediaFormat("PCMA")})
 
 
 class StreamFinished(ConnectionError):
@@ -94,6 +97,9 @@ class StreamHub:
         self.forwarding: collections.deque[float] = collections.deque(maxlen=20_000)
         self._synthesizer: Synthesizer | None = None
         self.frames_in = 0
+        #: Caller frames that came too late to be put back in order, or never came (carriers that number them).
+        self.frames_late = 0
+        self.frames_lost = 0
         self.loop = ReadLoop()
         #: Call events from the streams, in order per call, off the loop thread.
         self.events = KeyedWorkQueue("media-events", workers=4, idle=1.0)
@@ -137,7 +143,8 @@ class StreamHub:
         def ms(values: list[float], q: float) -> float | None:
             return round(values[min(len(values) - 1, int(q * len(values)))] * 1e3, 3) if values else None
 
-        return {"openStreams": self.open_streams, "framesIn": self.frames_in,
+        return {"openStreams": self.open_streams, "framesIn": self.frames_in, "framesLate": self.frames_late,
+                "framesLost": self.frames_lost,
                 "forwarding": {"frames": len(forward), "p50Ms": ms(forward, 0.5), "p99Ms": ms(forward, 0.99)},
                 "pacing": {"frames": len(late), "latenessP50Ms": ms(late, 0.5), "latenessP99Ms": ms(late, 0.99)}}
 
@@ -236,7 +243,7 @@ class StreamHub:
             if not isinstance(event, Start):
                 self._refuse(ws, f"expected start, got {_kind(event)!r}")
                 return None
-            if event.media_format != PHONE_AUDIO:
+            if event.media_format not in ACCEPTED_FORMATS:
                 self._refuse(ws, f"unsupported audio format {event.media_format}")
                 return None
             call_id = self.carrier.admit(event)
@@ -244,7 +251,7 @@ class StreamHub:
                 self._refuse(ws, "unknown call or wrong stream token")
                 return None
             log.info("call %s: media stream %s started", call_id, event.stream_id)
-            return Bridge(self, call_id, ws, framing)
+            return Bridge(self, call_id, ws, framing, event.media_format)
 
     def _refuse(self, ws: simple_websocket.Server, why: str) -> None:
         """Close a stream that did not start properly with 1008."""
