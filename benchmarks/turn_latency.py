@@ -131,7 +131,7 @@ def clients_process(requests: Any, results: Any, port: int) -> None:
             audios, phases = [], []
             for index in range(len(clients)):
                 # Conversations do not all take their turns in the same instant.
-                lead = random.Random(index).randrange(0, int((SPEECH_S + ANSWER_S) * 8000), FRAME) \
+                lead = random.Random(index).randrange(0, round((SPEECH_S + ANSWER_S) * 8000), FRAME) \
                     if len(clients) > 1 else 0
                 audios.append(silence(1.0) + silence(lead / 8000) + cycle * turns)
                 phases.append(int(8000 * 1.0) + lead)
@@ -154,7 +154,8 @@ def measure(client: Any, sent: list[float], phase: int, turns: int, silence_ms: 
     (ms). No reply can start before the VAD's silence has passed, so audio
     before half of it is still the previous reply's."""
     out = []
-    speech_frames, cycle_frames = int(SPEECH_S * 50), int((SPEECH_S + ANSWER_S) * 50)
+    # round(), not int(): 8.2 * 50 is 409.99999999999994
+    speech_frames, cycle_frames = round(SPEECH_S * 50), round((SPEECH_S + ANSWER_S) * 50)
     received = [(m.at, m.payload) for m in list(client.received_media)]
     for turn in range(turns):
         last = phase // FRAME + turn * cycle_frames + speech_frames - 1
