@@ -131,7 +131,7 @@ def clients_process(requests: Any, results: Any, port: int) -> None:
             audios, phases = [], []
             for index in range(len(clients)):
                 # Conversations do not all take their turns in the same instant.
-                lead = random.Random(index).randrange(0, int((SPEECH_S + ANSWER_S) * 8000), FRAME) \
+                lead = random.Random(index).randrange(0, round((SPEECH_S + ANSWER_S) * 8000), FRAME) \
                     if len(clients) > 1 else 0
                 audios.append(silence(1.0) + silence(lead / 8000) + cycle * turns)
                 phases.append(int(8000 * 1.0) + lead)
@@ -154,7 +154,8 @@ def measure(client: Any, sent: list[float], phase: int, turns: int, silence_ms: 
     (ms). No reply can start before the VAD's silence has passed, so audio
     before half of it is still the previous reply's."""
     out = []
-    speech_frames, cycle_frames = int(SPEECH_S * 50), int((SPEECH_S + ANSWER_S) * 50)
+    # round(), not int(): 8.2 * 50 is 409.99999999999994
+    speech_frames, cycle_frames = round(SPEECH_S * 50), round((SPEECH_S + ANSWER_S) * 50)
     received = [(m.at, m.payload) for m in list(client.received_media)]
     for turn in range(turns):
         last = phase // FRAME + turn * cycle_frames + speech_frames - 1
@@ -192,7 +193,7 @@ def run_round(n: int, turns: int, streaming: bool, args: argparse.Namespace) -> 
     twilio.start()
     twilio.on_stream = lambda req: requests.put(("stream", urlsplit(req.url).path, dict(req.headers),
                                                  dict(req.parameters), req.call_sid, req.stream_sid))
-    tmp = Path(tempfile.mkdtemp(prefix="vc-turn-"))
+    tmp = Path(tempfile.mkdtemp(prefix="vc-turn-", dir=args.tmp))
     sock = str(tmp / "control.sock")
     config = (
         f'provider = "twilio"\nfromNumber = "+15550001111"\ntoNumber = "+15550002222"\n'
@@ -240,7 +241,10 @@ def run_round(n: int, turns: int, streaming: bool, args: argparse.Namespace) -> 
         twilio.stop()
         parent.send("stop")
         parent.recv()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep_logs:
+            print(f"daemon log: {tmp / 'daemon.log'}", flush=True)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     measured = [t["latencyMs"] for r in records for t in r.get("turns") or ()]
     return {"latencies": latencies, "daemon_measured": measured, "expected": n * turns, "cpu": cpu}
 
@@ -266,6 +270,9 @@ def main() -> None:
     p.add_argument("--tts-ms-per-char", type=float, default=25, help="length of the fake's speech")
     p.add_argument("--no-compare", action="store_true", help="skip the runs without pipelining")
     p.add_argument("--per-turn", action="store_true", help="print every turn")
+    p.add_argument("--tmp", metavar="DIR", help="where the call log goes (default: the temp dir; /dev/shm takes "
+                   "the disk's fsyncs out of the picture)")
+    p.add_argument("--keep-logs", action="store_true", help="keep each round's daemon log (its path is printed)")
     args = p.parse_args()
     pipelined, sequential = bounds(args)
     load = os.getloadavg()[0]

@@ -578,9 +578,10 @@ def test_streaming_connects_a_media_stream(twilio_daemon, fake: FakeTwilio) -> N
     # and the call streams again after it.
     d.wait_state(call_id, "listening", timeout=20)
     sid = sid_of(fake, call_id)
+    d.wait(lambda: len(streams) == 2, what="the stream requested again after the <Say>")
     stream = fake.wait_stream(sid)
     url = f"wss://127.0.0.1:{port}/voice/stream"
-    assert len(streams) == 2 and streams[0].ended_at is not None and streams[1] is stream
+    assert streams[0].ended_at is not None and streams[1] is stream
     assert stream.url == url and stream.bidirectional
     assert stream.parameters["callId"] == call_id and len(stream.parameters["token"]) >= 32
     # What the WebSocket upgrade will carry verifies with the daemon's validator.
