@@ -1,10 +1,9 @@
 """Records the fake keeps, the simulated callee, and the per-call state.
 
-Everything a test may want to assert on lives here as plain attributes.
-Lists are only ever appended to, so reading them from a test thread while
-the fake runs is safe under the GIL; anything that needs several fields to
-change together (status, end time, pending updates, heard speech) changes
-under the call's condition variable.
+Everything a test may assert on is a plain attribute. Lists are only ever
+appended to, so a test thread may read them while the fake runs; fields
+that change together (status, end time, pending updates, heard speech)
+change under the call's condition variable.
 """
 
 from __future__ import annotations
