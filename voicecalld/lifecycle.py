@@ -97,6 +97,7 @@ from .lifecycle_steps import (
     PUBLISH_DTMF,
     PUBLISH_PARTIAL,
     QUIET,
+    SAID_LINE,
     SAME,
     SEND_DTMF,
     SPEAK,
@@ -149,6 +150,7 @@ TABLE: tuple[Row, ...] = (
     row(ANY,           In.SPEECH,              None,           SAME,        CALLEE_LINE, PERSIST, DELIVER),
     row(ANY,           In.INTERRUPTED,         None,           SAME,        MARK_INTERRUPTED, PERSIST),
     row(CONNECTED,     In.TURN,                None,           SAME,        NOTE_TURN, PERSIST),
+    row(CONNECTED,     In.SAID,                None,           SAME,        SAID_LINE, PERSIST),
     row(ANY,           In.DTMF,                None,           SAME,        PUBLISH_DTMF),
     # call control: DTMF, transfer, recording
     row(S.ANSWERED,    In.PRELUDE,             NOTHING_SAID,   SAME,        START_RECORDING, ANNOUNCE, OPENING_DTMF),
@@ -425,6 +427,9 @@ class Call:
             if not data.text:
                 return []
             return self._on(Input.SPEECH if event.is_final else Input.PARTIAL, data)
+        if kind == EventType.SAID:
+            data.text = event.transcript.strip()
+            return self._on(Input.SAID, data) if data.text else []
         if kind == EventType.INTERRUPTED:
             data.entry = self._last_bot_line()
             return [] if data.entry is None else self._on(Input.INTERRUPTED, data)
