@@ -141,6 +141,7 @@ class Daemon:
             from .media.stream import StreamHub
 
             self.streams = StreamHub(self.manager, carrier)
+            self.manager.answered_elsewhere = self.streams.answers_itself
             stream_handler = self.streams.handle
         app = WebhookApp(self.provider, cfg.serve.path, self.healthy, cfg.streaming.streamPath, stream_handler,
                          self.probes)

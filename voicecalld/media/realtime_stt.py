@@ -158,7 +158,7 @@ class _Session:
         assert sock is not None
         self.writable = select.poll()
         self.writable.register(sock, select.POLLOUT)
-        self.send(session_update(o.model, o.threshold, o.silence_ms))
+        self.send(o.session_config())
         self.opened_at = time.monotonic()
         self.thread.start()
 
@@ -217,13 +217,17 @@ class _Session:
                 self.owner._on_message(self, jsonsafe.loads(raw))
         except (websocket.WebSocketException, OSError, ValueError) as exc:
             if not self.closing:
-                log.warning("call %s: speech-to-text session dropped: %s", self.owner.name, exc or type(exc).__name__)
+                log.warning("call %s: %s session dropped: %s", self.owner.name, self.owner.what,
+                            exc or type(exc).__name__)
         finally:
             self.ended.set()
             self.owner._on_session_end(self)
 
 
 class Transcriber:
+    #: What the session is, for log lines.
+    what = "speech-to-text"
+
     def __init__(self, name: str, *, url: str, api_key: str, model: str, threshold: float, silence_ms: int,
                  listener: Listener, lifetime: float = DEFAULT_LIFETIME) -> None:
         self.name = name  # the callId, for logs
@@ -292,6 +296,10 @@ class Transcriber:
             if s.thread.is_alive():
                 s.thread.join(5)
 
+    def session_config(self) -> dict[str, Any]:
+        """The ``session.update`` each new session is configured with."""
+        return session_update(self.model, self.threshold, self.silence_ms)
+
     # -- internals --
 
     def _buffer(self, audio: bytes) -> None:
@@ -306,7 +314,7 @@ class Transcriber:
         session.connect()
         if not session.ready.wait(CONNECT_TIMEOUT) or session.ended.is_set():
             session.close()
-            raise ConnectionError("the speech-to-text service did not confirm the session")
+            raise ConnectionError(f"the {self.what} service did not confirm the session")
         return session
 
     def _flush_backlog(self, session: _Session) -> bool:
@@ -342,7 +350,7 @@ class Transcriber:
                 try:
                     session = self._open()
                 except Exception as exc:  # noqa: BLE001 - any connect failure is retried
-                    log.warning("call %s: cannot open speech-to-text session (%s); retrying in %.2f s", self.name,
+                    log.warning("call %s: cannot open %s session (%s); retrying in %.2f s", self.name, self.what,
                                 exc, delay)
                     self._wake.wait(delay)
                     self._wake.clear()
