@@ -57,6 +57,9 @@ from .tts import Synthesizer
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 5.0
+#: With realtime voice, speech for a call whose stream has not started yet
+#: (the opening) waits this long for it, then the carrier says it.
+HOLD_FOR_STREAM = 8.0
 POLICY_VIOLATION = 1008
 
 
@@ -87,6 +90,8 @@ class StreamHub:
         #: Call events from the streams, in order per call, off the loop thread.
         self.events = KeyedWorkQueue("media-events", workers=4, idle=1.0)
         self._refusals = RateLimitedLog(log)
+        self._held: dict[str, list[Speak]] = {}  # utterances waiting for the call's stream
+        self._streamed: collections.OrderedDict[str, None] = collections.OrderedDict()  # calls that had one
         carrier.attach(self.speak)
         carrier.attach_tones(self.send_tones)
 
@@ -181,10 +186,16 @@ class StreamHub:
                 if bridge is not None:
                     old = self._bridges.pop(bridge.call_id, None)
                     self._bridges[bridge.call_id] = bridge
+                    held = self._held.pop(bridge.call_id, [])
+                    self._streamed[bridge.call_id] = None
+                    while len(self._streamed) > 10_000:
+                        self._streamed.popitem(last=False)
                 else:
-                    old = None
+                    old, held = None, []
             if old is not None:
                 old.close()  # a second stream for the call replaces the first
+            for action in held:
+                bridge.say(action)  # type: ignore[union-attr]  # held only when there is a bridge
             if bridge is not None:
                 try:
                     bridge.run()
@@ -245,10 +256,31 @@ class StreamHub:
         (False)."""
         with self._lock:
             bridge = self._bridges.get(record.callId)
+            hold = (bridge is None and self.config.realtime.enabled and not self._closing
+                    and record.callId not in self._streamed)
+            if hold:
+                # The realtime model says everything in its own voice, the
+                # opening too, which comes before the carrier opens the stream.
+                held = self._held.setdefault(record.callId, [])
+                held.append(action)
+                hold_first = len(held) == 1
+        if hold:
+            if hold_first:
+                timer = threading.Timer(HOLD_FOR_STREAM, self._unhold, (record.callId,))
+                timer.daemon = True
+                timer.start()
+            return True
         if bridge is None or not bridge.alive:
             return False
         bridge.say(action)
         return True
+
+    def _unhold(self, call_id: str) -> None:
+        """No stream came for held speech: the carrier says it."""
+        with self._lock:
+            held = self._held.pop(call_id, [])
+        for action in held:
+            self.say_instead(call_id, action, f"no media stream within {HOLD_FOR_STREAM:g} s")
 
     def answers_itself(self, call_id: str) -> bool:
         """The call's caller is answered by its realtime model, so the
