@@ -106,7 +106,8 @@ def test_tail_prints_records_and_follows_events(start_daemon) -> None:
 
 
 def test_limit_and_not_found_errors_and_exit_statuses(start_daemon) -> None:
-    d = start_daemon({"mock": {"answerDelayMs": 5000}})
+    # No dial queue: a call past maxConcurrentCalls is refused (test_dialer.py: it is queued).
+    d = start_daemon({"mock": {"answerDelayMs": 5000}, "outbound": {"maxQueued": 0}})
     assert d.ctl("call", "--message", "one")[0] == 0
     code, out, err = d.ctl("call", "--message", "two")
     assert code == 1 and out is None

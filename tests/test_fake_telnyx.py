@@ -690,3 +690,39 @@ def test_signature_fault_then_clean_retry(fake: FakeTelnyx, api: Api, receiver: 
 def test_unknown_fault_name(fake: FakeTelnyx) -> None:
     with pytest.raises(ValueError, match="unknown webhook fault"):
         fake.inject_webhook_fault("explode")
+
+
+# -- dial pacing and premium detection (issue 18) ---------------------------------------
+
+def test_dials_past_the_accounts_limit_get_90103(receiver: Receiver) -> None:
+    with FakeTelnyx(seed=9, answer_after=30, dials_per_second=1, rate_limit_retry_after=2) as fake:
+        receiver.key = load_public_key(fake.public_key_b64)
+        api = Api(fake)
+        try:
+            # 1 a second over Telnyx's 5 s rolling window: 5 dials, then refusals.
+            assert [api.dial(receiver).status_code for _ in range(5)] == [200] * 5
+            refused = api.dial(receiver)
+            assert (refused.status_code, _error(refused)["code"], refused.headers["Retry-After"]) == (429, "90103", "2")
+            assert len(fake.calls) == 5  # a refused dial places nothing
+        finally:
+            api.session.close()
+
+
+def test_premium_detection_reports_the_greeting_end_after_the_greeting(receiver: Receiver) -> None:
+    with FakeTelnyx(seed=10, answer_after=0.02, amd_delay=0.01, greeting_secs=0.3) as fake:
+        receiver.key = load_public_key(fake.public_key_b64)
+        api = Api(fake)
+        try:
+            fake.set_callee(CALLEE, "machine")
+            cid = _answered_call(fake, api, receiver, answering_machine_detection="premium")
+            ended = fake.wait_event(cid, "call.machine.premium.greeting.ended", ok=True)
+            call = fake.calls[cid]
+            assert ended.json["data"]["payload"]["result"] == "beep_detected"
+            assert call.answered_at is not None and call.beeped_at is not None
+            assert call.beeped_at - call.answered_at >= 0.3
+            assert api.cmd(cid, "speak", payload="after the tone", voice="female").status_code == 200
+            fake.wait_event(cid, "call.speak.started")
+            [job] = call.speak_jobs
+            assert job.started_at is not None and job.started_at >= call.beeped_at
+        finally:
+            api.session.close()

@@ -763,3 +763,64 @@ def test_stop_hangs_up_silently_and_joins_threads(receiver: Receiver) -> None:
     assert not [t for t in threading.enumerate() if t.name.startswith("fake-twilio")]
     with pytest.raises(RuntimeError, match="restarted"):
         fake.start()
+
+
+# -- dial pacing and asynchronous answering-machine detection (issue 18) --
+
+
+def test_calls_per_second_is_a_token_bucket_refusing_with_20429() -> None:
+    with FakeTwilio(SID, TOKEN, owned_numbers=[FROM], calls_per_second=2, rate_limit_retry_after=1) as fake:
+        form = [("To", TO), ("From", FROM), ("Twiml", "<Response/>")]
+
+        def create_now() -> requests.Response:
+            return requests.post(calls_url(fake), data=form, auth=(SID, TOKEN), timeout=5)
+
+        assert [create_now().status_code for _ in range(2)] == [201, 201]  # a second's worth at once
+        refused = create_now()
+        assert (refused.status_code, refused.json()["code"], refused.headers["Retry-After"]) == (429, 20429, "1")
+        assert len(fake.calls) == 2  # a refused create places nothing
+        fake.wait_for(lambda: create_now().status_code == 201, timeout=5, message="a token refilled")
+        for sid in fake.calls:
+            fake.callee_hangs_up(sid)
+
+
+@pytest.mark.parametrize(("callee", "detection", "answered_by"), [
+    (Callee(machine=True, greeting=0.3), "DetectMessageEnd", "machine_end_beep"),
+    (Callee(machine=True), "Enable", "machine_start"),
+    (Callee(verdict_after=0.1), "DetectMessageEnd", "human"),
+])
+def test_async_machine_detection_posts_the_verdict_to_its_callback(
+        fake: FakeTwilio, receiver: Receiver, callee: Callee, detection: str, answered_by: str) -> None:
+    receiver.twiml["/voice"] = "<Response><Pause length=\"20\"/></Response>"  # 1 s: still up at the verdict
+    receiver.twiml["/amd"] = "<Response/>"
+    fake.next_callee(callee)
+    sid = start_call(fake, receiver, events=("answered",), MachineDetection=detection, AsyncAmd="true",
+                     AsyncAmdStatusCallback=receiver.url("/amd?callId=c1&type=amd"),
+                     AsyncAmdStatusCallbackMethod="POST")
+    call = fake.wait_ended(sid)
+    [voice] = receiver.at("/voice")
+    assert "AnsweredBy" not in voice.params  # the TwiML ran at once, before the verdict
+    [amd] = receiver.at("/amd")
+    assert amd.method == "POST" and amd.url == receiver.url("/amd?callId=c1&type=amd")
+    assert set(amd.params) == {"AccountSid", "CallSid", "AnsweredBy", "MachineDetectionDuration"}
+    assert (amd.params["CallSid"], amd.params["AnsweredBy"]) == (sid, answered_by)
+    assert amd.at >= voice.at  # signature checked by the receiver at teardown
+    if answered_by == "machine_end_beep":
+        assert call.greeting_started is not None and call.beeped is not None
+        assert call.beeped - call.greeting_started >= 0.3  # the verdict came with the beep
+        assert int(amd.params["MachineDetectionDuration"]) >= 300
+
+
+@pytest.mark.parametrize("params", [
+    {"MachineDetection": "DetectMessageEnd", "AsyncAmd": "true"},                          # nowhere to post it
+    {"MachineDetection": "DetectMessageEnd", "AsyncAmd": "yes", "AsyncAmdStatusCallback": "http://x.example/a"},
+    {"AsyncAmd": "true", "AsyncAmdStatusCallback": "http://x.example/a"},                  # no MachineDetection
+    {"MachineDetection": "Enable", "AsyncAmd": "true", "AsyncAmdStatusCallback": "http://x.example/a",
+     "AsyncAmdStatusCallbackMethod": "GET"},
+    {"MachineDetection": "Enable", "AsyncAmdStatusCallback": "not a url"},
+])
+def test_async_machine_detection_parameters_are_checked(fake: FakeTwilio, receiver: Receiver,
+                                                        params: dict[str, str]) -> None:
+    response = create(fake, receiver, **params)
+    assert response.status_code == 400 and response.json()["code"] == 21205
+    assert fake.calls == {}

@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from voicecalld import lifecycle, lifecycle_doc
+from voicecalld import lifecycle_doc, lifecycle_table
 from voicecalld.calls import State
 
 
@@ -33,8 +33,8 @@ def test_check_reports_nothing_stale() -> None:
 
 def test_a_changed_row_makes_both_docs_stale(monkeypatch: pytest.MonkeyPatch) -> None:
     """The drift tests can fail: a row that says something else renders differently."""
-    table = list(lifecycle.TABLE)
-    i = next(i for i, row in enumerate(table) if row.input == lifecycle.Input.RINGING)
+    table = list(lifecycle_table.TABLE)
+    i = next(i for i, row in enumerate(table) if row.input == lifecycle_table.Input.RINGING)
     table[i] = dataclasses.replace(table[i], next=State.ANSWERED)
     monkeypatch.setattr(lifecycle_doc, "TABLE", tuple(table))
     assert lifecycle_doc.stale() == [lifecycle_doc.RST_PATH, lifecycle_doc.MAN_PATH]
@@ -48,7 +48,7 @@ def test_every_row_is_in_both_docs() -> None:
         for i, row in enumerate(rows):
             assert lifecycle_doc._lit(lifecycle_doc._rule(row, rows[:i])) in man.replace("\n", " ")
             assert lifecycle_doc._steps(row) in rst
-    assert sum(len(rows) for _, rows in lifecycle_doc._groups()) == len(lifecycle.TABLE)
+    assert sum(len(rows) for _, rows in lifecycle_doc._groups()) == len(lifecycle_table.TABLE)
 
 
 def test_a_man_page_without_markers_is_refused() -> None:

@@ -155,7 +155,8 @@ def test_initiate_needs_a_destination(make_engine) -> None:
 
 
 def test_concurrency_limit_holds_under_50_racing_threads(make_engine) -> None:
-    e = make_engine(maxConcurrentCalls=3, mock={"answerDelayMs": 2000})
+    # No dial queue (outbound.maxQueued = 0): a call past the limit is refused (test_dialer: queued).
+    e = make_engine(maxConcurrentCalls=3, mock={"answerDelayMs": 2000}, outbound={"maxQueued": 0})
     barrier = threading.Barrier(50)
     ok: list[str] = []
     refused: list[LimitReached] = []

@@ -17,7 +17,9 @@ from voicecalld.recovery import (
     EndOverdue,
     Keep,
     Recovery,
+    Requeue,
     Retry,
+    detection_left,
     plan_after,
     plan_before,
 )
@@ -35,6 +37,13 @@ def record(**kw) -> CallRecord:
 
 BEFORE = [
     (record(providerCallId=None), Close),
+    # Logged as queued: never dialled (a call is logged as dialled before the
+    # carrier is asked), so it is queued again, however long it waited.
+    (record(state=State.QUEUED, providerCallId=None), Requeue),
+    (record(state=State.QUEUED, providerCallId=None, startedAt=NOW - 3_600_000), Requeue),
+    # Logged as dialled, with no carrier id: the dial may have reached the
+    # carrier before the crash; it is never dialled again.
+    (record(state=State.INITIATED, providerCallId=None), Close),
     (record(answeredAt=NOW - 400_000, state=State.LISTENING), EndOverdue),  # 400 s > 300 s limit
     (record(startedAt=NOW - 301_000), EndOverdue),                          # never answered, too old
     (record(answeredAt=NOW - 100_000, state=State.LISTENING), AskCarrier),
@@ -76,6 +85,40 @@ def test_plan_after_asking(rec, status, expected) -> None:
         assert (plan.kind, plan.remaining) == (expected.kind, pytest.approx(expected.remaining))
     if isinstance(plan, Answer):
         assert plan.remaining == pytest.approx(expected.remaining)
+
+
+#: A restored call's opening that waits for the answering-machine verdict:
+#: the deadline is armed again with what is left of it (45 s from the answer).
+DETECTION = [
+    (record(state=State.ANSWERED, answeredAt=NOW - 10_000, opening="Hi", openingSpoken=False), 35.0),
+    (record(state=State.ANSWERED, answeredAt=NOW - 90_000, opening="Hi", openingSpoken=False), 0.0),
+    (record(state=State.ANSWERED, answeredAt=NOW - 10_000, opening="Hi", openingSpoken=True), None),
+    (record(state=State.LISTENING, answeredAt=NOW - 10_000, opening="Hi", openingSpoken=False), None),
+    (record(state=State.RINGING, opening="Hi", openingSpoken=False), None),
+]
+
+
+@pytest.mark.parametrize("rec,left", DETECTION)
+def test_a_restored_call_waiting_for_the_verdict_gets_its_deadline_again(rec, left) -> None:
+    assert detection_left(rec, NOW, 45.0) == (None if left is None else pytest.approx(left))
+
+
+def test_recovery_arms_the_detection_deadline_of_a_held_call(tmp_path) -> None:
+    d, machine = str(tmp_path), "+15550007777"
+    settings = {"outbound": {"voicemail": "leave-message"},
+                "mock": {"answerDelayMs": 20, "voicemailNumbers": [machine], "greetingMs": 600_000}}
+    e = Engine(d, **settings)
+    call_id = e.manager.initiate("Hi", to=machine)["callId"]
+    e.wait(lambda: e.manager.status(call_id)["answeredBy"] == "machine", what="the verdict")
+    e.crash()  # the machine greets on; its beep is lost with the daemon
+    e2, restored = restart(d, **settings)
+    try:
+        live = e2.manager.calls.get(call_id)
+        assert restored == [call_id] and live is not None
+        e2.wait(lambda: set(live.timers) == {"max-duration", "detection"}, what="both deadlines armed")
+        assert e2.manager.status(call_id)["state"] == "answered"  # still held: nothing said over the greeting
+    finally:
+        e2.close()
 
 
 def log_line(**fields) -> dict:

@@ -49,7 +49,8 @@ def twilio_config(fake: FakeTwilio, port: int, **extra: Any) -> dict[str, Any]:
         "publicUrl": f"http://127.0.0.1:{port}",
         "serve": {"port": port},
         "twilio": {"accountSid": fake.account_sid, "authToken": fake.auth_token, "apiBaseUrl": fake.base_url},
-        "outbound": {"notifyHangupDelaySec": 2},
+        # Calls are placed back to back here; dial pacing has tests of its own (test_dialer.py).
+        "outbound": {"notifyHangupDelaySec": 2, "dialsPerSecond": 1000},
         "transcriptTimeoutMs": 5000,
     }
     for key, value in extra.items():

@@ -6,11 +6,14 @@ module names the things that table speaks of.
 
 States move forward only (the states of voicecalld-tools(7))::
 
-    initiated -> ringing -> answered -> active -> speaking <-> listening
+    queued -> initiated -> ringing -> answered -> active -> speaking <-> listening
 
 and any live state may end in one of the terminal states, which double as
-end reasons. A terminal state is final. ``TRANSITIONS`` states that rule;
-every row of the lifecycle table obeys it (checked when the table loads).
+end reasons. A terminal state is final. The one way back: a dial the
+carrier refused for its rate limit returns the call from ``initiated`` to
+``queued`` (the carrier placed nothing). ``TRANSITIONS`` states these
+rules; every row of the lifecycle table obeys them (checked when the table
+loads).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, Literal
 
 
 class State(enum.StrEnum):
+    QUEUED = "queued"  # waiting for its turn to be dialled (dial pacing)
     INITIATED = "initiated"
     RINGING = "ringing"
     ANSWERED = "answered"
@@ -50,7 +54,8 @@ CONNECTED: frozenset[State] = frozenset({State.ANSWERED, State.ACTIVE, State.SPE
 
 #: Every state a call may move to from each state: forward only.
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.INITIATED: frozenset({State.RINGING, State.ANSWERED, State.ACTIVE}) | TERMINAL,
+    State.QUEUED: frozenset({State.INITIATED}) | TERMINAL,
+    State.INITIATED: frozenset({State.QUEUED, State.RINGING, State.ANSWERED, State.ACTIVE}) | TERMINAL,
     State.RINGING: frozenset({State.ANSWERED, State.ACTIVE}) | TERMINAL,
     State.ANSWERED: frozenset({State.ACTIVE, State.SPEAKING, State.LISTENING}) | TERMINAL,
     State.ACTIVE: frozenset({State.SPEAKING, State.LISTENING}) | TERMINAL,
@@ -90,6 +95,8 @@ class EventType(enum.StrEnum):
     DTMF = "dtmf"
     ENDED = "ended"         # the carrier says the call is over (reason)
     ERROR = "error"
+    DETECTED = "detected"   # answering-machine detection says who answered (answered_by)
+    GREETING_ENDED = "greeting-ended"  # the answering machine's greeting ended (the beep)
     TRANSFERRED = "transferred"          # the transfer target answered: the call is theirs now
     TRANSFER_FAILED = "transfer-failed"  # the target was busy, did not answer, or the carrier refused (message)
 
@@ -114,6 +121,11 @@ class CallEvent:
     reason: State | None = None
     message: str = ""
     utterance_id: str | None = None
+    answered_by: str | None = None  # DETECTED: human, machine, fax or unknown
+
+
+#: What answering-machine detection reports, as the record's ``answeredBy`` says it.
+ANSWERED_BY = ("human", "machine", "fax", "unknown")
 
 
 # --- records --------------------------------------------------------------------------
@@ -151,6 +163,10 @@ class CallRecord:
     #: ``{"at": epoch ms, "latencyMs": caller's end of speech to the reply's
     #: first audio at the carrier}``.
     turns: list[dict[str, Any]] = field(default_factory=list)
+    #: When the call entered the dial queue (epoch ms); None if it was dialled at once.
+    queuedAt: int | None = None
+    #: Who answered, when answering-machine detection ran: human, machine, fax or unknown.
+    answeredBy: str | None = None
     #: Call control (voicecalld-tools(7)): DTMF digits to send once answered,
     #: before the opening; whether the carrier records the call; and the
     #: recordings it reported, ``{"url", "durationSec", "channels"}`` each.
@@ -168,6 +184,7 @@ class CallRecord:
             "transcript": [dict(t) for t in self.transcript], "error": self.error,
             "opening": self.opening, "openingSpoken": self.openingSpoken,
             "turns": [dict(t) for t in self.turns],
+            "queuedAt": self.queuedAt, "answeredBy": self.answeredBy,
             "dtmf": self.dtmf, "record": self.record, "recordings": [dict(r) for r in self.recordings],
         }
 
@@ -185,6 +202,8 @@ class CallRecord:
             opening=opening if isinstance(opening, str) and opening else None,
             openingSpoken=bool(d.get("openingSpoken", True)),
             turns=[dict(t) for t in d.get("turns") or [] if isinstance(t, dict)],
+            queuedAt=_int_or_none(d.get("queuedAt")),
+            answeredBy=answered_by if (answered_by := d.get("answeredBy")) in ANSWERED_BY else None,
             dtmf=d.get("dtmf") if isinstance(d.get("dtmf"), str) and d.get("dtmf") else None,
             record=d.get("record") is True,
             recordings=[dict(r) for r in d.get("recordings") or [] if isinstance(r, dict)],
@@ -195,10 +214,14 @@ class CallRecord:
         return self.state in TERMINAL
 
 
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 # --- actions: what the manager must do after a step ----------------------------------------
 
-TimerKind = Literal["ring", "max-duration", "notify-hangup"]
-TIMER_KINDS: tuple[TimerKind, ...] = ("ring", "max-duration", "notify-hangup")
+TimerKind = Literal["ring", "max-duration", "notify-hangup", "detection"]
+TIMER_KINDS: tuple[TimerKind, ...] = ("ring", "max-duration", "notify-hangup", "detection")
 AfterSpeech = Literal["hangup", "listen"] | None
 
 
@@ -305,5 +328,11 @@ class Policy:
     max_duration: float = 300.0
     ring_timeout: float = 30.0
     notify_hangup_delay: float = 3.0
+    #: outbound.voicemail = leave-message: an outbound call's opening waits
+    #: for the detection verdict, and an answering machine gets it after the beep.
+    leave_voicemail: bool = False
+    #: How long after the answer a held opening waits for the verdict (and
+    #: for a machine's beep) before it is said anyway.
+    detection_deadline: float = 45.0
     #: Said before anything else on a call that records (recording.announce).
     recording_announcement: str = ""

@@ -248,7 +248,8 @@ class Daemon:
         return {
             "version": __version__, "provider": self.provider.name, "carrier": self.provider.describe(),
             "publicUrl": self.public_url,
-            "activeCalls": self.manager.active_count, "uptimeSeconds": round(time.monotonic() - self.started, 3),
+            "activeCalls": self.manager.active_count, "queuedCalls": self.manager.queued_count,
+            "uptimeSeconds": round(time.monotonic() - self.started, 3),
             "health": {"ok": not problems, "problems": problems},
             "webhook": webhook, "controlSocket": self.socket_path, "pid": os.getpid(), "stopping": self.stopping,
             **({"media": self.streams.stats()} if self.streams is not None else {}),

@@ -73,6 +73,17 @@ class ProviderError(VoiceCallError):
         self.retryable = retryable
 
 
+class RateLimited(ProviderError):
+    """The carrier refused a request for its rate limit (HTTP 429): it did
+    nothing, so the same request may be made again, after ``retry_after``
+    seconds when the carrier said (None: it did not)."""
+
+    def __init__(self, message: str, *, provider_code: str | int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, provider_code=provider_code, status=429, retryable=True)
+        self.retry_after = retry_after
+
+
 class TranscriptTimeout(VoiceCallError):
     code = TRANSCRIPT_TIMEOUT
 

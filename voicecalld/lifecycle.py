@@ -1,5 +1,8 @@
 """The call lifecycle: one table of (state, input) -> (next state, actions).
 
+The table itself is ``lifecycle_table.TABLE``; this module is the machine
+that runs it.
+
 In the manner of h11's state machine: inputs go in (a carrier event, a
 command, a timer), the call's new state and a list of actions come out.
 Nothing here reads a clock, takes a lock, touches a socket or a file; the
@@ -18,7 +21,7 @@ and ``MOVE`` is where the call enters ``next``, publishing ``call.state``
   command (speak, continue, goodbye) is refused: the call is not connected.
 * The same carrier event (by its id) counts once: carriers retry webhooks.
 
-What the state alone does not say, the guards read from three flags:
+What the state alone does not say, the guards read from five flags:
 
 * ``record.openingSpoken``: the opening (the outbound message, or the
   inbound greeting) was said; it is in the log, so a restarted daemon
@@ -29,6 +32,10 @@ What the state alone does not say, the guards read from three flags:
 * ``Call.delivered``: an utterance that ends the call (the notification)
   has played to its end, so a callee who hangs up after it leaves the call
   ``completed``, not ``hangup-user``.
+* ``Call.greeting_over``: an answering machine's greeting ended (the
+  beep), so with ``outbound.voicemail = leave-message`` the message is due.
+* ``Call.transferring``: the number a transfer under way hands the call
+  to; a second transfer waits for the first to end.
 
 The methods of ``Call`` are the handlers for what a table cannot say: they
 turn a raw event or command into a table input with its data (which
@@ -38,12 +45,12 @@ utterance played, what was said, which reason), drop what carries nothing
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from . import calls
 from .calls import (
+    ANSWERED_BY,
     TERMINAL,
     Action,
     AfterSpeech,
@@ -54,140 +61,17 @@ from .calls import (
     Publish,
     State,
     TimerKind,
-    can_transition,
 )
 from .errors import NotConnected, TurnInProgress
 from .lifecycle_steps import (
-    ANNOUNCE,
-    ARM_MAX_DURATION,
-    ARM_NOTIFY_HANGUP,
-    ARM_RING,
-    BOT_LINE,
-    CALLEE_LINE,
-    CANCEL_RING,
-    CARRIERS,
-    CHOOSE_END,
-    CHOSEN,
-    CLOSE,
-    DELIVER,
-    DELIVERED,
-    END_CHOSEN,
-    FORGET_END,
-    FORGET_TRANSFER,
-    GIVEN,
-    HANG_UP,
-    IDLE,
-    LISTEN,
-    MARK_DELIVERED,
-    MARK_INTERRUPTED,
-    MARK_OPENING_SPOKEN,
-    MARK_TRANSFERRING,
-    MARK_UNDELIVERED,
     MOVE,
-    NO_OPENING,
-    NOT_TRANSFERRING,
-    NOTE_ERROR,
-    NOTE_TURN,
-    NOTHING_SAID,
-    OPENING,
-    OPENING_DTMF,
-    OPENING_UNSAID,
-    OUTBOUND,
-    PERSIST,
-    PUBLISH_DTMF,
-    PUBLISH_PARTIAL,
-    QUIET,
-    SAID_LINE,
     SAME,
-    SEND_DTMF,
-    SPEAK,
-    STAMP_ANSWERED,
-    START_RECORDING,
-    STOP_LISTENING,
-    TRANSFER,
-    TRANSFER_LINE,
     Data,
     Input,
     Row,
-    hang_up,
-    row,
 )
-
-# --- the table --------------------------------------------------------------------------------
-
-S, In = State, Input
-ANY: tuple[State, ...] = tuple(s for s in State if s not in TERMINAL)
-UNANSWERED = (S.INITIATED, S.RINGING)
-CONNECTED: tuple[State, ...] = tuple(s for s in State if s in calls.CONNECTED)
-BEFORE_ACTIVE = (S.INITIATED, S.RINGING, S.ANSWERED)
-NOT_SPEAKING = (S.ANSWERED, S.ACTIVE, S.LISTENING)
-NOT_LISTENING = (S.ANSWERED, S.ACTIVE, S.SPEAKING)
-
-TABLE: tuple[Row, ...] = (
-    #   states         input                   guard           next         steps
-    row(S.INITIATED,   In.CREATED,             OUTBOUND,       SAME,        PERSIST, ARM_RING),
-    row(S.INITIATED,   In.CREATED,             None,           SAME,        PERSIST),
-    row(S.INITIATED,   In.RINGING,             None,           S.RINGING,   MOVE, PERSIST),
-    row(UNANSWERED,    In.ANSWERED,            None,           S.ANSWERED,  MOVE, STAMP_ANSWERED, CANCEL_RING,
-                                                                            ARM_MAX_DURATION, PERSIST, OPENING),
-    row(S.ANSWERED,    In.OPENING,             OPENING_UNSAID, S.SPEAKING,  MARK_OPENING_SPOKEN, BOT_LINE, MOVE,
-                                                                            PERSIST, SPEAK),
-    row(S.ANSWERED,    In.OPENING,             NO_OPENING,     S.ACTIVE,    MOVE),
-    row(BEFORE_ACTIVE, In.ACTIVE,              None,           S.ACTIVE,    MOVE, PERSIST),
-    row(NOT_SPEAKING,  In.SPEAKING,            None,           S.SPEAKING,  MOVE, PERSIST),
-    row(CONNECTED,     In.SPEAK,               None,           S.SPEAKING,  BOT_LINE, MOVE, PERSIST, SPEAK),
-    row(CONNECTED,     In.CONTINUE,            None,           S.SPEAKING,  BOT_LINE, MOVE, PERSIST, SPEAK),
-    row(CONNECTED,     In.GOODBYE,             None,           S.SPEAKING,  CHOOSE_END, BOT_LINE, MOVE, PERSIST,
-                                                                            SPEAK, STOP_LISTENING),
-    row(CONNECTED,     In.PLAYED_THEN_HANG_UP, None,           SAME,        MARK_DELIVERED, ARM_NOTIFY_HANGUP),
-    row(NOT_LISTENING, In.PLAYED_THEN_LISTEN,  IDLE,           S.LISTENING, MOVE, PERSIST, LISTEN),
-    row(CONNECTED,     In.PLAYED_THEN_LISTEN,  None,           SAME,        LISTEN),
-    row(NOT_LISTENING, In.PLAYED,              IDLE,           S.LISTENING, MOVE, PERSIST),
-    row(NOT_LISTENING, In.SPEAK_REFUSED,       IDLE,           S.LISTENING, MARK_UNDELIVERED, MOVE, PERSIST),
-    row(CONNECTED,     In.SPEAK_REFUSED,       None,           SAME,        MARK_UNDELIVERED, PERSIST),
-    row(ANY,           In.PARTIAL,             None,           SAME,        PUBLISH_PARTIAL),
-    row(S.SPEAKING,    In.SPEECH,              QUIET,          S.LISTENING, CALLEE_LINE, MOVE, PERSIST, DELIVER),
-    row(ANY,           In.SPEECH,              None,           SAME,        CALLEE_LINE, PERSIST, DELIVER),
-    row(ANY,           In.INTERRUPTED,         None,           SAME,        MARK_INTERRUPTED, PERSIST),
-    row(CONNECTED,     In.TURN,                None,           SAME,        NOTE_TURN, PERSIST),
-    row(CONNECTED,     In.SAID,                None,           SAME,        SAID_LINE, PERSIST),
-    row(ANY,           In.DTMF,                None,           SAME,        PUBLISH_DTMF),
-    # call control: DTMF, transfer, recording
-    row(S.ANSWERED,    In.PRELUDE,             NOTHING_SAID,   SAME,        START_RECORDING, ANNOUNCE, OPENING_DTMF),
-    row(CONNECTED,     In.SEND_DTMF,           None,           SAME,        SEND_DTMF),
-    row(CONNECTED,     In.TRANSFER,            NOT_TRANSFERRING, SAME,      MARK_TRANSFERRING, TRANSFER_LINE, PERSIST,
-                                                                            TRANSFER),
-    row(CONNECTED,     In.TRANSFERRED,         None,           S.TRANSFERRED, MOVE, CLOSE),
-    row(ANY,           In.TRANSFER_FAILED,     None,           SAME,        FORGET_TRANSFER),
-    row(UNANSWERED,    In.RING_TIMER,          None,           SAME,        hang_up(S.NO_ANSWER)),
-    row(ANY,           In.MAX_DURATION_TIMER,  None,           SAME,        hang_up(S.TIMEOUT)),
-    row(ANY,           In.NOTIFY_HANGUP_TIMER, None,           SAME,        hang_up(S.COMPLETED)),
-    row(ANY,           In.END,                 None,           SAME,        HANG_UP),
-    row(ANY,           In.ERROR,               None,           SAME,        NOTE_ERROR, hang_up(S.ERROR)),
-    row(ANY,           In.HANG_UP_REFUSED,     None,           SAME,        FORGET_END),
-    row(ANY,           In.ENDED,               END_CHOSEN,     CHOSEN,      MOVE, CLOSE),
-    row(ANY,           In.ENDED,               DELIVERED,      S.COMPLETED, MOVE, CLOSE),
-    row(ANY,           In.ENDED,               None,           CARRIERS,    MOVE, CLOSE),
-    row(ANY,           In.CLOSE,               None,           GIVEN,       MOVE, CLOSE),
-)
-
-
-def _index(table: tuple[Row, ...]) -> dict[tuple[State, Input], tuple[Row, ...]]:
-    """Rows by (state, input), in table order; checks that every row keeps
-    to ``TRANSITIONS`` and marks where it moves."""
-    index: dict[tuple[State, Input], tuple[Row, ...]] = {}
-    for rule in table:
-        if (MOVE in rule.steps) == (rule.next is SAME):
-            raise ValueError(f"{rule}: a row moves (MOVE) exactly when its next state is not '='")
-        for state in rule.states:
-            if isinstance(rule.next, State) and rule.next != state and not can_transition(state, rule.next):
-                raise ValueError(f"{rule}: {state} may not move to {rule.next}")
-            index[(state, rule.input)] = (*index.get((state, rule.input), ()), rule)
-    return index
-
-
-_ROWS = _index(TABLE)
-
+from .lifecycle_table import ROWS
+from .lru import Bounded
 
 # --- the machine --------------------------------------------------------------------------------
 
@@ -206,7 +90,8 @@ _PROGRESS = {EventType.RINGING: Input.RINGING, EventType.ACTIVE: Input.ACTIVE,
              EventType.SPEAKING: Input.SPEAKING}
 _PLAYED = {None: Input.PLAYED, "listen": Input.PLAYED_THEN_LISTEN, "hangup": Input.PLAYED_THEN_HANG_UP}
 _TIMERS: dict[TimerKind, Input] = {"ring": Input.RING_TIMER, "max-duration": Input.MAX_DURATION_TIMER,
-                                   "notify-hangup": Input.NOTIFY_HANGUP_TIMER}
+                                   "notify-hangup": Input.NOTIFY_HANGUP_TIMER,
+                                   "detection": Input.DETECTION_TIMER}
 
 
 class Call:
@@ -218,6 +103,7 @@ class Call:
     policy: Policy
     chosen_end: State | None  # the end reason the bot chose; wins over the carrier's
     delivered: bool           # an utterance that ends the call has played
+    greeting_over: bool       # an answering machine's greeting ended (the beep)
     transferring: str | None  # the target of a transfer under way
 
     def __init__(self, record: CallRecord, policy: Policy, opening: str | None = None) -> None:
@@ -227,11 +113,12 @@ class Call:
             record.opening = opening
         self.chosen_end = None
         self.delivered = False
+        self.greeting_over = False
         self.transferring = None
         self.turns = 0
         self._utterance_seq = 0
         self._utterances: dict[str, _Utterance] = {}  # said, not yet played
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: Bounded[str, None] = Bounded(_SEEN_EVENTS)
 
     @property
     def id(self) -> str:
@@ -256,7 +143,7 @@ class Call:
         """Apply the row for ``input_`` in the current state; None if no row applies."""
         if self.terminal:
             return None
-        for rule in _ROWS.get((self.state, input_), ()):
+        for rule in ROWS.get((self.state, input_), ()):
             if rule.guard is None or rule.guard.holds(self, data):
                 return self._apply(rule, data)
         return None
@@ -378,6 +265,17 @@ class Call:
     def timer_fired(self, kind: TimerKind) -> list[Action]:
         return self._on(_TIMERS[kind], Data(0))
 
+    # -- dial pacing --
+
+    def dial(self, now_ms: int) -> list[Action]:
+        """A queued call's turn came: it is logged as dialled (state
+        initiated), then the carrier is asked. Nothing if it is no longer
+        queued (it was ended meanwhile)."""
+        return self._on(Input.DIAL, Data(now_ms))
+
+    def dial_throttled(self, now_ms: int) -> list[Action]:
+        """The carrier refused the dial for its rate limit: queued again."""
+        return self._on(Input.DIAL_THROTTLED, Data(now_ms))
     # -- call control --
 
     def send_dtmf(self, digits: str) -> list[Action]:
@@ -443,6 +341,11 @@ class Call:
         if kind == EventType.ERROR:
             data.error = event.message or None
             return self._on(Input.ERROR, data)
+        if kind == EventType.DETECTED:
+            data.answered_by = event.answered_by if event.answered_by in ANSWERED_BY else "unknown"
+            return self._on(Input.ANSWERED_BY, data)
+        if kind == EventType.GREETING_ENDED:
+            return self._on(Input.GREETING_ENDED, data)
         if kind == EventType.TRANSFERRED:
             return self._on(Input.TRANSFERRED, data)
         if kind == EventType.TRANSFER_FAILED:
@@ -460,7 +363,5 @@ class Call:
         """False if the event was seen before."""
         if event_id in self._seen:
             return False
-        self._seen[event_id] = None
-        if len(self._seen) > _SEEN_EVENTS:
-            self._seen.popitem(last=False)
+        self._seen.put(event_id, None)
         return True

@@ -5,7 +5,7 @@
     python -m voicecalld.lifecycle_doc --check   # exit 1 if either differs from the table
     python -m voicecalld.lifecycle_doc rst       # print the page (or: man, the section)
 
-Both are rendered from ``lifecycle.TABLE``: its rows, and the labels and
+Both are rendered from ``lifecycle_table.TABLE``: its rows, and the labels and
 meanings of its inputs, guards and steps. In man/voicecalld.8 only the lines
 between ``.\\" BEGIN GENERATED: lifecycle`` and ``.\\" END GENERATED:
 lifecycle`` are generated. tests/test_lifecycle_doc.py fails when the
@@ -20,8 +20,8 @@ from pathlib import Path
 
 from .calls import TERMINAL, State
 from .docs import roff_escape, wrap
-from .lifecycle import ANY, TABLE
 from .lifecycle_steps import MEANING, MOVE, SAME, Input, Row, Step
+from .lifecycle_table import ANY, TABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 RST_PATH = ROOT / "docs" / "lifecycle.rst"
@@ -33,7 +33,8 @@ COMMAND = "python -m voicecalld.lifecycle_doc --write"
 LIVE = [s for s in State if s not in TERMINAL]
 INTRO = [
     "A call is in one state at a time. The live states are " + ", ".join(LIVE) + "; a call moves "
-    "forward through them only, except between speaking and listening, which alternate. It ends in one "
+    "forward through them only, except between speaking and listening, which alternate, and back from "
+    "initiated to queued when the carrier refuses the dial for its rate limit. It ends in one "
     "of the terminal states, which are also its end reason: " + ", ".join(s for s in State if s in TERMINAL)
     + ". A terminal state is final.",
     "What a call does is one table: for an input (a carrier event, a command, a timer) in a state, the "
@@ -41,12 +42,13 @@ INTRO = [
     "publishes call.state. Where no row applies, a carrier event or a timer changes nothing, and speak, "
     "continue and goodbye are refused as not connected. A terminal call takes no input, and the same "
     "carrier event (by its id) counts once, as carriers retry their webhooks.",
-    "Three facts outside the state decide between rows: whether the opening (the outbound message, or "
+    "Four facts outside the state decide between rows: whether the opening (the outbound message, or "
     "the inbound greeting) was spoken, which the call log keeps, so a restarted daemon neither repeats "
     "nor forgets it; the end reason the bot chose (by voicecall.end, a goodbye, a deadline or an "
-    "error), which wins over what the carrier reports next, until the carrier refuses the hang-up; and "
+    "error), which wins over what the carrier reports next, until the carrier refuses the hang-up; "
     "whether an utterance that ends the call was delivered, so a callee who hangs up after the "
-    "notification leaves the call completed.",
+    "notification leaves the call completed; and whether an answering machine's greeting ended (the "
+    "beep), after which outbound.voicemail = leave-message leaves the message.",
 ]
 
 

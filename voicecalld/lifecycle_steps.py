@@ -68,6 +68,13 @@ class Input(enum.StrEnum):
     RING_TIMER = "ring timer"
     MAX_DURATION_TIMER = "max-duration timer"
     NOTIFY_HANGUP_TIMER = "notify-hangup timer"
+    # dial pacing
+    DIAL = "dial"
+    DIAL_THROTTLED = "dial throttled"
+    # answering-machine detection
+    ANSWERED_BY = "answered by"
+    GREETING_ENDED = "greeting ended"
+    DETECTION_TIMER = "detection timer"
     # call control
     PRELUDE = "prelude"
     SEND_DTMF = "send dtmf"
@@ -108,6 +115,13 @@ MEANING: dict[Input, str] = {
     Input.RING_TIMER: "the ring deadline (ringTimeoutMs) passed",
     Input.MAX_DURATION_TIMER: "the call's time (maxDurationSeconds) is up",
     Input.NOTIFY_HANGUP_TIMER: "the pause after the last line (notifyHangupDelaySec) is over",
+    Input.DIAL: "a queued call's turn came (outbound.dialsPerSecond, maxConcurrentCalls); the carrier is asked "
+                "once this step is logged",
+    Input.DIAL_THROTTLED: "the carrier refused the dial for its rate limit (it placed nothing): back to the "
+                          "head of the queue",
+    Input.ANSWERED_BY: "answering-machine detection says who answered: human, machine, fax or unknown",
+    Input.GREETING_ENDED: "the answering machine's greeting ended (the beep)",
+    Input.DETECTION_TIMER: "no verdict, or no beep, within the detection deadline after the answer",
     Input.PRELUDE: "follows answered in the same step, before opening: what comes before the opening",
     Input.SEND_DTMF: "the command voicecall.dtmf (the tool's send_dtmf)",
     Input.TRANSFER: "the command voicecall.transfer (the tool's and the auto-responder's transfer_call)",
@@ -132,6 +146,7 @@ class Data:
     duration: float = 0.0                     # max-duration to arm
     utterance_id: str = ""
     entry: dict[str, Any] | None = None       # the transcript entry an input is about
+    answered_by: str | None = None            # what answering-machine detection said
     latency_ms: int = 0                       # a measured turn latency
     to: str = ""                              # a transfer's target
 
@@ -147,6 +162,8 @@ class Machine(Protocol):
     chosen_end: State | None
     #: An utterance that ends the call (the notification, a goodbye) played to its end.
     delivered: bool
+    #: The answering machine's greeting ended (the beep): a message left now is recorded.
+    greeting_over: bool
     #: The number a transfer under way hands the call to; None when there is none.
     transferring: str | None
 
@@ -289,6 +306,38 @@ def _note_error(call: Machine, data: Data) -> None:
         call.record.error = data.error
 
 
+# -- dial pacing and answering-machine detection --
+
+def _stamp_started(call: Machine, data: Data) -> None:
+    call.record.startedAt = data.now_ms  # a queued call starts when it is dialled
+
+
+def _stamp_queued(call: Machine, data: Data) -> None:
+    if call.record.queuedAt is None:
+        call.record.queuedAt = data.now_ms
+
+
+def _note_answered_by(call: Machine, data: Data) -> list[Action]:
+    if data.answered_by:
+        call.record.answeredBy = data.answered_by
+    return [Publish("call.detection", {"answeredBy": call.record.answeredBy, "greetingEnded": False})]
+
+
+def _note_greeting_ended(call: Machine, data: Data) -> list[Action]:
+    call.greeting_over = True
+    call.record.answeredBy = "machine"  # only a machine beeps
+    return [Publish("call.detection", {"answeredBy": "machine", "greetingEnded": True})]
+
+
+def _note_unknown(call: Machine, data: Data) -> None:
+    if call.record.answeredBy is None:
+        call.record.answeredBy = "unknown"
+
+
+def _prepare_voicemail(call: Machine, data: Data) -> None:
+    data.text, data.then, data.reason = call.record.opening or "", "hangup", State.VOICEMAIL
+
+
 MOVE = Step("move", lambda call, data: [])  # where the call enters the row's next state
 PERSIST = Step("persist", lambda call, data: [Persist()])
 ARM_RING = Step("arm ring", lambda call, data: [ArmTimer("ring", call.policy.ring_timeout)])
@@ -321,6 +370,16 @@ CHOOSE_END = Step("choose the end reason", _none(_choose_end))
 FORGET_END = Step("forget the chosen end", _none(_clear_chosen_end))
 NOTE_ERROR = Step("note the error", _none(_note_error))
 HANG_UP = hang_up(None)
+STAMP_STARTED = Step("stamp startedAt", _none(_stamp_started))
+STAMP_QUEUED = Step("stamp queuedAt", _none(_stamp_queued), "the first time the call is queued")
+NOTE_ANSWERED_BY = Step("note answeredBy", _note_answered_by, "record the verdict, publish call.detection")
+NOTE_GREETING_ENDED = Step("note the beep", _note_greeting_ended,
+                           "answeredBy is machine; publish call.detection with greetingEnded")
+NOTE_UNKNOWN = Step("note answeredBy unknown", _none(_note_unknown), "unless there is a verdict")
+ARM_DETECTION = Step("arm detection", lambda call, data: [ArmTimer("detection", call.policy.detection_deadline)])
+CANCEL_DETECTION = Step("cancel detection", lambda call, data: [CancelTimer("detection")])
+PREPARE_VOICEMAIL = Step("take the message", _none(_prepare_voicemail),
+                         "the opening, to be said before hanging up, and the end reason voicemail")
 
 
 # Call control: DTMF, transfer, recording.
@@ -368,6 +427,10 @@ FORGET_TRANSFER = Step("forget the transfer", _transfer_failed,
 CLOSE = Step("close", _close, "stamp endReason and endedAt, cancel every timer, persist, publish call.ended, "
                               "free the call's slot")
 
+#: Leave the call's message on an answering machine, then hang up; the call ends as voicemail.
+LEAVE_VOICEMAIL: tuple[Step, ...] = (CANCEL_DETECTION, PREPARE_VOICEMAIL, CHOOSE_END, MARK_OPENING_SPOKEN, BOT_LINE,
+                                     MOVE, PERSIST, SPEAK, STOP_LISTENING)
+
 # --- guards and targets ---------------------------------------------------------------------
 
 OUTBOUND = Guard("outbound", lambda call, data: call.record.direction == Direction.OUTBOUND)
@@ -382,6 +445,25 @@ DELIVERED = Guard("the notification was delivered and the callee hung up",
                   lambda call, data: call.record.mode == Mode.NOTIFY and call.delivered
                   and data.reason in (State.HANGUP_USER, State.COMPLETED))
 
+
+def _leaves_messages(call: Machine) -> bool:
+    """outbound.voicemail = leave-message, on an outbound call with a message to leave."""
+    record = call.record
+    return call.policy.leave_voicemail and record.direction == Direction.OUTBOUND and bool(record.opening)
+
+
+VERDICT_DUE = Guard("leave-message, and no verdict yet (or a machine still greeting)",
+                    lambda call, data: _leaves_messages(call) and not call.record.openingSpoken
+                    and call.record.answeredBy in (None, "machine"))
+MESSAGE_DUE = Guard("leave-message, and the machine's greeting is over",
+                    lambda call, data: _leaves_messages(call) and call.greeting_over and call.chosen_end is None)
+LEAVE_MESSAGE = Guard("leave-message, and no message is being left yet",
+                      lambda call, data: _leaves_messages(call) and call.chosen_end is None)
+MACHINE_GREETING = Guard("leave-message, and a machine answered",
+                         lambda call, data: _leaves_messages(call) and call.record.answeredBy == "machine"
+                         and call.chosen_end is None)
+FAX = Guard("leave-message, and a fax answered",
+            lambda call, data: _leaves_messages(call) and data.answered_by == "fax")
 NOTHING_SAID = Guard("nothing was said yet", lambda call, data: not call.record.openingSpoken)
 NOT_TRANSFERRING = Guard("no transfer is under way", lambda call, data: call.transferring is None)
 

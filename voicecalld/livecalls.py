@@ -5,16 +5,21 @@ per call, with the call's own lock, its timers and the continue waiting on
 it. Its lock guards only the tables here (live calls, carrier ids, recently
 ended calls); a call's state is guarded by the call's lock. Lock order is
 call lock, then this lock; never the reverse.
+
+A live call is *active* (it holds one of ``maxConcurrentCalls``' slots) or
+*queued*: waiting in the dial queue (``dialer.py``), which holds no slot
+until it is dialled.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .calls import TimerKind
+from .calls import State, TimerKind
 from .errors import CallNotFound, InvalidParams, LimitReached, NotConnected, ShuttingDown
 from .lifecycle import Call
 from .lru import Bounded
@@ -55,11 +60,26 @@ class LiveCalls:
         self._by_provider_id: dict[str, str] = {}
         self._recent: Bounded[str, dict[str, Any]] = Bounded(RECENT)
         self._ended_ids: Bounded[str, str] = Bounded(ENDED_IDS)  # carrier call id -> callId
-        self._idle = threading.Condition(self._lock)  # notified when the last live call ends
+        self._idle = threading.Condition(self._lock)  # notified when the last active call ends
         self._accepting = True
+        self._queued: set[str] = set()  # live calls waiting to be dialled: they hold no slot
+        #: Called (under the ended call's lock) with its id once a call has
+        #: ended: a slot, or a place in the dial queue, is free.
+        self.on_release: Callable[[str], None] | None = None
 
     def __len__(self) -> int:
         return len(self._live)
+
+    @property
+    def active(self) -> int:
+        """Live calls that hold a slot (queued ones do not)."""
+        with self._lock:
+            return len(self._live) - len(self._queued)
+
+    @property
+    def queued(self) -> int:
+        with self._lock:
+            return len(self._queued)
 
     def get(self, call_id: str) -> LiveCall | None:
         return self._live.get(call_id)
@@ -95,15 +115,17 @@ class LiveCalls:
 
     # -- admission --
 
-    def admit(self, live: LiveCall, limit: int) -> None:
-        """Count ``live`` in, or raise ``ShuttingDown`` / ``LimitReached``."""
+    def admit(self, live: LiveCall, limit: int, *, queued: bool = False) -> None:
+        """Count ``live`` in, or raise ``ShuttingDown`` / ``LimitReached``.
+        A ``queued`` call takes no slot, so only shutdown refuses it."""
         with self._lock:
             if not self._accepting:
                 raise ShuttingDown("the daemon is shutting down and takes no new calls")
-            if len(self._live) >= limit:
-                raise LimitReached(f"{len(self._live)} of {limit} concurrent calls are active; "
+            active = len(self._live) - len(self._queued)
+            if not queued and active >= limit:
+                raise LimitReached(f"{active} of {limit} concurrent calls are active; "
                                    "end one or raise maxConcurrentCalls",
-                                   {"active": len(self._live), "limit": limit})
+                                   {"active": active, "limit": limit})
             self._add(live)
 
     def admit_inbound(self, live: LiveCall, limit: int) -> str | None:
@@ -111,19 +133,41 @@ class LiveCalls:
         with self._lock:
             if not self._accepting:
                 return "the daemon is shutting down"
-            if len(self._live) >= limit:
+            if len(self._live) - len(self._queued) >= limit:
                 return "the concurrent-call limit is reached"
             self._add(live)
             return None
 
     def restored(self, live: LiveCall) -> None:
-        """A call of a previous run: it counts whatever the limit."""
+        """A call of a previous run: it counts whatever the limit (a queued
+        one takes no slot)."""
         with self._lock:
             self._add(live)
+
+    def activate(self, live: LiveCall, limit: int) -> bool | None:
+        """A queued call's turn to be dialled: take a slot for it. False if
+        none is free; None if the call has ended."""
+        with self._lock:
+            if self._live.get(live.call.id) is not live:
+                return None
+            if len(self._live) - len(self._queued) >= limit:
+                return False
+            self._queued.discard(live.call.id)
+            return True
+
+    def requeue(self, live: LiveCall) -> None:
+        """The call is queued again (its dial was refused): its slot is free."""
+        with self._lock:
+            if self._live.get(live.call.id) is live:
+                self._queued.add(live.call.id)
+                if len(self._live) == len(self._queued):
+                    self._idle.notify_all()
 
     def _add(self, live: LiveCall) -> None:
         record = live.call.record
         self._live[record.callId] = live
+        if record.state == State.QUEUED:
+            self._queued.add(record.callId)
         if record.providerCallId:
             self._by_provider_id[record.providerCallId] = record.callId
 
@@ -152,12 +196,16 @@ class LiveCalls:
         call = live.call
         with self._lock:
             self._live.pop(call.id, None)
+            self._queued.discard(call.id)
             self._recent.put(call.id, snapshot)
             if call.record.providerCallId:
                 self._by_provider_id.pop(call.record.providerCallId, None)
                 self._ended_ids.put(call.record.providerCallId, call.id)
-            if not self._live:
+            if len(self._live) == len(self._queued):
                 self._idle.notify_all()
+        hook = self.on_release
+        if hook is not None:
+            hook(call.id)
 
     # -- shutdown --
 
@@ -166,7 +214,9 @@ class LiveCalls:
             self._accepting = False
 
     def wait_idle(self, timeout: float) -> list[str]:
-        """Wait up to ``timeout`` seconds for the last call to end; the ids of those still live."""
+        """Wait up to ``timeout`` seconds for the last active call to end;
+        the ids of those still active. (Queued calls stay queued: they are
+        in the log, and a restart dials them.)"""
         with self._lock:
-            self._idle.wait_for(lambda: not self._live, timeout)
-            return list(self._live)
+            self._idle.wait_for(lambda: len(self._live) == len(self._queued), timeout)
+            return [call_id for call_id in self._live if call_id not in self._queued]

@@ -9,7 +9,9 @@ provider is bound to) and the restart and shutdown of the daemon. Its parts:
   is remembered of ended ones;
 * ``interpreter.Interpreter``: applies the actions of a step (the log,
   subscribers, timers, the carrier);
-* ``waiters.Waiter``: a continue waiting for the callee's reply.
+* ``waiters.Waiter``: a continue waiting for the callee's reply;
+* ``dialer.Dialer``: the dial queue, which paces outbound calls;
+* ``placing.Placer``: the carrier's dial, for a call dialled at once or queued.
 
 A new call whose first record cannot be written is refused
 (``StoreFailed``) before the carrier is asked, so nothing is acknowledged
@@ -42,13 +44,15 @@ from .calls import (
     TimerKind,
 )
 from .config import Config
-from .errors import CallNotFound, InvalidParams, ProviderError, StoreFailed, TurnInProgress
+from .dialer import Dialer, Limits
+from .errors import CallNotFound, InvalidParams, StoreFailed, TurnInProgress
 from .events import EventBus
 from .interpreter import Interpreter, Step
 from .lifecycle import Call
 from .livecalls import LiveCall, LiveCalls, check_call_id, now_ms
 from .media import dtmf as dtmf_digits
 from .phone import is_e164, mask
+from .placing import Placer
 from .providers.base import Provider
 from .store import Store
 from .timers import TimerService
@@ -68,7 +72,10 @@ class CallManager:
         self.timers = timers
         self.bus = bus if bus is not None else EventBus()
         self.calls = LiveCalls(store)
+        self.dialer = Dialer(timers, self.calls, self._limits, lambda live: self._placer.place_queued(live))
+        self.calls.on_release = self.dialer.released
         self._interpreter = Interpreter(provider, store, timers, self.bus, self.calls, self._unclaimed)
+        self._placer = Placer(provider, self.dialer, self._run, self._set_provider_id)
         #: Called (off any lock) with (callId, text) for a final callee
         #: transcript that no continue is waiting for: the auto-responder.
         self.on_unclaimed: UnclaimedTranscript | None = None
@@ -92,36 +99,51 @@ class CallManager:
         c = self.config
         return Policy(max_duration=float(c.maxDurationSeconds), ring_timeout=c.ringTimeoutMs / 1000,
                       notify_hangup_delay=float(c.outbound.notifyHangupDelaySec),
+                      leave_voicemail=c.outbound.voicemail == "leave-message",
                       recording_announcement=c.recording.announce.strip())
+
+    def _limits(self) -> Limits:
+        c = self.config
+        return Limits(rate=c.outbound.dialsPerSecond or self.provider.capabilities.dials_per_second,
+                      max_queued=c.outbound.maxQueued, max_concurrent=c.maxConcurrentCalls)
 
     # -- queries --
 
     @property
     def active_count(self) -> int:
-        return len(self.calls)
+        """Live calls that hold a slot (not those waiting in the dial queue)."""
+        return self.calls.active
 
     @property
     def queued_count(self) -> int:
-        """Outbound calls waiting for their dial slot (state ``queued``)."""
-        return sum(1 for live in self.calls.all() if live.call.record.state == "queued")
+        return self.calls.queued
 
     def status(self, call_id: object) -> dict[str, Any]:
         call_id = check_call_id(call_id)
         live = self.calls.get(call_id)
         if live is not None:
+            position = self.dialer.position(call_id)
             with live.lock:
-                return live.call.record.to_dict()
+                return self._snapshot(live, position)
         record = self.calls.ended(call_id)
         if record is None:
             raise CallNotFound(call_id)
         return record
 
     def active_calls(self) -> list[dict[str, Any]]:
+        """Every live call, queued ones with their ``queuePosition``."""
+        positions = self.dialer.positions()
         out = []
         for live in self.calls.all():
             with live.lock:
-                out.append(live.call.record.to_dict())
+                out.append(self._snapshot(live, positions.get(live.call.id)))
         return out
+
+    @staticmethod
+    def _snapshot(live: LiveCall, position: int | None) -> dict[str, Any]:
+        """(Under the call's lock.) The record, with its place in the dial queue while queued."""
+        queued = live.call.state == State.QUEUED and position is not None
+        return {**live.call.record.to_dict(), **({"queuePosition": position} if queued else {})}
 
     def history(self, limit: int = 50) -> list[dict[str, Any]]:
         return self.store.history(limit)
@@ -167,38 +189,14 @@ class CallManager:
                             from_=self.config.fromNumber or "", startedAt=now_ms(), dtmf=digits,
                             record=records)
         live = LiveCall(Call(record, self.policy, opening=text))
-        self.calls.admit(live, self.config.maxConcurrentCalls)
-        try:
-            self._run(live, lambda c: c.start(), raise_errors=True)
-        except StoreFailed as exc:
-            why = exc.message
-            log.error("call %s: not dialed: %s", record.callId, why)
-            self._run(live, lambda c: c.finish(State.FAILED, now_ms(), error=why))
-            raise
-        log.info("call %s: dialing %s (%s)", record.callId, mask(record.to), record.mode)
-        try:
-            provider_id = self.provider.initiate(record)
-        except Exception as exc:
-            message = exc.message if isinstance(exc, ProviderError) else f"the carrier request failed: {exc}"
-            if isinstance(exc, ProviderError):
-                log.warning("call %s: carrier refused the call: %s", record.callId, message)
-            else:
-                log.exception("call %s: initiate failed", record.callId)
-            self._run(live, lambda c: c.finish(State.FAILED, now_ms(), error=message))
-            if isinstance(exc, ProviderError):
-                raise
-            raise ProviderError(message) from exc
-        try:
-            self._set_provider_id(live, provider_id)
-        except StoreFailed as exc:
-            # Without its carrier id on disk a restart could not find the
-            # call again: end it rather than acknowledge it.
-            why = exc.message
-            log.error("call %s: hanging up: %s", record.callId, why)
-            self._run(live, lambda c: c.fail(why))
-            raise
+        if self.dialer.admit(live) == "queue":
+            position: int | None = self._placer.queue(live)
+        else:
+            self._placer.dial_now(live)
+            position = self.dialer.position(record.callId)  # queued again, if the carrier refused for its rate
         with live.lock:
-            return {"callId": record.callId, "state": str(live.call.state)}
+            snapshot = self._snapshot(live, position)
+        return {k: snapshot[k] for k in ("callId", "state", "queuePosition") if k in snapshot}
 
     def _set_provider_id(self, live: LiveCall, provider_id: str) -> None:
         """Raises ``StoreFailed`` if the id cannot be logged (it is kept in memory)."""
@@ -409,6 +407,12 @@ class CallManager:
             restored.append(record.callId)
         return restored
 
+    def requeue_restored(self, call_ids: list[str]) -> None:
+        """Calls a previous run left queued join the dial queue, in the order they first joined it."""
+        lives = [live for call_id in call_ids if (live := self.calls.get(call_id)) is not None]
+        lives.sort(key=lambda live: (live.call.record.queuedAt or live.call.record.startedAt))
+        self.dialer.restore(lives)
+
     def close_call(self, call_id: str, reason: State, error: str | None) -> None:
         """Close the record of a live call as ``reason``, without the carrier."""
         self._run_if_live(call_id, lambda c: c.finish(reason, now_ms(), error=error))
@@ -429,12 +433,14 @@ class CallManager:
 
     def stop_accepting(self) -> None:
         self.calls.stop_accepting()
+        self.dialer.stop()  # queued calls stay queued: they are in the log, and the next run dials them
 
     def shutdown(self, grace: float) -> None:
         """Stop taking calls; let active ones finish for ``grace`` seconds,
         then hang up the rest, all at once, waiting at most ``grace`` seconds
         more for the carrier. A call whose hang-up is not done by then is
-        closed in the log anyway, so every call ends with a final record."""
+        closed in the log anyway, so every call ends with a final record,
+        except those still queued: they stay queued, for the next run."""
         self.stop_accepting()
         remaining = self.calls.wait_idle(grace)
         if remaining:

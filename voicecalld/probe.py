@@ -14,7 +14,8 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections import OrderedDict
+
+from .lru import Bounded
 
 TTL = 120.0
 LIMIT = 32
@@ -23,33 +24,31 @@ LIMIT = 32
 class Probes:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._tokens: OrderedDict[str, tuple[float, bool]] = OrderedDict()  # token -> (issued, seen)
+        # token -> (issued, seen); the oldest tokens go first once over LIMIT
+        self._tokens: Bounded[str, tuple[float, bool]] = Bounded(LIMIT)
 
-    def _expire(self, now: float) -> None:
-        while self._tokens:
-            token, (issued, _) = next(iter(self._tokens.items()))
-            if now - issued <= TTL and len(self._tokens) <= LIMIT:
-                break
-            self._tokens.popitem(last=False)
+    def _live(self, token: str, now: float) -> tuple[float, bool] | None:
+        entry = self._tokens.get(token)
+        if entry is not None and now - entry[0] > TTL:
+            self._tokens.pop(token)
+            return None
+        return entry
 
     def issue(self) -> str:
         token = secrets.token_urlsafe(18)
-        now = time.monotonic()
         with self._lock:
-            self._tokens[token] = (now, False)
-            self._expire(now)
+            self._tokens.put(token, (time.monotonic(), False))
         return token
 
     def arrived(self, token: str) -> None:
-        """A request carried ``token`` (unknown tokens are ignored)."""
+        """A request carried ``token`` (unknown or expired tokens are ignored)."""
         with self._lock:
-            entry = self._tokens.get(token)
+            entry = self._live(token, time.monotonic())
             if entry is not None:
-                self._tokens[token] = (entry[0], True)
+                self._tokens.put(token, (entry[0], True))
 
     def seen(self, token: str) -> bool | None:
         """Whether ``token`` arrived; None if it is unknown or expired."""
         with self._lock:
-            self._expire(time.monotonic())
-            entry = self._tokens.get(token)
+            entry = self._live(token, time.monotonic())
             return None if entry is None else entry[1]

@@ -1,7 +1,10 @@
 """Restart recovery: reconcile calls restored from the log with the carrier.
 
-A restart never re-dials anyone. Each call the log says was in progress is
-checked: calls with no carrier id are closed as ``error``; calls older than
+A restart never re-dials anyone. A call the log says is ``queued`` was
+never dialled (a call is logged as dialled before the carrier is asked):
+it joins the dial queue again, in its old order. Each other call the log
+says was in progress is checked: calls with no carrier id are closed as
+``error``; calls older than
 ``maxDurationSeconds`` are hung up as ``timeout``; otherwise the carrier is
 asked. Ended calls are closed with the carrier's reason; live ones are kept
 with only their *remaining* deadline re-armed; a call the carrier says was
@@ -74,10 +77,17 @@ class Retry:
     pass
 
 
-Plan = Close | EndOverdue | AskCarrier | Keep | Answer | Retry
+@dataclass(frozen=True)
+class Requeue:
+    """Never dialled: back into the dial queue."""
+
+
+Plan = Close | EndOverdue | AskCarrier | Keep | Answer | Retry | Requeue
 
 
 def plan_before(record: CallRecord, now_ms: int, max_duration: float) -> Plan:
+    if record.state == State.QUEUED and not record.providerCallId:
+        return Requeue()
     if not record.providerCallId:
         return Close(State.ERROR, "voicecalld restarted before the carrier confirmed the call; "
                                   "it has no carrier call id and cannot be checked")
@@ -100,13 +110,31 @@ def plan_after(record: CallRecord, status: CarrierStatus | None, now_ms: int, ma
     return Keep("ring", max(0.0, ring_timeout - (now_ms - record.startedAt) / 1000))
 
 
+def detection_left(record: CallRecord, now_ms: int, deadline: float) -> float | None:
+    """Seconds left to a restored call whose opening waits for the
+    answering-machine verdict (leave-message: answered, nothing said yet)
+    before it is said anyway; None if it waits for nothing. The verdict
+    may have come while voicecalld was down, so the deadline is armed again."""
+    if record.state != State.ANSWERED or record.openingSpoken or not record.opening or record.answeredAt is None:
+        return None
+    return max(0.0, deadline - (now_ms - record.answeredAt) / 1000)
+
+
 class Recovery:
     def __init__(self, manager: CallManager) -> None:
         self.manager = manager
 
     def start(self, call_ids: list[str]) -> None:
+        queued = []
         for call_id in call_ids:
-            self.manager.timers.call_later(0, self._check, call_id, RETRY_FIRST)
+            record = self.manager.live_record(call_id)
+            if record is not None and isinstance(plan_before(record, now_ms(), 0), Requeue):
+                queued.append(call_id)  # at once and together: the queue keeps its order
+            else:
+                self.manager.timers.call_later(0, self._check, call_id, RETRY_FIRST)
+        if queued:
+            log.info("%d queued call(s) restored to the dial queue", len(queued))
+            self.manager.requeue_restored(queued)
 
     def _check(self, call_id: str, retry_in: float) -> None:
         m = self.manager
@@ -124,12 +152,17 @@ class Recovery:
                 status = None
             plan = plan_after(record, status, now_ms(), policy.max_duration, policy.ring_timeout)
         log.info("call %s: restored call -> %s", call_id, plan)
-        if isinstance(plan, Close):
+        if isinstance(plan, Requeue):
+            m.requeue_restored([call_id])
+        elif isinstance(plan, Close):
             m.close_call(call_id, plan.reason, plan.error)
         elif isinstance(plan, EndOverdue):
             m.end_for(call_id, plan.reason)
         elif isinstance(plan, Keep):
             m.arm(call_id, plan.kind, plan.remaining)
+            waiting = detection_left(record, now_ms(), policy.detection_deadline)
+            if waiting is not None and policy.leave_voicemail:
+                m.arm(call_id, "detection", waiting)
         elif isinstance(plan, Answer):
             m.answer_restored(call_id, plan.remaining)
         else:

@@ -24,7 +24,7 @@ from typing import Any
 
 from .workerpool import WorkerPool
 
-__all__ = ["Callback", "Timer", "TimerService", "TimerWheel", "WorkerPool"]  # WorkerPool: until the merge
+__all__ = ["Callback", "Timer", "TimerService", "TimerWheel"]
 
 log = logging.getLogger(__name__)
 

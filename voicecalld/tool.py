@@ -149,7 +149,8 @@ def call(calls: Calls, arguments: object) -> dict[str, Any]:
             if problem:
                 return {"error": problem}
             r = calls.initiate(arguments["message"], arguments.get("to"), arguments.get("mode"))
-            return {"callId": r["callId"], "initiated": True}
+            queued = {"queued": True, "queuePosition": r.get("queuePosition")} if r["state"] == "queued" else {}
+            return {"callId": r["callId"], "initiated": True, **queued}
         problem = _require(arguments, "callId", *(("message",) if action in ("continue_call", "speak_to_user")
                                                   else ()))
         if problem:

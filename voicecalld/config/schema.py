@@ -25,6 +25,7 @@ TranscriptionEngine = Literal["Google", "Telnyx", "Deepgram", "Azure"]
 TtsProvider = Literal["openai"]
 TunnelProvider = Literal["none", "ngrok", "tailscale-serve", "tailscale-funnel"]
 TailscaleMode = Literal["off", "serve", "funnel"]
+VoicemailPolicy = Literal["hangup", "leave-message"]
 RecordingChannels = Literal["dual", "mono"]
 
 REDACTED = "<redacted>"
@@ -55,6 +56,20 @@ class OutboundSettings:
         "notify", "Mode of a call request without one: notify (speak, then hang up) or conversation.")
     notifyHangupDelaySec: float = setting(
         3, "In notify mode, hang up this long after the message has finished playing.", minimum=0)
+    dialsPerSecond: float | None = setting(
+        None, "Outbound calls are dialled at most this many per second; calls waiting for their turn are in "
+        "the state queued, first in, first out, and a carrier's rate-limit answer puts a call back at the head "
+        "of the queue with backoff. Unset, the carrier's own limit applies: 1 on twilio, 6 on telnyx, none on "
+        "mock.", positive=True)
+    maxQueued: int = setting(
+        1000, "Outbound calls that may wait in the dial queue (for their turn under dialsPerSecond, or for a "
+        "free slot under maxConcurrentCalls); past it voicecall.initiate fails with -32001. 0: no queue, a call "
+        "that cannot be dialled at once is refused.", minimum=0)
+    voicemail: VoicemailPolicy = setting(
+        "hangup", "What an outbound call does when an answering machine picks up: hangup (with answering-machine "
+        "detection on, the call ends as voicemail) or leave-message (detection is turned on; the message waits "
+        "for the detection verdict, a machine gets it after its greeting ends, at the beep, then the call hangs "
+        "up and ends as voicemail).")
 
 
 @dataclass(frozen=True)
@@ -222,6 +237,14 @@ class MockSettings:
     msPerChar: float = setting(60, "Simulated speech takes this long per character.", minimum=0)
     replyDelayMs: int = setting(300, "Simulated callee starts its reply this long after the prompt ended.",
                                 minimum=0)
+    machineDetection: bool = setting(
+        False, "Simulate answering-machine detection (as outbound.voicemail = leave-message always does): every "
+        "answered outbound call gets an answeredBy verdict; with outbound.voicemail = hangup a machine ends the "
+        "call as voicemail.")
+    voicemailNumbers: tuple[str, ...] = setting(
+        (), "Numbers whose simulated phone is an answering machine: it answers with a greeting of greetingMs, "
+        "then beeps.", kind="list[e164]")
+    greetingMs: int = setting(2000, "How long a simulated answering machine's greeting lasts.", minimum=0)
     transferBusy: tuple[str, ...] = setting(
         (), "Transfer targets the simulated network reports busy (the transfer fails; the call goes on).",
         kind="list[e164]")

@@ -63,6 +63,9 @@ class Capabilities:
     #: words start no new turn). False: the carrier has nothing to stop;
     #: what follows a goodbye was already settled by ``Speak.then``.
     stops_listening: bool = True
+    #: The carrier's dial rate limit (new calls per second), the default of
+    #: ``outbound.dialsPerSecond``; None: no limit.
+    dials_per_second: float | None = None
 
 
 @dataclass(frozen=True)

@@ -77,16 +77,21 @@ class RestClient:
         # failed together do not retry together.
         return self._rng.uniform(0, min(self.max_backoff, self.backoff * (2 ** attempt)))
 
-    def request(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> requests.Response:
+    def request(self, method: str, path: str, *, idempotent: bool, retry_rate_limited: bool = True,
+                **kwargs: Any) -> requests.Response:
         """Send the request; returns the final response (any status), or
-        raises ProviderError when the carrier could not be reached."""
+        raises ProviderError when the carrier could not be reached.
+        ``retry_rate_limited=False``: a 429 is returned at once, for a caller
+        that paces its requests itself (the dial queue) rather than sleep here."""
         url = path if path.startswith(("http://", "https://")) else self.base_url + path
         attempt = 0
         while True:
             response: requests.Response | None = None
             try:
                 response = self.session.request(method, url, timeout=self.timeout, **kwargs)
-                retry = response.status_code in RETRYABLE_STATUS and (idempotent or response.status_code == 429)
+                status = response.status_code
+                retry = status in RETRYABLE_STATUS and (idempotent or status == 429) and (
+                    retry_rate_limited or status != 429)
                 failure = f"HTTP {response.status_code}"
             except requests.ConnectionError as exc:
                 # A connect failure means the carrier never saw the request;

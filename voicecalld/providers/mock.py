@@ -15,6 +15,15 @@ recording (``mock://recordings/<id>.wav``) just after the call ends.
 The three ``mock.*`` methods are the mock's own (``control_methods``): a
 daemon on a real carrier does not serve them.
 
+Answering-machine detection is simulated as the real carriers do it (on
+with ``mock.machineDetection`` or ``outbound.voicemail = leave-message``):
+shortly after the answer the carrier says who answered; a number in
+``mock.voicemailNumbers`` is an answering machine, whose greeting lasts
+``mock.greetingMs`` and ends with a beep (reported with leave-message, as
+Twilio's DetectMessageEnd and Telnyx's premium detection report it); with
+``outbound.voicemail = hangup`` the carrier hangs up on a machine and the
+call ends as ``voicemail``.
+
 Like a real carrier, the simulated one outlives a daemon restart: it keeps
 its calls in a small state file (``mock-carrier.json`` beside the call log),
 so restart recovery can ask it about calls. An answered call is still
@@ -49,6 +58,7 @@ RING_AFTER = 0.05     # seconds until a dialed mock phone rings
 STATE_FILE = "mock-carrier.json"
 _KEEP_ENDED = 64      # recently ended calls the state file remembers (older ones: "long gone")
 INBOUND_ANSWER = 0.05  # seconds until the daemon's answer of an inbound call connects
+DETECT_AFTER = 0.05    # seconds from the answer to the detection verdict
 RECORDING_AFTER = 0.05  # seconds from the end of a call to the report of its recording
 
 
@@ -143,7 +153,10 @@ class MockProvider(Provider):
     def _mock(self) -> Any:
         return self.sink.config.mock
 
-    def _later(self, mc: _MockCall, delay: float, type_: EventType, **fields: Any) -> Timer | None:
+    def _later(self, mc: _MockCall, delay: float, type_: EventType, *, then_end: State | None = None,
+               **fields: Any) -> Timer | None:
+        """Report ``type_`` in ``delay`` seconds; ``then_end``: and right
+        after it (in order), that the call ended for that reason."""
         event = CallEvent(type_, uuid.uuid4().hex, call_id=mc.call_id, provider_call_id=mc.provider_id,
                           **fields)
 
@@ -164,6 +177,13 @@ class MockProvider(Provider):
                 return
             if not mc.ended:
                 self.emit(event)
+                if then_end is not None:
+                    with self._lock:
+                        pending = self._end(mc, then_end)
+                    for t in pending:
+                        self._timers.cancel(t)
+                    self.emit(CallEvent(EventType.ENDED, uuid.uuid4().hex, call_id=mc.call_id,
+                                        provider_call_id=mc.provider_id, reason=then_end))
 
         with self._lock:
             if mc.ended:
@@ -191,7 +211,24 @@ class MockProvider(Provider):
         self._later(mc, 0, EventType.INITIATED)
         self._later(mc, min(RING_AFTER, answer_after / 2), EventType.RINGING)
         self._later(mc, answer_after, EventType.ANSWERED)
+        self._detect(mc, record.to, answer_after)
         return mc.provider_id
+
+    def _detect(self, mc: _MockCall, to: str, answered_after: float) -> None:
+        """Answering-machine detection, if it is on: the verdict, then a
+        machine's beep (leave-message) or the carrier's hang-up (hangup)."""
+        cfg = self.sink.config
+        leave = cfg.outbound.voicemail == "leave-message"
+        if not (leave or self._mock.machineDetection):
+            return
+        machine = to in self._mock.voicemailNumbers
+        verdict = answered_after + DETECT_AFTER
+        # With hangup, the carrier hangs up on a machine as soon as it knows.
+        self._later(mc, verdict, EventType.DETECTED, answered_by="machine" if machine else "human",
+                    then_end=State.VOICEMAIL if machine and not leave else None)
+        if machine and leave:
+            greeting_ends = answered_after + max(DETECT_AFTER, self._mock.greetingMs / 1000)
+            self._later(mc, greeting_ends, EventType.GREETING_ENDED)
 
     def hangup(self, record: CallRecord) -> None:
         with self._lock:

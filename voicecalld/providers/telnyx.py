@@ -32,10 +32,14 @@ Event mapping (Telnyx -> normalized):
   (``status`` other than ``completed``) is not reported as played.
 - ``call.transcription`` (inbound track) -> speech, interim or final.
 - ``call.dtmf.received`` -> dtmf.
-- ``call.machine.detection.ended`` (and the premium variant) with result
-  ``machine`` -> we hang up and the call ends as voicemail.
+- ``call.machine.detection.ended`` and ``call.machine.premium.detection.ended``
+  -> detected (``answeredBy``); ``call.machine.premium.greeting.ended``
+  (and the plain variant) -> the greeting ended. See ``telnyx_amd``.
 - ``call.hangup`` -> ended, reason from ``telnyx_events.end_reason``.
 
+A dial refused for the account's dials per second (429, code 90103,
+https://developers.telnyx.com/docs/voice/programmable-voice/dials-per-second-limit)
+raises ``RateLimited`` at once: the dial queue paces and retries it.
 DTMF, transfer and recording: ``telnyx_control`` (``send_dtmf``;
 ``transfer``, whose new leg's webhooks say how it went; ``record_start``
 once answered, and ``call.recording.saved``).
@@ -58,16 +62,16 @@ from werkzeug.wrappers import Response
 
 from .. import jsonsafe, metrics
 from ..calls import CallEvent, CallRecord, EventType, SendDtmf, Speak, State, Transfer
-from ..errors import ProviderError
+from ..errors import ProviderError, RateLimited
 from ..httpjson import json_response
 from ..lru import Bounded
 from ..phone import mask
 from ..ratelog import RateLimitedLog
 from ..workqueue import KeyedWorkQueue
+from . import telnyx_amd, telnyx_signature
 from . import telnyx_events as wire
-from . import telnyx_signature
 from .base import Capabilities, CarrierStatus, Provider
-from .http import RestClient
+from .http import RestClient, retry_after
 from .telnyx_control import TelnyxControl, is_transfer_message
 from .telnyx_events import ring_timeout_secs, time_limit_secs
 from .telnyx_legs import Leg, LegTable
@@ -82,7 +86,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 BASIC_VOICES = frozenset({"male", "female"})
-MACHINE_RESULTS = frozenset({"machine"})
 _SEEN_WEBHOOKS = 4096     # remembered data.id values; Telnyx retries within minutes
 DRAIN_SECONDS = 5.0       # at shutdown, acknowledged webhooks still queued are processed for this long
 
@@ -93,7 +96,11 @@ class TelnyxProvider(Provider):
     # speak's payload: "There is a 3,000 character limit"
     # (https://developers.telnyx.com/api/call-control/speak-call). Speech is
     # one command per utterance; listening is transcription_start/_stop.
-    capabilities = Capabilities(max_message_chars=3000)
+    # Dials per second: Telnyx refuses dials past the account's limit with
+    # 429 / 90103, counted over a rolling 5 s window
+    # (https://developers.telnyx.com/docs/voice/programmable-voice/dials-per-second-limit);
+    # 6 per second stays under it with room for the account's other dials.
+    capabilities = Capabilities(max_message_chars=3000, dials_per_second=6.0)
 
     def __init__(self, config: Config, *, workers: int = 8, max_pending: int = 2048) -> None:
         super().__init__()
@@ -117,14 +124,15 @@ class TelnyxProvider(Provider):
         return self.sink.config
 
     def _post(self, path: str, body: dict[str, Any], what: str, *,
-              ended_ok: bool = False) -> dict[str, Any] | None:
+              ended_ok: bool = False, paced: bool = False) -> dict[str, Any] | None:
         """POST with a fresh command_id; returns ``data``. A 422/90018 (the
-        call has already ended) returns None when ``ended_ok``."""
+        call has already ended) returns None when ``ended_ok``. ``paced``:
+        a 429 raises ``RateLimited`` at once (the dial queue retries it)."""
         telnyx = self._config.telnyx
         body = {**body, "command_id": str(uuid.uuid4())}
         response = self._rest.request(
             "POST", telnyx.apiBaseUrl.rstrip("/") + path, idempotent=True, json=body,
-            headers={"Authorization": f"Bearer {telnyx.apiKey or ''}"})
+            retry_rate_limited=not paced, headers={"Authorization": f"Bearer {telnyx.apiKey or ''}"})
         if 200 <= response.status_code < 300:
             try:
                 document = jsonsafe.loads(response.content)
@@ -133,6 +141,9 @@ class TelnyxProvider(Provider):
             data = document.get("data") if isinstance(document, dict) else None
             return data if isinstance(data, dict) else {}
         failure = wire.api_failure(response.status_code, response.content, what)
+        if response.status_code == 429:
+            raise RateLimited(failure.message, provider_code=failure.code,
+                              retry_after=retry_after(response.headers.get("Retry-After")))
         if ended_ok and failure.code == wire.CALL_ENDED:
             log.debug("Telnyx could not %s: the call had already ended", what)
             return None
@@ -172,10 +183,11 @@ class TelnyxProvider(Provider):
             "timeout_secs": ring_timeout_secs(config.ringTimeoutMs),
             "time_limit_secs": time_limit_secs(config.maxDurationSeconds, config.ringTimeoutMs),
         }
-        if config.telnyx.machineDetection:
-            body["answering_machine_detection"] = "detect"
+        detection = telnyx_amd.dial_mode(config)
+        if detection is not None:
+            body["answering_machine_detection"] = detection
         try:
-            data = self._post("/v2/calls", body, "place the call") or {}
+            data = self._post("/v2/calls", body, "place the call", paced=True) or {}
             ccid = data.get("call_control_id")
             if not isinstance(ccid, str) or not ccid:
                 raise ProviderError("Telnyx accepted the call but returned no call_control_id")
@@ -459,12 +471,12 @@ class TelnyxProvider(Provider):
             self._event(hook, EventType.DTMF, self._find(hook), digits=digit)
 
     def _on_machine_detection(self, hook: wire.Webhook) -> None:
-        if hook.text("result") not in MACHINE_RESULTS or not self._config.telnyx.machineDetection:
-            return
-        leg = self._find(hook)
-        ccid = hook.call_control_id
-        if leg is None or not ccid:
-            return
+        result, leg, ccid = hook.text("result"), self._find(hook), hook.call_control_id
+        if (verdict := telnyx_amd.answered_by(result)) is not None:
+            self._event(hook, EventType.DETECTED, leg, answered_by=verdict)
+        if (result not in telnyx_amd.MACHINE_RESULTS or not self._config.telnyx.machineDetection
+                or telnyx_amd.leaves_messages(self._config) or leg is None or not ccid):
+            return  # with leave-message, the message waits for the greeting to end
         with self._lock:
             if leg.end_override is not None:
                 return
@@ -475,6 +487,11 @@ class TelnyxProvider(Provider):
         except ProviderError as exc:
             # The call goes on; max-duration (or the callee) still ends it, as voicemail.
             log.warning("call %s: %s", leg.call_id, exc.message)
+
+    def _on_greeting_ended(self, hook: wire.Webhook) -> None:
+        """The machine's greeting ended (``beep_detected``; ``no_beep_detected`` too)."""
+        if telnyx_amd.leaves_messages(self._config):
+            self._event(hook, EventType.GREETING_ENDED, self._find(hook))
 
     def _on_hangup(self, hook: wire.Webhook) -> None:
         leg = self._find(hook)
@@ -498,5 +515,7 @@ _HANDLERS = {
     "call.dtmf.received": TelnyxProvider._on_dtmf,
     "call.machine.detection.ended": TelnyxProvider._on_machine_detection,
     "call.machine.premium.detection.ended": TelnyxProvider._on_machine_detection,
+    "call.machine.greeting.ended": TelnyxProvider._on_greeting_ended,
+    "call.machine.premium.greeting.ended": TelnyxProvider._on_greeting_ended,
     "call.hangup": TelnyxProvider._on_hangup,
 }

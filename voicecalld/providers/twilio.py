@@ -39,6 +39,10 @@ How the core's model maps onto TwiML (see ``twilio_script.py``):
   Speech stays ``<Say>`` unless it installs a ``stream_speaker``. A stream
   that ends by itself (its ``<Connect>`` action) drops the call back to
   ``<Gather>``.
+* Answering-machine detection, when on (``twilio_amd``): the verdict
+  becomes the record's ``answeredBy``; with ``outbound.voicemail =
+  leave-message`` it arrives at the ``type=amd`` callback, and the end of a
+  machine's greeting is reported so the message is left after the beep.
 * Call control (``twilio_control``): DTMF is ``<Play digits>`` queued with
   the speech, or, on a call whose media stream is open, tones played
   in-band on the stream (its ``stream_dtmf``), which keeps the stream up. A
@@ -63,7 +67,7 @@ from werkzeug.wrappers import Request, Response
 from ..calls import CallRecord, Direction, Mode, SendDtmf, Speak, StartRecording, Transfer
 from ..errors import NotConnected, ProviderError
 from ..phone import mask
-from . import twilio_control, twilio_errors, twiml
+from . import twilio_amd, twilio_control, twilio_errors, twiml
 from .base import Capabilities, CarrierStatus, Provider
 from .twilio_media import TwilioMedia
 from .twilio_rest import CallsApi
@@ -98,7 +102,11 @@ class TwilioProvider(Provider):
     # any of them, so the limit is the one every voice accepts. The TwiML
     # after the speech already listens (<Gather>) or hangs up, as Speak.then
     # says, so there is no recognition to stop separately.
-    capabilities = Capabilities(max_message_chars=3000, scripts_speech=True, stops_listening=False)
+    # Every account places 1 call per second unless Twilio raised it
+    # (https://www.twilio.com/docs/glossary/cps); faster creates are
+    # refused with 429 / 20429.
+    capabilities = Capabilities(max_message_chars=3000, scripts_speech=True, stops_listening=False,
+                                dials_per_second=1.0)
 
     def __init__(self) -> None:
         super().__init__()
@@ -189,8 +197,9 @@ class TwilioProvider(Provider):
         url = f"{self.webhook_url}?{urlencode({'callId': record.callId})}"
         recording = (twilio_control.recording_params(url + "&type=recording", cfg.recording.channels)
                      if record.record else None)
+        detection = twilio_amd.create_params(twilio_amd.mode(cfg), self.webhook_url, record.callId)
         sid = self._api.create(to=record.to, from_=record.from_, url=url, ring_timeout_ms=cfg.ringTimeoutMs,
-                               machine_detection=bool(cfg.twilio.machineDetection), recording=recording)
+                               detection=detection, recording=recording)
         with script.lock:
             script.sid = sid
             too_late = script.hangup_requested or script.forgotten

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 from ..calls import State
-from ..errors import ProviderError
+from ..errors import ProviderError, RateLimited
 from . import twilio_errors
 from .base import CarrierStatus
-from .http import RestClient
+from .http import RestClient, retry_after
 from .twilio_wire import END_REASONS, LIVE_STATUSES, json_body
 
 log = logging.getLogger(__name__)
@@ -54,28 +54,35 @@ class CallsApi:
     def _call_path(self, account: str, sid: str) -> str:
         return f"{account}/Calls/{quote(sid, safe='')}.json"
 
-    def create(self, *, to: str, from_: str, url: str, ring_timeout_ms: int, machine_detection: bool,
-               recording: list[tuple[str, str]] | None = None) -> str:
+    def create(self, *, to: str, from_: str, url: str, ring_timeout_ms: int,
+               detection: list[tuple[str, str]], recording: list[tuple[str, str]] | None = None) -> str:
         """Place a call whose TwiML and status callbacks come from ``url``
-        (the latter with ``&type=status``); returns its sid. ``recording``:
-        record it, with these parameters (``twilio_control.recording_params``)."""
+        (the latter with ``&type=status``), with the answering-machine
+        ``detection`` parameters (``twilio_amd``); returns its sid.
+        ``recording``: record it, with these parameters
+        (``twilio_control.recording_params``). Raises ``RateLimited`` when
+        Twilio refuses it for the account's calls per second (429 / 20429):
+        the dial queue paces, nothing sleeps here."""
         ring = min(MAX_TIMEOUT, max(1, math.ceil(ring_timeout_ms / 1000)))
         form: list[tuple[str, str]] = [
             ("To", to), ("From", from_), ("Url", url), ("Method", "POST"),
             ("StatusCallback", url + "&type=status"), ("StatusCallbackMethod", "POST"),
             *[("StatusCallbackEvent", event) for event in STATUS_EVENTS],
-            ("Timeout", str(ring)),
+            ("Timeout", str(ring)), *detection,
         ]
-        if machine_detection:
-            form.append(("MachineDetection", "Enable"))
         if recording is not None:
             form += [("Record", "true"), *recording]
         client, account = self._rest()
         # Not idempotent: Twilio has no idempotency key for creating calls, so
         # a retry could ring the callee twice (RestClient only retries when
         # Twilio certainly did not act).
-        response = client.request("POST", f"{account}/Calls.json", idempotent=False, data=form)
+        response = client.request("POST", f"{account}/Calls.json", idempotent=False, retry_rate_limited=False,
+                                  data=form)
         body = json_body(response)
+        if response.status_code == 429:
+            error = twilio_errors.provider_error(429, body, "placing the call", to=to, from_=from_)
+            raise RateLimited(error.message, provider_code=error.provider_code,
+                              retry_after=retry_after(response.headers.get("Retry-After")))
         sid = body.get("sid") if isinstance(body, dict) else None
         if response.status_code != 201 or not isinstance(sid, str):
             if 200 <= response.status_code < 300:

@@ -11,9 +11,10 @@ from a bounded cache, never processed twice.
 Which request is which (``twilio.py`` builds the URLs): ``type`` in the
 query names it (``status`` callbacks; ``gather``, ``played`` and
 ``connect`` actions of a turn; ``twiml`` fetches of a stored document;
-a transfer's ``dial`` action and ``transfer`` callback, and ``recording``
-status callbacks: see ``twilio_control``), and ``callId`` names our call.
-The bare webhook URL with neither is a call to one of our numbers. The parameters are Twilio's
+``amd``, the answering-machine verdict of ``twilio_amd``; a transfer's
+``dial`` action and ``transfer`` callback, and ``recording`` status
+callbacks: see ``twilio_control``), and ``callId`` names our call. The bare
+webhook URL with neither is a call to one of our numbers. The parameters are Twilio's
 (https://www.twilio.com/docs/voice/twiml and, for status callbacks,
 https://www.twilio.com/docs/voice/api/call-resource).
 """
@@ -31,7 +32,7 @@ from .. import metrics
 from ..calls import CallEvent, EventType, State
 from ..errors import ProviderError
 from ..ratelog import RateLimitedLog
-from . import twiml
+from . import twilio_amd, twiml
 from .base import CallSink
 from .replay import ReplayGuard
 from .twilio_control import ANSWERED_STATUS, dial_outcome, recording_report
@@ -166,6 +167,8 @@ class Webhooks:
             return self._on_turn(script, kind, turn, params)
         if kind == "twiml":
             return self._on_stored(script, turn)
+        if kind == "amd":
+            return self._on_amd(script, params)
         if kind == "dial":
             return self._on_dial(script, turn, params)
         return text_answer(400, f"unknown webhook type {kind!r}")
@@ -214,8 +217,9 @@ class Webhooks:
         with self._answering(script) as out:
             with script.lock:
                 script.fetched = True
+            self._detected(script, answered_by)
             event = classify_status("in-progress", answered_by=answered_by or "human",
-                                    machine_detection=bool(self._cfg.twilio.machineDetection))
+                                    machine_detection=twilio_amd.mode(self._cfg) == "sync")
             if event is not None and event.type == EventType.ENDED:
                 log.info("call %s: %s; hanging up", script.call_id, event.message)
                 out.append(twiml.hangup_now())
@@ -321,8 +325,10 @@ class Webhooks:
             if sequence is not None:
                 script.sequence = max(script.sequence, sequence)
             closing = script.closing
+        if call_status == "in-progress":
+            self._detected(script, first(params, "AnsweredBy"))
         event = classify_status(call_status, answered_by=first(params, "AnsweredBy"),
-                                machine_detection=bool(self._cfg.twilio.machineDetection), closing=closing)
+                                machine_detection=twilio_amd.mode(self._cfg) == "sync", closing=closing)
         if event is None:
             if call_status not in LIVE_STATUSES:
                 log.info("call %s: unknown Twilio CallStatus %r ignored", script.call_id, call_status)
@@ -348,6 +354,25 @@ class Webhooks:
         suffix = "answered" if event.type == EventType.ANSWERED else f"status:{call_status}"
         event_id = f"{script.sid}:{suffix}"
         self._emit(event.type, event_id, script, reason=event.reason, message=message)
+        return xml_answer(twiml.empty())
+
+    def _detected(self, script: CallScript, answered_by: str | None) -> None:
+        """Report an ``AnsweredBy`` (the TwiML fetch, the status callbacks
+        and the async callback may each carry the same verdict: one event)."""
+        verdict = twilio_amd.answered_by(answered_by)
+        if verdict is not None:
+            self._emit(EventType.DETECTED, f"{script.sid}:amd", script, answered_by=verdict)
+
+    def _on_amd(self, script: CallScript, params: list[tuple[str, str]]) -> Answer:
+        """The asynchronous verdict (``AsyncAmdStatusCallback``). Not
+        answered with TwiML (Twilio runs none from it): the speech it may
+        start goes to the live call by a REST update."""
+        answered_by = first(params, "AnsweredBy")
+        log.info("call %s: answered by %s (Twilio AMD, %s ms)", script.call_id, answered_by or "?",
+                 first(params, "MachineDetectionDuration") or "?")
+        self._detected(script, answered_by)
+        if answered_by in twilio_amd.GREETING_ENDED:
+            self._emit(EventType.GREETING_ENDED, f"{script.sid}:beep", script)
         return xml_answer(twiml.empty())
 
     def _on_incoming(self, sid: str | None, params: list[tuple[str, str]]) -> Answer:

@@ -64,6 +64,7 @@ class SpeakJob:
     voice: str
     started: bool = False
     ended: bool = False
+    started_at: float | None = None    # monotonic, when it started playing
 
 
 @dataclass
@@ -90,6 +91,7 @@ class FakeCall:
     end_time: str | None = None
     answered_at: float | None = None
     ended_at: float | None = None
+    beeped_at: float | None = None     # monotonic: a machine's greeting ended (its beep)
     commands: list[Command] = field(default_factory=list)
     said: list[str] = field(default_factory=list)            # accepted speak payloads, in order
     heard: list[str] = field(default_factory=list)           # remote speech reported as final transcripts

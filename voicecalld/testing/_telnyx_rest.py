@@ -11,6 +11,7 @@ it changes anything.
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import threading
@@ -59,6 +60,11 @@ class Settings(Protocol):
     connection_id: str
     command_id_ttl: float
     timing: Timing
+    dials_per_second: float | None
+    rate_limit_retry_after: int | None
+
+
+DPS_WINDOW = 5.0  # seconds: Telnyx sums dials over a rolling window this long
 
 
 class RestApi:
@@ -70,6 +76,7 @@ class RestApi:
         self._sim = sim
         self._callee = callee
         self._faults: list[_RestFault] = []
+        self._dials: collections.deque[float] = collections.deque()  # when placed dials were accepted
         self._results: dict[tuple[str, str], tuple[float, tuple[int, dict[str, Any]]]] = {}
         self._commands: dict[str, Callable[[FakeCall, dict[str, Any]], Action]] = {
             "answer": self._cmd_answer, "hangup": self._cmd_hangup, "reject": self._cmd_reject,
@@ -166,6 +173,7 @@ class RestApi:
                 record.deduped = True
                 return cached
             dial = params.dial(body, self.settings.connection_id)
+            self._check_dial_rate()
             call = self._sim.new_call("outgoing", dial.from_, dial.to, dial.webhook_url, dial.client_state,
                                       status="ringing")
             self._sim.start_outbound(call, dial, self._callee(dial.to))
@@ -174,6 +182,25 @@ class RestApi:
                                     "record_type": "call"}}
             self._remember("dial", command_id, result)
             return result
+
+    def _check_dial_rate(self) -> None:
+        """(Lock held.) Telnyx's dials per second: "a 5-second rolling
+        aggregation" of dials against 5 x the limit; a dial past it is
+        refused with 429 / 90103
+        (https://developers.telnyx.com/docs/voice/programmable-voice/dials-per-second-limit).
+        Only dials that were placed count."""
+        limit = self.settings.dials_per_second
+        now = time.monotonic()
+        window = self._dials
+        while window and window[0] <= now - DPS_WINDOW:
+            window.popleft()
+        if limit is not None and len(window) + 1 > limit * DPS_WINDOW:
+            after = self.settings.rate_limit_retry_after
+            raise wire.ApiError(429, "90103", "Dials per second limit exceeded",
+                                f"The account may dial {limit:g} calls per second (over a {DPS_WINDOW:g} s "
+                                "rolling window); slow down and retry.",
+                                headers=None if after is None else {"Retry-After": str(int(after))})
+        window.append(now)
 
     def _command(self, call_control_id: str, name: str, raw: bytes,
                  record: RestRequest) -> tuple[int, dict[str, Any]]:

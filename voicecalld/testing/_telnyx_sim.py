@@ -40,6 +40,8 @@ class Timing:
     dtmf_gap: float = 0.01             # between digits of one callee_presses
     playback_secs: float = 0.05        # playback_start -> call.playback.ended
     rest_latency: float = 0.0          # every REST request waits this long before it is handled
+    greeting_secs: float | None = None  # a machine's greeting, from the answer to its beep (None: amd_delay
+                                        # after the verdict)
     recording_delay: float = 0.05      # end of a recording -> call.recording.saved
 
 
@@ -129,7 +131,15 @@ class Simulation:
         if machine and call.amd in ("detect_beep", "greeting_end", "premium"):
             greeting = ("call.machine.premium.greeting.ended" if call.amd == "premium"
                         else "call.machine.greeting.ended")
-            self.later(self.timing.amd_delay, lambda: self.emit_if_alive(call, greeting, result="beep_detected"))
+            after = self.timing.amd_delay
+            if self.timing.greeting_secs is not None and call.answered_at is not None:
+                after = max(0.0, call.answered_at + self.timing.greeting_secs - time.monotonic())
+            self.later(after, lambda: self._beep(call, greeting))
+
+    def _beep(self, call: FakeCall, event_type: str) -> None:
+        if call.alive:
+            call.beeped_at = time.monotonic()
+            self.emit(call, event_type, result="beep_detected")
 
     def _end_if(self, call: FakeCall, status: str, cause: str, source: str) -> None:
         if call.status == status:
@@ -155,7 +165,7 @@ class Simulation:
 
     def _speak_started(self, call: FakeCall, job: SpeakJob) -> None:
         if not job.ended and call.alive:
-            job.started = True
+            job.started, job.started_at = True, time.monotonic()
             self.emit(call, "call.speak.started")
 
     def _speak_ended(self, call: FakeCall, job: SpeakJob) -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
 from . import _twilio_twiml as tw
+from ._twilio_amd import amd_result, start_async_amd
 from ._twilio_model import (
     CallOver,
     Delivery,
@@ -114,24 +115,22 @@ class CallRunner:
 
     def _answer(self) -> None:
         call, callee = self.call, self.call.callee
-        if call.machine_detection:
-            call.answered_by = self._amd_result()
+        if call.machine_detection and call.amd_callback is None:
+            # Synchronous detection: the TwiML fetch waits for the verdict,
+            # which DetectMessageEnd gives a machine only once it beeped.
+            if callee.machine and call.machine_detection == "DetectMessageEnd":
+                call.greeting_started = time.time()
+                call.wait(callee.greeting)
+                call.beeped = time.time()
+            call.answered_by = amd_result(call)
         call.set_status("in-progress")
         if callee.hangup_after is not None:
             call.schedule_hangup(callee.hangup_after)
         self._status_event("answered")
         if call.recording is not None:
             self.fake._start_recording(call, call.recording)  # Record=true records from the answer on
-
-    def _amd_result(self) -> str:
-        callee = self.call.callee
-        if not callee.machine:
-            return callee.answered_by or "human"
-        if callee.answered_by:
-            return callee.answered_by
-        # Enable reports as soon as a machine is recognised; DetectMessageEnd
-        # waits for the greeting to end and reports how it ended.
-        return "machine_start" if self.call.machine_detection == "Enable" else "machine_end_beep"
+        if call.amd_callback is not None:
+            start_async_amd(self.fake, call)
 
     # -- status callbacks --
 

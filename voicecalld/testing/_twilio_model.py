@@ -34,6 +34,10 @@ class Callee:
     answering machine pick up: with ``MachineDetection`` requested the call
     reports ``AnsweredBy`` (``answered_by`` overrides the value).
     ``hangup_after`` hangs up that many seconds after answering.
+    ``greeting`` is how long a machine's greeting lasts (seconds) before
+    its beep: ``DetectMessageEnd`` reports the machine when it ends.
+    ``verdict_after`` is how long detection takes to recognise a person
+    (or, with ``Enable``, a machine).
     """
 
     outcome: str = "answer"
@@ -41,6 +45,8 @@ class Callee:
     machine: bool = False
     answered_by: str | None = None
     hangup_after: float | None = None
+    greeting: float = 0.5
+    verdict_after: float = 0.05
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -233,6 +239,7 @@ class FakeCall:
                  status_callback_method: str, status_events: frozenset[str],
                  timeout: float, machine_detection: str | None, callee: Callee,
                  params: list[tuple[str, str]] | None = None, status: str = "queued",
+                 amd_callback: Fetch | None = None,
                  recording: RecordingRequest | None = None) -> None:
         self.sid = sid
         self.account_sid = account_sid
@@ -245,6 +252,11 @@ class FakeCall:
         self.status_events = status_events
         self.timeout = timeout
         self.machine_detection = machine_detection
+        #: ``AsyncAmd=true``: where the verdict goes (AsyncAmdStatusCallback).
+        self.amd_callback = amd_callback
+        #: When (time.time()) a machine that answered started its greeting, and beeped.
+        self.greeting_started: float | None = None
+        self.beeped: float | None = None
         self.callee = callee
         self.params = params or []
         self.status = status
@@ -366,6 +378,12 @@ class FakeCall:
             else:
                 status = "no-answer" if self.direction == "inbound" else "canceled"
             return self.end(status, reason, silent=silent)
+
+    def wait_ended(self, seconds: float) -> bool:
+        """For threads other than the call's own: wait up to ``seconds``;
+        True if the call ended (or the fake stopped it) meanwhile."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.status in TERMINAL, seconds)
 
     def replace_twiml(self, source: Source) -> None:
         """REST update: before answer, change what will run; after, interrupt."""

@@ -104,6 +104,7 @@ class CreateRequest:
     timeout: int
     machine_detection: str | None
     params: list[tuple[str, str]]
+    amd_callback: Fetch | None = None  # AsyncAmd=true: where the verdict is posted
     recording: RecordingRequest | None = None
 
 
@@ -217,6 +218,7 @@ def parse_create(form: list[tuple[str, str]], owned: frozenset[str] | None) -> C
     machine = _one(form, "MachineDetection")
     if machine is not None and machine not in ("Enable", "DetectMessageEnd"):
         raise ApiError(21205, message=f"MachineDetection must be Enable or DetectMessageEnd, not {machine!r}")
+    amd_callback = _parse_async_amd(form, machine)
     record = _one(form, "Record")
     if record is not None and record.lower() not in ("true", "false"):
         raise ApiError(21205, message=f"Record must be true or false, not {record!r}")
@@ -227,7 +229,29 @@ def parse_create(form: list[tuple[str, str]], owned: frozenset[str] | None) -> C
         status_callback_method=_method(_one(form, "StatusCallbackMethod")),
         status_events=names | {"completed"},
         timeout=_parse_timeout(_one(form, "Timeout")),
-        machine_detection=machine, params=list(form), recording=recording)
+        machine_detection=machine, params=list(form), amd_callback=amd_callback, recording=recording)
+
+
+def _parse_async_amd(form: list[tuple[str, str]], machine: str | None) -> Fetch | None:
+    """``AsyncAmd``, ``AsyncAmdStatusCallback`` and its method
+    (https://www.twilio.com/docs/voice/answering-machine-detection)."""
+    flag = _one(form, "AsyncAmd")
+    if flag is not None and flag not in ("true", "false"):
+        raise ApiError(21205, message=f"AsyncAmd must be true or false, not {flag!r}")
+    url, method = _one(form, "AsyncAmdStatusCallback"), _one(form, "AsyncAmdStatusCallbackMethod")
+    if method is not None and method.upper() != "POST":
+        raise ApiError(21205, message=f"AsyncAmdStatusCallbackMethod must be POST, not {method!r}")
+    if flag != "true" or machine is None:
+        if url is not None:
+            raise ApiError(21205, message="AsyncAmdStatusCallback needs MachineDetection and AsyncAmd=true")
+        return None
+    if url is None or not is_http_url(url):
+        # Twilio only warns (21262) and keeps the verdict for the Call resource;
+        # the daemon relies on the callback, so the fake refuses.
+        raise ApiError(21205, message=f"AsyncAmdStatusCallback must be an http(s) URL, got {url!r}")
+    return Fetch(url, "POST", "amd")
+
+
 
 
 def parse_recording(form: list[tuple[str, str]], source: str) -> RecordingRequest:
@@ -354,7 +378,11 @@ class RestApp:
             headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
             raise ApiError(fault.code, fault.status, fault.message, headers)
         create = parse_create(record.form, self.fake._owned())
-        call = self.fake._create_call(create)
+        with self.fake._rate_lock:  # one at a time, so the window counts exactly
+            if not self.fake._dial_allowed():
+                after = self.fake.rate_limit_retry_after
+                raise ApiError(20429, 429, headers={} if after is None else {"Retry-After": f"{after:g}"})
+            call = self.fake._create_call(create)
         return json_response(call_resource(call), 201)
 
     def _list(self, request: Request) -> Response:

@@ -87,6 +87,10 @@ class FakeTelnyx:
         ``status`` None).
       command_id_ttl: how long a command_id is remembered (Telnyx: 60 s).
       default_callee: how numbers without ``set_callee`` behave.
+      dials_per_second: the account's dial limit: a dial that would make more
+        than 5 x this in the trailing 5 s is refused with 429 / 90103
+        (``rate_limit_retry_after``: its Retry-After, whole seconds). None:
+        no limit. ``greeting_secs``: a machine's greeting, answer to beep.
     """
 
     def __init__(
@@ -108,12 +112,17 @@ class FakeTelnyx:
         rest_latency: float = 0.0,
         command_id_ttl: float = 60.0,
         default_callee: Callee | None = None,
+        dials_per_second: float | None = None,
+        rate_limit_retry_after: int | None = None,
+        greeting_secs: float | None = None,
     ) -> None:
         self.api_key = api_key
         self.connection_id = connection_id
         self.timing = Timing(ms_per_char, answer_after, timeout_scale, inbound_ring_timeout, webhook_latency,
-                             amd_delay, dtmf_gap, playback_secs, rest_latency)
+                             amd_delay, dtmf_gap, playback_secs, rest_latency, greeting_secs)
         self.command_id_ttl = command_id_ttl
+        self.dials_per_second = dials_per_second
+        self.rate_limit_retry_after = rate_limit_retry_after
         self.default_callee = default_callee or Callee()
 
         self.signing_key = nacl.signing.SigningKey.generate()

@@ -105,13 +105,19 @@ class FakeTwilio:
       webhook_timeout: seconds before a webhook request gives up (Twilio: 15).
       webhook_retries: if > 0, retry webhooks that get 5xx this many times.
       retry_delay: seconds between webhook attempts.
+      calls_per_second: the account's CPS, as a token bucket (a second's
+        worth of calls, refilled at this rate; Twilio averages CPS over time,
+        https://www.twilio.com/docs/glossary/cps): a create with no token
+        left is refused with 429 / 20429 (``rate_limit_retry_after`` sets
+        its Retry-After). None: no limit.
     """
 
     def __init__(self, account_sid: str = DEFAULT_ACCOUNT_SID, auth_token: str = DEFAULT_AUTH_TOKEN,
                  *, ms_per_char: float = 10.0, time_scale: float = 1.0, answer_delay: float = 0.05,
                  dial_delay: float = 0.01, owned_numbers: Iterable[str] | None = None,
                  api_keys: dict[str, str] | None = None, webhook_timeout: float = 5.0,
-                 webhook_retries: int = 0, retry_delay: float = 0.05, port: int = 0) -> None:
+                 webhook_retries: int = 0, retry_delay: float = 0.05, port: int = 0,
+                 calls_per_second: float | None = None, rate_limit_retry_after: float | None = None) -> None:
         if not _ACCOUNT_SID.fullmatch(account_sid):
             raise ValueError(f"account_sid must be 'AC' + 32 lowercase hex digits, not {account_sid!r}")
         self.account_sid = account_sid
@@ -127,6 +133,11 @@ class FakeTwilio:
         self.webhook_timeout = webhook_timeout
         self.webhook_retries = webhook_retries
         self.retry_delay = retry_delay
+        self.calls_per_second = calls_per_second
+        self.rate_limit_retry_after = rate_limit_retry_after
+        self._rate_lock = threading.Lock()
+        self._tokens: float | None = None  # the CPS bucket; full at the first create
+        self._tokens_at = 0.0
         self.on_stream: Callable[[StreamRequest], None] | None = None
         # Inspection.
         self.requests: list[RestRequest] = []
@@ -387,6 +398,22 @@ class FakeTwilio:
     def _owned(self) -> frozenset[str] | None:
         return None if self.owned_numbers is None else frozenset(self.owned_numbers)
 
+    def _dial_allowed(self) -> bool:
+        """(Under ``_rate_lock``.) Is there a token in the CPS bucket for one
+        more call? Takes it if so."""
+        cps = self.calls_per_second
+        if cps is None:
+            return True
+        now = time.monotonic()
+        capacity = max(1.0, cps)
+        tokens = capacity if self._tokens is None else min(capacity, self._tokens + (now - self._tokens_at) * cps)
+        self._tokens_at = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1.0
+        return True
+
     def _take_create_fault(self) -> CreateFault | None:
         with self._lock:
             return self._create_faults.popleft() if self._create_faults else None
@@ -424,9 +451,16 @@ class FakeTwilio:
             status_callback=create.status_callback, status_callback_method=create.status_callback_method,
             status_events=create.status_events, timeout=create.timeout,
             machine_detection=create.machine_detection, callee=self._callee_for(create.to),
-            params=create.params, recording=create.recording)
+            params=create.params, amd_callback=create.amd_callback, recording=create.recording)
         self._launch(call)
         return call
+
+    def _start_thread(self, target: Callable[[], None], name: str) -> None:
+        """A helper thread of a call's (asynchronous detection); stop() joins it."""
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
 
     def _launch(self, call: FakeCall) -> None:
         thread = threading.Thread(target=CallRunner(self, call).run, name=f"fake-twilio-{call.sid}",
