@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 import pytest
+from test_responder import Events
 from test_streaming import FROM, SID, TO, TOKEN, World
 
 from voicecalld.testing.fake_openai import FakeOpenAI, VoiceRecord
@@ -25,7 +26,7 @@ def world(start_daemon):
     w.close()
 
 
-def make_world(start_daemon, responder: str = "llm", **realtime: Any) -> World:
+def make_world(start_daemon, responder: str = "llm", extra: dict[str, Any] | None = None, **realtime: Any) -> World:
     w = World.__new__(World)  # test_streaming's Twilio world, with [realtime] on
     w.twilio = FakeTwilio(SID, TOKEN, ms_per_char=2, time_scale=0.05)
     w.twilio.start()
@@ -39,7 +40,8 @@ def make_world(start_daemon, responder: str = "llm", **realtime: Any) -> World:
               "streaming": {"enabled": True, "openaiApiKey": "sk-test", "realtimeUrl": w.openai.realtime_url,
                             "silenceDurationMs": 300},
               "tts": {"baseUrl": w.openai.base_url}, "realtime": rt,
-              "responder": responder, "responseBaseUrl": w.openai.base_url, "transcriptTimeoutMs": 15000}
+              "responder": responder, "responseBaseUrl": w.openai.base_url, "transcriptTimeoutMs": 15000,
+              **(extra or {})}
     w.daemon = start_daemon(config)
     w.clients = []
     w.twilio.on_stream = w._on_stream
@@ -244,5 +246,53 @@ def test_the_call_falls_back_to_the_cascade_when_the_service_is_unreachable(star
         assert d.log().count("realtime voice unavailable") == 1
         assert "the call goes on with speech-to-text and text-to-speech" in d.log()
         d.rpc("voicecall.end", {"callId": call_id})
+    finally:
+        w.close()
+
+
+def test_inbound_greeting_and_a_socket_agent_on_a_realtime_call(start_daemon) -> None:
+    w = make_world(start_daemon, responder="socket",
+                   extra={"inboundPolicy": "open", "inboundGreeting": "Thanks for calling the test line",
+                          "responseTimeoutMs": 10000})
+    agent = Events(w.daemon)
+    try:
+        d = w.daemon
+        w.openai.transcripts.put("What time is it")
+        webhook = f"http://127.0.0.1:{w.port}/voice/webhook"
+        w.twilio.inbound_call("+15557770000", FROM, webhook, webhook + "?type=status")
+        call_id = d.wait(lambda: d.rpc("voicecall.list")["calls"], what="the inbound call")[0]["callId"]
+        client = w.client()
+        session = voice_session(w)
+        d.wait_state(call_id, "listening", timeout=15)
+        assert session.responses[0]["text"] == "Thanks for calling the test line"  # the greeting, verbatim
+        update = next(e for e in session.events if e["type"] == "session.update")["session"]
+        assert update["audio"]["input"]["turn_detection"]["create_response"] is False  # the agent answers
+        client.play(speech_like(0.6) + silence(0.5))
+        turn = agent.until("call.turn")
+        assert turn["callId"] == call_id and turn["data"]["text"] == "What time is it"
+        d.rpc("voicecall.speak", {"callId": call_id, "message": "It is noon."})
+        d.wait(lambda: ("bot", "It is noon.") in transcript(w, call_id), what="the agent's answer")
+        d.wait(lambda: any(r["text"] == "It is noon." for r in session.responses), what="said by the model")
+        assert [r["text"] for r in session.responses] == ["Thanks for calling the test line", "It is noon."]
+        d.rpc("voicecall.end", {"callId": call_id})
+    finally:
+        agent.close()
+        w.close()
+
+
+def test_the_transfer_call_tool_hands_the_call_over(start_daemon) -> None:
+    target = "+15550009999"
+    w = make_world(start_daemon, extra={"transfer": {"allowTo": [target]}})
+    try:
+        d = w.daemon
+        w.openai.voice.replies.put({"text": "Let me put you through.",
+                                    "tool": {"name": "transfer_call", "arguments": {"to": target}}})
+        w.openai.transcripts.put("I want a person")
+        call_id, client, session = start_conversation(w)
+        update = next(e for e in session.events if e["type"] == "session.update")["session"]
+        assert [t["name"] for t in update["tools"]] == ["end_call", "transfer_call"]
+        client.play(speech_like(0.6) + silence(0.5))
+        record = d.wait_state(call_id, "transferred", timeout=20)
+        assert ("bot", "Let me put you through.") in [(e["speaker"], e["text"]) for e in record["transcript"]]
     finally:
         w.close()
