@@ -9,9 +9,13 @@ from typing import Any
 
 import pytest
 
+from voicecalld.calls import CallRecord, Direction, Mode
+from voicecalld.config import Config
 from voicecalld.media import realtime_voice_core as core
-from voicecalld.media.realtime_voice import with_model
+from voicecalld.media.realtime_voice import RealtimeVoice, with_model
 from voicecalld.media.voice_out import MARK_EVERY, Pacer
+from voicecalld.testing._wait import wait_until
+from voicecalld.testing.fake_openai import FakeOpenAI
 
 
 @pytest.mark.parametrize(("steps", "heard"), [
@@ -164,3 +168,51 @@ def test_a_clear_drops_the_queue_and_reports_what_was_heard() -> None:
         assert pacer.clear() is not None and pacer.clear() is None  # the second: nothing is being said
     finally:
         pacer.close()
+
+
+# --- a RealtimeVoice against FakeOpenAI, without the daemon -----------------------------------------
+
+
+class Engine:
+    """The engine side a session needs: a record, and what it was told."""
+
+    def __init__(self) -> None:
+        self.record = CallRecord(callId="c1", provider="twilio", direction=Direction.INBOUND,
+                                 mode=Mode.CONVERSATION, to="+15550002222", from_="+15550001111")
+        self.record.transcript = [{"speaker": "bot", "text": "Hello", "isFinal": True},
+                                  {"speaker": "user", "text": "Hi", "isFinal": True}]
+        self.turns: list[float] = []
+
+    def live_record(self, call_id: str) -> CallRecord | None:
+        return self.record
+
+    def note_turn(self, call_id: str, latency_ms: float) -> bool:
+        self.turns.append(latency_ms)
+        return True
+
+    def end(self, call_id: object) -> dict[str, Any]:
+        return {}
+
+    def transfer(self, call_id: object, to: object, message: object = None) -> dict[str, Any]:
+        return {}
+
+
+def test_a_session_past_its_lifetime_is_rotated_at_a_pause_and_reseeded() -> None:
+    rec = Recorder()
+    unreachable: list[str] = []
+    with FakeOpenAI(api_key="sk-test") as fake:
+        cfg = Config().replace({"realtime.enabled": True, "realtime.url": fake.voice_url,
+                                "streaming.openaiApiKey": "sk-test"})
+        voice = RealtimeVoice("c1", cfg, framing=rec, send=rec.send, emit=lambda *a, **k: None, engine=Engine(),
+                              submit=lambda work: work(), on_unreachable=lambda why, b, s: unreachable.append(why),
+                              lifetime=0.5)
+        voice.start()
+        try:
+            second = fake.wait_for_session(1, timeout=10)
+            wait_until(lambda: len(second.created_items) >= 2, timeout=10, what="the re-seeded conversation")
+            assert [(i["role"], i["content"][0]["text"]) for i in second.created_items] == [
+                ("assistant", "Hello"), ("user", "Hi")]
+            assert voice.rotations >= 1 and not unreachable
+            assert second.session is not None and second.session["type"] == "realtime"
+        finally:
+            voice.close()

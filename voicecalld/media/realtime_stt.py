@@ -385,7 +385,7 @@ class Transcriber:
         try:
             new = self._open()
         except Exception as exc:  # noqa: BLE001
-            log.warning("call %s: cannot rotate the speech-to-text session (%s); keeping the old one", self.name,
+            log.warning("call %s: cannot rotate the %s session (%s); keeping the old one", self.name, self.what,
                         exc)
             old.opened_at = time.monotonic() - self.lifetime + 30  # try again in 30 s
             return
@@ -394,7 +394,7 @@ class Transcriber:
             # The old session still owes transcripts for audio it already got.
             self._retiring.append((time.monotonic() + ORDER_WAIT, old))
         self.rotations += 1
-        log.info("call %s: speech-to-text session rotated", self.name)
+        log.info("call %s: %s session rotated", self.name, self.what)
 
     def _release_stale(self) -> None:
         now = time.monotonic()
