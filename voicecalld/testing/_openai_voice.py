@@ -105,6 +105,7 @@ class VoiceRecord(RealtimeRecord):
     responses: list[dict[str, Any]] = field(default_factory=list)
     truncations: list[dict[str, Any]] = field(default_factory=list)
     created_items: list[dict[str, Any]] = field(default_factory=list)
+    speech_started_at: list[float] = field(default_factory=list)  # time.monotonic() of each speech_started sent
 
 
 def _id(prefix: str) -> str:
@@ -307,6 +308,7 @@ class VoiceConnection:
                 self.speech_item = _id("item")
                 self._send({"type": "input_audio_buffer.speech_started", "event_id": _id("event"),
                             "audio_start_ms": change.ms, "item_id": self.speech_item})
+                self.record.speech_started_at.append(time.monotonic())
                 if self.active is not None and self._vad("interrupt_response", True):
                     self._cancel(self.active, "turn_detected")
             else:
