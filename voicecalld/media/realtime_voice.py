@@ -457,8 +457,10 @@ class RealtimeVoice(Transcriber):
         """On the pacer's thread: the first frame of a reply went to the carrier."""
         with self._vlock:
             reply = self._replies.get(self._item_reply.get(item_id, ""))
+            if reply is None or reply.utterance is not None:
+                return  # not an answer of the model's (a verbatim utterance, tones)
             end, self._speech_end = self._speech_end, None
-        if end is None or reply is None or reply.utterance is not None:
+        if end is None:
             return
         latency_ms = (time.monotonic() - end) * 1000
         self.submit(lambda: self._note_turn(latency_ms))
