@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -54,6 +55,50 @@ SPEECH_S = 0.8
 LONG_REPLY = "Here is a long answer that goes on for a while so that the caller can interrupt it. " * 3
 
 
+class OpenAIProcess:
+    """FakeOpenAI in a process of its own, so its VAD and its streaming
+    (Python, per caller frame) do not compete with the simulated Twilio
+    side for one interpreter lock. ``time.monotonic`` is the same clock in
+    both processes, so its timestamps compare with the clients'."""
+
+    def __init__(self, delay: float) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_openai_main, args=(child, delay), daemon=True)
+        self.proc.start()
+        self.base_url, self.realtime_url, self.voice_url = self.conn.recv()
+
+    def call(self, *request: Any) -> Any:
+        self.conn.send(request)
+        return self.conn.recv()
+
+    def stop(self) -> None:
+        self.call("stop")
+        self.proc.join(10)
+
+
+def _openai_main(conn: Any, delay: float) -> None:
+    fake = FakeOpenAI(api_key="sk-bench", tts_ms_per_char=4).start()
+    fake.voice.reply_delay_s = delay
+    fake.chat_delay_s = delay
+    conn.send((fake.base_url, fake.realtime_url, fake.voice_url))
+    while True:
+        request = conn.recv()
+        if request[0] == "stop":
+            fake.stop()
+            conn.send(None)
+            return
+        if request[0] == "replies":
+            for voice, chat in request[1]:
+                fake.voice.replies.put(voice)
+                fake.chat_replies.put(chat)
+            conn.send(None)
+        elif request[0] == "times":
+            sessions = [s for s in fake.realtime_sessions if isinstance(s, VoiceRecord)]
+            conn.send({"speech_started_at": [t for s in sessions for t in s.speech_started_at],
+                       "first_audio_at": [t for s in sessions for t in s.first_audio_at]})
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -69,13 +114,14 @@ class Run:
     def __init__(self, mode: str, calls: int, delay: float, silence_ms: int) -> None:
         self.mode, self.delay, self.silence_ms = mode, delay, silence_ms
         self.tmp = Path(tempfile.mkdtemp(prefix=f"turn-{mode}-"))
+        self.openai = OpenAIProcess(delay)  # forked before this process starts any thread of its own
         self.twilio = FakeTwilio(SID, TOKEN, ms_per_char=1, time_scale=0.05).start()
-        self.openai = FakeOpenAI(api_key="sk-bench", tts_ms_per_char=4).start()
-        self.openai.voice.reply_delay_s = delay
-        self.openai.chat_delay_s = delay
         self.port = free_port()
         self.sock = str(self.tmp / "control.sock")
         self.clients: dict[str, MediaStreamClient] = {}
+        self.daemon_share: list[float] = []  # fake's first reply audio sent -> first frame at the client, ms
+        self.firsts: list[tuple[float, float]] = []  # (caller's last voiced frame, first reply frame)
+        self.cleared: list[float] = []  # when each barge-in's clear arrived
         self._lock = threading.Lock()
         self.twilio.on_stream = self._on_stream
         n = calls + 10
@@ -83,7 +129,8 @@ class Run:
             f'provider = "twilio"\nfromNumber = "+15550001111"\ntoNumber = "+15550002222"\n'
             f'publicUrl = "http://127.0.0.1:{self.port}"\nmaxConcurrentCalls = {n}\nresponder = "llm"\n'
             f'responseBaseUrl = {toml_value(self.openai.base_url)}\nstore = "{self.tmp}/state"\n'
-            f'maxDurationSeconds = 600\n[serve]\nport = {self.port}\n[control]\nsocket = "{self.sock}"\n'
+            f'maxDurationSeconds = 600\n[outbound]\ndialsPerSecond = 1000\n'
+            f'[serve]\nport = {self.port}\n[control]\nsocket = "{self.sock}"\n'
             f'[twilio]\naccountSid = "{SID}"\nauthToken = "{TOKEN}"\napiBaseUrl = "{self.twilio.base_url}"\n'
             f'[streaming]\nenabled = true\nopenaiApiKey = "sk-bench"\nrealtimeUrl = "{self.openai.realtime_url}"\n'
             f'silenceDurationMs = {silence_ms}\nmaxStreams = {2 * n}\nmaxPendingStreams = {n}\n'
@@ -114,9 +161,7 @@ class Run:
 
     def round(self, calls: int, barge_in: bool) -> tuple[list[float], list[float]]:
         """Place ``calls`` calls at once; (turn latencies, barge-in latencies) in ms."""
-        for _ in range(calls):
-            self.openai.voice.replies.put(LONG_REPLY if barge_in else "Sure.")
-            self.openai.chat_replies.put("Sure.")
+        self.openai.call("replies", [(LONG_REPLY if barge_in else "Sure.", "Sure.")] * calls)
         with Client(self.sock, timeout=60) as c:
             ids = [c.call("voicecall.initiate", {"message": "Hi.", "mode": "conversation"})["callId"]
                    for _ in range(calls)]
@@ -128,6 +173,17 @@ class Run:
             t.start()
         for t in threads:
             t.join(120)
+        times = self.openai.call("times")
+        for last_voiced, first in self.firsts:
+            sent = [t for t in times["first_audio_at"] if last_voiced < t <= first]
+            if sent:
+                self.daemon_share.append((first - max(sent)) * 1000)
+        for cleared in self.cleared:
+            started = [t for t in times["speech_started_at"] if cleared - 1.0 < t <= cleared]
+            if started:
+                barges.append((cleared - max(started)) * 1000)
+        self.firsts.clear()
+        self.cleared.clear()
         with Client(self.sock, timeout=60) as c:
             for call_id in ids:
                 try:
@@ -165,26 +221,16 @@ class Run:
             first = next(m.at for m in client.received_media if m.at > last_voiced)
             with self._lock:
                 turns.append((first - last_voiced) * 1000)
+                self.firsts.append((last_voiced, first))
         if barge_in and self.mode == "realtime":
             client.wait_for(lambda: sum(1 for m in client.received_media if m.at > last_voiced) > 25, timeout=30)
             client.wait_streaming(30)
             clears = len(client.clears)
             client.start_streaming_in_background(speech_like(0.5) + silence(0.5))
             if client.wait_for(lambda: len(client.clears) > clears, timeout=30):
-                cleared = client.clears[clears]
-                started = self._speech_started(call_id, cleared)
-                if started is not None:
-                    with self._lock:
-                        barges.append((cleared - started) * 1000)
-
+                with self._lock:
+                    self.cleared.append(client.clears[clears])
         client.wait_streaming(30)
-
-    def _speech_started(self, call_id: str, before: float) -> float | None:
-        """When the fake told the call's session the caller started talking
-        again (the latest speech_started before the clear)."""
-        times = [t for s in self.openai.realtime_sessions if isinstance(s, VoiceRecord)
-                 for t in s.speech_started_at if t <= before and before - t < 1.0]
-        return max(times) if times else None
 
 
 def main() -> None:
@@ -202,6 +248,7 @@ def main() -> None:
             run = Run(mode, calls, args.delay, args.silence)
             turns: list[float] = []
             barges: list[float] = []
+            share = run.daemon_share
             try:
                 for _ in range(args.rounds if calls == 1 else 1):
                     t, b = run.round(calls, barge_in=True)
@@ -214,18 +261,21 @@ def main() -> None:
                          "p50OverFloorMs": round(percentile(turns, 0.5) - floor, 1),
                          "p95OverFloorMs": round(percentile(turns, 0.95) - floor, 1),
                          "meanMs": round(statistics.fmean(turns), 1) if turns else None,
+                         "daemonShareP50Ms": round(percentile(share, 0.5), 1) if share else None,
+                         "daemonShareP95Ms": round(percentile(share, 0.95), 1) if share else None,
                          "bargeInSamples": len(barges),
                          "bargeInP50Ms": round(percentile(barges, 0.5), 1) if barges else None,
                          "bargeInP99Ms": round(percentile(barges, 0.99), 1) if barges else None})
     print(f"turn latency: caller's last voiced frame -> first reply frame (floor = delay {args.delay * 1000:.0f} ms"
           f" + VAD silence {args.silence} ms = {floor:.0f} ms)")
     print(f"{'mode':<10}{'calls':>6}{'n':>5}{'p50 ms':>9}{'p95 ms':>9}{'p50-floor':>11}{'p95-floor':>11}"
-          f"{'barge-in n':>12}{'p50':>7}{'p99':>7}")
+          f"{'daemon p50':>11}{'p95':>7}{'barge-in n':>12}{'p50':>7}{'p99':>7}")
     for r in rows:
         barge = (f"{r['bargeInSamples']:>12}{r['bargeInP50Ms']:>7}{r['bargeInP99Ms']:>7}" if r["bargeInSamples"]
                  else f"{'-':>12}{'-':>7}{'-':>7}")
+        share = f"{r['daemonShareP50Ms'] or '-':>11}{r['daemonShareP95Ms'] or '-':>7}"
         print(f"{r['mode']:<10}{r['calls']:>6}{r['samples']:>5}{r['p50Ms']:>9}{r['p95Ms']:>9}"
-              f"{r['p50OverFloorMs']:>11}{r['p95OverFloorMs']:>11}{barge}")
+              f"{r['p50OverFloorMs']:>11}{r['p95OverFloorMs']:>11}{share}{barge}")
     print(json.dumps({"benchmark": "turn_latency_realtime", "rows": rows}))
 
 

@@ -106,6 +106,8 @@ class VoiceRecord(RealtimeRecord):
     truncations: list[dict[str, Any]] = field(default_factory=list)
     created_items: list[dict[str, Any]] = field(default_factory=list)
     speech_started_at: list[float] = field(default_factory=list)  # time.monotonic() of each speech_started sent
+    speech_stopped_at: list[float] = field(default_factory=list)  # ... and of each speech_stopped
+    first_audio_at: list[float] = field(default_factory=list)  # ... and of each response's first audio delta
 
 
 def _id(prefix: str) -> str:
@@ -183,6 +185,8 @@ class VoiceConnection:
             _, _, event, _ = heapq.heappop(self.heap)
             if event["type"] == "response.output_audio.delta":
                 item = event["item_id"]
+                if item not in self.sent_ms:
+                    self.record.first_audio_at.append(now)
                 self.sent_ms[item] = self.sent_ms.get(item, 0) + len(base64.b64decode(event["delta"])) // 8
             if event["type"] == "response.done":
                 self.active = None
@@ -323,6 +327,7 @@ class VoiceConnection:
         self.speech_item = None
         self._send({"type": "input_audio_buffer.speech_stopped", "event_id": _id("event"), "audio_end_ms": end_ms,
                     "item_id": item})
+        self.record.speech_stopped_at.append(time.monotonic())
         self._send({"type": "input_audio_buffer.committed", "event_id": _id("event"), "item_id": item,
                     "previous_item_id": None})
         now = time.monotonic()
