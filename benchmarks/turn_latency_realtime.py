@@ -19,6 +19,12 @@ some of it, they speak again, and the time from the fake sending
 ``input_audio_buffer.speech_started`` to the client receiving the
 daemon's ``clear`` is measured.
 
+Two more columns say where a realtime turn's time goes: ``vad lag`` is how
+late the fake's VAD declared the end of the turn (past its silence; the
+fake's own CPU, not the daemon's), ``daemon`` the time from the fake
+sending the reply's first audio to that audio's first frame reaching the
+client (the daemon's share).
+
 Prints one row per mode and concurrency, and one JSON line.
 
     python benchmarks/turn_latency_realtime.py [--calls 1,50] [--rounds 10] [--delay 0.3] [--silence 300]
@@ -96,6 +102,7 @@ def _openai_main(conn: Any, delay: float) -> None:
         elif request[0] == "times":
             sessions = [s for s in fake.realtime_sessions if isinstance(s, VoiceRecord)]
             conn.send({"speech_started_at": [t for s in sessions for t in s.speech_started_at],
+                       "speech_stopped_at": [t for s in sessions for t in s.speech_stopped_at],
                        "first_audio_at": [t for s in sessions for t in s.first_audio_at]})
 
 
@@ -120,6 +127,7 @@ class Run:
         self.sock = str(self.tmp / "control.sock")
         self.clients: dict[str, MediaStreamClient] = {}
         self.daemon_share: list[float] = []  # fake's first reply audio sent -> first frame at the client, ms
+        self.vad_lag: list[float] = []  # the fake's speech_stopped, late by this much past its silence (ms)
         self.firsts: list[tuple[float, float]] = []  # (caller's last voiced frame, first reply frame)
         self.cleared: list[float] = []  # when each barge-in's clear arrived
         self._lock = threading.Lock()
@@ -178,6 +186,9 @@ class Run:
             sent = [t for t in times["first_audio_at"] if last_voiced < t <= first]
             if sent:
                 self.daemon_share.append((first - max(sent)) * 1000)
+            stopped = [t for t in times["speech_stopped_at"] if last_voiced < t <= first]
+            if stopped:
+                self.vad_lag.append((min(stopped) - last_voiced) * 1000 - self.silence_ms)
         for cleared in self.cleared:
             started = [t for t in times["speech_started_at"] if cleared - 1.0 < t <= cleared]
             if started:
@@ -248,7 +259,7 @@ def main() -> None:
             run = Run(mode, calls, args.delay, args.silence)
             turns: list[float] = []
             barges: list[float] = []
-            share = run.daemon_share
+            share, lag = run.daemon_share, run.vad_lag
             try:
                 for _ in range(args.rounds if calls == 1 else 1):
                     t, b = run.round(calls, barge_in=True)
@@ -261,6 +272,7 @@ def main() -> None:
                          "p50OverFloorMs": round(percentile(turns, 0.5) - floor, 1),
                          "p95OverFloorMs": round(percentile(turns, 0.95) - floor, 1),
                          "meanMs": round(statistics.fmean(turns), 1) if turns else None,
+                         "fakeVadLagP50Ms": round(percentile(lag, 0.5), 1) if lag else None,
                          "daemonShareP50Ms": round(percentile(share, 0.5), 1) if share else None,
                          "daemonShareP95Ms": round(percentile(share, 0.95), 1) if share else None,
                          "bargeInSamples": len(barges),
@@ -269,11 +281,12 @@ def main() -> None:
     print(f"turn latency: caller's last voiced frame -> first reply frame (floor = delay {args.delay * 1000:.0f} ms"
           f" + VAD silence {args.silence} ms = {floor:.0f} ms)")
     print(f"{'mode':<10}{'calls':>6}{'n':>5}{'p50 ms':>9}{'p95 ms':>9}{'p50-floor':>11}{'p95-floor':>11}"
-          f"{'daemon p50':>11}{'p95':>7}{'barge-in n':>12}{'p50':>7}{'p99':>7}")
+          f"{'vad lag':>9}{'daemon p50':>11}{'p95':>7}{'barge-in n':>12}{'p50':>7}{'p99':>7}")
     for r in rows:
         barge = (f"{r['bargeInSamples']:>12}{r['bargeInP50Ms']:>7}{r['bargeInP99Ms']:>7}" if r["bargeInSamples"]
                  else f"{'-':>12}{'-':>7}{'-':>7}")
-        share = f"{r['daemonShareP50Ms'] or '-':>11}{r['daemonShareP95Ms'] or '-':>7}"
+        share = (f"{r['fakeVadLagP50Ms'] or '-':>9}{r['daemonShareP50Ms'] or '-':>11}"
+                 f"{r['daemonShareP95Ms'] or '-':>7}")
         print(f"{r['mode']:<10}{r['calls']:>6}{r['samples']:>5}{r['p50Ms']:>9}{r['p95Ms']:>9}"
               f"{r['p50OverFloorMs']:>11}{r['p95OverFloorMs']:>11}{share}{barge}")
     print(json.dumps({"benchmark": "turn_latency_realtime", "rows": rows}))
