@@ -293,12 +293,16 @@ class StreamHub:
         """The carrier's tone sender (``MediaCarrier.attach_tones``): DTMF
         in-band on the call's stream if it has one (True), else left to
         the carrier (False)."""
-        with self._lock:
-            bridge = self._bridges.get(record.callId)
-        if bridge is None or not bridge.alive:
+        bridge = self._live_bridge(record.callId)
+        if bridge is None:
             return False
         bridge.tones(digits)
         return True
+
+    def _live_bridge(self, call_id: str) -> Bridge | None:
+        with self._lock:
+            bridge = self._bridges.get(call_id)
+        return bridge if bridge is not None and bridge.alive else None
 
     def say_instead(self, call_id: str, action: Speak, why: str) -> None:
         """On the call's event worker: streamed speech failed, so the
