@@ -296,3 +296,19 @@ def test_the_transfer_call_tool_hands_the_call_over(start_daemon) -> None:
         assert ("bot", "Let me put you through.") in [(e["speaker"], e["text"]) for e in record["transcript"]]
     finally:
         w.close()
+
+
+def test_speech_is_not_held_for_a_stream_the_carrier_will_not_open(start_daemon) -> None:
+    # Without streaming.openaiApiKey Twilio calls do not stream (realtime has
+    # its own key): the opening goes into the first TwiML as <Say> at once,
+    # rather than waiting for a stream that never comes.
+    w = make_world(start_daemon, apiKey="sk-test", extra={"streaming": {"enabled": True}})
+    try:
+        d = w.daemon
+        call_id = d.rpc("voicecall.initiate", {"message": "No stream today", "mode": "conversation"})["callId"]
+        record = d.wait_state(call_id, "listening", timeout=15)
+        sid = record["providerCallId"]
+        assert "No stream today" in w.twilio.calls[sid].twiml[0] and "<Stream" not in w.twilio.calls[sid].twiml[0]
+        assert not w.openai.realtime_sessions
+    finally:
+        w.close()

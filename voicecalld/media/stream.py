@@ -257,7 +257,7 @@ class StreamHub:
         with self._lock:
             bridge = self._bridges.get(record.callId)
             hold = (bridge is None and self.config.realtime.enabled and not self._closing
-                    and record.callId not in self._streamed)
+                    and record.callId not in self._streamed and self.carrier.streaming())
             if hold:
                 # The realtime model says everything in its own voice, the
                 # opening too, which comes before the carrier opens the stream.
