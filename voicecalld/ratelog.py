@@ -10,11 +10,12 @@ counted apart, so a flood of one does not hide the first of another.
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
 from collections.abc import Callable
+
+from .lru import Bounded
 
 INTERVAL = 10.0  # seconds between two warnings of one kind
 MAX_KINDS = 64   # kinds remembered; the oldest is forgotten beyond it
@@ -28,7 +29,7 @@ class RateLimitedLog:
         self._clock = clock
         self._lock = threading.Lock()
         #: kind -> (when its last warning was written, how many were left out since)
-        self._kinds: collections.OrderedDict[str, tuple[float, int]] = collections.OrderedDict()
+        self._kinds: Bounded[str, tuple[float, int]] = Bounded(MAX_KINDS)
 
     def warning(self, kind: str, message: str, *args: object) -> bool:
         """Log ``message % args`` unless a warning of ``kind`` was written
@@ -37,13 +38,10 @@ class RateLimitedLog:
         with self._lock:
             last = self._kinds.get(kind)
             if last is not None and now - last[0] < self.interval:
-                self._kinds[kind] = (last[0], last[1] + 1)
+                self._kinds.put(kind, (last[0], last[1] + 1))
                 return False
             skipped = last[1] if last is not None else 0
-            self._kinds[kind] = (now, 0)
-            self._kinds.move_to_end(kind)
-            while len(self._kinds) > MAX_KINDS:
-                self._kinds.popitem(last=False)
+            self._kinds.put(kind, (now, 0))
         more = f" ({skipped} more since the last warning)" if skipped else ""
         self.logger.warning(message + "%s", *args, more)
         return True

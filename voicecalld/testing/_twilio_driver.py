@@ -16,12 +16,14 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import urljoin
 
 from . import _twilio_twiml as tw
+from ._twilio_amd import FakeTwilio as DetectingFake
 from ._twilio_amd import amd_result, start_async_amd
 from ._twilio_model import (
+    Callee,
     CallOver,
     Delivery,
     DialRecord,
@@ -36,11 +38,9 @@ from ._twilio_model import (
     Source,
     StreamRequest,
 )
-from ._twilio_rest import is_http_url
-from ._twilio_webhooks import child_params, recording_params, standard_params, status_params
-
-if TYPE_CHECKING:
-    from .fake_twilio import FakeTwilio
+from ._twilio_rest import Recorder, is_http_url
+from ._twilio_signing import Params
+from ._twilio_webhooks import WebhookSender, child_params, recording_params, standard_params, status_params
 
 _XML_TYPES = ("text/xml", "application/xml", "text/html")
 _SIP_CODES = {"completed": "200", "busy": "486", "no-answer": "487", "canceled": "487", "failed": "500"}
@@ -52,6 +52,23 @@ class AppError(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class FakeTwilio(DetectingFake, Recorder, Protocol):
+    """What a call's run (and detection, which it hands the fake to) uses of ``fake_twilio.FakeTwilio``."""
+
+    time_scale: float
+    ms_per_char: float
+    answer_delay: float
+    dial_delay: float
+
+    @property
+    def _webhooks(self) -> WebhookSender: ...
+    def sign(self, url: str, params: Params | None = None) -> str: ...
+    def _dial_target(self, number: str) -> Callee: ...
+    def _take_callback_fault(self, kind: str, call_sid: str, call_status: str) -> bool: ...
+    def _record_stream(self, stream: StreamRequest) -> None: ...
+    def _run_stream_hook(self, call: FakeCall, request: StreamRequest) -> bool: ...
 
 
 class CallRunner:

@@ -11,18 +11,26 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from werkzeug.wrappers import Request, Response
 
-from ._twilio_model import TERMINAL, FakeCall, Fetch, Inline, RecordingRequest, RestRequest, Source, rfc2822
-
-if TYPE_CHECKING:
-    from .fake_twilio import FakeTwilio
+from ._twilio_model import (
+    TERMINAL,
+    FakeCall,
+    Fetch,
+    Inline,
+    RecordingRecord,
+    RecordingRequest,
+    RestRequest,
+    Source,
+    rfc2822,
+)
 
 API_VERSION = "2010-04-01"
 TWIML_LIMIT = 4000
@@ -299,6 +307,32 @@ def _parse_source(form: list[tuple[str, str]]) -> tuple[Source | None, str | Non
         return Fetch(url, _method(_one(form, "Method")), "voice"), None
     # The fake hosts no TwiML Apps, so any ApplicationSid is unknown to it.
     raise ApiError(21218, message=f"Invalid ApplicationSid: {app} (the fake has no TwiML Apps)")
+
+
+class Recorder(Protocol):
+    """Starting a call's recording, which the REST API and TwiML both do."""
+
+    def _start_recording(self, call: FakeCall, request: RecordingRequest) -> RecordingRecord: ...
+
+
+class FakeTwilio(Recorder, Protocol):
+    """What the REST app uses of ``fake_twilio.FakeTwilio``."""
+
+    account_sid: str
+    auth_token: str
+    account_status: str
+    rate_limit_retry_after: float | None
+    _rate_lock: threading.Lock
+
+    @property
+    def calls(self) -> dict[str, FakeCall]: ...
+    def _record_request(self, record: RestRequest) -> None: ...
+    def _get_call(self, call_sid: str) -> FakeCall | None: ...
+    def _credentials_ok(self, username: str, password: str) -> bool: ...
+    def _take_create_fault(self) -> CreateFault | None: ...
+    def _owned(self) -> frozenset[str] | None: ...
+    def _dial_allowed(self) -> bool: ...
+    def _create_call(self, create: CreateRequest) -> FakeCall: ...
 
 
 class RestApp:

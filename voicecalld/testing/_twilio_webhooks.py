@@ -11,18 +11,16 @@ fault-injection switch). Every attempt carries the same
 from __future__ import annotations
 
 import re
+import threading
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
 
 from ._twilio_model import Delivery, FakeCall, RecordingRecord, rfc2822
 from ._twilio_signing import compute_signature
-
-if TYPE_CHECKING:
-    from .fake_twilio import FakeTwilio
 
 API_VERSION = "2010-04-01"
 _COUNTRIES = {"+1": "US", "+44": "GB", "+49": "DE", "+33": "FR", "+61": "AU"}
@@ -113,6 +111,18 @@ class _Policy:
         if delivery.status is None:
             return "ct" in self.classes or "rt" in self.classes
         return f"{delivery.status // 100}xx" in self.classes
+
+
+class FakeTwilio(Protocol):
+    """What sending webhooks uses of ``fake_twilio.FakeTwilio``."""
+
+    auth_token: str
+    webhook_timeout: float
+    webhook_retries: int
+    retry_delay: float
+    _stopping: threading.Event
+
+    def _record_delivery(self, delivery: Delivery) -> None: ...
 
 
 class WebhookSender:
