@@ -27,6 +27,10 @@ caller's transcripts come out in turn order as before. On top of that:
   row), ``on_unreachable`` gets the caller audio buffered meanwhile and the
   utterances not yet said, and the call goes on without this session.
 
+DTMF the call sends is paced out with the model's audio; unlike the
+player's tones, a barge-in clears it too (the carrier's ``clear`` drops
+everything queued at the carrier anyway).
+
 Whether the model answers a caller turn by itself: on calls that converse
 (inbound, conversation mode) unless ``responder = "socket"`` (the agent
 answers) and except the turn a continue waits for.
