@@ -1,8 +1,9 @@
-"""Media streaming at scale: N simulated Twilio calls streaming real-time
-µ-law through a real voicecalld to the fake OpenAI Realtime service.
+"""Media streaming at scale: N simulated Twilio (or Telnyx) calls streaming
+real-time µ-law through a real voicecalld to the fake OpenAI Realtime service;
+``--carrier twilio,telnyx`` puts both carriers' rows side by side from one run.
 
-For each N (10, 50, 100, 200 by default) it starts a fresh daemon (Twilio
-provider, streaming on) against FakeTwilio, places N conversation calls,
+For each N (10, 50, 100, 200 by default) it starts a fresh daemon (the
+carrier's provider, streaming on) against its fake, places N conversation calls,
 lets every call's media stream send speech-and-silence audio at real-time
 pace for a while, and in the middle makes every call speak (TTS through the
 fake, paced back to the simulated Twilio). The fake OpenAI service and the
@@ -56,18 +57,16 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _harness import start_daemon, stop_daemon  # noqa: E402
+from _media_carriers import Carrier, media_client  # noqa: E402
 
 from voicecalld.testing.ports import free_port  # noqa: E402
 
-SID = "AC" + "b" * 32
-TOKEN = "bench-auth-token"
 FRAME = 160
 LEAD_FRAMES = 3
 
@@ -126,9 +125,8 @@ class Pacer:
         for client, audio in zip(clients, audios, strict=True):
             frames = []
             for n, offset in enumerate(range(0, len(audio), FRAME)):
-                message = {"event": "media", "sequenceNumber": str(n + 2), "streamSid": client.stream_sid,
-                           "media": {"track": "inbound", "chunk": str(n + 1), "timestamp": str(n * 20),
-                                     "payload": base64.b64encode(audio[offset:offset + FRAME]).decode("ascii")}}
+                message = client.wire.media(n + 1, n * 20, base64.b64encode(audio[offset:offset + FRAME]).decode())
+                message = {"event": "media", client.wire.sequence_key: str(n + 2), **message}
                 frames.append(masked_text_frame(json.dumps(message).encode()))
             self.frames.append(frames)
         self.sent: list[list[float]] = [[] for _ in clients]
@@ -150,17 +148,16 @@ class Pacer:
 
 
 def clients_process(requests: Any, results: Any, port: int) -> None:
-    from voicecalld.testing.media_client import MediaStreamClient, silence, speech_like
+    from voicecalld.testing.media_client import silence, speech_like
 
     quiet_gc()
-    clients: list[tuple[int, MediaStreamClient]] = []
+    clients: list[tuple[int, Any]] = []
     pattern = b""
     while True:
         item = requests.get()
         if item[0] == "stream":
-            _, index, path, headers, params, call_sid, stream_sid = item
-            client = MediaStreamClient(f"ws://127.0.0.1:{port}{path}", headers=headers, custom_parameters=params,
-                                       call_sid=call_sid, stream_sid=stream_sid)
+            _, index, path, spec = item
+            client = media_client(f"ws://127.0.0.1:{port}{path}", spec)
             client.connect(timeout=30)
             clients.append((index, client))
             results.put(("connected", index))
@@ -211,8 +208,9 @@ class Server:
     calls through FakeTwilio, or the asyncio bridge that clients stream to
     directly."""
 
-    def __init__(self, spec: str, metrics: bool = False) -> None:
+    def __init__(self, spec: str, metrics: bool = False, carrier: str = "twilio") -> None:
         self.metrics = metrics
+        self.carrier = carrier
         self.label, _, path = spec.partition("=")
         self.asyncio = self.label == "asyncio"
         self.root = Path(path).resolve() if path else ROOT
@@ -220,6 +218,7 @@ class Server:
 
     def start(self, n: int, port: int, base_url: str, realtime_url: str, requests: list[Any]) -> None:
         self.call_ids: list[str] = []
+        self.speak_errors: list[str] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="vc-media-"))
         if self.asyncio:
             self.proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "asyncio_bridge.py"), "--port",
@@ -230,32 +229,24 @@ class Server:
             time.sleep(0.5)
             self.rss_idle = proc_cpu_rss(self.pid)[1]
             for index in range(n):
-                requests[index % len(requests)].put(("stream", index, "/stream", {}, {"callId": f"c{index}"}, None,
-                                                     None))
+                requests[index % len(requests)].put(("stream", index, "/stream", {
+                    "custom_parameters": {"callId": f"c{index}"}}))
             return
         from voicecalld.control.client import Client
-        from voicecalld.testing.fake_twilio import FakeTwilio
 
-        self.twilio = FakeTwilio(SID, TOKEN, ms_per_char=1, time_scale=0.05)
-        self.twilio.start()
-        counter = iter(range(10**9))
-
-        def on_stream(req: Any) -> None:
-            index = next(counter)
-            requests[index % len(requests)].put(("stream", index, urlsplit(req.url).path, dict(req.headers),
-                                                 dict(req.parameters), req.call_sid, req.stream_sid))
-
-        self.twilio.on_stream = on_stream
+        self.fake = Carrier(self.carrier, requests)
         self.sock = str(self.tmp / "control.sock")
         config = (
-            f'provider = "twilio"\nfromNumber = "+15550001111"\ntoNumber = "+15550002222"\n'
+            f'provider = "{self.carrier}"\nfromNumber = "+15550001111"\ntoNumber = "+15550002222"\n'
             f'publicUrl = "http://127.0.0.1:{port}"\nmaxConcurrentCalls = {n + 10}\nresponder = "off"\n'
             f'store = "{self.tmp}/state"\nmaxDurationSeconds = 600\n'
             f'[serve]\nport = {port}\n[control]\nsocket = "{self.sock}"\n'
-            f'[twilio]\naccountSid = "{SID}"\nauthToken = "{TOKEN}"\napiBaseUrl = "{self.twilio.base_url}"\n'
-            f'[streaming]\nenabled = true\nopenaiApiKey = "sk-bench"\nrealtimeUrl = "{realtime_url}"\n'
+            + self.fake.config()
+            + f'[streaming]\nenabled = true\nopenaiApiKey = "sk-bench"\nrealtimeUrl = "{realtime_url}"\n'
             f'maxStreams = {n + 10}\nmaxPendingStreams = {n + 10}\n[tts]\nbaseUrl = "{base_url}"\n'
-            + ('[metrics]\nlisten = "127.0.0.1:0"\n' if self.metrics else ""))
+            + ('[metrics]\nlisten = "127.0.0.1:0"\n' if self.metrics else "")
+            # Every call is dialled at once (a tree from before dial pacing has no such key).
+            + ("[outbound]\ndialsPerSecond = 1000\n" if (self.root / "voicecalld" / "dialer.py").exists() else ""))
         self.proc = start_daemon(self.tmp, config, self.sock, root=self.root)
         self.pid = self.proc.pid
         time.sleep(0.5)
@@ -267,14 +258,17 @@ class Server:
     def speak(self, t0: float, seconds: float, n: int) -> None:
         """Each call speaks once, at a random moment in the middle half of the
         run, as callers in real conversations do (not all in one instant)."""
-        from voicecalld.control.client import Client
+        from voicecalld.control.client import Client, RpcError
 
         rng = random.Random(n)
         schedule = sorted((seconds / 4 + rng.uniform(0, seconds / 2), call_id) for call_id in self.call_ids)
         with Client(self.sock, timeout=60) as c:
             for at, call_id in schedule:
                 time.sleep(max(0.0, t0 + at - time.monotonic()))
-                c.call("voicecall.speak", {"callId": call_id, "message": "This is a paced test announcement."})
+                try:
+                    c.call("voicecall.speak", {"callId": call_id, "message": "This is a paced test announcement."})
+                except RpcError as exc:  # reported with the round, not fatal to the whole run
+                    self.speak_errors.append(exc.message)
 
     def status(self) -> dict[str, Any]:
         if self.asyncio:
@@ -302,13 +296,14 @@ class Server:
             self.proc.wait(30)
         else:
             stop_daemon(self.proc)
-            self.twilio.stop()
+            self.fake.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def run_round(n: int, seconds: float, client_procs: int, speak: bool = True, sync_turns: bool = False,
-              dump: str | None = None, server_spec: str = "voicecalld", metrics: bool = False) -> dict[str, Any]:
-    server = Server(server_spec, metrics)
+              dump: str | None = None, server_spec: str = "voicecalld", metrics: bool = False,
+              carrier: str = "twilio") -> dict[str, Any]:
+    server = Server(server_spec, metrics, carrier)
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     openai = ctx.Process(target=openai_process, args=(child,), daemon=True)
@@ -388,7 +383,8 @@ def run_round(n: int, seconds: float, client_procs: int, speak: bool = True, syn
             paced = run[LEAD_FRAMES:]  # the first frames are sent ahead on purpose
             jitter += [abs((b - a) - 0.02) for a, b in zip(paced, paced[1:], strict=False)]
     return {
-        "server": server.label, "n": n, "streams_connected": connected, "frames_sent": sent_bytes // FRAME,
+        "server": server.label, "carrier": "-" if server.asyncio else carrier, "n": n,
+        "streams_connected": connected, "frames_sent": sent_bytes // FRAME,
         "frames_lost": max(0, (sent_bytes - received_bytes) // FRAME),
         "forward_p50_ms": percentile(latencies, 0.5) * 1e3, "forward_p99_ms": percentile(latencies, 0.99) * 1e3,
         "cpu_pct_per_call": (cpu1 - cpu0) / busy * 100 / n, "cpu_pct_total": (cpu1 - cpu0) / busy * 100,
@@ -400,6 +396,8 @@ def run_round(n: int, seconds: float, client_procs: int, speak: bool = True, syn
         "pacing_frames": media.get("pacing", {}).get("frames", 0),
         "arrival_jitter_p99_ms": percentile(jitter, 0.99) * 1e3,
         "metrics": metrics, "metrics_forward_samples": scraped,
+        "speak_errors": len(server.speak_errors), "speak_error_first": server.speak_errors[:1],
+        "daemon_frames_late": media.get("framesLate", 0), "daemon_frames_lost": media.get("framesLost", 0),
     }
 
 
@@ -464,36 +462,45 @@ def main() -> None:
                         help="the daemon's metrics listener ([metrics] listen); compare: rounds with and without, "
                         "alternating, and the cost in daemon CPU")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per setting with --metrics compare")
+    parser.add_argument("--carrier", default="twilio", metavar="NAME,...",
+                        help="carriers to simulate, taking turns round by round: twilio, telnyx, twilio,telnyx")
     args = parser.parse_args()
     if args.metrics == "compare":
         compare(args)
         return
-    rows = [run_round(int(n), args.seconds, args.client_procs, not args.no_speak, args.sync_turns, args.dump, spec,
-                      args.metrics == "on")
-            for _ in range(args.repeat) for n in args.calls.split(",") for spec in args.servers.split(",")]
-    header = (f"{'server':>10}{'N':>5}{'conn':>6}{'fwd p50':>9}{'fwd p99':>9}{'own p99':>9}{'lost':>7}"
+    rows = []
+    for _ in range(args.repeat):
+        for n in args.calls.split(","):
+            for spec in args.servers.split(","):
+                for carrier in args.carrier.split(","):
+                    rows.append(run_round(int(n), args.seconds, args.client_procs, not args.no_speak,
+                                          args.sync_turns, args.dump, spec, args.metrics == "on", carrier))
+                    # Each round's figures as it ends: they survive a later round's crash.
+                    print(json.dumps({"round": rows[-1]}, default=str), file=sys.stderr, flush=True)
+    header = (f"{'server':>10}{'carrier':>8}{'N':>5}{'conn':>6}{'fwd p50':>9}{'fwd p99':>9}{'own p99':>9}{'lost':>7}"
               f"{'cpu%/call':>11}{'cpu% all':>10}{'us/frame':>10}{'RSS KiB/call':>14}{'pacing p99':>12}"
               f"{'arrival jit p99':>17}")
     print(header)
     for r in rows:
-        print(f"{r['server']:>10}{r['n']:>5}{r['streams_connected']:>6}{r['forward_p50_ms']:>9.2f}"
+        print(f"{r['server']:>10}{r['carrier']:>8}{r['n']:>5}{r['streams_connected']:>6}{r['forward_p50_ms']:>9.2f}"
               f"{r['forward_p99_ms']:>9.2f}{r['daemon_forward_p99_ms']:>9.2f}"
               f"{r['frames_lost']:>7}{r['cpu_pct_per_call']:>11.2f}{r['cpu_pct_total']:>10.1f}"
               f"{r['cpu_us_per_frame']:>10.1f}{r['rss_kib_per_call']:>14.0f}{r['pacing_p99_ms']:>12.2f}{r['arrival_jitter_p99_ms']:>17.2f}")
-    print("(ms; fwd = simulated Twilio's send to the fake STT's read, both processes sharing this machine's cores; "
+    print("(ms; fwd = simulated carrier's send to the fake STT's read, both processes sharing this machine's cores; "
           "own = the daemon's figure from daemon.status media.forwarding, socket read to STT send; "
           "pacing = the daemon's send time against each frame's due time; arrival jitter = the same as seen "
-          "by the simulated Twilio process, including its own scheduling noise)")
+          "by the simulated carrier's process, including its own scheduling noise)")
     if args.repeat > 1:
         print("ranges over the rounds (min-max):")
-        for spec in args.servers.split(","):
+        for spec, carrier in ((s, c) for s in args.servers.split(",") for c in args.carrier.split(",")):
             for n in args.calls.split(","):
-                mine = [r for r in rows if r["server"] == Server(spec).label and r["n"] == int(n)]
-                print(f"{Server(spec).label:>10}{n:>5}" + "".join(
+                mine = [r for r in rows if r["server"] == Server(spec).label and r["n"] == int(n)
+                        and r["carrier"] in (carrier, "-")]
+                print(f"{Server(spec).label:>10}{carrier:>8}{n:>5}" + "".join(
                     f"  {key} {min(r[key] for r in mine):.2f}-{max(r[key] for r in mine):.2f}"
                     for key in ("forward_p50_ms", "forward_p99_ms", "cpu_pct_total", "cpu_us_per_frame")))
     ok = [r for r in rows if r["forward_p99_ms"] < 20 and r["frames_lost"] == 0 and r["pacing_p99_ms"] < 5
-          and r["streams_connected"] == r["n"]]
+          and r["streams_connected"] == r["n"] and r["daemon_frames_lost"] == 0]
     print(json.dumps({"benchmark": "media", "seconds": args.seconds, "sync_turns": args.sync_turns,
                       "rows": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
                       "max_n_meeting_targets": max((r["n"] for r in ok), default=0),

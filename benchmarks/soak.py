@@ -192,7 +192,8 @@ def main() -> None:
             port = probe.getsockname()[1]
         config = (
             common + f'provider = "twilio"\nfromNumber = "+15550009999"\npublicUrl = "http://127.0.0.1:{port}"\n'
-            f'[serve]\nport = {port}\n[control]\nsocket = "{sock}"\n[outbound]\nnotifyHangupDelaySec = 0\n'
+            f'[serve]\nport = {port}\n[control]\nsocket = "{sock}"\n'
+            '[outbound]\nnotifyHangupDelaySec = 0\ndialsPerSecond = 1000\n'
             f'[twilio]\naccountSid = "{sid}"\nauthToken = "{token}"\napiBaseUrl = "{fake.base_url}"\n')
     else:
         config = (

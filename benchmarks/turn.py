@@ -45,12 +45,14 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from voicecalld import config as cfgmod  # noqa: E402
+from voicecalld import llm_client  # noqa: E402
 from voicecalld.calls import CallEvent, CallRecord, EventType, Speak  # noqa: E402
 from voicecalld.events import EventBus  # noqa: E402
 from voicecalld.manager import CallManager  # noqa: E402
@@ -61,6 +63,7 @@ from voicecalld.timers import TimerService  # noqa: E402
 from voicecalld.workerpool import WorkerPool  # noqa: E402
 
 REPLY = "Sure, I can help with that. What time works for you?"
+FIRST_SENTENCE = "Sure, I can help with that."
 API_KEY = "sk-bench"
 
 #: The fake LLM runs in a process of its own, as a real one would: its
@@ -127,24 +130,33 @@ class Bench:
         self._instrument()
 
     def _instrument(self) -> None:
-        speak, complete, serve = self.provider.speak, self.responder._complete, self.responder._serve
+        speak, serve = self.provider.speak, self.responder._serve
+        payloads = llm_client.ChatRequest.payloads
         unclaimed, append = self.manager.on_unclaimed, self.store.append
         assert unclaimed is not None
         now = time.perf_counter_ns
 
         def timed_speak(record: CallRecord, action: Speak) -> None:
-            if action.text == REPLY:
+            if action.text == FIRST_SENTENCE:  # the reply starts being spoken (the rest follows)
                 self.current.spoken = now()
                 self.current.cpu_ns += time.thread_time_ns() - self.current.worker_cpu
                 self.spoken.set()
             speak(record, action)
 
-        def timed_complete(*args: Any, **kwargs: Any) -> Any:
-            started = now()
-            try:
-                return complete(*args, **kwargs)
-            finally:
-                self.current.http_ns += now() - started
+        def timed_payloads(request: llm_client.ChatRequest) -> Iterator[str]:
+            # The reply streams: the time spent waiting for it (connect,
+            # send, the fake's work, receive) until the first sentence is spoken.
+            events = payloads(request)
+            while True:
+                started = now()
+                try:
+                    payload = next(events)
+                except StopIteration:
+                    return
+                finally:
+                    if not self.spoken.is_set():
+                        self.current.http_ns += now() - started
+                yield payload
 
         def timed_unclaimed(call_id: str, text: str) -> None:
             self.current.unclaimed = now()
@@ -163,7 +175,7 @@ class Bench:
                 self.current.log_ns += now() - started
 
         self.provider.speak = timed_speak  # type: ignore[method-assign]
-        self.responder._complete = timed_complete  # type: ignore[method-assign]
+        llm_client.ChatRequest.payloads = timed_payloads  # type: ignore[method-assign]
         self.responder._serve = timed_serve  # type: ignore[method-assign]
         self.manager.on_unclaimed = timed_unclaimed
         self.store.append = timed_append  # type: ignore[method-assign]

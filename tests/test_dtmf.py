@@ -86,7 +86,7 @@ def test_barge_in_does_not_cut_tones(clock: VirtualClock) -> None:
     try:
         p.play_audio("t1", dtmf.tones("123"))
         wait_until(lambda: wire.of("mark"), 5, "the tones' mark")
-        assert p.interrupt() is False  # the tones are still playing at the carrier
+        assert p.interrupt() is None  # the tones are still playing at the carrier
         assert wire.of("clear") == []
         p.mark_echoed("t1")
         tones_sent = len(wire.of("media"))
@@ -95,7 +95,7 @@ def test_barge_in_does_not_cut_tones(clock: VirtualClock) -> None:
         p.say("long", "x" * 300)
         p.play_audio("t2", dtmf.tones("9"))
         wait_until(lambda: len(wire.of("media")) == tones_sent + 25, 5, "the first half second of the speech")
-        assert p.interrupt() is True
+        assert p.interrupt() is not None
         assert played == ["long"]
         go_on.set()
         wait_until(lambda: [m["mark"]["name"] for _, m in wire.of("mark")] == ["t1", "t2"], 5, "the second tones")

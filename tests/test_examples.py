@@ -27,8 +27,8 @@ def check(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=30, env={**clean, **env})
 
 
-def test_the_three_examples_exist() -> None:
-    assert [p.name for p in EXAMPLES] == ["mock.toml", "telnyx.toml", "twilio.toml"]
+def test_the_examples_exist() -> None:
+    assert [p.name for p in EXAMPLES] == ["mock.toml", "telnyx-streaming.toml", "telnyx.toml", "twilio.toml"]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -50,7 +50,8 @@ def test_example_is_commented_and_holds_no_secret(path) -> None:
     assert not secrets & set(flat), "secrets belong in credentials or the environment"
 
 
-@pytest.mark.parametrize("name, needs", [("twilio.toml", "TWILIO_AUTH_TOKEN"), ("telnyx.toml", "TELNYX_API_KEY")])
+@pytest.mark.parametrize("name, needs", [("twilio.toml", "TWILIO_AUTH_TOKEN"), ("telnyx.toml", "TELNYX_API_KEY"),
+                                         ("telnyx-streaming.toml", "TELNYX_API_KEY")])
 def test_carrier_examples_need_their_secrets(name, needs) -> None:
     proc = check(ROOT / "examples" / name, {k: v for k, v in PLACEHOLDERS.items() if k != needs})
     assert proc.returncode == 78 and needs in proc.stderr

@@ -15,6 +15,7 @@ import pytest
 import websocket
 
 from voicecalld.media import realtime_voice_core as core
+from voicecalld.media.realtime_stt import turn_detection
 from voicecalld.testing.fake_openai import FakeOpenAI, VoiceRecord
 from voicecalld.testing.media_client import silence, speech_like
 
@@ -44,7 +45,8 @@ class Conn:
 
     def configure(self, answers: bool = True) -> dict[str, Any]:
         self.send(core.session_update(model="gpt-realtime", voice="marin", prompt="Be brief.",
-                                      transcription_model="gpt-4o-transcribe", threshold=0.5, silence_ms=300,
+                                      transcription_model="gpt-4o-transcribe",
+                                 detection=turn_detection("server_vad", 0.5, 300, "auto"),
                                       answers=answers, tool_list=core.tools([])))
         return self.until(lambda e: e["type"] in ("session.updated", "error"))
 

@@ -16,7 +16,7 @@ import pytest
 
 from voicecalld.errors import ProviderError
 from voicecalld.media import mulaw
-from voicecalld.media.player import FRAME_BYTES, LEAD_FRAMES, Player
+from voicecalld.media.player import FRAME_BYTES, LEAD_FRAMES, Interruption, Player
 from voicecalld.media.tts import Synthesizer
 from voicecalld.providers.twilio_media import TwilioFraming
 from voicecalld.testing._wait import wait_until
@@ -172,11 +172,12 @@ def test_barge_in_clears_drops_the_queue_and_reports_them_played(clock: VirtualC
         p.say("long", "long" + "x" * 296)
         p.say("next", "x" * 50)
         wait_until(lambda: len(wire.of("media")) == 25, 5, "the first half second")
-        assert p.interrupt() is True
+        # "long" was being heard; "next" never started.
+        assert p.interrupt() == Interruption("long", ("next",))
         assert wire.of("clear")[0][1] == {"event": "clear", "streamSid": "MZ123"}
         assert played == ["long", "next"]
         go_on.set()  # the dropped utterance's audio arrives, too late to be sent
-        assert p.interrupt() is False  # nothing to interrupt now
+        assert p.interrupt() is None  # nothing to interrupt now
         p.say("after", "x" * 10)
         wait_until(lambda: wire.of("mark"), 5, "the next utterance's mark")
         # Everything after the clear is the next utterance: 5 frames, then its mark.

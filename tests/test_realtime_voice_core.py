@@ -12,6 +12,7 @@ import pytest
 from voicecalld.calls import CallRecord, Direction, Mode
 from voicecalld.config import Config
 from voicecalld.media import realtime_voice_core as core
+from voicecalld.media.realtime_stt import turn_detection
 from voicecalld.media.realtime_voice import RealtimeVoice, with_model
 from voicecalld.media.voice_out import MARK_EVERY, Pacer
 from voicecalld.testing._wait import wait_until
@@ -46,7 +47,8 @@ def test_heard_audio_counts_only_marks_echoed_for_their_audio(steps: list[tuple[
 
 def test_the_session_is_a_realtime_mulaw_conversation_with_its_tools() -> None:
     update = core.session_update(model="gpt-realtime", voice="marin", prompt="Be brief.",
-                                 transcription_model="gpt-4o-transcribe", threshold=0.5, silence_ms=500,
+                                 transcription_model="gpt-4o-transcribe",
+                                 detection=turn_detection("server_vad", 0.5, 500, "auto"),
                                  answers=True, tool_list=core.tools(["+15550003333"]))
     session = update["session"]
     assert update["type"] == "session.update" and session["type"] == "realtime"

@@ -55,10 +55,16 @@ def wait_log(d: Daemon, text: str, count: int = 1) -> None:
     d.wait(lambda: d.log().count(text) >= count, what=f"{text!r} x{count} in the daemon log")
 
 
-def say_and_wait(d: Daemon, call_id: str, text: str) -> dict[str, Any]:
+def say_and_wait(d: Daemon, call_id: str, text: str, reply: str | None = None) -> dict[str, Any]:
+    """Say ``text``; the record once the bot's reply line is there (once it
+    reads ``reply``, when given: a reply is spoken, and its line grows,
+    sentence by sentence)."""
     before = len(d.rpc("voicecall.status", {"callId": call_id})["transcript"])
     d.rpc("mock.say", {"callId": call_id, "text": text})
-    return wait_lines(d, call_id, before + 2)
+    if reply is None:
+        return wait_lines(d, call_id, before + 2)
+    return d.wait(lambda: lines(r := d.rpc("voicecall.status", {"callId": call_id}))[before + 1:] == [
+        ("bot", reply)] and r, what=f"the reply {reply!r}")
 
 
 def test_inbound_call_is_answered_by_the_llm_over_several_turns(start_daemon, fake) -> None:
@@ -66,8 +72,8 @@ def test_inbound_call_is_answered_by_the_llm_over_several_turns(start_daemon, fa
     fake.chat_replies.put("**Sure**, your table is booked for `7 pm`.\n\n- see you then")
     d = start_daemon(llm_config(fake))
     call_id = inbound(d)
-    say_and_wait(d, call_id, "hello")
-    record = say_and_wait(d, call_id, "book a table at seven")
+    say_and_wait(d, call_id, "hello", "Hi! What can I do for you?")
+    record = say_and_wait(d, call_id, "book a table at seven", "Sure, your table is booked for 7 pm. see you then.")
     assert lines(record) == [
         ("bot", GREETING), ("user", "hello"), ("bot", "Hi! What can I do for you?"),
         ("user", "book a table at seven"), ("bot", "Sure, your table is booked for 7 pm. see you then."),
@@ -147,8 +153,8 @@ def test_the_request_runs_on_the_responder_pool_without_a_lock(make_engine, fake
     e = make_engine(inboundPolicy="open", responseBaseUrl=fake.base_url, responseApiKey="sk-test")
     responder = Responder(e.manager, e.bus)
     threads: list[str] = []
-    real = responder._complete
-    responder._complete = lambda *a, **k: (threads.append(threading.current_thread().name), real(*a, **k))[1]
+    real = responder._stream_reply
+    responder._stream_reply = lambda *a, **k: (threads.append(threading.current_thread().name), real(*a, **k))[1]  # type: ignore[method-assign]
     fake.chat_replies.put({"content": "Slow reply.", "delay": 0.5})
     try:
         call_id = e.provider.inbound(CALLER, None)["callId"]
@@ -158,7 +164,7 @@ def test_the_request_runs_on_the_responder_pool_without_a_lock(make_engine, fake
         assert lines(e.manager.status(call_id))[-1] == ("user", "hi")
         e.wait(lambda: len(fake.chat_requests) == 1, what="the request")
         # ...and while the request is in flight, the call's lock is free.
-        assert fake.chat_requests[0].status == 0  # not answered yet
+        assert not fake.chat_requests[0].finished.is_set()  # not answered yet
         e.manager.speak(call_id, "One moment.")
         e.wait(lambda: lines(e.manager.status(call_id))[-1] == ("bot", "Slow reply."), what="the reply")
         assert len(threads) == 1 and threads[0].startswith("responder-")
@@ -195,8 +201,9 @@ def test_a_call_that_ends_while_the_model_thinks_gets_nothing(start_daemon, fake
     d.wait(lambda: len(fake.chat_requests) == 1, what="the request")
     d.rpc("mock.hangup", {"callId": call_id})
     d.wait_state(call_id, "hangup-user")
-    d.wait(lambda: fake.chat_requests[0].status == 200, what="the reply to arrive")
-    wait_log(d, f"call {call_id}: ended before the reply could be spoken")
+    # The request is cancelled: the connection closed while the model is still at it.
+    wait_log(d, f"call {call_id}: the reply stopped (the call ended)")
+    assert fake.chat_requests[0].finished.wait(10) and fake.chat_requests[0].client_left
     wait_log(d, f"call {call_id}: turn answered in")  # the worker is done with the call
     record = d.rpc("voicecall.status", {"callId": call_id})
     assert lines(record)[-1] == ("user", "hello?") and record["endReason"] == "hangup-user"
@@ -281,6 +288,8 @@ def test_an_unusable_endpoint_gives_the_apology(make_engine, fake, fault: str, c
 
         def post(*args: Any, **kwargs: Any) -> Any:
             response = real(*args, **kwargs)
+            response.close()  # a server that answers with one body that is not a completion
+            response.headers["Content-Type"] = "application/json"
             response._content = b'{"choices": []}' if fault == "not-a-completion" else b"<html>oops</html>"
             return response
 

@@ -39,12 +39,15 @@ class World:
         self.openai = FakeOpenAI(api_key="sk-test", tts_ms_per_char=8)
         self.openai.start()
         self.port = free_port()
+        if overrides.pop("llm", False):  # the auto-responder, answered by this world's fake
+            overrides = {"responder": "llm", "responseBaseUrl": self.openai.base_url, "responseApiKey": "sk-test",
+                         "responseTimeoutMs": 10000, **overrides}
         streaming = {"enabled": True, "openaiApiKey": "sk-test", "realtimeUrl": self.openai.realtime_url,
                      "silenceDurationMs": 300, **overrides.pop("streaming", {})}
         config = {"provider": "twilio", "fromNumber": FROM, "toNumber": TO, "maxConcurrentCalls": 5,
                   "publicUrl": f"http://127.0.0.1:{self.port}", "serve": {"port": self.port},
                   "twilio": {"accountSid": SID, "authToken": TOKEN, "apiBaseUrl": self.twilio.base_url},
-                  "streaming": streaming, "tts": {"baseUrl": self.openai.base_url},
+                  "streaming": streaming, "tts": {"baseUrl": self.openai.base_url, **overrides.pop("tts", {})},
                   "responder": "off", "transcriptTimeoutMs": 15000, **overrides}
         self.daemon = start_daemon(config)
         self.clients: list[MediaStreamClient] = []

@@ -572,11 +572,16 @@ def test_streaming_connects_a_media_stream(twilio_daemon, fake: FakeTwilio) -> N
     port = free_port()
     d = twilio_daemon(port=port, streaming={"enabled": True, "openaiApiKey": "sk-test-0123456789"})
     call_id = d.rpc("voicecall.initiate", {"message": "Hello", "mode": "conversation"})["callId"]
-    d.wait_state(call_id, "listening")
+    # The first document opens the stream and says nothing: the opening waits
+    # to be spoken over it. No stream comes up here (nothing answers the
+    # wss:// URL), so after a few seconds the opening is said with <Say>,
+    # and the call streams again after it.
+    d.wait_state(call_id, "listening", timeout=20)
     sid = sid_of(fake, call_id)
     stream = fake.wait_stream(sid)
     url = f"wss://127.0.0.1:{port}/voice/stream"
-    assert stream.url == url and stream.bidirectional and streams == [stream]
+    assert len(streams) == 2 and streams[0].ended_at is not None and streams[1] is stream
+    assert stream.url == url and stream.bidirectional
     assert stream.parameters["callId"] == call_id and len(stream.parameters["token"]) >= 32
     # What the WebSocket upgrade will carry verifies with the daemon's validator.
     assert validate(fake.auth_token, url, stream.headers["X-Twilio-Signature"])

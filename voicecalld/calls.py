@@ -121,6 +121,9 @@ class CallEvent:
     reason: State | None = None
     message: str = ""
     utterance_id: str | None = None
+    #: ``interrupted``: the utterances dropped before any of them was heard
+    #: (``utterance_id`` is then the one cut off while it was heard, if any).
+    dropped: tuple[str, ...] = ()
     answered_by: str | None = None  # DETECTED: human, machine, fax or unknown
 
 

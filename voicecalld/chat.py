@@ -135,13 +135,15 @@ def unanswered(transcript: list[dict[str, Any]]) -> list[str]:
 
 
 def request_body(model: str, record: dict[str, Any], prompt: str | None, *, tools: bool = True,
-                 transfer_to: Sequence[str] = ()) -> dict[str, Any]:
+                 transfer_to: Sequence[str] = (), stream: bool = False) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model_name(model),
         "messages": [{"role": "system", "content": system_prompt(prompt, record)},
                      *conversation(record.get("transcript") or [])],
         "max_completion_tokens": MAX_COMPLETION_TOKENS,
     }
+    if stream:
+        body["stream"] = True
     if tools:
         transfer = transfer_function(transfer_to)
         body["tools"] = [HANG_UP_TOOL, *([{"type": "function", "function": transfer}] if transfer else [])]
@@ -163,12 +165,45 @@ class BadCompletion(ValueError):
     """The response is not a Chat Completions object."""
 
 
-def _content_text(content: Any) -> str:
+def content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content parts, as some compatible servers send
         return " ".join(str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text")
     return ""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call of one of our tools: ``hang_up`` (with its ``goodbye``, maybe
+    empty) or ``transfer_call`` (to ``to``, saying ``message``)."""
+
+    name: str
+    goodbye: str = ""
+    to: str = ""
+    message: str = ""
+
+
+def tool_call(name: Any, raw: Any) -> ToolCall | None:
+    """One of our tools called with ``raw`` arguments (a JSON string, as
+    the API sends them, or an object); None for anything else, including a
+    transfer with nowhere to go (as if it had not been called)."""
+    if name not in (HANG_UP, TRANSFER_CALL):
+        return None
+    try:
+        args = jsonsafe.loads(raw) if isinstance(raw, str) and raw.strip() else (raw or {})
+    except ValueError:
+        args = {}
+    if not isinstance(args, dict):
+        args = {}
+    if name == TRANSFER_CALL:
+        to = args.get("to")
+        if not isinstance(to, str) or not to:
+            return None
+        said = for_speech(args["message"]) if isinstance(args.get("message"), str) else ""
+        return ToolCall(TRANSFER_CALL, to=to, message=said)
+    goodbye = for_speech(args["goodbye"]) if isinstance(args.get("goodbye"), str) else ""
+    return ToolCall(HANG_UP, goodbye=goodbye)
 
 
 def parse_completion(data: Any) -> Reply:
@@ -178,26 +213,15 @@ def parse_completion(data: Any) -> Reply:
         raise BadCompletion("the response has no choices[0].message") from None
     if not isinstance(message, dict):
         raise BadCompletion("choices[0].message is not an object")
-    text = for_speech(_content_text(message.get("content")))
+    text = for_speech(content_text(message.get("content")))
     for call in message.get("tool_calls") or []:
         function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or function.get("name") not in (HANG_UP, TRANSFER_CALL):
+        tool = tool_call(function.get("name"), function.get("arguments")) if isinstance(function, dict) else None
+        if tool is None:
             continue
-        raw = function.get("arguments")
-        try:
-            args = jsonsafe.loads(raw) if isinstance(raw, str) and raw.strip() else (raw or {})
-        except ValueError:
-            args = {}
-        if not isinstance(args, dict):
-            args = {}
-        if function.get("name") == TRANSFER_CALL:
-            to = args.get("to")
-            if not isinstance(to, str) or not to:
-                continue  # nowhere to transfer to: as if it had not been called
-            said = for_speech(args["message"]) if isinstance(args.get("message"), str) else ""
-            return Reply(said or text, transfer_to=to)
-        goodbye = for_speech(args["goodbye"]) if isinstance(args.get("goodbye"), str) else ""
-        return Reply(text or goodbye or DEFAULT_GOODBYE, hang_up=True)
+        if tool.name == TRANSFER_CALL:
+            return Reply(tool.message or text, transfer_to=tool.to)
+        return Reply(text or tool.goodbye or DEFAULT_GOODBYE, hang_up=True)
     return Reply(text)
 
 

@@ -143,6 +143,8 @@ class Daemon:
             self.streams = StreamHub(self.manager, carrier)
             self.manager.answered_elsewhere = self.streams.answers_itself
             stream_handler = self.streams.handle
+            # A reply on a call that speaks over its stream goes sentence by sentence.
+            self.responder.streamed = self.streams.speaks_over_stream
         app = WebhookApp(self.provider, cfg.serve.path, self.healthy, cfg.streaming.streamPath, stream_handler,
                          self.probes)
         try:

@@ -45,7 +45,7 @@ utterance played, what was said, which reason), drop what carries nothing
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 from typing import Any
 
 from . import calls
@@ -72,15 +72,12 @@ from .lifecycle_steps import (
 )
 from .lifecycle_table import ROWS
 from .lru import Bounded
+from .utterances import Utterance, barge_in_cuts, join_line
 
 # --- the machine --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Utterance:
-    then: AfterSpeech
-    turn: int | None
-    entry: dict[str, Any]  # its transcript entry, marked if it never plays
+_RECENT_UTTERANCES = 64  # remembered after playing, for a barge-in's bookkeeping
 
 
 _SEEN_EVENTS = 512  # remembered event ids per call; carriers retry within seconds
@@ -117,7 +114,8 @@ class Call:
         self.transferring = None
         self.turns = 0
         self._utterance_seq = 0
-        self._utterances: dict[str, _Utterance] = {}  # said, not yet played
+        self._utterances: dict[str, Utterance] = {}  # said, not yet played
+        self._recent: Bounded[str, Utterance] = Bounded(_RECENT_UTTERANCES)  # said lately, played or not
         self._seen: Bounded[str, None] = Bounded(_SEEN_EVENTS)
 
     @property
@@ -180,11 +178,15 @@ class Call:
     # -- what steps do to the transcript --
 
     def note_bot_line(self, data: Data) -> list[Action]:
-        """The bot says ``data.text``: a new utterance, waiting to play."""
+        """The bot says ``data.text``: a new utterance, waiting to play (on the bot's line: ``joins``)."""
         self._utterance_seq += 1
         data.utterance_id = f"u{self._utterance_seq}"
-        out = self._add_line("bot", data.text, data.now_ms)
-        self._utterances[data.utterance_id] = _Utterance(data.then, data.turn, self.record.transcript[-1])
+        out = join_line(self.record.transcript, data.text) if data.joins else None
+        out = self._add_line("bot", data.text, data.now_ms) if out is None else out
+        entry = self.record.transcript[-1]
+        utterance = Utterance(data.then, data.turn, entry, len(entry["text"]) - len(data.text), len(entry["text"]))
+        self._utterances[data.utterance_id] = utterance
+        self._recent.put(data.utterance_id, utterance)
         return out
 
     def note_said(self, data: Data) -> list[Action]:
@@ -204,14 +206,24 @@ class Call:
     def forget_utterances(self) -> None:
         self._utterances.clear()
 
+    def hang_up_after_last(self) -> bool:
+        """The last utterance waiting to play now ends the call; False if none waits."""
+        last = next(reversed(self._utterances), None)
+        if last is None:
+            return False
+        self._utterances[last] = dataclasses.replace(self._utterances[last], then="hangup")
+        return True
+
     # -- commands --
 
     def start(self) -> list[Action]:
         """A new call was created (for an outbound one, before the carrier is asked)."""
         return self._on(Input.CREATED, Data(0))
 
-    def speak(self, text: str, now_ms: int, then: AfterSpeech = None, turn: int | None = None) -> list[Action]:
-        return self._command(Input.SPEAK, Data(now_ms, text=text, then=then, turn=turn))
+    def speak(self, text: str, now_ms: int, then: AfterSpeech = None, turn: int | None = None,
+              joins: bool = False) -> list[Action]:
+        """Say ``text``; ``joins``: the next sentence of a reply, on the bot's line."""
+        return self._command(Input.SPEAK, Data(now_ms, text=text, then=then, turn=turn, joins=joins))
 
     def begin_turn(self, text: str, now_ms: int) -> list[Action]:
         """``continue``: speak, then listen for the callee's reply."""
@@ -219,11 +231,16 @@ class Call:
         self.turns += 1
         return actions
 
-    def say_goodbye(self, text: str, now_ms: int, reason: State = State.HANGUP_BOT) -> list[Action]:
+    def say_goodbye(self, text: str, now_ms: int, reason: State = State.HANGUP_BOT, joins: bool = False
+                    ) -> list[Action]:
         """Speak a last message, then hang up once it has played (after the
         notify hangup delay, as in notify mode). The bot chose to end the
         call, so it ends as ``reason`` whoever hangs up first."""
-        return self._command(Input.GOODBYE, Data(now_ms, text=text, then="hangup", reason=reason))
+        return self._command(Input.GOODBYE, Data(now_ms, text=text, then="hangup", reason=reason, joins=joins))
+
+    def hang_up_after_speech(self, now_ms: int, reason: State = State.HANGUP_BOT) -> list[Action]:
+        """Hang up (as ``reason``) as after a goodbye, once what the bot is saying has played."""
+        return self._command(Input.HANG_UP_AFTER, Data(now_ms, reason=reason))
 
     def speak_refused(self, utterance_id: str) -> list[Action]:
         """The carrier refused an utterance: the transcript says so, and the
@@ -310,8 +327,9 @@ class Call:
             return []
         data = Data(now_ms)
         kind = event.type
-        if kind in _PROGRESS:
-            return self._on(_PROGRESS[kind], data)
+        if kind in _PROGRESS:  # (an utterance that played already starts no more: events may cross)
+            stale = kind == EventType.SPEAKING and event.utterance_id and event.utterance_id not in self._utterances
+            return [] if stale else self._on(_PROGRESS[kind], data)
         if kind == EventType.ANSWERED:
             return self.answered(now_ms, self.policy.max_duration)
         if kind == EventType.PLAYED:
@@ -329,8 +347,7 @@ class Call:
             data.text = event.transcript.strip()
             return self._on(Input.SAID, data) if data.text else []
         if kind == EventType.INTERRUPTED:
-            data.entry = self._last_bot_line()
-            return [] if data.entry is None else self._on(Input.INTERRUPTED, data)
+            return self._interrupted(event, data)
         if kind == EventType.DTMF:
             data.digits = event.digits
             return self._on(Input.DTMF, data) if event.digits else []
@@ -351,6 +368,20 @@ class Call:
         if kind == EventType.TRANSFER_FAILED:
             return self.transfer_failed(event.message or "the transfer failed")
         return []  # initiated: a call starts there, it never moves back
+
+    def _interrupted(self, event: CallEvent, data: Data) -> list[Action]:
+        """Barge-in: keep what was heard (``barge_in_cuts``), else mark the bot's last line."""
+        heard = self._recent.get(event.utterance_id or "")
+        dropped = [u for u in (self._recent.get(i) for i in event.dropped) if u is not None]
+        if heard is None and not dropped:
+            data.entry = self._last_bot_line()
+            return [] if data.entry is None else self._on(Input.INTERRUPTED, data)
+        cuts = barge_in_cuts(heard, dropped)
+        data.entry = heard.entry if heard is not None else dropped[0].entry
+        if data.entry.get("interrupted") and not any(at < len(e["text"]) for e, at in cuts):
+            return []
+        data.cuts = cuts
+        return self._on(Input.INTERRUPTED, data)
 
     def _last_bot_line(self) -> dict[str, Any] | None:
         """The bot's last line, unless a barge-in marked it already."""

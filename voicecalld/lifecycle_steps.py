@@ -36,6 +36,7 @@ from .calls import (
     StopListening,
     Transfer,
 )
+from .utterances import keep_what_was_heard
 
 
 class Input(enum.StrEnum):
@@ -61,6 +62,7 @@ class Input(enum.StrEnum):
     SPEAK = "speak"
     CONTINUE = "continue"
     GOODBYE = "goodbye"
+    HANG_UP_AFTER = "hang up after the words"
     SPEAK_REFUSED = "speak refused"
     END = "end"
     HANG_UP_REFUSED = "hang-up refused"
@@ -106,6 +108,8 @@ MEANING: dict[Input, str] = {
     Input.SPEAK: "the command voicecall.speak, or a reply of the auto-responder",
     Input.CONTINUE: "the command voicecall.continue: speak, then wait for the callee's reply",
     Input.GOODBYE: "a last line, then hang up (the auto-responder's hang_up tool)",
+    Input.HANG_UP_AFTER: "hang up once what is being said has played (the auto-responder's hang_up tool, "
+                         "after a reply it was already speaking)",
     Input.SPEAK_REFUSED: "the carrier refused an utterance",
     Input.END: "the command voicecall.end (as hangup-bot), a deadline that passed while voicecalld was "
                "down, or shutdown",
@@ -149,6 +153,10 @@ class Data:
     answered_by: str | None = None            # what answering-machine detection said
     latency_ms: int = 0                       # a measured turn latency
     to: str = ""                              # a transfer's target
+    joins: bool = False                       # the line goes on the bot's previous line (a reply's next sentence)
+    #: Barge-in: (transcript entry, characters of it that were heard), for
+    #: the lines whose end never played.
+    cuts: list[tuple[dict[str, Any], int]] | None = None
 
 
 class Machine(Protocol):
@@ -182,6 +190,8 @@ class Machine(Protocol):
     def note_said(self, data: Data) -> list[Action]: ...
 
     def forget_utterances(self) -> None: ...
+
+    def hang_up_after_last(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -265,9 +275,7 @@ def _opening(call: Machine, data: Data) -> list[Action]:
 
 def _interrupted(call: Machine, data: Data) -> list[Action]:
     assert data.entry is not None
-    data.entry["interrupted"] = True
-    return [Publish("call.transcript", {"speaker": "bot", "text": data.entry["text"], "isFinal": True,
-                                        "interrupted": True})]
+    return keep_what_was_heard(call.record.transcript, data.entry, data.cuts or [])
 
 
 def _mark_undelivered(call: Machine, data: Data) -> None:
@@ -356,13 +364,21 @@ LISTEN = Step("listen", lambda call, data: [Listen(data.turn)])
 STOP_LISTENING = Step("stop listening", lambda call, data: [StopListening()],
                       "stop transcribing, so the callee's last words start no new turn")
 MARK_DELIVERED = Step("mark delivered", _none(_set_delivered))
+LAST_THEN_HANG_UP = Step(
+    "hang up after the last line",
+    lambda call, data: [] if call.hang_up_after_last()
+    else [ArmTimer("notify-hangup", call.policy.notify_hangup_delay)],
+    "the utterance still to play last now ends the call when it has played (played, then hang up); with "
+    "nothing left to play, arm notify-hangup")
 MARK_UNDELIVERED = Step("mark the line undelivered", _none(_mark_undelivered))
 CALLEE_LINE = Step("note the callee's line", lambda call, data: call.note_callee_line(data))
 DELIVER = Step("deliver", lambda call, data: [Deliver(data.text, data.confidence)],
                "hand the transcript to the continue waiting for it, or else to the auto-responder")
 PUBLISH_PARTIAL = Step("publish the partial", lambda call, data: [
     Publish("call.transcript", {"speaker": "user", "text": data.text, "isFinal": False})])
-MARK_INTERRUPTED = Step("mark the line interrupted", _interrupted)
+MARK_INTERRUPTED = Step("mark the line interrupted", _interrupted,
+                        "keep only what was heard of the bot's lines (sentences that never played are dropped), "
+                        "and mark the line cut off interrupted")
 NOTE_TURN = Step("note the turn", _none(_note_turn), "add {at, latencyMs} to the record's turns")
 PUBLISH_DTMF = Step("publish the digits", lambda call, data: [
     Publish("call.dtmf", {"digits": data.digits, "direction": "received"})])

@@ -207,21 +207,31 @@ class CallManager:
             if self.calls.link_provider_id(live, provider_id):
                 self.store.append(live.call.record.to_dict())
 
-    def speak(self, call_id: object, message: object, *, listen: bool = False) -> dict[str, Any]:
+    def speak(self, call_id: object, message: object, *, listen: bool = False, joins: bool = False
+              ) -> dict[str, Any]:
         """Say ``message``. ``listen``: then listen for the callee (the
-        auto-responder's replies), so the carrier keeps the line open for them."""
+        auto-responder's replies), so the carrier keeps the line open for
+        them. ``joins``: it is the next sentence of a reply spoken as it is
+        generated, and goes on the bot's line in the transcript."""
         text = self._check_message(message)
         live = self.calls.find(call_id)
         then: AfterSpeech = "listen" if listen else None
-        self._run(live, lambda c: c.speak(text, now_ms(), then=then), raise_errors=True)
+        self._run(live, lambda c: c.speak(text, now_ms(), then=then, joins=joins), raise_errors=True)
         return {"callId": live.call.id, "ok": True}
 
-    def say_goodbye(self, call_id: object, message: object) -> dict[str, Any]:
+    def say_goodbye(self, call_id: object, message: object, *, joins: bool = False) -> dict[str, Any]:
         """Speak ``message``, then hang up after it has played; the call ends
-        as hangup-bot (the auto-responder's hang_up tool)."""
+        as hangup-bot (the auto-responder's hang_up tool). ``joins`` as for ``speak``."""
         text = self._check_message(message)
         live = self.calls.find(call_id)
-        self._run(live, lambda c: c.say_goodbye(text, now_ms()), raise_errors=True)
+        self._run(live, lambda c: c.say_goodbye(text, now_ms(), joins=joins), raise_errors=True)
+        return {"callId": live.call.id, "ok": True}
+
+    def hang_up_after_speech(self, call_id: object) -> dict[str, Any]:
+        """Hang up once what the call is saying has played (as after
+        ``say_goodbye``); the call ends as hangup-bot."""
+        live = self.calls.find(call_id)
+        self._run(live, lambda c: c.hang_up_after_speech(now_ms()), raise_errors=True)
         return {"callId": live.call.id, "ok": True}
 
     def continue_(self, call_id: object, message: object) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -39,10 +40,13 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from . import chat, jsonsafe, metrics
+from . import chat
 from .calls import TERMINAL
+from .chat_stream import BadChunk, StreamedReply
 from .errors import NotConnected, ProviderError, VoiceCallError
 from .events import EventBus, EventParams
+from .llm_client import Cancelled, ChatRequest, ToolsRefused, Unusable, Watchdog
+from .pipeline import SpokenReply
 from .workerpool import WorkerPool
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,7 +55,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 5.0
+#: A streamed reply that sends nothing for this long (seconds) has stalled.
+STALL_SECONDS = 5.0
 TURN_EVENT = "call.turn"
 _TERMINAL = frozenset(str(s) for s in TERMINAL)
 _CLOSING_REMEMBERED = 1024  # calls whose goodbye is playing; no more replies on them
@@ -64,17 +69,14 @@ class Outcome:
     """How producing one reply went. ``kind``: ``say`` (speak ``text``),
     ``goodbye`` (speak ``text``, then hang up), ``transfer`` (say ``text``
     and transfer the call to ``to``), ``done`` (someone else already
-    answered, or the call ended), ``failed`` (apologize; ``why`` says why,
-    for the log)."""
+    answered, or the call ended), ``spoken`` (the reply was said as it was
+    generated), ``superseded`` (the caller spoke again before anything was
+    said: ask again), ``failed`` (apologize; ``why`` says why, for the log)."""
 
     kind: str
     text: str = ""
     why: str = ""
     to: str = ""
-
-
-class Unusable(Exception):
-    """The LLM endpoint gave no usable reply; the message says why."""
 
 
 class Responder:
@@ -89,6 +91,11 @@ class Responder:
         self._stopping = False
         self._no_tools: set[str] = set()  # base URLs whose server refused the tools parameter
         self._warned_key: object = None
+        self._active: dict[str, _Active] = {}  # calls whose reply is streaming
+        self._watchdog = Watchdog()
+        #: Set by the daemon when calls may have media streams: does this
+        #: call speak over one (each sentence its own utterance)?
+        self.streamed: Callable[[str], bool] | None = None
         size = workers or max(4, min(64, int(manager.config.maxConcurrentCalls)))
         self._pool = WorkerPool(size, queue_size=1024, name="responder")
         self._session = requests.Session()
@@ -117,6 +124,9 @@ class Responder:
             pending = self._busy.get(call_id)
             if pending is not None:
                 pending.append(text)  # answered by the next request, with everything else said
+                active = self._active.get(call_id)
+                if active is not None:
+                    active.caller_spoke()
                 return
             self._busy[call_id] = []
         if not self._pool.submit_nowait(lambda: self._serve(call_id)):
@@ -139,12 +149,14 @@ class Responder:
                 if chat.unanswered(record.get("transcript") or []):
                     cfg = self.config
                     started = time.monotonic()
-                    outcome = self._produce(call_id, record, cfg)
+                    outcome = self._produce(call_id, record, cfg, superseded < MAX_SUPERSEDED)
+                    again = outcome.kind == "superseded" or (
+                        outcome.kind not in ("done", "spoken") and superseded < MAX_SUPERSEDED)
                     with self._lock:
                         newer = bool(self._busy.get(call_id))
-                        if newer and outcome.kind != "done" and superseded < MAX_SUPERSEDED:
+                        if newer and again:
                             self._busy[call_id] = []
-                    if newer and outcome.kind != "done" and superseded < MAX_SUPERSEDED:
+                    if (newer and again) or outcome.kind == "superseded":
                         # The caller spoke again while the reply was produced: it
                         # answers a conversation that has moved on. Ask again with
                         # everything said (bounded, so a noisy line still gets answers).
@@ -172,11 +184,11 @@ class Responder:
             return None
         return record if self._answerable(record) else None
 
-    def _produce(self, call_id: str, record: dict[str, Any], cfg: Config) -> Outcome:
+    def _produce(self, call_id: str, record: dict[str, Any], cfg: Config, may_supersede: bool) -> Outcome:
         if cfg.responder == "socket":
             return self._ask_agent(call_id, record, cfg)
         if cfg.responder == "llm":
-            return self._ask_llm(record, cfg)
+            return self._ask_llm(call_id, record, cfg, may_supersede)
         return Outcome("done")  # switched off by a reload meanwhile
 
     def _deliver(self, call_id: str, outcome: Outcome, cfg: Config) -> None:
@@ -184,16 +196,20 @@ class Responder:
             log.warning("call %s: no automatic reply (%s); the caller hears the apology", call_id, outcome.why)
             self._say(call_id, cfg.responseApology)
         elif outcome.kind == "goodbye":
-            with self._lock:
-                self._closing[call_id] = None
-                while len(self._closing) > _CLOSING_REMEMBERED:
-                    self._closing.popitem(last=False)
+            self._close(call_id)
             log.info("call %s: the model ends the call", call_id)
             self._say(call_id, outcome.text, goodbye=True)
         elif outcome.kind == "say":
             self._say(call_id, outcome.text)
         elif outcome.kind == "transfer":
             self._transfer(call_id, outcome)
+
+    def _close(self, call_id: str) -> None:
+        """The call's goodbye is under way: no more replies on it."""
+        with self._lock:
+            self._closing[call_id] = None
+            while len(self._closing) > _CLOSING_REMEMBERED:
+                self._closing.popitem(last=False)
 
     def _transfer(self, call_id: str, outcome: Outcome) -> None:
         log.info("call %s: the model transfers the call", call_id)
@@ -249,7 +265,11 @@ class Responder:
                     "to silence this", cfg.responseBaseUrl)
         return False
 
-    def _ask_llm(self, record: dict[str, Any], cfg: Config) -> Outcome:
+    def _ask_llm(self, call_id: str, record: dict[str, Any], cfg: Config, may_supersede: bool) -> Outcome:
+        """Stream the reply and speak it sentence by sentence as it comes
+        (``pipeline``). The Outcome says what is left to do: ``spoken``
+        (nothing), ``superseded`` (the caller spoke again before anything
+        was said: ask again), ``failed`` (nothing was said: apologize)."""
         base = cfg.responseBaseUrl.rstrip("/")
         key = cfg.responseApiKey or cfg.streaming.openaiApiKey
         if not self.configured(cfg):
@@ -257,58 +277,79 @@ class Responder:
             # and no apologies spoken into calls an agent may be running.
             return Outcome("done")
         deadline = time.monotonic() + cfg.responseTimeoutMs / 1000
+        streamed = self.streamed is not None and self.streamed(call_id)
+        reply = SpokenReply(self.manager, call_id, streamed=streamed)
         tools = base not in self._no_tools
-        try:
+        while True:
+            body = chat.request_body(cfg.responseModel, record, cfg.responseSystemPrompt, tools=tools,
+                                     transfer_to=cfg.transfer.allowTo if tools else (), stream=True)
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            request = ChatRequest(self._session, f"{base}/chat/completions", headers, body,
+                                  first_deadline=deadline, stall=min(STALL_SECONDS, cfg.responseTimeoutMs / 1000),
+                                  watchdog=self._watchdog)
             try:
-                data = self._complete(base, key, chat.request_body(cfg.responseModel, record,
-                                                                   cfg.responseSystemPrompt, tools=tools,
-                                                                   transfer_to=cfg.transfer.allowTo), deadline)
-            except _ToolsRefused as exc:
+                return self._stream_reply(call_id, request, reply, may_supersede)
+            except ToolsRefused as exc:
+                if not tools:
+                    return Outcome("failed", why=str(exc))
                 # Some local servers reject function calling; talk without hang_up rather than not at all.
                 log.warning("%s refused the hang_up tool (%s); continuing without tools", base, exc)
                 self._no_tools.add(base)
-                data = self._complete(base, key, chat.request_body(cfg.responseModel, record,
-                                                                   cfg.responseSystemPrompt, tools=False), deadline)
-            reply = chat.parse_completion(data)
-        except (Unusable, chat.BadCompletion) as exc:
-            return Outcome("failed", why=str(exc))
-        if reply.hang_up:
-            return Outcome("goodbye", reply.text)
-        if reply.transfer_to is not None:
-            return Outcome("transfer", reply.text, to=reply.transfer_to)
-        if not reply.text:
-            return Outcome("failed", why="the model's reply was empty")
-        return Outcome("say", reply.text)
+                tools = False
+            except (Unusable, chat.BadCompletion, BadChunk) as exc:
+                if reply.stopped is not None:
+                    log.debug("call %s: the reply stopped (%s)", call_id, reply.stopped)
+                if reply.stopped == SUPERSEDED:
+                    return Outcome("superseded")
+                if reply.said or reply.stopped is not None:
+                    # What was said stays said; the turn ends there.
+                    if reply.stopped is None:
+                        log.warning("call %s: the reply ended early (%s); keeping what was said", call_id, exc)
+                    return Outcome("spoken")
+                why = f"no reply within {cfg.responseTimeoutMs} ms" if "in time" in str(exc) else str(exc)
+                return Outcome("failed", why=f"{base}: {why}")
 
-    def _complete(self, base: str, key: str | None, body: dict[str, Any], deadline: float) -> Any:
-        """POST the request; the parsed JSON, or Unusable. ``deadline`` bounds
-        the connect and every read (the body is one JSON document, sent when
-        the model is done)."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise Unusable("no time left for the request")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        started = time.monotonic()
+    def _stream_reply(self, call_id: str, request: ChatRequest, reply: SpokenReply, may_supersede: bool) -> Outcome:
+        """Read the reply as it streams, speaking as it goes."""
+        active = _Active(request, reply, may_supersede)
+        sub = self.bus.subscribe(active.watch, call_id)
+        with self._lock:
+            self._active[call_id] = active
         try:
-            response = self._session.post(f"{base}/chat/completions", json=body, headers=headers,
-                                          timeout=(min(CONNECT_TIMEOUT, remaining), remaining))
-        except requests.Timeout:
-            raise Unusable(f"no reply within {self.config.responseTimeoutMs} ms") from None
-        except requests.RequestException as exc:
-            raise Unusable(f"cannot reach {base}: {type(exc).__name__}") from None
-        if time.monotonic() > deadline:
-            raise Unusable(f"no reply within {self.config.responseTimeoutMs} ms")
-        if response.status_code != 200:
-            message = _error_message(response)
-            if response.status_code == 400 and "tools" in body and "tool" in message.lower():
-                raise _ToolsRefused(message)
-            raise Unusable(f"HTTP {response.status_code} from {base}: {message}")
-        # Without streaming the first token arrives with the whole reply.
-        metrics.LLM_FIRST_TOKEN.observe(time.monotonic() - started)
-        try:
-            return jsonsafe.loads(response.content)
-        except ValueError:
-            raise Unusable(f"{base} answered with something that is not JSON") from None
+            streamed = StreamedReply()
+            for payload in request.payloads():
+                if self._busy.get(call_id):
+                    active.caller_spoke()
+                if self._stopping:
+                    active.stop("the daemon is stopping")
+                request_text = streamed.add(payload)
+                if request_text or streamed.calls_tool:
+                    request.first_token()
+                if request_text and reply.text(request_text) and reply.said == 1:
+                    request.first_sentence_done()  # from now on the deadline is the stall limit
+                if streamed.done:
+                    break
+            if request.completion is not None:
+                # A server that does not stream: one JSON body.
+                message = chat.parse_completion(request.completion)  # raises BadCompletion
+                data = request.completion["choices"][0]["message"]
+                reply.text(chat.content_text(data.get("content")))
+                tool = _first_tool(data.get("tool_calls")) if message.hang_up or message.transfer_to else None
+            else:
+                tool = streamed.tool()
+            if reply.stopped is not None:
+                raise Cancelled(reply.stopped)
+            done = reply.finish(tool)
+        finally:
+            self.bus.unsubscribe(sub)
+            with self._lock:
+                if self._active.get(call_id) is active:
+                    del self._active[call_id]
+        if done == "empty":
+            return Outcome("failed", why="the model's reply was empty")
+        if done == "goodbye":
+            self._close(call_id)
+        return Outcome("spoken")
 
     # -- responder = "socket" --
 
@@ -357,22 +398,55 @@ class Responder:
             waits = list(self._waits)
         for wait in waits:
             wait.set()
+        with self._lock:
+            active = list(self._active.values())
+        for reply in active:
+            reply.stop("the daemon is stopping")
+        self._watchdog.stop()
         # A request still in flight is bounded by responseTimeoutMs; its
         # thread is a daemon thread, so it cannot hold up the exit.
         self._pool.stop(timeout)
         self._session.close()
 
 
-class _ToolsRefused(Unusable):
-    pass
+SUPERSEDED = "the caller spoke again"
 
 
-def _error_message(response: requests.Response) -> str:
-    """The error's message from an OpenAI-style error body, short and on one line."""
-    try:
-        data = jsonsafe.loads(response.content)
-        message = data["error"]["message"] if isinstance(data.get("error"), dict) else data.get("error")
-    except (ValueError, AttributeError, KeyError, TypeError):
-        message = None
-    text = str(message or response.reason or "error")
-    return " ".join(text.split())[:300]
+class _Active:
+    """A reply being streamed, and what stops it. ``watch`` runs on the
+    thread that publishes the call's events (under the call's lock): it
+    only flags and cancels, which takes no lock of the call's."""
+
+    def __init__(self, request: ChatRequest, reply: SpokenReply, may_supersede: bool) -> None:
+        self.request = request
+        self.reply = reply
+        self.may_supersede = may_supersede
+
+    def stop(self, why: str) -> None:
+        if self.reply.stop(why):
+            self.request.cancel(why)
+
+    def caller_spoke(self) -> None:
+        """A new caller transcript: before anything was said the reply
+        answers a conversation that moved on (asked again, within bounds);
+        after, the rest is dropped and the next turn answers everything."""
+        if self.reply.said or self.may_supersede:
+            self.stop(SUPERSEDED if not self.reply.said else "the caller spoke")
+
+    def watch(self, params: EventParams) -> None:
+        name = params.get("event")
+        data = params.get("data") or {}
+        if name == "call.ended":
+            self.stop("the call ended")
+        elif name == "call.transcript" and data.get("speaker") == "bot" and data.get("interrupted"):
+            self.stop("barge-in")
+
+
+def _first_tool(calls: Any) -> chat.ToolCall | None:
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            tool = chat.tool_call(function.get("name"), function.get("arguments"))
+            if tool is not None:
+                return tool
+    return None

@@ -27,6 +27,8 @@ TunnelProvider = Literal["none", "ngrok", "tailscale-serve", "tailscale-funnel"]
 TailscaleMode = Literal["off", "serve", "funnel"]
 VoicemailPolicy = Literal["hangup", "leave-message"]
 RecordingChannels = Literal["dual", "mono"]
+TurnDetection = Literal["server_vad", "semantic_vad"]
+Eagerness = Literal["low", "medium", "high", "auto"]
 
 REDACTED = "<redacted>"
 
@@ -120,23 +122,39 @@ class StreamingSettings:
     """``[streaming]``: call audio over media streams, transcribed by OpenAI Realtime."""
 
     enabled: bool = setting(
-        False, "Twilio only: take the call audio over Media Streams and transcribe it with OpenAI Realtime.")
-    streamPath: str = setting("/voice/stream", "URL path of the Media Streams WebSocket.", kind="urlpath")
+        False, "Take the call audio over a media stream (Twilio Media Streams, Telnyx media streaming), "
+        "transcribe it with OpenAI Realtime and speak over it with OpenAI text-to-speech.")
+    streamPath: str = setting("/voice/stream", "URL path of the media-stream WebSocket (both carriers).",
+                              kind="urlpath")
     openaiApiKey: str | None = setting(None, "OpenAI API key for speech-to-text and text-to-speech.",
                                        secret=True, env="OPENAI_API_KEY", credential="openai-api-key")
     sttModel: str = setting("gpt-4o-transcribe", "OpenAI transcription model.")
     vadThreshold: float = setting(0.5, "Server VAD activation threshold (0-1).", minimum=0, maximum=1)
-    silenceDurationMs: int = setting(800, "Silence that ends a caller turn.", minimum=0)
+    silenceDurationMs: int = setting(
+        800, "Silence that ends a caller turn (server_vad). Every reply waits this long after the caller's last "
+        "word before it is even requested: the largest single part of a turn's latency. 800 ms, as in the "
+        "original plugin, lets slow speakers pause; 400-500 ms answers faster but may cut them off mid-thought.",
+        minimum=0)
+    turnDetection: TurnDetection = setting(
+        "server_vad", "How the end of a caller turn is detected: server_vad (a fixed silence, silenceDurationMs, "
+        "after voice energy above vadThreshold) or semantic_vad (the service judges from the words whether the "
+        "caller has finished, so a finished sentence ends the turn quickly and a trailing \"and...\" waits; "
+        "silenceDurationMs and vadThreshold then do not apply).")
+    eagerness: Eagerness = setting(
+        "auto", "semantic_vad only: how readily a turn is taken as finished. high answers soonest and may cut a "
+        "slow or hesitant speaker off; low lets the caller finish, at the cost of slower replies; auto (the "
+        "service's choice) is medium.")
     realtimeUrl: str = setting("wss://api.openai.com/v1/realtime?intent=transcription",
                                "OpenAI Realtime transcription WebSocket URL.", kind="url", schemes=("ws", "wss"))
     maxStreams: int | None = setting(
-        None, "Media streams open at once; more are refused with 503 (the call then listens with <Gather>). "
+        None, "Media streams open at once; more are refused with 503 (the call then listens with the carrier's "
+        "own recognition: <Gather>, Telnyx transcription). "
         "Unset, it follows maxConcurrentCalls: twice its value, so every call can open a stream while its "
         "previous one closes.", minimum=1)
     maxPendingStreams: int | None = setting(
         None, "Media streams that have connected but not yet sent start; more are refused with 503 (the call "
-        "then listens with <Gather>). Unset, it follows maxConcurrentCalls: every call can open its stream at "
-        "once.", minimum=1)
+        "then listens with the carrier's own recognition). Unset, it follows maxConcurrentCalls: every call "
+        "can open its stream at once.", minimum=1)
 
 
 @dataclass(frozen=True)

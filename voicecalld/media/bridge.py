@@ -8,7 +8,9 @@ utterances through a ``Player``, and reports DTMF. An utterance the
 text-to-speech service refuses twice is said by the carrier instead
 (``MediaCarrier.say_instead``): one failed request must not end the call.
 DTMF the call sends goes out in-band, as tones (``dtmf.tones``) queued on
-the player after what it is saying.
+the player after what it is saying. A reply's turn latency is measured
+here: from the caller's last word (the transcriber's ``speech_stopped``,
+on our clock) to the first frame of the next utterance sent to the carrier.
 When the carrier ends the stream or the socket closes, the bridge tears
 everything down.
 
@@ -31,8 +33,8 @@ import simple_websocket
 from .. import metrics
 from ..calls import CallEvent, CallRecord, EventType, Speak
 from ..workqueue import KeyedWorkQueue
-from . import dtmf
-from .framing import Audio, Dtmf, Framing, Mark, Stop
+from . import alaw, dtmf
+from .framing import PHONE_AUDIO, Audio, Dtmf, Framing, Mark, MediaFormat, Stop
 from .loop import ReadLoop
 from .player import Player
 from .realtime_stt import SttEvent, Transcriber
@@ -67,6 +69,8 @@ class Hub(Protocol):
     loop: ReadLoop
     events: KeyedWorkQueue
     frames_in: int
+    frames_late: int
+    frames_lost: int
     forwarding: collections.deque[float]
     lateness: collections.deque[float]
 
@@ -82,7 +86,8 @@ class Hub(Protocol):
 class Bridge:
     """One call's open media stream."""
 
-    def __init__(self, hub: Hub, call_id: str, ws: simple_websocket.Server, framing: Framing) -> None:
+    def __init__(self, hub: Hub, call_id: str, ws: simple_websocket.Server, framing: Framing,
+                 media_format: MediaFormat = PHONE_AUDIO) -> None:
         cfg = hub.config
         self.hub = hub
         self.call_id = call_id
@@ -96,6 +101,13 @@ class Bridge:
         self._speaking: dict[str, Speak] = {}
         self._closed = False
         self.frames_in = 0
+        #: When the caller's last word arrived (monotonic), until a reply
+        #: starts; a turn counts once words were heard in it (not a cough).
+        self._speech_ended: float | None = None
+        self._words = False
+        # Speech-to-text and the realtime model take µ-law: A-law (PCMA)
+        # legs are transcoded frame by frame (what we send is µ-law either way).
+        self._transcode = alaw.to_mulaw if media_format.encoding == "PCMA" else None
         #: With ``realtime.enabled``: the call's speech-to-speech session
         #: (``realtime_voice``), until the service turns out to be unreachable.
         self.voice: RealtimeVoice | None = None
@@ -112,11 +124,14 @@ class Bridge:
         """Speech-to-text and text-to-speech (the transcriber is started by the caller)."""
         cfg = self.hub.config
         self.player = Player(self._send, self.framing, self.hub.synthesizer.stream, on_played=self._played,
-                             on_failed=self._speech_failed, name=self.call_id[:8], lateness=self.hub.lateness)
+                             on_failed=self._speech_failed, name=self.call_id[:8], lateness=self.hub.lateness,
+                             on_started=self._started)
         self.transcriber = Transcriber(self.call_id, url=cfg.streaming.realtimeUrl,
                                        api_key=cfg.streaming.openaiApiKey, model=cfg.streaming.sttModel,
                                        threshold=float(cfg.streaming.vadThreshold),
-                                       silence_ms=int(cfg.streaming.silenceDurationMs), listener=self._heard)
+                                       silence_ms=int(cfg.streaming.silenceDurationMs), listener=self._heard,
+                                       detection=str(cfg.streaming.turnDetection),
+                                       eagerness=str(cfg.streaming.eagerness))
 
     def _fall_back(self, why: str, backlog: list[bytes], says: list[Speak]) -> None:
         """On the realtime session's thread: it cannot be reached, so the
@@ -127,7 +142,7 @@ class Bridge:
                 return
             self._cascade()
         for chunk in backlog:
-            self.transcriber.send_audio(chunk)
+            self.transcriber.send_audio(chunk)  # µ-law already
         self.transcriber.start()
         self.voice = None
         for action in says:
@@ -202,7 +217,8 @@ class Bridge:
         if isinstance(event, Audio):
             self.frames_in += 1
             self.hub.frames_in += 1
-            self.transcriber.send_audio(event.payload)
+            payload = event.payload if self._transcode is None else self._transcode(event.payload)
+            self.transcriber.send_audio(payload)
             read_at = getattr(self.ws, "read_at", None)
             if read_at is not None:
                 elapsed = time.monotonic() - read_at
@@ -226,14 +242,32 @@ class Bridge:
 
     def _heard(self, event: SttEvent) -> None:
         if event.kind == "speech_started":
-            if self.player.interrupt():
-                self._emit(EventType.INTERRUPTED)
+            self._speech_ended = None
+            cut = self.player.interrupt()
+            if cut is not None:
+                self._emit(EventType.INTERRUPTED, utterance_id=cut.heard, dropped=cut.unheard)
+        elif event.kind == "speech_stopped":
+            self._speech_ended, self._words = event.at, False
         elif event.kind == "partial" and event.text:
             self._emit(EventType.SPEECH, transcript=event.text, is_final=False)
         elif event.kind == "final" and event.text:
+            self._words = True
             self._emit(EventType.SPEECH, transcript=event.text, is_final=True)
         elif event.kind == "error":
             self._emit(EventType.ERROR, message=f"speech-to-text failed: {event.text}")
+
+    def _started(self, utterance_id: str) -> None:
+        """On the player's thread: an utterance's first frame went out."""
+        ended, self._speech_ended = self._speech_ended, None
+        if ended is None or not self._words:
+            return
+        latency_ms = (time.monotonic() - ended) * 1000
+
+        def note() -> None:
+            self.hub.engine.note_turn(self.call_id, latency_ms)
+
+        if not self.hub.events.submit(self.call_id, note):
+            log.debug("call %s: turn latency not recorded (daemon stopping or overloaded)", self.call_id)
 
     def _played(self, utterance_id: str) -> None:
         self._speaking.pop(utterance_id, None)
@@ -241,7 +275,8 @@ class Bridge:
 
     def _speech_failed(self, utterance_id: str, text: str, why: str) -> None:
         action = self._speaking.pop(utterance_id, None) or Speak(text, utterance_id)
-        if not self.hub.events.submit(self.call_id, lambda: self.hub.say_instead(self.call_id, action, why)):
+        reason = f"text-to-speech failed ({why})"
+        if not self.hub.events.submit(self.call_id, lambda: self.hub.say_instead(self.call_id, action, reason)):
             log.warning("call %s: utterance %s dropped (daemon stopping or overloaded)", self.call_id, utterance_id)
 
     def close(self) -> None:
@@ -251,6 +286,12 @@ class Bridge:
             self._closed = True
         self.alive = False
         self._ended.set()
+        # Carriers that number their frames count what they could not put back in order.
+        late, lost = getattr(self.framing, "late", 0), getattr(self.framing, "lost", 0)
+        if late or lost:
+            self.hub.frames_late += late
+            self.hub.frames_lost += lost
+            log.info("call %s: %d caller frames came too late to be used, %d never came", self.call_id, late, lost)
         voice = self.voice
         if voice is not None:
             voice.close()  # also the transcriber: it is the voice

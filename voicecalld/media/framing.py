@@ -145,9 +145,17 @@ class MediaCarrier(Protocol):
         """The call ``start`` belongs to, if its token is that call's
         (compared in constant time); else None."""
 
+    def stream_expected(self, record: CallRecord) -> bool:
+        """Will this call's stream come up (it was requested, or is about
+        to be, and has not failed)? The media layer then holds what the
+        call says until it starts (for a few seconds at most), so the
+        opening is spoken in the same voice as everything after it;
+        otherwise it is the carrier's to say."""
+
     def attach(self, speaker: Speaker) -> None:
         """From now on the carrier speaks through ``speaker`` on calls
-        whose stream is open (it falls back to its own speech otherwise)."""
+        whose stream is open, or about to open (``stream_expected``); it
+        falls back to its own speech otherwise."""
 
     def attach_tones(self, sender: ToneSender) -> None:
         """From now on the carrier sends DTMF through ``sender`` on calls

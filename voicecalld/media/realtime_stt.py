@@ -17,9 +17,17 @@ interface, selected by an ``OpenAI-Beta`` header, has been shut down).
   and switches to it during a pause in speech, so no utterance is split;
 * final transcripts are released in the order their audio was committed
   (``previous_item_id`` links the turns), because completions for different
-  turns may arrive out of order.
+  turns may arrive out of order;
+* the end of the caller's speech (``speech_stopped``'s ``audio_end_ms``,
+  counted in the session's audio) is mapped back to the moment that audio
+  arrived from the carrier, on this process's monotonic clock, so a reply's
+  turn latency can be measured from it.
 
-``TurnOrder`` is that ordering logic on its own, with no I/O.
+Turn detection is ``server_vad`` (a fixed silence ends the turn) or
+``semantic_vad`` (the model judges whether the caller has finished; its
+``eagerness`` trades speed against cutting a slow speaker off).
+
+``turn_order.TurnOrder`` is that ordering logic on its own, with no I/O.
 """
 
 from __future__ import annotations
@@ -38,7 +46,10 @@ from typing import Any
 import websocket
 
 from .. import jsonsafe, metrics
+from .turn_order import ORDER_WAIT, TurnOrder
 from .wsframes import masked_text_frame
+
+__all__ = ["SttEvent", "Transcriber", "TurnOrder", "session_update", "turn_detection"]
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +59,37 @@ BACKOFF_MAX = 5.0
 REPLAY_LIMIT = 8000 * 20      # bytes of µ-law kept while disconnected: 20 s
 DEFAULT_LIFETIME = 55 * 60.0  # the service ends sessions at 60 minutes
 ROTATE_GRACE = 120.0          # give up waiting for a pause this long after the lifetime
-ORDER_WAIT = 10.0             # a turn whose transcript never comes stops blocking later ones
+
+
+TIMELINE_FRAMES = 1500       # audio arrival times kept per session: 30 s of 20 ms frames
 
 
 @dataclass(frozen=True)
 class SttEvent:
     """What a transcriber reports: ``speech_started`` (the caller began
-    talking: barge-in), ``partial`` and ``final`` transcripts, ``error``."""
+    talking: barge-in), ``speech_stopped`` (``at``: when the caller's last
+    word arrived, monotonic seconds, if known), ``partial`` and ``final``
+    transcripts, ``error``."""
 
     kind: str
     text: str = ""
     item_id: str = ""
+    at: float | None = None
 
 
 Listener = Callable[[SttEvent], None]
 
 
-def session_update(model: str, threshold: float, silence_ms: int) -> dict[str, Any]:
+def turn_detection(kind: str, threshold: float, silence_ms: int, eagerness: str) -> dict[str, Any]:
+    """The session's ``turn_detection``: ``semantic_vad`` with its
+    eagerness, else ``server_vad`` with the energy threshold and silence."""
+    if kind == "semantic_vad":
+        return {"type": "semantic_vad", "eagerness": eagerness}
+    return {"type": "server_vad", "threshold": threshold, "prefix_padding_ms": 300, "silence_duration_ms": silence_ms}
+
+
+def session_update(model: str, threshold: float, silence_ms: int, detection: str = "server_vad",
+                   eagerness: str = "auto") -> dict[str, Any]:
     """The GA ``session.update`` for a µ-law transcription session."""
     return {"type": "session.update", "session": {
         "type": "transcription",
@@ -72,57 +97,9 @@ def session_update(model: str, threshold: float, silence_ms: int) -> dict[str, A
             "format": {"type": "audio/pcmu"},
             "transcription": {"model": model},
             "noise_reduction": {"type": "near_field"},
-            "turn_detection": {"type": "server_vad", "threshold": threshold, "prefix_padding_ms": 300,
-                               "silence_duration_ms": silence_ms},
+            "turn_detection": turn_detection(detection, threshold, silence_ms, eagerness),
         }},
     }}
-
-
-class TurnOrder:
-    """Releases final transcripts in commit order. I/O-free; the caller
-    passes the clock."""
-
-    def __init__(self) -> None:
-        self._order: list[str] = []            # committed item ids, in audio order
-        self._done: dict[str, str | None] = {}  # item id -> transcript (None: failed)
-        self._since: dict[str, float] = {}     # when an item started blocking the head
-
-    def committed(self, item_id: str, previous_item_id: str | None) -> None:
-        if item_id in self._order:
-            return
-        if previous_item_id in self._order:
-            self._order.insert(self._order.index(previous_item_id) + 1, item_id)
-        else:
-            self._order.append(item_id)
-
-    def completed(self, item_id: str, text: str | None, now: float) -> list[str]:
-        if item_id not in self._order:
-            self._order.append(item_id)  # completion before its commit event: trust arrival order
-        self._done[item_id] = text
-        return self.release(now)
-
-    def release(self, now: float) -> list[str]:
-        out: list[str] = []
-        while self._order:
-            head = self._order[0]
-            if head in self._done:
-                self._order.pop(0)
-                self._since.pop(head, None)
-                text = self._done.pop(head)
-                if text:
-                    out.append(text)
-                continue
-            started = self._since.setdefault(head, now)
-            if now - started < ORDER_WAIT or not any(i in self._done for i in self._order):
-                break
-            log.warning("transcript for turn %s never arrived; releasing later turns", head)
-            self._order.pop(0)
-            self._since.pop(head, None)
-        return out
-
-    @property
-    def pending(self) -> int:
-        return len(self._order)
 
 
 def _append_frame(audio: bytes) -> bytes:
@@ -147,6 +124,10 @@ class _Session:
         self.closing = False
         self.send_lock = threading.Lock()
         self.writable: select.poll | None = None  # POLLOUT on the socket, for try_append
+        #: (audio sent to this session so far in ms, when that audio arrived),
+        #: per append: maps the service's audio times to our clock.
+        self.sent_ms = 0.0
+        self.timeline: collections.deque[tuple[float, float]] = collections.deque(maxlen=TIMELINE_FRAMES)
 
     def connect(self) -> None:
         o = self.owner
@@ -167,6 +148,24 @@ class _Session:
         with self.send_lock:
             self.ws.send(json.dumps(event, separators=(",", ":")))
 
+    def note(self, nbytes: int, arrived: float) -> None:
+        """``nbytes`` of µ-law (8 bytes a millisecond) that arrived at
+        ``arrived`` went to the session (under ``send_lock``)."""
+        self.sent_ms += nbytes / 8
+        self.timeline.append((self.sent_ms, arrived))
+
+    def arrival(self, audio_ms: float) -> float | None:
+        """When the audio at ``audio_ms`` of this session arrived; None if
+        that is older than the timeline remembers."""
+        timeline = list(self.timeline)
+        if not timeline or audio_ms < timeline[0][0] - 1000:
+            return None
+        for end_ms, arrived in timeline:
+            if end_ms >= audio_ms:
+                return arrived - (end_ms - audio_ms) / 1000
+        end_ms, arrived = timeline[-1]
+        return arrived + (audio_ms - end_ms) / 1000
+
     def try_append(self, audio: bytes) -> bool:
         """Append only if it cannot block: False (nothing sent, the audio is
         the caller's to keep) when the socket's send buffer is nearly full or
@@ -180,14 +179,18 @@ class _Session:
             if not self.writable.poll(0):
                 return False
             self._write(_append_frame(audio))
+            self.note(len(audio), time.monotonic())
             return True
         finally:
             self.send_lock.release()
 
-    def append(self, audio: bytes) -> None:
-        """Append, waiting for the socket as long as it takes."""
+    def append(self, chunks: list[tuple[bytes, float]]) -> None:
+        """Append (audio, when it arrived) pieces, waiting for the socket as
+        long as it takes."""
         with self.send_lock:
-            self._write(_append_frame(audio))
+            self._write(_append_frame(b"".join(audio for audio, _ in chunks)))
+            for audio, arrived in chunks:
+                self.note(len(audio), arrived)
 
     def _write(self, frame: bytes) -> None:
         """A whole frame onto the socket, under websocket-client's own lock
@@ -229,16 +232,18 @@ class Transcriber:
     what = "speech-to-text"
 
     def __init__(self, name: str, *, url: str, api_key: str, model: str, threshold: float, silence_ms: int,
-                 listener: Listener, lifetime: float = DEFAULT_LIFETIME) -> None:
+                 listener: Listener, lifetime: float = DEFAULT_LIFETIME, detection: str = "server_vad",
+                 eagerness: str = "auto") -> None:
         self.name = name  # the callId, for logs
         self.url, self.api_key, self.model = url, api_key, model
         self.threshold, self.silence_ms = threshold, silence_ms
+        self.detection, self.eagerness = detection, eagerness
         self.listener = listener
         self.lifetime = lifetime
         self._lock = threading.Lock()
         self._active: _Session | None = None
         self._retiring: list[tuple[float, _Session]] = []  # (close at, session) after a rotation
-        self._backlog: collections.deque[bytes] = collections.deque()
+        self._backlog: collections.deque[tuple[bytes, float]] = collections.deque()  # (audio, arrived)
         self._backlog_bytes = 0
         self._order = TurnOrder()
         self._partials: dict[str, str] = {}
@@ -298,15 +303,15 @@ class Transcriber:
 
     def session_config(self) -> dict[str, Any]:
         """The ``session.update`` each new session is configured with."""
-        return session_update(self.model, self.threshold, self.silence_ms)
+        return session_update(self.model, self.threshold, self.silence_ms, self.detection, self.eagerness)
 
     # -- internals --
 
     def _buffer(self, audio: bytes) -> None:
-        self._backlog.append(audio)
+        self._backlog.append((audio, time.monotonic()))
         self._backlog_bytes += len(audio)
         while self._backlog_bytes > REPLAY_LIMIT:
-            self._backlog_bytes -= len(self._backlog.popleft())
+            self._backlog_bytes -= len(self._backlog.popleft()[0])
 
     def _open(self) -> _Session:
         self._sessions += 1
@@ -328,15 +333,15 @@ class Transcriber:
                     self._active = session  # from now on audio goes straight to it
                     self._congested = False
                     return True
-                chunk = b"".join(self._backlog)
+                chunks = list(self._backlog)
                 self._backlog.clear()
                 self._backlog_bytes = 0
             try:
-                session.append(chunk)
+                session.append(chunks)
             except (websocket.WebSocketException, OSError):
                 with self._lock:
-                    self._backlog.appendleft(chunk)
-                    self._backlog_bytes += len(chunk)
+                    self._backlog.extendleft(reversed(chunks))
+                    self._backlog_bytes += sum(len(audio) for audio, _ in chunks)
                 session.close()
                 return False
 
@@ -418,6 +423,14 @@ class Transcriber:
         elif kind == "input_audio_buffer.speech_stopped":
             if session is self._active:
                 self._in_speech = False
+            end_ms = event.get("audio_end_ms")
+            at = None
+            if isinstance(end_ms, int | float) and not isinstance(end_ms, bool):
+                # server_vad's time includes the silence it waited for; the
+                # caller's last word came that much earlier.
+                waited = self.silence_ms if self.detection == "server_vad" else 0
+                at = session.arrival(max(0.0, float(end_ms) - waited))
+            self.listener(SttEvent("speech_stopped", item_id=str(event.get("item_id", "")), at=at))
         elif kind == "input_audio_buffer.committed":
             with self._lock:
                 self._order.committed(str(event.get("item_id")), event.get("previous_item_id"))

@@ -20,8 +20,9 @@ caller's transcripts come out in turn order as before. On top of that:
   and reported played once its last mark is echoed, like the player's;
 * tools: ``end_call`` (hang up once the goodbye was heard) and
   ``transfer_call`` (when ``transfer.allowTo`` lists numbers);
-* the turn latency is the caller's end of speech (the VAD's stop, less its
-  silence) to the reply's first frame sent to the carrier;
+* the turn latency is the caller's end of speech (when the audio of their
+  last word arrived, as the transcriber's timeline places the VAD's
+  ``audio_end_ms``) to the reply's first frame sent to the carrier;
 * a session that drops is reopened with the conversation so far as items;
   if the service cannot be reached (``GIVE_UP_AFTER`` failed attempts in a
   row), ``on_unreachable`` gets the caller audio buffered meanwhile and the
@@ -55,7 +56,7 @@ from ..calls import CallRecord, EventType, Speak
 from ..errors import VoiceCallError
 from . import realtime_voice_core as core
 from .framing import Framing
-from .realtime_stt import ROTATE_GRACE, SttEvent, Transcriber, _Session
+from .realtime_stt import DEFAULT_LIFETIME, ROTATE_GRACE, SttEvent, Transcriber, _Session, turn_detection
 from .voice_out import Pacer
 
 log = logging.getLogger(__name__)
@@ -113,10 +114,11 @@ class RealtimeVoice(Transcriber):
                  engine: VoiceEngine, submit: Submit, on_unreachable: Unreachable,
                  lateness: collections.deque[float] | None = None, lifetime: float | None = None) -> None:
         rt = cfg.realtime
-        extra = {} if lifetime is None else {"lifetime": lifetime}
         super().__init__(call_id, url=with_model(rt.url, rt.model), api_key=rt.apiKey or cfg.streaming.openaiApiKey
                          or "", model=rt.inputTranscriptionModel, threshold=float(cfg.streaming.vadThreshold),
-                         silence_ms=int(cfg.streaming.silenceDurationMs), listener=self._heard, **extra)
+                         silence_ms=int(cfg.streaming.silenceDurationMs), listener=self._heard,
+                         lifetime=DEFAULT_LIFETIME if lifetime is None else lifetime,
+                         detection=str(cfg.streaming.turnDetection), eagerness=str(cfg.streaming.eagerness))
         self.cfg = cfg
         self.engine = engine
         self.emit = emit
@@ -146,9 +148,12 @@ class RealtimeVoice(Transcriber):
 
     def session_config(self) -> dict[str, Any]:
         return core.session_update(model=self.cfg.realtime.model, voice=self.cfg.realtime.voice, prompt=self._prompt,
-                                   transcription_model=self.model, threshold=self.threshold,
-                                   silence_ms=self.silence_ms, answers=self._answers and not self._claimed,
-                                   tool_list=self._tools)
+                                   transcription_model=self.model, detection=self._detection(),
+                                   answers=self._answers and not self._claimed, tool_list=self._tools)
+
+    def _detection(self) -> dict[str, Any]:
+        """Turn detection as configured for speech-to-text (server or semantic VAD)."""
+        return turn_detection(self.detection, self.threshold, self.silence_ms, self.eagerness)
 
     # -- from the bridge --
 
@@ -157,7 +162,7 @@ class RealtimeVoice(Transcriber):
         if action.turn is not None and self._answers and not self._claimed:
             # A continue: its caller turn goes back to the agent, so the model leaves it unanswered.
             self._claimed = True
-            self._send_event(core.answering(self.threshold, self.silence_ms, False))
+            self._send_event(core.answering(self._detection(), False))
         with self._vlock:
             self._says.append(action)
         self._next_say()
@@ -239,7 +244,7 @@ class RealtimeVoice(Transcriber):
             self._asked.clear()
             self._says.clear()
         with self._lock:
-            backlog = list(self._backlog)
+            backlog = [audio for audio, _ in self._backlog]
             self._backlog.clear()
             self._backlog_bytes = 0
         self.pacer.close()
@@ -277,31 +282,31 @@ class RealtimeVoice(Transcriber):
 
     def _heard(self, event: SttEvent) -> None:
         """The caller's words, in turn order (``Transcriber``'s ordering)."""
-        if event.kind == "partial" and event.text:
+        if event.kind == "speech_stopped":
+            self._speech_end = event.at  # when the caller's last word arrived (Transcriber's timeline)
+        elif event.kind == "partial" and event.text:
             self.emit(EventType.SPEECH, transcript=event.text, is_final=False)
         elif event.kind == "final" and event.text:
             self.emit(EventType.SPEECH, transcript=event.text, is_final=True)
             if self._claimed:
                 self._claimed = False
                 if self._answers:
-                    self._send_event(core.answering(self.threshold, self.silence_ms, True))
+                    self._send_event(core.answering(self._detection(), True))
 
     def _on_message(self, session: _Session, event: dict[str, Any]) -> None:
         kind = event.get("type", "")
         if kind == "session.updated":
             session.ready.set()
             return
-        if kind.startswith(("conversation.item.input_audio_transcription.", "input_audio_buffer.committed")):
-            super()._on_message(session, event)
+        if kind.startswith(("conversation.item.input_audio_transcription.", "input_audio_buffer.committed",
+                            "input_audio_buffer.speech_stopped")):
+            super()._on_message(session, event)  # the transcripts in turn order; the end of speech on our clock
             return
         if session is not self._active:
             return  # a retired session: only the transcripts it owes count
         if kind == "input_audio_buffer.speech_started":
             self._in_speech = True
             self._barge_in()
-        elif kind == "input_audio_buffer.speech_stopped":
-            self._in_speech = False
-            self._speech_end = time.monotonic() - self.silence_ms / 1000
         elif kind == "response.created":
             self._created(event.get("response") or {})
         elif kind == "response.output_audio.delta":

@@ -67,16 +67,16 @@ def tools(transfer_to: Sequence[str]) -> list[dict[str, Any]]:
     return [END_CALL_TOOL, *([{"type": "function", **transfer}] if transfer else [])]
 
 
-def turn_detection(threshold: float, silence_ms: int, answers: bool) -> dict[str, Any]:
-    """Server VAD. ``answers``: the model answers each caller turn by itself
-    (``create_response``); off while someone else answers (a continue, a
-    socket responder, a notification)."""
-    return {"type": "server_vad", "threshold": threshold, "prefix_padding_ms": 300,
-            "silence_duration_ms": silence_ms, "create_response": answers, "interrupt_response": True}
+def turn_detection(base: dict[str, Any], answers: bool) -> dict[str, Any]:
+    """The session's turn detection (``base``: server or semantic VAD, as
+    for speech-to-text). ``answers``: the model answers each caller turn by
+    itself (``create_response``); off while someone else answers (a
+    continue, a socket responder, a notification)."""
+    return {**base, "create_response": answers, "interrupt_response": True}
 
 
-def session_update(*, model: str, voice: str, prompt: str, transcription_model: str, threshold: float,
-                   silence_ms: int, answers: bool, tool_list: list[dict[str, Any]]) -> dict[str, Any]:
+def session_update(*, model: str, voice: str, prompt: str, transcription_model: str, detection: dict[str, Any],
+                   answers: bool, tool_list: list[dict[str, Any]]) -> dict[str, Any]:
     """The GA ``session.update`` for a µ-law speech-to-speech session."""
     return {"type": "session.update", "session": {
         "type": "realtime",
@@ -86,7 +86,7 @@ def session_update(*, model: str, voice: str, prompt: str, transcription_model: 
         "audio": {
             "input": {"format": {"type": "audio/pcmu"},
                       "transcription": {"model": transcription_model},
-                      "turn_detection": turn_detection(threshold, silence_ms, answers)},
+                      "turn_detection": turn_detection(detection, answers)},
             "output": {"format": {"type": "audio/pcmu"}, "voice": voice},
         },
         "tools": tool_list,
@@ -94,10 +94,10 @@ def session_update(*, model: str, voice: str, prompt: str, transcription_model: 
     }}
 
 
-def answering(threshold: float, silence_ms: int, answers: bool) -> dict[str, Any]:
+def answering(detection: dict[str, Any], answers: bool) -> dict[str, Any]:
     """A ``session.update`` that only switches whether the model answers by itself."""
     return {"type": "session.update", "session": {
-        "type": "realtime", "audio": {"input": {"turn_detection": turn_detection(threshold, silence_ms, answers)}}}}
+        "type": "realtime", "audio": {"input": {"turn_detection": turn_detection(detection, answers)}}}}
 
 
 def say_exactly(text: str, utterance_id: str) -> dict[str, Any]:

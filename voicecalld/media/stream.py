@@ -6,13 +6,21 @@ The endpoint lets the carrier authenticate the upgrade (``MediaCarrier.open``;
 and streams in total (503 past either cap; by default every call the daemon
 may have can open its stream at once), then requires a ``start`` within 5 s
 naming a live call and carrying that call's token (``MediaCarrier.admit``)
-in the one audio format the daemon speaks (G.711 µ-law, 8 kHz, mono);
-anything else is closed with 1008 (policy violation). Refusals are logged
+in G.711 at 8 kHz mono (µ-law, the format the daemon speaks, or A-law,
+which the bridge transcodes to µ-law as it arrives); anything else is
+closed with 1008 (policy violation). Refusals are logged
 at a bounded rate. A call whose stream is refused goes on without one (the
 carrier listens its own way).
 
 An admitted stream gets a ``Bridge`` (``bridge``): the call's audio to
 speech-to-text, the call's speech from text-to-speech, marks and barge-in.
+
+One voice per call: what a call says before its stream has started (the
+opening message, the inbound greeting) waits for the stream when the
+carrier expects one (``MediaCarrier.stream_expected``), and is spoken over
+it in the text-to-speech voice as soon as it starts. Only if the stream
+has not started within ``STREAM_WAIT`` seconds does the carrier say it its
+own way (``MediaCarrier.say_instead``), as it does when text-to-speech fails.
 
 simple-websocket does the handshake and the framing, but its reader thread
 per connection is replaced (``thread_class``) by one ``ReadLoop`` thread
@@ -50,17 +58,18 @@ from ..httpjson import error_response
 from ..ratelog import RateLimitedLog
 from ..workqueue import KeyedWorkQueue
 from .bridge import Bridge, Engine
-from .framing import PHONE_AUDIO, Framing, MediaCarrier, MediaEvent, Other, Start, UpgradeRefused
+from .framing import PHONE_AUDIO, Framing, MediaCarrier, MediaEvent, MediaFormat, Other, Start, UpgradeRefused
 from .loop import RECEIVE_BYTES, Doorbell, LoopReader, ReadLoop
 from .tts import Synthesizer
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 5.0
-#: With realtime voice, speech for a call whose stream has not started yet
-#: (the opening) waits this long for it, then the carrier says it.
-HOLD_FOR_STREAM = 8.0
 POLICY_VIOLATION = 1008
+#: Seconds the opening waits for the call's stream to start before the carrier says it instead.
+STREAM_WAIT = 4.0
+#: The caller's audio formats a stream may start with: µ-law, and A-law (transcoded by the bridge).
+ACCEPTED_FORMATS = frozenset({PHONE_AUDIO, MediaFormat("PCMA")})
 
 
 class StreamFinished(ConnectionError):
@@ -78,6 +87,8 @@ class StreamHub:
         self._lock = threading.Lock()
         self._pending = 0
         self._bridges: dict[str, Bridge] = {}
+        #: Calls whose stream is expected, and what they said meanwhile (in order).
+        self._waiting: dict[str, tuple[list[Speak], threading.Timer]] = {}
         self._closing = False
         #: Frame lateness of every call's playback (seconds), for daemon.status.
         self.lateness: collections.deque[float] = collections.deque(maxlen=20_000)
@@ -86,12 +97,13 @@ class StreamHub:
         self.forwarding: collections.deque[float] = collections.deque(maxlen=20_000)
         self._synthesizer: Synthesizer | None = None
         self.frames_in = 0
+        #: Caller frames that came too late to be put back in order, or never came (carriers that number them).
+        self.frames_late = 0
+        self.frames_lost = 0
         self.loop = ReadLoop()
         #: Call events from the streams, in order per call, off the loop thread.
         self.events = KeyedWorkQueue("media-events", workers=4, idle=1.0)
         self._refusals = RateLimitedLog(log)
-        self._held: dict[str, list[Speak]] = {}  # utterances waiting for the call's stream
-        self._streamed: collections.OrderedDict[str, None] = collections.OrderedDict()  # calls that had one
         carrier.attach(self.speak)
         carrier.attach_tones(self.send_tones)
 
@@ -131,7 +143,8 @@ class StreamHub:
         def ms(values: list[float], q: float) -> float | None:
             return round(values[min(len(values) - 1, int(q * len(values)))] * 1e3, 3) if values else None
 
-        return {"openStreams": self.open_streams, "framesIn": self.frames_in,
+        return {"openStreams": self.open_streams, "framesIn": self.frames_in, "framesLate": self.frames_late,
+                "framesLost": self.frames_lost,
                 "forwarding": {"frames": len(forward), "p50Ms": ms(forward, 0.5), "p99Ms": ms(forward, 0.99)},
                 "pacing": {"frames": len(late), "latenessP50Ms": ms(late, 0.5), "latenessP99Ms": ms(late, 0.99)}}
 
@@ -186,16 +199,16 @@ class StreamHub:
                 if bridge is not None:
                     old = self._bridges.pop(bridge.call_id, None)
                     self._bridges[bridge.call_id] = bridge
-                    held = self._held.pop(bridge.call_id, [])
-                    self._streamed[bridge.call_id] = None
-                    while len(self._streamed) > 10_000:
-                        self._streamed.popitem(last=False)
+                    waiting = self._waiting.pop(bridge.call_id, None)
+                    if waiting is not None:
+                        # Said before anything else can be: under the lock speak() takes.
+                        waiting[1].cancel()
+                        for action in waiting[0]:
+                            bridge.say(action)
                 else:
-                    old, held = None, []
+                    old = None
             if old is not None:
                 old.close()  # a second stream for the call replaces the first
-            for action in held:
-                bridge.say(action)  # type: ignore[union-attr]  # held only when there is a bridge
             if bridge is not None:
                 try:
                     bridge.run()
@@ -230,7 +243,7 @@ class StreamHub:
             if not isinstance(event, Start):
                 self._refuse(ws, f"expected start, got {_kind(event)!r}")
                 return None
-            if event.media_format != PHONE_AUDIO:
+            if event.media_format not in ACCEPTED_FORMATS:
                 self._refuse(ws, f"unsupported audio format {event.media_format}")
                 return None
             call_id = self.carrier.admit(event)
@@ -238,7 +251,7 @@ class StreamHub:
                 self._refuse(ws, "unknown call or wrong stream token")
                 return None
             log.info("call %s: media stream %s started", call_id, event.stream_id)
-            return Bridge(self, call_id, ws, framing)
+            return Bridge(self, call_id, ws, framing, event.media_format)
 
     def _refuse(self, ws: simple_websocket.Server, why: str) -> None:
         """Close a stream that did not start properly with 1008."""
@@ -252,35 +265,56 @@ class StreamHub:
 
     def speak(self, record: CallRecord, action: Speak) -> bool:
         """The carrier's speaker (``MediaCarrier.attach``): speak over the
-        call's stream if it has one (True), else leave it to the carrier
+        call's stream if it has one, or hold the utterance until the stream
+        the carrier expects starts (True); else leave it to the carrier
         (False)."""
+        call_id = record.callId
         with self._lock:
-            bridge = self._bridges.get(record.callId)
-            hold = (bridge is None and self.config.realtime.enabled and not self._closing
-                    and record.callId not in self._streamed and self.carrier.streaming())
-            if hold:
-                # The realtime model says everything in its own voice, the
-                # opening too, which comes before the carrier opens the stream.
-                held = self._held.setdefault(record.callId, [])
-                held.append(action)
-                hold_first = len(held) == 1
-        if hold:
-            if hold_first:
-                timer = threading.Timer(HOLD_FOR_STREAM, self._unhold, (record.callId,))
-                timer.daemon = True
-                timer.start()
+            bridge = self._bridges.get(call_id)
+            waiting = self._waiting.get(call_id)
+            if waiting is not None:
+                waiting[0].append(action)
+                return True
+        if bridge is not None:
+            if not bridge.alive:
+                return False
+            bridge.say(action)
             return True
-        if bridge is None or not bridge.alive:
+        if self._closing or not self.carrier.stream_expected(record):
             return False
-        bridge.say(action)
+        timer = threading.Timer(STREAM_WAIT, self._stream_late, args=(call_id,))
+        timer.daemon = True
+        with self._lock:
+            if call_id in self._bridges or call_id in self._waiting:
+                bridge, waiting = self._bridges.get(call_id), self._waiting.get(call_id)
+            else:
+                self._waiting[call_id] = ([action], timer)
+                bridge = waiting = None
+        if waiting is not None:
+            waiting[0].append(action)  # pragma: no cover - another utterance raced this one
+            return True
+        if bridge is not None:  # pragma: no cover - the stream started meanwhile
+            return self.speak(record, action)
+        timer.start()
         return True
 
-    def _unhold(self, call_id: str) -> None:
-        """No stream came for held speech: the carrier says it."""
+    def speaks_over_stream(self, call_id: str) -> bool:
+        """Does the call speak over a media stream (open, or expected)?"""
         with self._lock:
-            held = self._held.pop(call_id, [])
-        for action in held:
-            self.say_instead(call_id, action, f"no media stream within {HOLD_FOR_STREAM:g} s")
+            bridge = self._bridges.get(call_id)
+            return call_id in self._waiting or (bridge is not None and bridge.alive)
+
+    def _stream_late(self, call_id: str) -> None:
+        """The stream did not start in time: the carrier says what waited."""
+        with self._lock:
+            waiting = self._waiting.pop(call_id, None)
+        if waiting is None:
+            return
+        why = f"the media stream did not start within {STREAM_WAIT:g} s"
+        for action in waiting[0]:
+            if not self.events.submit(call_id, lambda a=action: self.say_instead(call_id, a, why)):  # type: ignore[misc]
+                log.warning("call %s: utterance %s dropped (daemon stopping or overloaded)", call_id,
+                            action.utterance_id)
 
     def answers_itself(self, call_id: str) -> bool:
         """The call's caller is answered by its realtime model, so the
@@ -311,8 +345,7 @@ class StreamHub:
         record = self.engine.live_record(call_id)
         if record is None:
             return  # the call is over
-        log.warning("call %s: text-to-speech failed (%s); the carrier says utterance %s instead", call_id, why,
-                    action.utterance_id)
+        log.warning("call %s: %s; the carrier says utterance %s instead", call_id, why, action.utterance_id)
         try:
             self.carrier.say_instead(record, action)
         except NotConnected:
@@ -325,6 +358,9 @@ class StreamHub:
         with self._lock:
             self._closing = True
             bridges = list(self._bridges.values())
+            waiting, self._waiting = list(self._waiting.values()), {}
+        for _, timer in waiting:
+            timer.cancel()
         for bridge in bridges:
             bridge.close()
         self.events.stop()

@@ -40,6 +40,7 @@ Event mapping (Telnyx -> normalized):
 A dial refused for the account's dials per second (429, code 90103,
 https://developers.telnyx.com/docs/voice/programmable-voice/dials-per-second-limit)
 raises ``RateLimited`` at once: the dial queue paces and retries it.
+
 DTMF, transfer and recording: ``telnyx_control`` (``send_dtmf``;
 ``transfer``, whose new leg's webhooks say how it went; ``record_start``
 once answered, and ``call.recording.saved``).
@@ -48,47 +49,53 @@ Listening: transcription (inbound track only, so the bot never hears
 itself) starts at the first listening turn and keeps running until the
 call ends. Restarting it per turn would cost two commands a turn and clip
 the first words of a callee who answers the moment the prompt ends.
+
+Live audio (``telnyx_media``): with ``streaming.enabled`` (and an OpenAI
+key) the dial or the answer asks for a bidirectional media stream to the
+daemon's stream endpoint, with a per-call token. Once its ``start`` is
+admitted the call listens through the media layer's speech-to-text and
+speaks over the stream (``stream_speaker``); Telnyx transcription, if it
+was already running, is stopped. Until then, and if the stream fails or
+stops while the call goes on (``streaming.failed``/``streaming.stopped``),
+the call listens with transcription and speaks with ``speak``.
+
+Webhooks are received by ``telnyx_webhooks``.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import secrets
 import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from werkzeug.wrappers import Response
-
-from .. import jsonsafe, metrics
-from ..calls import CallEvent, CallRecord, EventType, SendDtmf, Speak, State, Transfer
+from .. import jsonsafe
+from ..calls import CallRecord, SendDtmf, Speak, State, Transfer
 from ..errors import ProviderError, RateLimited
-from ..httpjson import json_response
-from ..lru import Bounded
-from ..phone import mask
-from ..ratelog import RateLimitedLog
+from ..media.framing import Speaker, ToneSender
 from ..workqueue import KeyedWorkQueue
-from . import telnyx_amd, telnyx_signature
+from . import telnyx_amd, telnyx_media
 from . import telnyx_events as wire
 from .base import Capabilities, CarrierStatus, Provider
 from .http import RestClient, retry_after
-from .telnyx_control import TelnyxControl, is_transfer_message
+from .telnyx_control import TelnyxControl
 from .telnyx_events import ring_timeout_secs, time_limit_secs
-from .telnyx_legs import Leg, LegTable
+from .telnyx_legs import STREAM_ENDED, STREAM_OPEN, STREAM_REQUESTED, Leg, LegTable
 from .telnyx_signature import KeyCache as _KeyCache
 from .telnyx_signature import check_signature
+from .telnyx_webhooks import Webhooks
 
 if TYPE_CHECKING:  # pragma: no cover
-    from werkzeug.wrappers import Request
+    from werkzeug.wrappers import Request, Response
 
     from ..config import Config
 
 log = logging.getLogger(__name__)
 
 BASIC_VOICES = frozenset({"male", "female"})
-_SEEN_WEBHOOKS = 4096     # remembered data.id values; Telnyx retries within minutes
-DRAIN_SECONDS = 5.0       # at shutdown, acknowledged webhooks still queued are processed for this long
-
+# Re-exported for tests and tools that verify webhooks the way the provider does.
+__all__ = ["TelnyxProvider", "_KeyCache", "check_signature", "ring_timeout_secs", "time_limit_secs"]
 
 
 class TelnyxProvider(Provider):
@@ -109,13 +116,14 @@ class TelnyxProvider(Provider):
                                 timeout=(5.0, 10.0))
         self._legs = LegTable()
         self._lock = self._legs.lock  # also guards the legs' fields
-        self._seen: Bounded[str, None] = Bounded(_SEEN_WEBHOOKS)
-        self._keys = _KeyCache()
-        self._work = KeyedWorkQueue("telnyx-events", workers=workers, max_pending=max_pending)
-        self._rejections = RateLimitedLog(log)
         self._control = TelnyxControl(self)
-        self.accepted = 0   # webhooks acknowledged and queued
-        self.processed = 0  # ... and processed (for status, and tests waiting for quiet)
+        self._work = KeyedWorkQueue("telnyx-events", workers=workers, max_pending=max_pending)
+        self._webhooks = Webhooks(self, self._work)
+        #: Set by the media-stream side (``telnyx_media``): speak over the
+        #: call's open stream (True), or leave it to ``speak`` (False).
+        self.stream_speaker: Speaker | None = None
+        #: Likewise for DTMF: tones in-band on the open stream, or ``send_dtmf``.
+        self.stream_dtmf: ToneSender | None = None
 
     # -- REST -------------------------------------------------------------------------
 
@@ -186,6 +194,7 @@ class TelnyxProvider(Provider):
         detection = telnyx_amd.dial_mode(config)
         if detection is not None:
             body["answering_machine_detection"] = detection
+        body.update(self.stream_params(leg))
         try:
             data = self._post("/v2/calls", body, "place the call", paced=True) or {}
             ccid = data.get("call_control_id")
@@ -218,6 +227,14 @@ class TelnyxProvider(Provider):
         self._command(ccid, "hangup", {}, "hang up the call", ended_ok=True)
 
     def speak(self, record: CallRecord, action: Speak) -> None:
+        speaker = self.stream_speaker
+        if speaker is not None and speaker(record, action):
+            return
+        self.speak_with_telnyx(record, action)
+
+    def speak_with_telnyx(self, record: CallRecord, action: Speak) -> None:
+        """Telnyx's ``speak``: speech on calls without an open stream, and
+        the fallback when streamed speech cannot be made."""
         telnyx = self._config.telnyx
         ccid = self._ccid(record)
         leg = self._legs.for_record(record)
@@ -238,12 +255,18 @@ class TelnyxProvider(Provider):
                         leg.utterances.remove(action.utterance_id)
 
     def start_listening(self, record: CallRecord, turn: int | None) -> None:
-        telnyx = self._config.telnyx
         ccid = self._ccid(record)
         leg = self._legs.for_record(record)
         with self._lock:
-            if leg.transcribing:
-                return  # already running for this call (see the module docstring)
+            leg.listening = True
+        self._transcribe(leg, ccid)
+
+    def _transcribe(self, leg: Leg, ccid: str) -> None:
+        """Start transcription unless it runs already or the stream listens."""
+        telnyx = self._config.telnyx
+        with self._lock:
+            if leg.transcribing or leg.stream == STREAM_OPEN:
+                return  # already running for this call (see the module docstring), or not needed
             leg.transcribing = True
         engine = telnyx.transcriptionEngine
         engine_config: dict[str, Any] = {"transcription_engine": engine, "language": telnyx.language}
@@ -262,12 +285,17 @@ class TelnyxProvider(Provider):
     def stop_listening(self, record: CallRecord) -> None:
         leg = self._legs.of(record)
         with self._lock:
+            if leg is not None:
+                leg.listening = False
             if leg is None or not leg.transcribing:
                 return
             leg.transcribing = False
         self._command(self._ccid(record), "transcription_stop", {}, "stop transcription", ended_ok=True)
 
     def send_dtmf(self, record: CallRecord, action: SendDtmf) -> None:
+        sender = self.stream_dtmf
+        if sender is not None and sender(record, action.digits):
+            return  # in-band on the open stream, after what it is saying
         self._control.send_dtmf(record, action)
 
     def transfer(self, record: CallRecord, action: Transfer) -> None:
@@ -303,219 +331,109 @@ class TelnyxProvider(Provider):
         # Runs under the call's lock in the manager: dictionary work only.
         self._legs.forget(record)
 
+    def start(self) -> None:
+        cfg = self._config
+        if cfg.streaming.enabled and not cfg.streaming.openaiApiKey:
+            log.warning("streaming.enabled is on but streaming.openaiApiKey (OPENAI_API_KEY) is not set: "
+                        "Telnyx calls listen with Telnyx transcription instead")
+        elif cfg.streaming.enabled and self.public_url and not self.public_url.startswith("https://"):
+            log.warning("streaming.enabled: Telnyx opens media streams to wss:// URLs, so publicUrl should be "
+                        "https (got %s)", self.public_url)
+
     def stop(self) -> None:
-        # Webhooks already acknowledged with a 2xx will not be sent again:
-        # process what is queued (for a bounded time) rather than drop it.
-        self._work.stop(timeout=DRAIN_SECONDS, drain=True)
+        self._webhooks.stop()
         self._rest.close()
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "pendingEvents": self._work.pending, "acceptedEvents": self.accepted,
-                "processedEvents": self.processed, "legs": len(self._legs)}
-
-    # -- webhooks -------------------------------------------------------------------------
+        hooks = self._webhooks
+        return {"name": self.name, "pendingEvents": hooks.pending, "acceptedEvents": hooks.accepted,
+                "processedEvents": hooks.processed, "legs": len(self._legs), "streaming": self.streaming(),
+                "eventWorkers": len(self._work._threads)}
 
     def handle_webhook(self, request: Request) -> Response:
-        raw = request.get_data(cache=True)
-        config = self._config
-        if not config.skipSignatureVerification:
-            try:
-                check_signature(self._keys.get(config.telnyx.publicKey), request.headers, raw, time.time())
-            except telnyx_signature.SignatureError as exc:
-                # Fail closed: no key, no headers, a bad signature or a stale
-                # timestamp all get 401 and change nothing.
-                self._rejections.warning(exc.kind, "rejected a Telnyx webhook from %s: %s", request.remote_addr,
-                                         exc.reason)
-                metrics.webhook("rejected")
-                return json_response(401, {"error": "webhook signature verification failed"})
-        try:
-            hook = wire.parse(raw)
-        except wire.WebhookFormatError as exc:
-            log.warning("ignored a malformed Telnyx webhook: %s", exc)
-            metrics.webhook("error")
-            return json_response(400, {"error": f"not a Telnyx webhook: {exc}"})
+        return self._webhooks.handle(request)
+
+    # -- media streams (see telnyx_media) -------------------------------------------------
+
+    def streaming(self) -> bool:
+        """Do calls ask for a media stream (else transcription and ``speak``)?"""
+        cfg = self._config
+        return bool(cfg.streaming.enabled and cfg.streaming.openaiApiKey and self.public_url)
+
+    def media(self) -> telnyx_media.TelnyxMedia:
+        return telnyx_media.TelnyxMedia(self)
+
+    def stream_params(self, leg: Leg) -> dict[str, str]:
+        """The ``stream_*`` parameters of the leg's dial or answer, with a
+        fresh token; none when calls do not stream."""
+        url = self.stream_url
+        if not self.streaming() or url is None or leg.call_id is None:
+            return {}
+        token = secrets.token_urlsafe(24)
         with self._lock:
-            duplicate = hook.id in self._seen
-            if not duplicate:
-                self._seen.put(hook.id, None)
-        if duplicate:
-            metrics.webhook("replay")
-            log.debug("Telnyx %s %s (attempt %d) already handled", hook.type, hook.id, hook.attempt)
-            return json_response(200, {"ok": True, "duplicate": True})
-        key = hook.call_control_id or hook.call_id or "-"
+            leg.stream_token, leg.stream = token, STREAM_REQUESTED
+        return telnyx_media.stream_request(url, leg.call_id, token)
+
+    def stream_expected(self, call_id: str) -> bool:
+        """Will the call's stream come up? It was requested with the dial or
+        the answer and has neither failed nor stopped (then the call speaks
+        with ``speak``)."""
+        leg = self._legs.find(call_id, None)
+        if leg is None or not self.streaming():
+            return False
         with self._lock:
-            self.accepted += 1  # before it can run: processed never overtakes accepted
-        if not self._work.submit(key, lambda: self._process(hook)):
-            with self._lock:
-                self.accepted -= 1
-                self._seen.pop(hook.id)  # not handled: Telnyx's retry must be
-            log.warning("Telnyx %s for %s: event queue is full; asking Telnyx to retry", hook.type, key)
-            metrics.webhook("error")
-            return Response("busy; retry later\n", status=503, mimetype="text/plain",
-                            headers={"Retry-After": "1"})
-        metrics.webhook("accepted")
-        return json_response(200, {"ok": True})
+            return leg.stream in (STREAM_REQUESTED, STREAM_OPEN)
 
-    # -- events (on the per-call worker) ------------------------------------------------------
+    def stream_admitted(self, call_id: str, ccid: str | None, token: str | None, stream_id: str) -> bool:
+        """Is this the stream asked for on ``call_id``: its token (constant
+        time) and its ``call_control_id``? If so the stream listens from now on."""
+        leg = self._legs.find(call_id, None)
+        with self._lock:
+            expected, known = (leg.stream_token, leg.ccid) if leg is not None else (None, None)
+        if not telnyx_media.same_secret(expected, token) or leg is None:
+            return False
+        if known is None:
+            record = self.sink.live_record(call_id)
+            known = record.providerCallId if record is not None else None
+        if not ccid or ccid != known:
+            return False
+        with self._lock:
+            leg.stream, leg.stream_id = STREAM_OPEN, stream_id
+            stop = leg.transcribing
+            leg.transcribing = False
+        log.info("call %s: listening through the media stream", call_id)
+        if stop:
+            # Off the stream's thread: a REST request must not hold up its start.
+            self._webhooks.submit(ccid, lambda: self._stop_transcription(call_id, ccid))
+        return True
 
-    def _process(self, hook: wire.Webhook) -> None:
+    def _stop_transcription(self, call_id: str, ccid: str) -> None:
         try:
-            if self._control.handle(hook):
-                return
-            handler = _HANDLERS.get(hook.type)
-            if handler is None:
-                log.debug("Telnyx %s for %s ignored", hook.type, hook.call_control_id)
-                return
-            handler(self, hook)
-        finally:
-            with self._lock:
-                self.processed += 1
-
-    def _find(self, hook: wire.Webhook) -> Leg | None:
-        """The leg an event belongs to: by client_state first, else by call_control_id."""
-        return self._legs.find(hook.call_id, hook.call_control_id)
-
-    def _event(self, hook: wire.Webhook, type_: EventType, leg: Leg | None, suffix: str = "",
-               **fields: Any) -> None:
-        call_id = hook.call_id or (leg.call_id if leg else None)
-        self.emit(CallEvent(type_, hook.id + suffix, call_id=call_id, provider_call_id=hook.call_control_id,
-                            **fields))
-
-    def _on_initiated(self, hook: wire.Webhook) -> None:
-        if hook.incoming:
-            self._inbound(hook)
-            return
-        leg = self._find(hook)
-        call_id = hook.call_id or (leg.call_id if leg else None)
-        if call_id and hook.call_control_id:
-            self.sink.attach_provider_id(call_id, hook.call_control_id)
-        self._event(hook, EventType.RINGING, leg)
-
-    def _inbound(self, hook: wire.Webhook) -> None:
-        ccid = hook.call_control_id
-        if not ccid:
-            log.warning("Telnyx incoming call.initiated without call_control_id ignored")
-            return
-        if self._legs.known(ccid):
-            return  # already answered or already hung up
-        from_, to = hook.text("from") or "", hook.text("to")
-        snapshot, accepted = self.sink.accept_inbound(from_, to, ccid)
-        call_id = snapshot["callId"]
-        if not accepted:
-            if not self._legs.end(ccid):
-                return
-            try:
-                self._command(ccid, "hangup", {}, "hang up the rejected call", ended_ok=True)
-            except ProviderError as exc:
-                log.warning("call %s: %s", call_id, exc.message)
-            return
-        if self._legs.answering(call_id, ccid) is None:
-            # The call ended (and was forgotten) before it could be answered:
-            # do not leave the caller ringing.
-            try:
-                self._command(ccid, "hangup", {}, "hang up the call", ended_ok=True)
-            except ProviderError as exc:
-                log.warning("call %s: %s", call_id, exc.message)
-            return
-        log.info("call %s: answering Telnyx call from %s", call_id, mask(from_))
-        try:
-            # client_state from here on names our call in every webhook.
-            self._command(ccid, "answer", {"client_state": wire.encode_client_state(call_id)},
-                          "answer the call")
+            self._command(ccid, "transcription_stop", {}, "stop transcription", ended_ok=True)
         except ProviderError as exc:
-            if exc.provider_code == wire.CALL_ENDED:
-                return  # the caller gave up first; call.hangup will say so
             log.warning("call %s: %s", call_id, exc.message)
-            self.emit(CallEvent(EventType.ERROR, hook.id + ":answer", call_id=call_id, provider_call_id=ccid,
-                                message=exc.message))
 
-    def _on_answered(self, hook: wire.Webhook) -> None:
-        leg = self._find(hook)
-        if leg is not None:
-            with self._lock:
-                leg.answered = True
-        self._event(hook, EventType.ANSWERED, leg)
-
-    def _on_speak_started(self, hook: wire.Webhook) -> None:
-        leg = self._find(hook)
+    def stream_ended(self, leg: Leg, stream_id: str | None, *, failed: bool, reason: str | None) -> None:
+        """``streaming.stopped``/``failed``: the call listens with
+        transcription and speaks with ``speak`` from now on (unless the
+        news is of an earlier stream than the one open now)."""
         with self._lock:
-            utterance = leg.utterances[0] if leg is not None and leg.utterances else None
-        # A late start of speech already reported as ended is old news; a
-        # transfer's message is no utterance of the call's.
-        if utterance is not None and not is_transfer_message(utterance):
-            self._event(hook, EventType.SPEAKING, leg, utterance_id=utterance)
-
-    def _on_speak_ended(self, hook: wire.Webhook) -> None:
-        leg = self._find(hook)
-        with self._lock:
-            utterance = leg.utterances.popleft() if leg is not None and leg.utterances else None
-        if utterance is None or (leg is not None and self._control.speak_ended(leg, utterance, hook)):
-            return
-        status = hook.text("status") or "completed"
-        if status != "completed":
-            # Cut off (call_hangup, cancelled_amd): the callee did not hear it all.
-            log.debug("Telnyx speech %s ended with status %s", utterance, status)
-            return
-        self._event(hook, EventType.PLAYED, leg, utterance_id=utterance)
-
-    def _on_transcription(self, hook: wire.Webhook) -> None:
-        result = wire.transcript(hook.payload)
-        if result is None or not result.text or result.track == "outbound":
-            return  # nothing said, or the bot's own voice
-        self._event(hook, EventType.SPEECH, self._find(hook), transcript=result.text,
-                    is_final=result.is_final, confidence=result.confidence)
-
-    def _on_dtmf(self, hook: wire.Webhook) -> None:
-        digit = hook.text("digit")
-        if digit:
-            self._event(hook, EventType.DTMF, self._find(hook), digits=digit)
-
-    def _on_machine_detection(self, hook: wire.Webhook) -> None:
-        result, leg, ccid = hook.text("result"), self._find(hook), hook.call_control_id
-        if (verdict := telnyx_amd.answered_by(result)) is not None:
-            self._event(hook, EventType.DETECTED, leg, answered_by=verdict)
-        if (result not in telnyx_amd.MACHINE_RESULTS or not self._config.telnyx.machineDetection
-                or telnyx_amd.leaves_messages(self._config) or leg is None or not ccid):
-            return  # with leave-message, the message waits for the greeting to end
-        with self._lock:
-            if leg.end_override is not None:
+            if stream_id and leg.stream_id and stream_id != leg.stream_id and leg.stream == STREAM_OPEN:
                 return
-            leg.end_override = State.VOICEMAIL
-        log.info("call %s: answering machine detected; hanging up", leg.call_id)
-        try:
-            self._command(ccid, "hangup", {}, "hang up on the answering machine", ended_ok=True)
-        except ProviderError as exc:
-            # The call goes on; max-duration (or the callee) still ends it, as voicemail.
-            log.warning("call %s: %s", leg.call_id, exc.message)
+            was, leg.stream = leg.stream, STREAM_ENDED
+            listen, ccid = leg.listening, leg.ccid
+        record = self.sink.live_record(leg.call_id) if leg.call_id else None
+        if record is None or record.terminal:
+            return  # the stream ended with the call
+        if failed:
+            log.warning("call %s: the Telnyx media stream failed (%s); the call goes on with Telnyx "
+                        "transcription and speak", leg.call_id, (reason or "no reason given")[:80])
+        elif was == STREAM_OPEN:
+            log.info("call %s: the Telnyx media stream stopped; the call goes on with Telnyx transcription "
+                     "and speak", leg.call_id)
+        if listen and ccid:
+            try:
+                self._transcribe(leg, ccid)
+            except ProviderError as exc:
+                log.warning("call %s: %s", leg.call_id, exc.message)
 
-    def _on_greeting_ended(self, hook: wire.Webhook) -> None:
-        """The machine's greeting ended (``beep_detected``; ``no_beep_detected`` too)."""
-        if telnyx_amd.leaves_messages(self._config):
-            self._event(hook, EventType.GREETING_ENDED, self._find(hook))
-
-    def _on_hangup(self, hook: wire.Webhook) -> None:
-        leg = self._find(hook)
-        with self._lock:
-            override = leg.end_override if leg is not None else None
-            answered = leg.answered if leg is not None else False
-        reason = override or wire.end_reason(hook.payload.get("hangup_cause"),
-                                             source=hook.payload.get("hangup_source"),
-                                             incoming=hook.incoming, answered=answered)
-        log.debug("Telnyx call %s hung up: cause %s, source %s -> %s", hook.call_control_id,
-                  hook.payload.get("hangup_cause"), hook.payload.get("hangup_source"), reason)
-        self._event(hook, EventType.ENDED, leg, reason=reason)
-
-
-_HANDLERS = {
-    "call.initiated": TelnyxProvider._on_initiated,
-    "call.answered": TelnyxProvider._on_answered,
-    "call.speak.started": TelnyxProvider._on_speak_started,
-    "call.speak.ended": TelnyxProvider._on_speak_ended,
-    "call.transcription": TelnyxProvider._on_transcription,
-    "call.dtmf.received": TelnyxProvider._on_dtmf,
-    "call.machine.detection.ended": TelnyxProvider._on_machine_detection,
-    "call.machine.premium.detection.ended": TelnyxProvider._on_machine_detection,
-    "call.machine.greeting.ended": TelnyxProvider._on_greeting_ended,
-    "call.machine.premium.greeting.ended": TelnyxProvider._on_greeting_ended,
-    "call.hangup": TelnyxProvider._on_hangup,
-}

@@ -130,7 +130,7 @@ class Host(Protocol):
     def _command(self, ccid: str, name: str, body: dict[str, Any], what: str, *,
                  ended_ok: bool = False) -> bool: ...
     def _ccid(self, record: CallRecord) -> str: ...
-    def speak(self, record: CallRecord, action: Speak) -> None: ...
+    def speak_with_telnyx(self, record: CallRecord, action: Speak) -> None: ...
     def emit(self, event: CallEvent) -> None: ...
 
 
@@ -156,7 +156,9 @@ class TelnyxControl:
         with self.host._lock:
             leg.transfer = (utterance, action)
         try:
-            self.host.speak(record, Speak(action.message, utterance))
+            # Telnyx's own speech even on a streamed call: its call.speak.ended
+            # is what sends the transfer.
+            self.host.speak_with_telnyx(record, Speak(action.message, utterance))
         except Exception:
             with self.host._lock:
                 leg.transfer = None

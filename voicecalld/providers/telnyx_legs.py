@@ -22,6 +22,12 @@ from ..calls import CallRecord, State, Transfer
 from ..errors import NotConnected
 from ..lru import Bounded
 
+#: A leg's media stream (``Leg.stream``): asked for with the dial or the
+#: answer, started (its ``start`` admitted), or over (stopped or failed).
+STREAM_REQUESTED = "requested"
+STREAM_OPEN = "open"
+STREAM_ENDED = "ended"
+
 ENDED_LEGS = 1024        # call_control_ids we hung up as rejected
 FORGOTTEN = 2048         # call ids and call_control_ids of forgotten legs: never made again
 
@@ -37,6 +43,12 @@ class Leg:
     dialing: bool = False          # the dial request has not returned yet
     hangup_pending: bool = False   # a hang-up was asked for while dialing
     transcribing: bool = False
+    #: The engine wants to hear the caller (between start_ and stop_listening).
+    listening: bool = False
+    #: The media stream's per-call token and state (None: no stream asked for).
+    stream_token: str | None = None
+    stream: str | None = None
+    stream_id: str | None = None   # of the stream admitted last
     end_override: State | None = None
     #: Utterance ids in the order their speak commands were sent.
     utterances: collections.deque[str] = field(default_factory=collections.deque)

@@ -36,9 +36,12 @@ How the core's model maps onto TwiML (see ``twilio_script.py``):
   ``<Connect><Stream>`` instead; the media-stream side checks the stream's
   per-call token with ``check_stream_token`` and the upgrade's signature
   over ``stream_url`` (the exact ``wss://`` URL written into ``<Stream url>``).
-  Speech stays ``<Say>`` unless it installs a ``stream_speaker``. A stream
-  that ends by itself (its ``<Connect>`` action) drops the call back to
-  ``<Gather>``.
+  Speech stays ``<Say>`` unless it installs a ``stream_speaker``, which
+  then also takes the opening: the first TwiML of a streamed call opens the
+  stream at once and says nothing (``stream_expected``), and the greeting
+  or message is spoken over the stream in the text-to-speech voice (``<Say>``
+  only if the stream does not start). A stream that ends by itself (its
+  ``<Connect>`` action) drops the call back to ``<Gather>``.
 * Answering-machine detection, when on (``twilio_amd``): the verdict
   becomes the record's ``answeredBy``; with ``outbound.voicemail =
   leave-message`` it arrives at the ``type=amd`` callback, and the end of a
@@ -325,6 +328,16 @@ class TwilioProvider(Provider):
     def stream_token(self, call_id: str) -> str | None:
         script = self._script(call_id)
         return None if script is None else script.stream_token
+
+    def stream_expected(self, call_id: str) -> bool:
+        """Will the call's Media Stream come up? Streaming is on, and the
+        stream has not ended or failed on this call; the call's next (or
+        first) document opens it when nothing is queued to ``<Say>``."""
+        script = self._script(call_id)
+        if script is None or not self.streaming():
+            return False
+        with script.lock:
+            return not (script.stream_failed or script.forgotten or script.hangup_after)
 
     def check_stream_token(self, call_id: str, token: str) -> bool:
         """Is ``token`` the one this call's ``<Stream>`` was given? Constant-time."""

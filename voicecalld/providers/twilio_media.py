@@ -138,6 +138,8 @@ class TwilioCalls(Protocol):
 
     def check_stream_token(self, call_id: str, token: str) -> bool: ...
 
+    def stream_expected(self, call_id: str) -> bool: ...
+
     def speak_with_say(self, record: CallRecord, action: Speak) -> None: ...
 
 
@@ -163,6 +165,9 @@ class TwilioMedia:
         if start.call_id is None or not self.provider.check_stream_token(start.call_id, start.token or ""):
             return None
         return start.call_id
+
+    def stream_expected(self, record: CallRecord) -> bool:
+        return self.provider.stream_expected(record.callId)
 
     def attach(self, speaker: Speaker) -> None:
         self.provider.stream_speaker = speaker

@@ -6,11 +6,12 @@ functions; the HTTP side lives in fake_openai.py.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from typing import Any
 
-__all__ = ["ChatRequestError", "build_completion", "validate_chat_request"]
+__all__ = ["ChatRequestError", "build_completion", "stream_chunks", "tokens", "validate_chat_request"]
 
 _ROLES = ("system", "developer", "user", "assistant", "tool")
 # Arguments the real endpoint accepts; anything else is a 400 there too,
@@ -84,8 +85,12 @@ def validate_chat_request(body: Any, models: set[str] | frozenset[str] | None) -
         raise ChatRequestError(400, "Invalid 'messages': expected a non-empty array.", "messages")
     for index, message in enumerate(messages):
         _check_message(message, f"messages[{index}]")
-    if body.get("stream"):
-        raise ChatRequestError(400, "FakeOpenAI does not implement streamed chat completions.", "stream")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise ChatRequestError(400, "Invalid type for 'stream': expected a boolean.", "stream")
+    if body.get("stream_options") is not None and not stream:
+        raise ChatRequestError(400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                               "stream_options")
     limit = body.get("max_completion_tokens")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ChatRequestError(
@@ -206,3 +211,36 @@ def build_completion(body: dict[str, Any], reply: str | dict[str, Any]) -> dict[
         "service_tier": "default",
         "system_fingerprint": "fp_" + secrets.token_hex(5),
     }
+
+
+def tokens(text: str) -> list[str]:
+    """``text`` in pieces the way a model streams it: words with their
+    leading space, runs of punctuation."""
+    return re.findall(r"\s*\w+|\s*[^\w\s]+|\s+", text)
+
+
+def stream_chunks(completion: dict[str, Any]) -> list[tuple[dict[str, Any], bool]]:
+    """The ``chat.completion.chunk`` objects that stream ``completion``
+    (https://platform.openai.com/docs/api-reference/chat-streaming), each
+    with whether it carries a token (the pacing of a generating model
+    applies to those): the role, the content token by token, each tool
+    call's name and then its arguments in fragments, the finish reason."""
+    head = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"],
+            "model": completion["model"], "system_fingerprint": completion["system_fingerprint"]}
+    choice = completion["choices"][0]
+    message = choice["message"]
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+    out: list[tuple[dict[str, Any], bool]] = [(chunk({"role": "assistant", "content": "", "refusal": None}), False)]
+    out += [(chunk({"content": piece}), True) for piece in tokens(message.get("content") or "")]
+    for index, call in enumerate(message.get("tool_calls") or ()):
+        out.append((chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                           "function": {"name": call["function"]["name"], "arguments": ""}}]}),
+                    True))
+        arguments = call["function"]["arguments"]
+        out += [(chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[i:i + 8]}}]}), True)
+                for i in range(0, len(arguments), 8)]
+    out.append((chunk({}, choice["finish_reason"]), False))
+    return out

@@ -16,6 +16,8 @@ from . import _telnyx_wire as wire
 
 AMD_MODES = ("premium", "detect", "detect_beep", "detect_words", "greeting_end", "disabled")
 TRACKS = ("inbound", "outbound", "both")
+STREAM_TRACKS = ("inbound_track", "outbound_track", "both_tracks")
+STREAM_CODECS = ("PCMU", "PCMA", "G722", "OPUS", "AMR-WB", "L16")
 ENGINES = ("A", "B", "Google", "Telnyx", "Deepgram", "Azure")
 MAX_SPEAK_CHARS = 3000
 _VOICE_RE = re.compile(r"^(male|female|(AWS\.Polly|Azure|Telnyx|ElevenLabs)\.[A-Za-z0-9_.:-]+)$")
@@ -127,8 +129,25 @@ def streaming_start(body: dict[str, Any]) -> dict[str, Any]:
     stream_url = wire.required_str(body, "stream_url")
     if not _STREAM_URL_RE.match(stream_url):
         raise wire.invalid("stream_url", "stream_url must be a ws:// or wss:// URL.")
-    wire.optional_one_of(body, "stream_track", ("inbound_track", "outbound_track", "both_tracks"))
-    return dict(body)
+    wire.optional_one_of(body, "stream_track", STREAM_TRACKS)
+    wire.optional_one_of(body, "stream_codec", (*STREAM_CODECS, "default"))
+    wire.optional_one_of(body, "stream_bidirectional_mode", ("mp3", "rtp"))
+    # "Case sensitive" (the streaming_start reference).
+    wire.optional_one_of(body, "stream_bidirectional_codec", STREAM_CODECS)
+    wire.optional_one_of(body, "stream_bidirectional_target_legs", ("self", "opposite", "both"))
+    rate = body.get("stream_bidirectional_sampling_rate")
+    if rate is not None and rate not in (8000, 16000, 22050, 24000, 48000):
+        raise wire.invalid("stream_bidirectional_sampling_rate", "must be 8000, 16000, 22050, 24000 or 48000.")
+    return {key: value for key, value in body.items() if key.startswith("stream_")}
+
+
+def stream(body: dict[str, Any]) -> dict[str, Any] | None:
+    """A dial's or answer's ``stream_*`` parameters (validated), if it asks for a stream."""
+    if body.get("stream_url") is None:
+        if any(key.startswith("stream_") for key in body):
+            raise wire.invalid("stream_url", "stream_* parameters need a stream_url.")
+        return None
+    return streaming_start(body)
 
 
 _DTMF_RE = re.compile(r"^[0-9A-D*#wW]+$")

@@ -174,8 +174,11 @@ class RestApi:
                 return cached
             dial = params.dial(body, self.settings.connection_id)
             self._check_dial_rate()
+            stream = params.stream(body)
             call = self._sim.new_call("outgoing", dial.from_, dial.to, dial.webhook_url, dial.client_state,
                                       status="ringing")
+            if stream is not None:
+                self._sim.request_stream(call, stream)
             self._sim.start_outbound(call, dial, self._callee(dial.to))
             result = 200, {"data": {"call_control_id": call.call_control_id, "call_leg_id": call.call_leg_id,
                                     "call_session_id": call.call_session_id, "is_alive": True,
@@ -245,10 +248,13 @@ class RestApi:
         if call.status != "parked":
             raise wire.not_allowed_now("This call has already been answered.")
         webhook_url, tracks = params.answer(body)
+        stream = params.stream(body)
 
         def act() -> None:
             if webhook_url is not None:
                 call.webhook_url = webhook_url
+            if stream is not None:
+                self._sim.request_stream(call, stream)
             call.transcribe_on_answer = tracks
             self._sim.connect(call)
         return act
@@ -297,9 +303,12 @@ class RestApi:
     def _cmd_streaming_start(self, call: FakeCall, body: dict[str, Any]) -> Action:
         self._require_answered(call, "streaming_start")
         stream = params.streaming_start(body)
-        # Recorded only: the fake opens no media WebSocket, so it never
-        # claims streaming.started.
-        return lambda: call.streams.append(stream)
+
+        def act() -> None:
+            call.streams.append(stream)
+            self._sim.request_stream(call, stream)
+            self._sim.open_streams(call)
+        return act
 
     def _cmd_accept(self, call: FakeCall, body: dict[str, Any]) -> Action:
         return lambda: None

@@ -19,6 +19,7 @@ from typing import Any
 from . import _telnyx_wire as wire
 from ._scheduler import Scheduler
 from ._telnyx_calls import SIP_CAUSES, Callee, FakeCall, SpeakJob
+from ._telnyx_media import Streams
 from ._telnyx_params import DialParams, TransferParams
 from ._telnyx_webhooks import Deliverer, Event
 
@@ -56,6 +57,8 @@ class Simulation:
         self._scheduler = scheduler
         self._deliverer = deliverer
         self._connection_id = connection_id
+        #: Media streaming (``_telnyx_media.Streams``), once the fake sets it.
+        self.media: Streams | None = None
 
     # -- creating calls ------------------------------------------------------------
 
@@ -90,6 +93,7 @@ class Simulation:
         call.status, call.answered_at = "answered", time.monotonic()
         call.transcription_tracks = call.transcribe_on_answer
         self.emit(call, "call.answered", codec="PCMU", sampling_rate=8000)
+        self.open_streams(call)
         if call.time_limit_secs is not None:
             self.later(call.time_limit_secs * self.timing.timeout_scale,
                        lambda: self._end_if(call, "answered", "time_limit", "unknown"))
@@ -101,6 +105,8 @@ class Simulation:
             if job.started and not job.ended:
                 self.emit(call, "call.speak.ended", status="call_hangup")
             job.ended = True
+        if self.media is not None:
+            self.media.ended(call)  # streaming.stopped, before the hang-up
         call.status, call.ended_at, call.end_time = "ended", time.monotonic(), wire.iso_now()
         call.hangup_cause, call.hangup_source = cause, source
         self.emit(call, "call.hangup", hangup_cause=cause, hangup_source=source,
@@ -109,6 +115,14 @@ class Simulation:
         other = call.bridged_with
         if other is not None and other.alive:  # a bridge ends with either side
             self.end(other, "normal_clearing", other.remote_source())
+
+    def request_stream(self, call: FakeCall, params: dict[str, Any]) -> None:
+        if self.media is not None:
+            self.media.request(call, params)
+
+    def open_streams(self, call: FakeCall) -> None:
+        if self.media is not None and call.status == "answered":
+            self.media.answered(call)
 
     def _callee_acts(self, call: FakeCall, behaviour: str) -> None:
         if call.status != "ringing":

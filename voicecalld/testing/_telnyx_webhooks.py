@@ -111,6 +111,16 @@ class Deliverer:
         with self._lock:
             self._rules.append(_Rule("hold", event_type, call_control_id, count, after=after))
 
+    def release(self, event_type: str, call_control_id: str | None) -> int:
+        """Deliver held ``event_type`` webhooks now (on the scheduler thread); how many."""
+        with self._lock:
+            ready = [held for _, held in self._held if held.event_type == event_type
+                     and (call_control_id is None or held.call_control_id == call_control_id)]
+            self._held = [item for item in self._held if item[1] not in ready]
+        for held in ready:
+            self._scheduler.call_later(0.0, lambda event=held: self._attempt(event, 1, None))  # type: ignore[misc]
+        return len(ready)
+
     def _take(self, kinds: frozenset[str] | set[str], event: Event) -> _Rule | None:
         with self._lock:
             for rule in self._rules:

@@ -14,7 +14,19 @@ Chat replies are consumed one per request: a string (the assistant's
 text), or a dict with ``content``, ``tool_call`` (``{"name", "arguments"}``)
 or ``tool_calls``, ``finish_reason``, ``delay`` (extra seconds), or
 ``error`` (``{"status", "message", "type", "code", "param"}``, answered as
-an OpenAI error JSON). Transcripts are consumed one per committed turn: a
+an OpenAI error JSON). A request with ``stream: true`` is answered with
+server-sent events, paced like a generating model: the first token after
+``chat_first_token_s``, each further one ``chat_token_s`` later (or the
+reply's ``token_s``); a reply with ``stall_after: N`` sends N tokens and
+then nothing more (until the client leaves), one with ``slow_after: N``
+sends the tokens after the N-th every ``slow_token_s`` (1 s). ``chat_streaming = False``
+makes the fake a server that ignores ``stream`` (one JSON body, sent
+once the whole reply is generated at that pace). Each
+request's record says how the stream went (``tokens_sent``,
+``stream_finished``, ``client_left``; ``finished`` is set when it is over).
+
+Speech starts after ``speech_delay_s`` (time to first audio) and then
+comes at ``tts_realtime_factor`` times real time (None: all at once). Transcripts are consumed one per committed turn: a
 string, or ``{"error": {...}}`` for a ``...transcription.failed`` event.
 
 Scripting and fault injection::
@@ -53,7 +65,8 @@ from ._http import (
     openai_error,
     serve_websocket,
 )
-from ._openai_chat import ChatRequestError, build_completion, validate_chat_request
+from ._openai_chat import ChatRequestError, build_completion, stream_chunks, validate_chat_request
+from ._openai_chat_stream import stream_events
 from ._openai_realtime import ArrivalStamps, RealtimeConnection, RealtimeRecord
 from ._openai_session import DEFAULT_MODELS
 from ._openai_speech import SpeechRequestError, prepare, synthesize, validate_speech_request
@@ -85,6 +98,14 @@ class RecordedRequest:
     body: Any  # parsed JSON, or the raw text when it was not JSON
     status: int = 0
     at: float = field(default_factory=time.monotonic)
+    #: Streamed chat replies: tokens sent, whether the stream reached its
+    #: end, whether the client closed the connection before that, when
+    #: the last token went out; ``finished`` is set once the response is over.
+    tokens_sent: int = 0
+    stream_finished: bool = False
+    client_left: bool = False
+    last_token_at: float | None = None
+    finished: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -133,9 +154,13 @@ class FakeOpenAI:
         self.default_chat_reply = default_chat_reply
         self.chat_models: set[str] | None = None  # None: any unprefixed name
         self.chat_delay_s = 0.0
+        self.chat_streaming = True  # False: ignore "stream" and answer with one JSON body
+        self.chat_first_token_s = 0.0
+        self.chat_token_s = 0.0
         # -- speech knobs
         self.tts_ms_per_char = tts_ms_per_char
-        self.speech_delay_s = 0.0
+        self.speech_delay_s = 0.0  # time to first audio
+        self.tts_realtime_factor: float | None = None  # audio seconds per second after that; None: at once
         # -- records
         self.requests: list[RecordedRequest] = []
 
@@ -331,7 +356,7 @@ class FakeOpenAI:
                 "using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
             )
         if endpoint == "chat":
-            return self._chat(record.body)
+            return self._chat(record.body, record, environ.get("werkzeug.socket"))
         return self._speech(record.body)
 
     def _check_auth(self, request: Request) -> Response | None:
@@ -359,7 +384,7 @@ class FakeOpenAI:
         if seconds > 0:
             self._stopping.wait(seconds)
 
-    def _chat(self, body: dict[str, Any]) -> Response:
+    def _chat(self, body: dict[str, Any], record: RecordedRequest, sock: Any) -> Response:
         try:
             validate_chat_request(body, self.chat_models)
         except ChatRequestError as exc:
@@ -378,8 +403,22 @@ class FakeOpenAI:
                     "server_error" if err["status"] >= 500 else "invalid_request_error"
                 )
                 return openai_error(err["status"], err["message"], kind, err.get("param"), err.get("code"))
-        self._pause(delay)
-        return json_response(build_completion(body, reply), headers=_request_id())
+        completion = build_completion(body, reply)
+        per_token = float(reply.get("token_s", self.chat_token_s)) if isinstance(reply, dict) else self.chat_token_s
+        if not (body.get("stream") and self.chat_streaming):
+            # A server that does not stream answers once the whole reply is generated.
+            count = sum(1 for _, is_token in stream_chunks(completion) if is_token)
+            generating = self.chat_first_token_s + per_token * max(0, count - 1) if count else 0.0
+            self._pause(delay + generating)
+            record.finished.set()
+            return json_response(completion, headers=_request_id())
+        stall = reply.get("stall_after") if isinstance(reply, dict) else None
+        first = delay + self.chat_first_token_s
+
+        slow = (int(reply["slow_after"]), float(reply.get("slow_token_s", 1.0))) \
+            if isinstance(reply, dict) and "slow_after" in reply else None
+        body_events = stream_events(completion, record, sock, first, per_token, stall, self._stopping, slow)
+        return Response(body_events, content_type="text/event-stream", headers=_request_id())
 
     def _speech(self, body: dict[str, Any]) -> Response:
         try:
@@ -389,11 +428,18 @@ class FakeOpenAI:
         audio, content_type = synthesize(body, self.tts_ms_per_char)
         delay = self.speech_delay_s
 
+        factor = self.tts_realtime_factor
+        rate = 2 * 24000 if content_type == "audio/pcm" else 0
+
         def stream() -> Any:
             # The delay is time-to-first-byte, as with the real endpoint,
-            # which streams audio as it is generated.
+            # which streams audio as it is generated (at ``factor`` times
+            # real time, when set).
             self._pause(delay)
+            started = time.monotonic()
             for offset in range(0, len(audio), _STREAM_CHUNK):
+                if factor and rate and offset:
+                    self._pause(started + offset / rate / factor - time.monotonic())
                 yield audio[offset : offset + _STREAM_CHUNK]
 
         return Response(stream(), content_type=content_type, headers=_request_id())

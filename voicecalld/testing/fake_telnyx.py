@@ -17,6 +17,33 @@ webhooks: answered and bridged, or hung up with the reason) and
 ``record_start``/``record_stop`` (``call.recording.saved`` once the
 recording ends) are checked and simulated.
 
+Media streaming: a dial or answer with ``stream_url`` gets a media stream
+once the call is answered, as on real Telnyx: the fake opens the WebSocket
+to that URL (``ws://`` for a ``wss://`` URL on 127.0.0.1, as nothing there
+speaks TLS), sends ``connected`` and ``start`` (``stream_id``,
+``call_control_id``, ``media_format``) and reports ``streaming.started``;
+``streaming.stopped`` when the call ends or the daemon closes the socket.
+While a stream is open, ``callee_says`` streams speech-like audio of the
+words' length at real-time pace (the transcript itself is whatever the
+speech-to-text service makes of it: with ``FakeOpenAI``, the next entry of
+its ``transcripts`` queue), and ``callee_presses`` sends ``dtmf`` frames
+as well as ``call.dtmf.received``. Marks are echoed once the audio before
+them has played, and ``clear`` drops queued audio and returns pending
+marks. Options: ``stream_encoding`` (``PCMU``, or ``PCMA`` as on many
+European legs), ``stream_out_of_order`` (every n-th frame is sent after
+the next), ``stream_behaviour`` (``connect``; ``fail`` reports
+``streaming.failed`` without connecting; ``silent`` never opens the
+stream). ``wait_stream`` returns the open stream, a
+``media_client.MediaStreamClient``, to play any audio (``stream_audio``,
+``_telnyx_media.speech_like``/``silence`` in either encoding) and to
+inspect what the daemon sent (``received``, ``marks``, ``clears``):
+
+    fake = FakeTelnyx(stream_encoding="PCMA", stream_out_of_order=5).start()
+    ...  # the daemon dials with stream_url
+    client = fake.wait_stream(call.call_control_id)
+    openai.transcripts.put("yes please")
+    fake.callee_says(call.call_control_id, "yes please")
+
 Timing model: every simulated happening (answer, speech, timeouts) runs on
 one scheduler thread in due order, and each produces its webhooks at once
 (plus ``webhook_latency``). Webhooks are POSTed from that same thread, one
@@ -43,12 +70,14 @@ from werkzeug.wrappers import Request
 from . import _telnyx_wire as wire
 from ._scheduler import Scheduler
 from ._telnyx_calls import Callee, FakeCall
+from ._telnyx_media import BEHAVIOURS, ENCODINGS, Streams, silence, speech_like
 from ._telnyx_rest import RestApi, RestRequest
 from ._telnyx_sim import DTMF_DIGITS, Simulation, Timing
 from ._telnyx_webhooks import Deliverer, Delivery
 from ._wait import wait_until
+from .media_client import MediaStreamClient
 
-__all__ = ["Callee", "Delivery", "FakeCall", "FakeTelnyx", "RestRequest", "Timing"]
+__all__ = ["Callee", "Delivery", "FakeCall", "FakeTelnyx", "MediaStreamClient", "RestRequest", "Timing"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -91,6 +120,9 @@ class FakeTelnyx:
         than 5 x this in the trailing 5 s is refused with 429 / 90103
         (``rate_limit_retry_after``: its Retry-After, whole seconds). None:
         no limit. ``greeting_secs``: a machine's greeting, answer to beep.
+      stream_encoding, stream_out_of_order, stream_behaviour: media
+        streaming (see the module docstring; ``fake.streams`` may change
+        them while the fake runs).
     """
 
     def __init__(
@@ -115,7 +147,12 @@ class FakeTelnyx:
         dials_per_second: float | None = None,
         rate_limit_retry_after: int | None = None,
         greeting_secs: float | None = None,
+        stream_encoding: str = "PCMU",
+        stream_out_of_order: int = 0,
+        stream_behaviour: str = "connect",
     ) -> None:
+        if stream_encoding not in ENCODINGS or stream_behaviour not in BEHAVIOURS:
+            raise ValueError(f"stream_encoding must be one of {ENCODINGS}, stream_behaviour one of {BEHAVIOURS}")
         self.api_key = api_key
         self.connection_id = connection_id
         self.timing = Timing(ms_per_char, answer_after, timeout_scale, inbound_ring_timeout, webhook_latency,
@@ -142,6 +179,10 @@ class FakeTelnyx:
         self._sim = Simulation(self._lock, self._ids, self._scheduler, self._deliverer, self.timing,
                                connection_id)
         self.calls: dict[str, FakeCall] = self._sim.calls  # the simulation's own dict, live
+        self.streams = Streams(self._lock, self._sim.emit)
+        self.streams.encoding, self.streams.out_of_order = stream_encoding, stream_out_of_order
+        self.streams.behaviour = stream_behaviour
+        self._sim.media = self.streams
         self._rest = RestApi(self, self._lock, self._sim,
                              lambda number: self._callees.get(number, self.default_callee))
         self.requests = self._rest.requests  # the REST side's own list, live
@@ -177,6 +218,7 @@ class FakeTelnyx:
         if server is None or thread is None:
             return
         try:
+            self.streams.close()
             self._scheduler.stop()  # first: no new webhooks while the server winds down
         finally:
             server.shutdown()  # serve_forever's own finally runs server_close(), joining request threads
@@ -230,6 +272,10 @@ class FakeTelnyx:
         words = text.split()
         if not words:
             raise ValueError("callee_says needs some words")
+        encoding = self.streams.encoding
+        audio = speech_like(max(0.6, self._sim.speech_secs(text)), encoding) + silence(0.8, encoding)
+        if self.streams.stream_audio(call_control_id, audio):
+            return True  # heard through the stream, by whoever transcribes it
         with self._lock:
             return self._sim.remote_says(self._call(call_control_id), words, confidence)
 
@@ -239,8 +285,21 @@ class FakeTelnyx:
         bad = set(digits) - DTMF_DIGITS
         if bad or not digits:
             raise ValueError(f"DTMF digits must be from 0-9 * # A-D, got {digits!r}")
+        client = self.streams.client(call_control_id)
+        if client is not None:
+            for digit in digits:
+                client.send_dtmf(digit)  # and call.dtmf.received as well, as Telnyx sends both
         with self._lock:
             return self._sim.remote_presses(self._call(call_control_id), digits)
+
+    def wait_stream(self, call_control_id: str, timeout: float = 5.0) -> MediaStreamClient:
+        """The call's open media stream (waiting for it to open)."""
+        return self.streams.wait_open(call_control_id, timeout)
+
+    def stream_audio(self, call_control_id: str, audio: bytes) -> bool:
+        """Play ``audio`` (in ``streams.encoding``) into the call's open
+        stream at real-time pace, in the background; False without one."""
+        return self.streams.stream_audio(call_control_id, audio)
 
     def callee_hangs_up(self, call_control_id: str) -> bool:
         """The remote party hangs up (or declines / gives up while ringing).
@@ -288,6 +347,15 @@ class FakeTelnyx:
         ``after`` webhook has been delivered (or the call's hangup), e.g.
         ``deliver_after("call.initiated", "call.answered")``."""
         self._deliverer.add_hold(event_type, after, call_control_id, count)
+
+    def hold_webhook(self, event_type: str, *, call_control_id: str | None = None, count: int = 1) -> None:
+        """Hold the next ``event_type`` webhook until ``release_webhook``
+        (or the call's hangup), e.g. to let something happen first."""
+        self._deliverer.add_hold(event_type, "(released by the test)", call_control_id, count)
+
+    def release_webhook(self, event_type: str, *, call_control_id: str | None = None) -> int:
+        """Deliver the held ``event_type`` webhooks now; returns how many there were."""
+        return self._deliverer.release(event_type, call_control_id)
 
     def send_forged_webhook(self, call_control_id: str, event_type: str = "call.hangup",
                             fault: str = "bad_signature", **payload: Any) -> Delivery:

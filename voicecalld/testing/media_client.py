@@ -10,6 +10,12 @@ way Twilio does: audio the server sends is "played" at 8000 bytes/s, each
 ``mark`` is echoed once the audio queued before it has finished, and a
 ``clear`` empties the queue and returns pending marks at once.
 
+The messages' shapes are the carrier's (``StreamWire``): Twilio's by
+default (``TwilioWire``); ``voicecalld.testing._telnyx_media.TelnyxWire``
+makes the same client speak Telnyx media streaming, which is how
+``fake_telnyx`` streams. ``out_of_order=n`` sends every n-th media frame
+after the one that follows it, as a carrier that does not keep order would.
+
 Pacing is against ``time.monotonic()`` with frame *n* due at
 ``start + n * 20 ms`` (never "sleep 20 ms" in a loop), so scheduling
 jitter does not accumulate into drift. Send and arrival times are recorded
@@ -26,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import simple_websocket
 
@@ -41,6 +47,8 @@ __all__ = [
     "ReceivedMark",
     "ReceivedMedia",
     "SentFrame",
+    "StreamWire",
+    "TwilioWire",
     "silence",
     "speech_like",
 ]
@@ -58,6 +66,57 @@ def speech_like(seconds: float, level: float = 0.5) -> bytes:
 def silence(seconds: float) -> bytes:
     """µ-law digital silence."""
     return mulaw.encode(silence_pcm(seconds, 8000))
+
+
+class StreamWire(Protocol):
+    """A carrier's message shapes, for the client to send."""
+
+    #: The key numbering every message after ``connected``.
+    sequence_key: str
+    #: The payload byte of silence (pads a short last frame).
+    silence: int
+
+    def connected(self) -> dict[str, Any]: ...
+    def start(self) -> dict[str, Any]: ...
+    def media(self, chunk: int, timestamp_ms: int, payload_b64: str) -> dict[str, Any]: ...
+    def dtmf(self, digit: str) -> dict[str, Any]: ...
+    def mark(self, name: str) -> dict[str, Any]: ...
+    def stop(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class TwilioWire:
+    """Twilio Media Streams' shapes (https://www.twilio.com/docs/voice/media-streams/websocket-messages)."""
+
+    call_sid: str
+    account_sid: str
+    stream_sid: str
+    custom_parameters: dict[str, str]
+    sequence_key: str = "sequenceNumber"
+    silence: int = mulaw.SILENCE
+
+    def connected(self) -> dict[str, Any]:
+        return {"event": "connected", "protocol": "Call", "version": "1.0.0"}
+
+    def start(self) -> dict[str, Any]:
+        return {"event": "start", "streamSid": self.stream_sid, "start": {
+            "accountSid": self.account_sid, "streamSid": self.stream_sid, "callSid": self.call_sid,
+            "tracks": ["inbound"], "customParameters": self.custom_parameters,
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}
+
+    def media(self, chunk: int, timestamp_ms: int, payload_b64: str) -> dict[str, Any]:
+        return {"event": "media", "streamSid": self.stream_sid, "media": {
+            "track": "inbound", "chunk": str(chunk), "timestamp": str(timestamp_ms), "payload": payload_b64}}
+
+    def dtmf(self, digit: str) -> dict[str, Any]:
+        return {"event": "dtmf", "streamSid": self.stream_sid, "dtmf": {"track": "inbound_track", "digit": digit}}
+
+    def mark(self, name: str) -> dict[str, Any]:
+        return {"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}}
+
+    def stop(self) -> dict[str, Any]:
+        return {"event": "stop", "streamSid": self.stream_sid,
+                "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}}
 
 
 @dataclass(frozen=True)
@@ -107,6 +166,8 @@ class MediaStreamClient:
         call_sid: str | None = None,
         account_sid: str | None = None,
         stream_sid: str | None = None,
+        wire: StreamWire | None = None,
+        out_of_order: int = 0,
     ) -> None:
         self.url = url
         self.headers = dict(headers or {})
@@ -116,6 +177,10 @@ class MediaStreamClient:
         self.call_sid = call_sid or "CA" + secrets.token_hex(16)
         self.account_sid = account_sid or "AC" + secrets.token_hex(16)
         self.stream_sid = stream_sid or "MZ" + secrets.token_hex(16)
+        self.wire: StreamWire = wire or TwilioWire(self.call_sid, self.account_sid, self.stream_sid,
+                                                   self.custom_parameters)
+        self.out_of_order = out_of_order
+        self._held: tuple[dict[str, Any], SentFrame] | None = None  # a frame sent after its successor
 
         self.sent_frames: list[SentFrame] = []
         self.sent: list[dict[str, Any]] = []  # every message sent, in order
@@ -168,22 +233,9 @@ class MediaStreamClient:
         # previous one is acknowledged (up to ~40 ms with delayed ACKs),
         # which would show up as fake forwarding latency.
         _no_delay(self._ws.sock)
-        self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"}, numbered=False)
+        self._send(self.wire.connected(), numbered=False)
         self.started_at = time.monotonic()
-        self._send(
-            {
-                "event": "start",
-                "streamSid": self.stream_sid,
-                "start": {
-                    "accountSid": self.account_sid,
-                    "streamSid": self.stream_sid,
-                    "callSid": self.call_sid,
-                    "tracks": ["inbound"],
-                    "customParameters": self.custom_parameters,
-                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                },
-            }
-        )
+        self._send(self.wire.start())
         self._receiver = threading.Thread(target=self._receive_loop, name="media-client-recv", daemon=True)
         self._receiver.start()
         self._started.set()
@@ -196,13 +248,7 @@ class MediaStreamClient:
             thread.join(timeout)
         if self._ws is not None and self._ws.connected:
             try:
-                self._send(
-                    {
-                        "event": "stop",
-                        "streamSid": self.stream_sid,
-                        "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
-                    }
-                )
+                self._send(self.wire.stop())
             except (simple_websocket.ConnectionClosed, OSError):
                 pass
         self.close(timeout)
@@ -254,7 +300,7 @@ class MediaStreamClient:
                 self._sequence += 1
                 message = {
                     "event": message["event"],
-                    "sequenceNumber": str(self._sequence),
+                    self.wire.sequence_key: str(self._sequence),
                     **{k: v for k, v in message.items() if k != "event"},
                 }
             self._ws.send(json.dumps(message))
@@ -275,7 +321,7 @@ class MediaStreamClient:
                 self._clock_base, self._clock_frames = now, 0
             for offset in range(0, len(audio), FRAME_BYTES):
                 frame = audio[offset : offset + FRAME_BYTES]
-                frame = frame + bytes([mulaw.SILENCE]) * (FRAME_BYTES - len(frame))
+                frame = frame + bytes([self.wire.silence]) * (FRAME_BYTES - len(frame))
                 due = self._clock_base + self._clock_frames * FRAME_SECONDS
                 wait = due - time.monotonic()
                 if wait > 0 and self._stopping.wait(wait):
@@ -286,27 +332,33 @@ class MediaStreamClient:
                     break
                 self._clock_frames += 1
                 sent += 1
+            self._release_held()
             return sent
 
     def _send_media(self, frame: bytes, due: float) -> bool:
         assert self.started_at is not None
         self._chunk += 1
         timestamp = max(0, round((due - self.started_at) * 1000))
-        message = {
-            "event": "media",
-            "streamSid": self.stream_sid,
-            "media": {
-                "track": "inbound",
-                "chunk": str(self._chunk),
-                "timestamp": str(timestamp),
-                "payload": base64.b64encode(frame).decode("ascii"),
-            },
-        }
+        message = self.wire.media(self._chunk, timestamp, base64.b64encode(frame).decode("ascii"))
+        if self.out_of_order and self._chunk % self.out_of_order == 0 and self._held is None:
+            self._held = (message, SentFrame(self._chunk, timestamp, due, 0.0))
+            return True  # goes out after the next frame
         try:
             self._send(message)
         except (simple_websocket.ConnectionClosed, OSError):
             return False
         self.sent_frames.append(SentFrame(self._chunk, timestamp, due, time.monotonic()))
+        return self._release_held()
+
+    def _release_held(self) -> bool:
+        if self._held is None:
+            return True
+        (message, frame), self._held = self._held, None
+        try:
+            self._send(message)
+        except (simple_websocket.ConnectionClosed, OSError):
+            return False
+        self.sent_frames.append(SentFrame(frame.chunk, frame.timestamp_ms, frame.due, time.monotonic()))
         return True
 
     def start_streaming_in_background(self, audio: bytes) -> threading.Thread:
@@ -326,13 +378,7 @@ class MediaStreamClient:
     def send_dtmf(self, digit: str) -> None:
         if len(digit) != 1 or digit not in "0123456789*#ABCD":
             raise ValueError(f"not a DTMF digit: {digit!r}")
-        self._send(
-            {
-                "event": "dtmf",
-                "streamSid": self.stream_sid,
-                "dtmf": {"track": "inbound_track", "digit": digit},
-            }
-        )
+        self._send(self.wire.dtmf(digit))
 
     # -- receiving ---------------------------------------------------------
 
@@ -421,7 +467,7 @@ class MediaStreamClient:
 
     def _echo(self, mark: ReceivedMark) -> None:
         try:
-            self._send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": mark.name}})
+            self._send(self.wire.mark(mark.name))
         except (simple_websocket.ConnectionClosed, OSError):
             return
         with self._state:

@@ -1,0 +1,314 @@
+"""Turn latency as a caller hears it: the real daemon, simulated Twilio media
+streams, and the fake OpenAI given realistic latencies.
+
+Each conversation is an outbound Twilio call (FakeTwilio) whose media stream
+a simulated caller (MediaStreamClient, in a process of its own) feeds in
+real time: speech, then silence while the bot answers, turn after turn
+(conversations start at different phases of that cycle). The fake OpenAI
+(a process of its own) runs the Realtime transcription with its energy VAD
+and answers the final transcript ``--stt-ms`` after the end of the turn;
+Chat Completions stream the reply's first token after ``--first-token-ms``
+and one more every ``--token-ms``; text-to-speech sends its first audio
+after ``--tts-first-ms`` and then ``--tts-rtf`` times real time.
+
+The clock runs at the caller: from the last voiced frame it sent to the
+first non-silent frame of the reply it receives. Next to the figures, two
+bounds computed from the configured latencies:
+
+* pipelined: VAD silence + STT + first token + the rest of the first
+  sentence's tokens + TTS first audio (what a perfect pipeline costs);
+* sequential: the same with the whole reply's tokens (what a daemon that
+  waits for the complete reply before synthesizing costs).
+
+Targets: p50 within 60 ms of the pipelined bound, p95 within 150 ms, for 1
+and for 50 concurrent conversations. The same runs with a chat server that
+ignores ``stream`` (one JSON body once the reply is generated) show the
+sequential cost for comparison. "Daemon share" is the total minus the
+bound: what voicecalld (and the simulated network) add. The daemon's own
+measurement (the record's ``turns``, speech_stopped to first frame sent)
+is reported too, and the CPU (cores) the daemon and the fake OpenAI used.
+
+Prints a table and one JSON line.
+
+    python benchmarks/turn_latency.py [--conversations 1,50] [--turns 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import cpu_seconds, start_daemon, stop_daemon  # noqa: E402
+from media import Pacer, quiet_gc  # noqa: E402  (benchmarks/media.py: callers' audio at real-time pace)
+
+SID, TOKEN = "AC" + "5" * 32, "turn-latency-token"
+FRAME = 160  # 20 ms of µ-law
+OPENING = "Hello."
+REPLY = ("Sure, I can help with that. I have a table for two at seven thirty tonight, or one at eight "
+         "fifteen if you would rather eat later; which one would suit you best?")
+SPEECH_S = 1.2     # each caller turn: this much speech...
+ANSWER_S = 7.0     # ...then silence while the bot answers (long enough for the whole reply to play)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
+
+
+def bounds(args: argparse.Namespace) -> tuple[float, float]:
+    """(pipelined, sequential) lower bounds in ms, from the configured latencies."""
+    from voicecalld.sentences import SentenceCutter
+    from voicecalld.testing._openai_chat import tokens
+
+    first = SentenceCutter().feed(REPLY + " ")[0]
+    first_tokens, all_tokens = len(tokens(first)), len(tokens(REPLY))
+    fixed = args.silence_ms + args.stt_ms + args.first_token_ms + args.tts_first_ms
+    return fixed + (first_tokens - 1) * args.token_ms, fixed + (all_tokens - 1) * args.token_ms
+
+
+# --- the fake OpenAI, in its own process -------------------------------------------------------
+
+
+def openai_process(conn: Any, settings: dict[str, Any]) -> None:
+    from voicecalld.testing.fake_openai import FakeOpenAI
+
+    quiet_gc()
+    fake = FakeOpenAI(api_key="sk-bench", default_transcript="a table for two tonight please",
+                      default_chat_reply=REPLY, tts_ms_per_char=settings["tts_ms_per_char"])
+    fake.transcription_delay_s = settings["stt_ms"] / 1000
+    fake.chat_first_token_s = settings["first_token_ms"] / 1000
+    fake.chat_token_s = settings["token_ms"] / 1000
+    fake.speech_delay_s = settings["tts_first_ms"] / 1000
+    fake.tts_realtime_factor = settings["tts_rtf"]
+    fake.chat_streaming = settings["streaming"]
+    fake.start()
+    conn.send((fake.base_url, fake.realtime_url))
+    conn.recv()
+    fake.stop()
+    conn.send("stopped")
+
+
+# --- the simulated callers, in their own process -------------------------------------------------
+
+
+def voiced(payload: bytes) -> bool:
+    from voicecalld.media import mulaw
+
+    pcm = memoryview(mulaw.decode(payload)).cast("h")
+    return max(abs(s) for s in pcm) > 300
+
+
+def clients_process(requests: Any, results: Any, port: int) -> None:
+    from voicecalld.testing.media_client import MediaStreamClient, silence, speech_like
+
+    quiet_gc()
+    clients: list[Any] = []
+    while True:
+        item = requests.get()
+        if item[0] == "stream":
+            _, path, headers, params, call_sid, stream_sid = item
+            client = MediaStreamClient(f"ws://127.0.0.1:{port}{path}", headers=headers, custom_parameters=params,
+                                       call_sid=call_sid, stream_sid=stream_sid)
+            client.connect(timeout=30)
+            clients.append(client)
+            results.put(("connected", len(clients)))
+        elif item[0] == "play":
+            turns, silence_ms = item[1], item[2]
+            cycle = speech_like(SPEECH_S) + silence(ANSWER_S)
+            audios, phases = [], []
+            for index in range(len(clients)):
+                # Conversations do not all take their turns in the same instant.
+                lead = random.Random(index).randrange(0, int((SPEECH_S + ANSWER_S) * 8000), FRAME) \
+                    if len(clients) > 1 else 0
+                audios.append(silence(1.0) + silence(lead / 8000) + cycle * turns)
+                phases.append(int(8000 * 1.0) + lead)
+            pacer = Pacer(clients, audios)
+            pacer.thread.join(3600)
+            time.sleep(0.5)
+            out = []
+            for client, sent, phase in zip(clients, pacer.sent, phases, strict=True):
+                out += measure(client, sent, phase, turns, silence_ms)
+            results.put(("latencies", out))
+        else:
+            for client in clients:
+                client.close()
+            results.put(("stopped", None))
+            return
+
+
+def measure(client: Any, sent: list[float], phase: int, turns: int, silence_ms: float) -> list[float]:
+    """Per turn: last voiced frame sent -> first voiced reply frame received
+    (ms). No reply can start before the VAD's silence has passed, so audio
+    before half of it is still the previous reply's."""
+    out = []
+    speech_frames, cycle_frames = int(SPEECH_S * 50), int((SPEECH_S + ANSWER_S) * 50)
+    received = [(m.at, m.payload) for m in list(client.received_media)]
+    for turn in range(turns):
+        last = phase // FRAME + turn * cycle_frames + speech_frames - 1
+        end = phase // FRAME + (turn + 1) * cycle_frames
+        if end >= len(sent):
+            end = len(sent) - 1
+        t0, t1 = sent[last], sent[end]
+        floor = t0 + silence_ms / 2000
+        reply = next((at for at, payload in received if floor < at < t1 and voiced(payload)), None)
+        if reply is not None:
+            out.append((reply - t0) * 1000)
+    return out
+
+
+# --- one round ------------------------------------------------------------------------------------
+
+
+def run_round(n: int, turns: int, streaming: bool, args: argparse.Namespace) -> dict[str, Any]:
+    from voicecalld.control.client import Client
+    from voicecalld.testing.fake_twilio import FakeTwilio
+    from voicecalld.testing.ports import free_port
+
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    settings = {k: getattr(args, k) for k in ("stt_ms", "first_token_ms", "token_ms", "tts_first_ms", "tts_rtf",
+                                              "tts_ms_per_char")}
+    openai = ctx.Process(target=openai_process, args=(child, {**settings, "streaming": streaming}), daemon=True)
+    openai.start()
+    base_url, realtime_url = parent.recv()
+    port = free_port()
+    requests, results = ctx.Queue(), ctx.Queue()
+    host = ctx.Process(target=clients_process, args=(requests, results, port), daemon=True)
+    host.start()
+    twilio = FakeTwilio(SID, TOKEN, ms_per_char=1, time_scale=0.05)
+    twilio.start()
+    twilio.on_stream = lambda req: requests.put(("stream", urlsplit(req.url).path, dict(req.headers),
+                                                 dict(req.parameters), req.call_sid, req.stream_sid))
+    tmp = Path(tempfile.mkdtemp(prefix="vc-turn-"))
+    sock = str(tmp / "control.sock")
+    config = (
+        f'provider = "twilio"\nfromNumber = "+15550001111"\ntoNumber = "+15550002222"\n'
+        f'publicUrl = "http://127.0.0.1:{port}"\nmaxConcurrentCalls = {n + 10}\nresponder = "llm"\n'
+        f'responseBaseUrl = "{base_url}"\nresponseApiKey = "sk-bench"\nresponseTimeoutMs = 15000\n'
+        f'store = "{tmp}/state"\nmaxDurationSeconds = 900\n'
+        f'[serve]\nport = {port}\n[control]\nsocket = "{sock}"\n'
+        f'[twilio]\naccountSid = "{SID}"\nauthToken = "{TOKEN}"\napiBaseUrl = "{twilio.base_url}"\n'
+        f'[streaming]\nenabled = true\nopenaiApiKey = "sk-bench"\nrealtimeUrl = "{realtime_url}"\n'
+        f'silenceDurationMs = {args.silence_ms}\nmaxStreams = {n + 10}\nmaxPendingStreams = {n + 10}\n'
+        f'[tts]\nbaseUrl = "{base_url}"\n')
+    proc = start_daemon(tmp, config, sock)
+    call_ids: list[str] = []
+    try:
+        with Client(sock, timeout=60) as c:
+            for _ in range(n):
+                call_ids.append(c.call("voicecall.initiate", {"message": OPENING, "mode": "conversation"})["callId"])
+        connected = 0
+        while connected < n:
+            kind, value = results.get(timeout=60)
+            if kind == "connected":
+                connected = value
+        time.sleep(1.0)  # the openings play
+        requests.put(("play", turns, args.silence_ms))
+        cpu0 = cpu_seconds(proc.pid), cpu_seconds(openai.pid)
+        started = time.monotonic()
+        kind, latencies = results.get(timeout=3600)
+        elapsed = time.monotonic() - started
+        cpu = [round((cpu_seconds(pid) - before) / elapsed, 2) for pid, before in zip((proc.pid, openai.pid), cpu0,
+                                                                                       strict=True)]
+        with Client(sock, timeout=60) as c:
+            records = [c.call("voicecall.status", {"callId": call_id}) for call_id in call_ids]
+            for call_id in call_ids:
+                try:
+                    c.call("voicecall.end", {"callId": call_id})
+                except Exception:  # noqa: BLE001 - a call that already ended is fine
+                    pass
+    finally:
+        requests.put(("stop",))
+        try:
+            results.get(timeout=30)
+        except Exception:  # noqa: BLE001
+            pass
+        stop_daemon(proc)
+        twilio.stop()
+        parent.send("stop")
+        parent.recv()
+        shutil.rmtree(tmp, ignore_errors=True)
+    measured = [t["latencyMs"] for r in records for t in r.get("turns") or ()]
+    return {"latencies": latencies, "daemon_measured": measured, "expected": n * turns, "cpu": cpu}
+
+
+def summary(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "max": None}
+    return {"p50": round(percentile(values, 0.5), 1), "p95": round(percentile(values, 0.95), 1),
+            "max": round(max(values), 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--conversations", default="1,50", help="comma-separated concurrent conversations per round")
+    p.add_argument("--turns", type=int, default=3, help="caller turns per conversation")
+    p.add_argument("--single-turns", type=int, default=12, help="turns when there is one conversation")
+    p.add_argument("--silence-ms", type=int, default=800, help="streaming.silenceDurationMs (VAD silence)")
+    p.add_argument("--stt-ms", type=float, default=300, help="final transcript after the end of the turn")
+    p.add_argument("--first-token-ms", type=float, default=350)
+    p.add_argument("--token-ms", type=float, default=30)
+    p.add_argument("--tts-first-ms", type=float, default=200)
+    p.add_argument("--tts-rtf", type=float, default=4.0, help="TTS audio seconds per second after the first")
+    p.add_argument("--tts-ms-per-char", type=float, default=25, help="length of the fake's speech")
+    p.add_argument("--no-compare", action="store_true", help="skip the runs without pipelining")
+    p.add_argument("--per-turn", action="store_true", help="print every turn")
+    args = p.parse_args()
+    pipelined, sequential = bounds(args)
+    load = os.getloadavg()[0]
+    rows: list[dict[str, Any]] = []
+    for n in [int(x) for x in args.conversations.split(",")]:
+        turns = args.single_turns if n == 1 else args.turns
+        for streaming in (True, False) if not args.no_compare else (True,):
+            result = run_round(n, turns, streaming, args)
+            bound = pipelined if streaming else sequential
+            lat = result["latencies"]
+            row = {"conversations": n, "pipelined": streaming, "turns": len(lat), "expected": result["expected"],
+                   **summary(lat), "bound": bound,
+                   "share_p50": None if not lat else round(percentile(lat, 0.5) - bound, 1),
+                   "share_p95": None if not lat else round(percentile(lat, 0.95) - bound, 1),
+                   "daemon_measured": summary(result["daemon_measured"]),
+                   "cpu_daemon": result["cpu"][0], "cpu_fake_openai": result["cpu"][1]}
+            if streaming and lat:
+                row["target_met"] = bool(percentile(lat, 0.5) - pipelined <= 60
+                                         and percentile(lat, 0.95) - pipelined <= 150)
+            rows.append(row)
+            if args.per_turn:
+                print(f"  {n} conversations, {'pipelined' if streaming else 'not pipelined'}: "
+                      + " ".join(f"{x:.0f}" for x in lat), flush=True)
+    print(f"turn latency, caller's last voiced frame -> first voiced reply frame; load average {load:.1f} on "
+          f"{os.cpu_count()} CPUs")
+    print(f"configured: VAD silence {args.silence_ms} ms, STT {args.stt_ms:g} ms, first token "
+          f"{args.first_token_ms:g} ms + {args.token_ms:g} ms/token, TTS first audio {args.tts_first_ms:g} ms at "
+          f"{args.tts_rtf:g}x real time")
+    print(f"bounds: pipelined {pipelined:.0f} ms, sequential {sequential:.0f} ms")
+    print(f"{'conversations':>13} {'mode':>13} {'turns':>9} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} "
+          f"{'bound':>6} {'share p50':>9} {'share p95':>9} {'daemon p50':>10} {'CPU d/f':>9} {'target':>7}")
+    for r in rows:
+        mode = "pipelined" if r["pipelined"] else "not pipelined"
+        target = "" if "target_met" not in r else ("met" if r["target_met"] else "NOT met")
+        print(f"{r['conversations']:>13} {mode:>13} {r['turns']:>4}/{r['expected']:<4} {r['p50']!s:>8} "
+              f"{r['p95']!s:>8} {r['max']!s:>8} {r['bound']:>6.0f} {r['share_p50']!s:>9} {r['share_p95']!s:>9} "
+              f"{r['daemon_measured']['p50']!s:>10} {r['cpu_daemon']:>4}/{r['cpu_fake_openai']:<4} {target:>7}")
+    print(json.dumps({"benchmark": "turn_latency", "load_average": round(load, 2), "cpus": os.cpu_count(),
+                      "bound_pipelined_ms": pipelined, "bound_sequential_ms": sequential,
+                      "config": {k: getattr(args, k) for k in ("silence_ms", "stt_ms", "first_token_ms", "token_ms",
+                                                               "tts_first_ms", "tts_rtf")},
+                      "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
