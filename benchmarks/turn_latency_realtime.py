@@ -25,6 +25,10 @@ fake's own CPU, not the daemon's), ``daemon`` the time from the fake
 sending the reply's first audio to that audio's first frame reaching the
 client (the daemon's share).
 
+``benchmarks/turn_latency.py --mode realtime`` is the turn-latency
+comparison with realistic cascaded latencies; this one adds barge-in and
+the split of a realtime turn between the fake and the daemon.
+
 Prints one row per mode and concurrency, and one JSON line.
 
     python benchmarks/turn_latency_realtime.py [--calls 1,50] [--rounds 10] [--delay 0.3] [--silence 300]
