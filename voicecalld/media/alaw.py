@@ -55,9 +55,7 @@ def decode_sample(code: int) -> int:
     return magnitude if code & 0x80 else -magnitude
 
 
-_DECODED = [decode_sample(c) & 0xFFFF for c in range(256)]
-_DECODE_LOW = bytes(v & 0xFF for v in _DECODED)
-_DECODE_HIGH = bytes(v >> 8 for v in _DECODED)
+_DECODE = mulaw.decode_tables(decode_sample)
 #: A-law byte -> the µ-law byte of the same sample value.
 _TO_MULAW = bytes(mulaw.encode_sample(decode_sample(c)) for c in range(256))
 # Encoding: every 13-bit magnitude covers eight consecutive int16 inputs.
@@ -78,11 +76,7 @@ def encode(pcm: bytes | bytearray | memoryview) -> bytes:
 
 def decode(alaw: bytes | bytearray | memoryview) -> bytes:
     """Decode A-law bytes to 16-bit signed little-endian mono PCM."""
-    data = bytes(alaw)
-    out = bytearray(2 * len(data))
-    out[0::2] = data.translate(_DECODE_LOW)
-    out[1::2] = data.translate(_DECODE_HIGH)
-    return bytes(out)
+    return mulaw.decode_with(_DECODE, alaw)
 
 
 def to_mulaw(alaw: bytes) -> bytes:

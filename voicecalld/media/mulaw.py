@@ -18,6 +18,7 @@ from __future__ import annotations
 import array
 import operator
 import sys
+from collections.abc import Callable
 
 __all__ = ["SILENCE", "decode", "decode_sample", "encode", "encode_sample"]
 
@@ -84,12 +85,26 @@ def _build_encode_table() -> bytes:
 # of the input indexes it directly with no sign fix-up per sample.
 _ENCODE_TABLE = _build_encode_table()
 
-# Decoding via two 256-byte translate tables (low and high byte of each
-# sample), interleaved with slice assignment: all C loops, no per-sample
-# Python bytecode.
-_DECODED = [decode_sample(c) & 0xFFFF for c in range(256)]
-_DECODE_LOW = bytes(v & 0xFF for v in _DECODED)
-_DECODE_HIGH = bytes(v >> 8 for v in _DECODED)
+
+def decode_tables(sample: Callable[[int], int]) -> tuple[bytes, bytes]:
+    """The two 256-byte translate tables of a G.711 decoder (the low and the
+    high byte of each code's 16-bit sample)."""
+    decoded = [sample(c) & 0xFFFF for c in range(256)]
+    return bytes(v & 0xFF for v in decoded), bytes(v >> 8 for v in decoded)
+
+
+def decode_with(tables: tuple[bytes, bytes], codes: bytes | bytearray | memoryview) -> bytes:
+    """Decode G.711 ``codes`` to 16-bit signed little-endian PCM with
+    ``decode_tables``: two translates interleaved by slice assignment, all C
+    loops, no per-sample Python bytecode."""
+    data = bytes(codes)
+    out = bytearray(2 * len(data))
+    out[0::2] = data.translate(tables[0])
+    out[1::2] = data.translate(tables[1])
+    return bytes(out)
+
+
+_DECODE = decode_tables(decode_sample)
 
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
@@ -124,8 +139,4 @@ def encode(pcm: bytes | bytearray | memoryview) -> bytes:
 
 def decode(ulaw: bytes | bytearray | memoryview) -> bytes:
     """Decode µ-law bytes to 16-bit signed little-endian mono PCM."""
-    data = bytes(ulaw)
-    out = bytearray(2 * len(data))
-    out[0::2] = data.translate(_DECODE_LOW)
-    out[1::2] = data.translate(_DECODE_HIGH)
-    return bytes(out)
+    return decode_with(_DECODE, ulaw)

@@ -79,6 +79,7 @@ from . import telnyx_amd, telnyx_media
 from . import telnyx_events as wire
 from .base import Capabilities, CarrierStatus, Provider
 from .http import RestClient, retry_after
+from .streamed import warn_about_streaming
 from .telnyx_control import TelnyxControl
 from .telnyx_events import ring_timeout_secs, time_limit_secs
 from .telnyx_legs import STREAM_ENDED, STREAM_OPEN, STREAM_REQUESTED, Leg, LegTable
@@ -332,13 +333,7 @@ class TelnyxProvider(Provider):
         self._legs.forget(record)
 
     def start(self) -> None:
-        cfg = self._config
-        if cfg.streaming.enabled and not cfg.streaming.openaiApiKey:
-            log.warning("streaming.enabled is on but streaming.openaiApiKey (OPENAI_API_KEY) is not set: "
-                        "Telnyx calls listen with Telnyx transcription instead")
-        elif cfg.streaming.enabled and self.public_url and not self.public_url.startswith("https://"):
-            log.warning("streaming.enabled: Telnyx opens media streams to wss:// URLs, so publicUrl should be "
-                        "https (got %s)", self.public_url)
+        warn_about_streaming(self._config, self.public_url, "Telnyx", "Telnyx transcription")
 
     def stop(self) -> None:
         self._webhooks.stop()

@@ -48,21 +48,16 @@ import logging
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode
 
-from .. import jsonsafe
 from ..media.framing import (
     PHONE_AUDIO,
     Audio,
-    Dtmf,
-    Mark,
     MediaEvent,
     MediaFormat,
     Other,
-    Speaker,
     Start,
-    Stop,
-    ToneSender,
 )
 from ..ratelog import RateLimitedLog
+from .streamed import CarrierMedia, Handler, StreamedCalls, parse_event
 
 if TYPE_CHECKING:  # pragma: no cover
     from werkzeug.wrappers import Request
@@ -156,6 +151,7 @@ class TelnyxFraming:
         self.token = token
         self.stream_id = ""
         self.reorder = Reorder(window)
+        self._handlers: dict[str, Handler] = {"media": self._audio, "start": self._start, "error": self._error}
 
     @property
     def late(self) -> int:
@@ -166,31 +162,13 @@ class TelnyxFraming:
         return self.reorder.lost
 
     def parse(self, raw: str | bytes) -> MediaEvent | None:
-        try:
-            message = jsonsafe.loads(raw)
-        except (TypeError, ValueError):
-            return None
-        if not isinstance(message, dict):
-            return None
-        event = message.get("event")
-        if event == "media":
-            return self._audio(message)
-        if event == "mark":
-            return Mark(str(_obj(message.get("mark")).get("name", "")))
-        if event == "dtmf":
-            digit = str(_obj(message.get("dtmf")).get("digit", ""))
-            return Dtmf(digit) if digit else Other("dtmf")
-        if event == "stop":
-            return Stop()
-        if event == "start":
-            return self._start(message)
-        if event == "connected":
-            return None
-        if event == "error":
-            error = _obj(message.get("payload")) or _obj(message.get("error"))
-            _errors.warning("error", "Telnyx media stream %s reported an error: %s", self.stream_id or "?",
-                            str(error.get("detail") or error.get("title") or error)[:200])
-        return Other(str(event)[:40])
+        return parse_event(raw, self._handlers)
+
+    def _error(self, message: dict[str, Any]) -> MediaEvent:
+        error = _obj(message.get("payload")) or _obj(message.get("error"))
+        _errors.warning("error", "Telnyx media stream %s reported an error: %s", self.stream_id or "?",
+                        str(error.get("detail") or error.get("title") or error)[:200])
+        return Other("error")
 
     def _start(self, message: dict[str, Any]) -> Start:
         start = _obj(message.get("start"))
@@ -226,29 +204,16 @@ class TelnyxFraming:
         return '{"event":"clear"}'
 
 
-class TelnyxCalls(Protocol):
+class TelnyxCalls(StreamedCalls, Protocol):
     """What the media side uses of the Telnyx provider (``telnyx.TelnyxProvider``)."""
 
-    stream_speaker: Speaker | None
-    stream_dtmf: ToneSender | None
-
-    def streaming(self) -> bool: ...
-
     def stream_admitted(self, call_id: str, ccid: str | None, token: str | None, stream_id: str) -> bool: ...
-
-    def stream_expected(self, call_id: str) -> bool: ...
 
     def speak_with_telnyx(self, record: CallRecord, action: Speak) -> None: ...
 
 
-class TelnyxMedia:
+class TelnyxMedia(CarrierMedia[TelnyxCalls]):
     """Telnyx's ``media.framing.MediaCarrier``."""
-
-    def __init__(self, provider: TelnyxCalls) -> None:
-        self.provider = provider
-
-    def streaming(self) -> bool:
-        return self.provider.streaming()
 
     def open(self, request: Request) -> TelnyxFraming:
         # Nothing to check before the upgrade (Telnyx signs nothing here):
@@ -261,15 +226,6 @@ class TelnyxMedia:
                                                                       start.token, start.stream_id):
             return None
         return start.call_id
-
-    def stream_expected(self, record: CallRecord) -> bool:
-        return self.provider.stream_expected(record.callId)
-
-    def attach(self, speaker: Speaker) -> None:
-        self.provider.stream_speaker = speaker
-
-    def attach_tones(self, sender: ToneSender) -> None:
-        self.provider.stream_dtmf = sender
 
     def say_instead(self, record: CallRecord, action: Speak) -> None:
         self.provider.speak_with_telnyx(record, action)

@@ -72,6 +72,7 @@ from ..errors import NotConnected, ProviderError
 from ..phone import mask
 from . import twilio_amd, twilio_control, twilio_errors, twiml
 from .base import Capabilities, CarrierStatus, Provider
+from .streamed import warn_about_streaming
 from .twilio_media import TwilioMedia
 from .twilio_rest import CallsApi
 from .twilio_script import CallScript, Item, Style
@@ -304,13 +305,7 @@ class TwilioProvider(Provider):
                 script.queue.clear()
 
     def start(self) -> None:
-        cfg = self._cfg
-        if cfg.streaming.enabled and not cfg.streaming.openaiApiKey:
-            log.warning("streaming.enabled is on but streaming.openaiApiKey (OPENAI_API_KEY) is not set: "
-                        "Twilio calls listen with <Gather> speech recognition instead")
-        elif cfg.streaming.enabled and self.public_url and not self.public_url.startswith("https://"):
-            log.warning("streaming.enabled: Twilio only opens media streams to wss:// URLs, so publicUrl "
-                        "should be https (got %s)", self.public_url)
+        warn_about_streaming(self._cfg, self.public_url, "Twilio", "<Gather> speech recognition")
         if not self.public_url:
             log.warning("no publicUrl: Twilio cannot reach the webhook until a tunnel provides one")
 

@@ -28,22 +28,17 @@ import binascii
 import json
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .. import jsonsafe
 from ..media.framing import (
     PHONE_AUDIO,
     Audio,
-    Dtmf,
-    Mark,
     MediaEvent,
     MediaFormat,
     Other,
-    Speaker,
     Start,
-    Stop,
-    ToneSender,
     UpgradeRefused,
 )
 from . import twiml
+from .streamed import CarrierMedia, Handler, StreamedCalls, parse_event
 from .twilio_signature import SIGNATURE_HEADER, validate
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,6 +67,7 @@ class TwilioFraming:
 
     def __init__(self, stream_sid: str = "") -> None:
         self._name(stream_sid)
+        self._handlers: dict[str, Handler] = {"media": lambda m: _audio(m.get("media")), "start": self._start}
 
     def _name(self, stream_sid: str) -> None:
         self.stream_sid = stream_sid
@@ -79,27 +75,7 @@ class TwilioFraming:
         self._media_head = '{"event":"media","streamSid":' + json.dumps(stream_sid) + ',"media":{"payload":"'
 
     def parse(self, raw: str | bytes) -> MediaEvent | None:
-        try:
-            message = jsonsafe.loads(raw)
-        except (TypeError, ValueError):
-            return None
-        if not isinstance(message, dict):
-            return None
-        event = message.get("event")
-        if event == "media":
-            return _audio(message.get("media"))
-        if event == "mark":
-            return Mark(str(_obj(message.get("mark")).get("name", "")))
-        if event == "dtmf":
-            digit = str(_obj(message.get("dtmf")).get("digit", ""))
-            return Dtmf(digit) if digit else Other("dtmf")
-        if event == "stop":
-            return Stop()
-        if event == "start":
-            return self._start(message)
-        if event == "connected":
-            return None
-        return Other(str(event)[:40])
+        return parse_event(raw, self._handlers)
 
     def _start(self, message: dict[str, Any]) -> Start:
         start = _obj(message.get("start"))
@@ -122,11 +98,8 @@ class TwilioFraming:
         return _dumps({"event": "clear", "streamSid": self.stream_sid})
 
 
-class TwilioCalls(Protocol):
+class TwilioCalls(StreamedCalls, Protocol):
     """What the media side uses of the Twilio provider (``twilio.TwilioProvider``)."""
-
-    stream_speaker: Speaker | None
-    stream_dtmf: ToneSender | None
 
     @property
     def sink(self) -> CallSink: ...
@@ -134,23 +107,13 @@ class TwilioCalls(Protocol):
     @property
     def stream_url(self) -> str | None: ...
 
-    def streaming(self) -> bool: ...
-
     def check_stream_token(self, call_id: str, token: str) -> bool: ...
-
-    def stream_expected(self, call_id: str) -> bool: ...
 
     def speak_with_say(self, record: CallRecord, action: Speak) -> None: ...
 
 
-class TwilioMedia:
+class TwilioMedia(CarrierMedia[TwilioCalls]):
     """Twilio's ``media.framing.MediaCarrier``."""
-
-    def __init__(self, provider: TwilioCalls) -> None:
-        self.provider = provider
-
-    def streaming(self) -> bool:
-        return self.provider.streaming()
 
     def open(self, request: Request) -> TwilioFraming:
         cfg = self.provider.sink.config
@@ -165,15 +128,6 @@ class TwilioMedia:
         if start.call_id is None or not self.provider.check_stream_token(start.call_id, start.token or ""):
             return None
         return start.call_id
-
-    def stream_expected(self, record: CallRecord) -> bool:
-        return self.provider.stream_expected(record.callId)
-
-    def attach(self, speaker: Speaker) -> None:
-        self.provider.stream_speaker = speaker
-
-    def attach_tones(self, sender: ToneSender) -> None:
-        self.provider.stream_dtmf = sender
 
     def say_instead(self, record: CallRecord, action: Speak) -> None:
         self.provider.speak_with_say(record, action)

@@ -49,10 +49,11 @@ def stream_events(completion: dict[str, Any], record: RecordedRequest, sock: Any
                 if not _pause_unless_gone(pause, sock, stopping):
                     return
                 tokens += 1
-            yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
-            if is_token:
+                # Counted before the write: the client may read the token (and
+                # a test look at the count) before this generator resumes.
                 record.tokens_sent = tokens
                 record.last_token_at = time.monotonic()
+            yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
         record.stream_finished = True
     finally:
