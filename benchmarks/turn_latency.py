@@ -28,9 +28,16 @@ bound: what voicecalld (and the simulated network) add. The daemon's own
 measurement (the record's ``turns``, speech_stopped to first frame sent)
 is reported too, and the CPU (cores) the daemon and the fake OpenAI used.
 
+With ``--mode realtime`` each round also runs with ``[realtime]`` on: one
+OpenAI Realtime speech-to-speech session per call, the fake model
+answering ``--realtime-delay-ms`` after its VAD ends the turn; its bound
+is VAD silence + that delay, and its targets p50 within 40 ms of it, p95
+within 100 ms. The realtime and cascaded rows come from the one run.
+(``benchmarks/turn_latency_realtime.py`` measures realtime barge-in.)
+
 Prints a table and one JSON line.
 
-    python benchmarks/turn_latency.py [--conversations 1,50] [--turns 3]
+    python benchmarks/turn_latency.py [--conversations 1,50] [--turns 3] [--mode realtime]
 """
 
 from __future__ import annotations
@@ -94,8 +101,12 @@ def openai_process(conn: Any, settings: dict[str, Any]) -> None:
     fake.speech_delay_s = settings["tts_first_ms"] / 1000
     fake.tts_realtime_factor = settings["tts_rtf"]
     fake.chat_streaming = settings["streaming"]
+    # The speech-to-speech model (--mode realtime) says the same reply, as long as the TTS would.
+    fake.voice.reply_delay_s = settings["realtime_delay_ms"] / 1000
+    fake.voice.default_reply = REPLY
+    fake.voice.ms_per_char = settings["tts_ms_per_char"]
     fake.start()
-    conn.send((fake.base_url, fake.realtime_url))
+    conn.send((fake.base_url, fake.realtime_url, fake.voice_url))
     conn.recv()
     fake.stop()
     conn.send("stopped")
@@ -173,7 +184,8 @@ def measure(client: Any, sent: list[float], phase: int, turns: int, silence_ms: 
 # --- one round ------------------------------------------------------------------------------------
 
 
-def run_round(n: int, turns: int, streaming: bool, args: argparse.Namespace) -> dict[str, Any]:
+def run_round(n: int, turns: int, streaming: bool, args: argparse.Namespace, realtime: bool = False
+              ) -> dict[str, Any]:
     from voicecalld.control.client import Client
     from voicecalld.testing.fake_twilio import FakeTwilio
     from voicecalld.testing.ports import free_port
@@ -181,10 +193,10 @@ def run_round(n: int, turns: int, streaming: bool, args: argparse.Namespace) -> 
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     settings = {k: getattr(args, k) for k in ("stt_ms", "first_token_ms", "token_ms", "tts_first_ms", "tts_rtf",
-                                              "tts_ms_per_char")}
+                                              "tts_ms_per_char", "realtime_delay_ms")}
     openai = ctx.Process(target=openai_process, args=(child, {**settings, "streaming": streaming}), daemon=True)
     openai.start()
-    base_url, realtime_url = parent.recv()
+    base_url, realtime_url, voice_url = parent.recv()
     port = free_port()
     requests, results = ctx.Queue(), ctx.Queue()
     host = ctx.Process(target=clients_process, args=(requests, results, port), daemon=True)
@@ -204,7 +216,8 @@ def run_round(n: int, turns: int, streaming: bool, args: argparse.Namespace) -> 
         f'[twilio]\naccountSid = "{SID}"\nauthToken = "{TOKEN}"\napiBaseUrl = "{twilio.base_url}"\n'
         f'[streaming]\nenabled = true\nopenaiApiKey = "sk-bench"\nrealtimeUrl = "{realtime_url}"\n'
         f'silenceDurationMs = {args.silence_ms}\nmaxStreams = {n + 10}\nmaxPendingStreams = {n + 10}\n'
-        f'[tts]\nbaseUrl = "{base_url}"\n')
+        f'[tts]\nbaseUrl = "{base_url}"\n'
+        + (f'[realtime]\nenabled = true\nurl = "{voice_url}"\n' if realtime else ""))
     proc = start_daemon(tmp, config, sock)
     call_ids: list[str] = []
     try:
@@ -269,6 +282,10 @@ def main() -> None:
     p.add_argument("--tts-rtf", type=float, default=4.0, help="TTS audio seconds per second after the first")
     p.add_argument("--tts-ms-per-char", type=float, default=25, help="length of the fake's speech")
     p.add_argument("--no-compare", action="store_true", help="skip the runs without pipelining")
+    p.add_argument("--mode", choices=("cascaded", "realtime"), default="cascaded",
+                   help="realtime: also run each round with [realtime] speech-to-speech on")
+    p.add_argument("--realtime-delay-ms", type=float, default=300,
+                   help="the fake speech-to-speech model answers this long after the end of the turn")
     p.add_argument("--per-turn", action="store_true", help="print every turn")
     p.add_argument("--tmp", metavar="DIR", help="where the call log goes (default: the temp dir; /dev/shm takes "
                    "the disk's fsyncs out of the picture)")
@@ -279,33 +296,42 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for n in [int(x) for x in args.conversations.split(",")]:
         turns = args.single_turns if n == 1 else args.turns
-        for streaming in (True, False) if not args.no_compare else (True,):
-            result = run_round(n, turns, streaming, args)
-            bound = pipelined if streaming else sequential
+        kinds = [("pipelined", True), *([] if args.no_compare else [("not pipelined", False)])]
+        if args.mode == "realtime":
+            kinds.insert(0, ("realtime", True))
+        for mode, streaming in kinds:
+            realtime = mode == "realtime"
+            result = run_round(n, turns, streaming, args, realtime=realtime)
+            bound = args.silence_ms + args.realtime_delay_ms if realtime else pipelined if streaming else sequential
             lat = result["latencies"]
-            row = {"conversations": n, "pipelined": streaming, "turns": len(lat), "expected": result["expected"],
+            row = {"conversations": n, "mode": mode, "pipelined": streaming, "turns": len(lat),
+                   "expected": result["expected"],
                    **summary(lat), "bound": bound,
                    "share_p50": None if not lat else round(percentile(lat, 0.5) - bound, 1),
                    "share_p95": None if not lat else round(percentile(lat, 0.95) - bound, 1),
                    "daemon_measured": summary(result["daemon_measured"]),
                    "cpu_daemon": result["cpu"][0], "cpu_fake_openai": result["cpu"][1]}
-            if streaming and lat:
+            if realtime and lat:
+                row["target_met"] = bool(percentile(lat, 0.5) - bound <= 40 and percentile(lat, 0.95) - bound <= 100)
+            elif streaming and lat:
                 row["target_met"] = bool(percentile(lat, 0.5) - pipelined <= 60
                                          and percentile(lat, 0.95) - pipelined <= 150)
             rows.append(row)
             if args.per_turn:
-                print(f"  {n} conversations, {'pipelined' if streaming else 'not pipelined'}: "
+                print(f"  {n} conversations, {mode}: "
                       + " ".join(f"{x:.0f}" for x in lat), flush=True)
     print(f"turn latency, caller's last voiced frame -> first voiced reply frame; load average {load:.1f} on "
           f"{os.cpu_count()} CPUs")
     print(f"configured: VAD silence {args.silence_ms} ms, STT {args.stt_ms:g} ms, first token "
           f"{args.first_token_ms:g} ms + {args.token_ms:g} ms/token, TTS first audio {args.tts_first_ms:g} ms at "
           f"{args.tts_rtf:g}x real time")
-    print(f"bounds: pipelined {pipelined:.0f} ms, sequential {sequential:.0f} ms")
+    print(f"bounds: pipelined {pipelined:.0f} ms, sequential {sequential:.0f} ms"
+          + (f", realtime {args.silence_ms + args.realtime_delay_ms:.0f} ms (VAD silence + the model's "
+             f"{args.realtime_delay_ms:g} ms)" if args.mode == "realtime" else ""))
     print(f"{'conversations':>13} {'mode':>13} {'turns':>9} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} "
           f"{'bound':>6} {'share p50':>9} {'share p95':>9} {'daemon p50':>10} {'CPU d/f':>9} {'target':>7}")
     for r in rows:
-        mode = "pipelined" if r["pipelined"] else "not pipelined"
+        mode = r["mode"]
         target = "" if "target_met" not in r else ("met" if r["target_met"] else "NOT met")
         print(f"{r['conversations']:>13} {mode:>13} {r['turns']:>4}/{r['expected']:<4} {r['p50']!s:>8} "
               f"{r['p95']!s:>8} {r['max']!s:>8} {r['bound']:>6.0f} {r['share_p50']!s:>9} {r['share_p95']!s:>9} "
@@ -313,7 +339,8 @@ def main() -> None:
     print(json.dumps({"benchmark": "turn_latency", "load_average": round(load, 2), "cpus": os.cpu_count(),
                       "bound_pipelined_ms": pipelined, "bound_sequential_ms": sequential,
                       "config": {k: getattr(args, k) for k in ("silence_ms", "stt_ms", "first_token_ms", "token_ms",
-                                                               "tts_first_ms", "tts_rtf")},
+                                                               "tts_first_ms", "tts_rtf", "mode",
+                                                               "realtime_delay_ms")},
                       "rows": rows}))
 
 

@@ -157,6 +157,20 @@ def test_the_openai_key_where_streaming_and_the_responder_need_it(twilio, tmp_pa
                                                        'OPENAI_API_KEY, or responder = "off"')
 
 
+def test_the_realtime_key_is_checked_next_to_its_websocket_url(twilio, tmp_path) -> None:
+    with FakeOpenAI(api_key="sk-good") as openai:
+        config = twilio_config(twilio, free_port(), streaming={"enabled": True, "openaiApiKey": "sk-good"},
+                               tts={"baseUrl": openai.base_url},
+                               realtime={"enabled": True, "url": openai.voice_url, "apiKey": "sk-bad"})
+        code, checks = doctor(config, tmp_path)
+        assert code == 1
+        assert checks["openai (realtime)"]["message"] == (f"{openai.base_url} rejected the API key "
+                                                          "(invalid_api_key): check realtime.apiKey / "
+                                                          "streaming.openaiApiKey / OPENAI_API_KEY")
+        code, checks = doctor(merge(config, {"realtime": {"apiKey": "sk-good"}}), tmp_path)
+        assert code == 0 and checks["openai (realtime)"]["ok"], checks
+
+
 def test_an_invalid_configuration_names_each_problem(tmp_path) -> None:
     code, checks = doctor({"provider": "twilio", "maxConcurrentCalls": 0, "serve": {"port": -1}}, tmp_path)
     assert code == 1

@@ -91,6 +91,7 @@ class EventType(enum.StrEnum):
     PLAYED = "played"       # playback of an utterance finished
     SPEECH = "speech"       # the callee said something (transcript, isFinal, confidence)
     INTERRUPTED = "interrupted"  # the callee spoke over the bot (barge-in)
+    SAID = "said"           # the bot said a line of its own making (a realtime speech-to-speech model)
     DTMF = "dtmf"
     ENDED = "ended"         # the carrier says the call is over (reason)
     ERROR = "error"

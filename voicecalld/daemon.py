@@ -141,6 +141,7 @@ class Daemon:
             from .media.stream import StreamHub
 
             self.streams = StreamHub(self.manager, carrier)
+            self.manager.answered_elsewhere = self.streams.answers_itself
             stream_handler = self.streams.handle
             # A reply on a call that speaks over its stream goes sentence by sentence.
             self.responder.streamed = self.streams.speaks_over_stream

@@ -35,6 +35,8 @@ _SECTION_INTRO = {
     "telnyx": "Telnyx Call Control v2 (provider = \"telnyx\").",
     "streaming": "Twilio Media Streams with OpenAI Realtime speech-to-text and OpenAI text-to-speech.",
     "tts": "Text-to-speech for streamed calls.",
+    "realtime": "Speech-to-speech conversations through the OpenAI Realtime API on a call's media stream, "
+                "instead of speech-to-text, the responder and text-to-speech.",
     "tunnel": "A tunnel that gives the webhook a public URL when publicUrl is unset: the daemon starts it "
               "before it reports ready and stops it on shutdown (see voicecalld(8)).",
     "tailscale": "The legacy form of tunnel.provider = \"tailscale-serve\" or \"tailscale-funnel\"; still "

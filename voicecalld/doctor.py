@@ -149,15 +149,23 @@ def _openai_uses(cfg: Config) -> list[tuple[str, str, str | None, str]]:
     if cfg.streaming.enabled:
         uses.append(("streaming", cfg.tts.baseUrl, cfg.streaming.openaiApiKey,
                      "streaming.openaiApiKey / OPENAI_API_KEY"))
-    realtime = getattr(cfg, "realtime", None)  # the speech-to-speech section, where this version has one
-    if realtime is not None and getattr(realtime, "enabled", False):
-        uses.append(("realtime", "https://api.openai.com/v1",
-                     getattr(realtime, "apiKey", None) or cfg.streaming.openaiApiKey,
-                     "realtime.apiKey / OPENAI_API_KEY"))
+    if cfg.realtime.enabled:
+        uses.append(("realtime", _rest_base(cfg.realtime.url), cfg.realtime.apiKey or cfg.streaming.openaiApiKey,
+                     "realtime.apiKey / streaming.openaiApiKey / OPENAI_API_KEY"))
     if cfg.responder == "llm":
         uses.append(("responder", cfg.responseBaseUrl, cfg.responseApiKey or cfg.streaming.openaiApiKey,
                      "responseApiKey / OPENAI_API_KEY"))
     return uses
+
+
+def _rest_base(websocket_url: str) -> str:
+    """The REST base URL next to a Realtime WebSocket URL
+    (wss://api.openai.com/v1/realtime -> https://api.openai.com/v1), where
+    the key can be checked."""
+    parts = urlsplit(websocket_url)
+    scheme = "https" if parts.scheme == "wss" else "http"
+    path = parts.path.rsplit("/realtime", 1)[0]
+    return f"{scheme}://{parts.netloc}{path}"
 
 
 def openai(cfg: Config, session: requests.Session) -> list[Check]:

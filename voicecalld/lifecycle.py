@@ -343,6 +343,9 @@ class Call:
             if not data.text:
                 return []
             return self._on(Input.SPEECH if event.is_final else Input.PARTIAL, data)
+        if kind == EventType.SAID:
+            data.text = event.transcript.strip()
+            return self._on(Input.SAID, data) if data.text else []
         if kind == EventType.INTERRUPTED:
             return self._interrupted(event, data)
         if kind == EventType.DTMF:

@@ -53,6 +53,7 @@ class Input(enum.StrEnum):
     SPEECH = "speech"
     INTERRUPTED = "interrupted"
     TURN = "turn measured"
+    SAID = "said"
     DTMF = "dtmf"
     ENDED = "ended"
     ERROR = "error"
@@ -97,6 +98,7 @@ MEANING: dict[Input, str] = {
     Input.PARTIAL: "an interim transcript of the callee",
     Input.SPEECH: "a final transcript of the callee",
     Input.INTERRUPTED: "the callee spoke over the bot (barge-in)",
+    Input.SAID: "the realtime model said a line of its own (speech-to-speech: no utterance to wait for)",
     Input.TURN: "a reply's turn latency was measured (the caller's last word to the reply's first audio)",
     Input.DTMF: "the callee pressed keys",
     Input.ENDED: "the carrier says the call is over, and why",
@@ -429,6 +431,8 @@ OPENING_DTMF = Step("send the initial digits",
 SEND_DTMF = Step("send the digits", lambda call, data: _sent_dtmf(data.digits),
                  "publish call.dtmf (direction sent), then have the carrier send them")
 MARK_TRANSFERRING = Step("mark the transfer under way", _none(_set_transferring))
+SAID_LINE = Step("note the bot's line", lambda call, data: call.note_said(data),
+                 "add the line the model said to the transcript")
 TRANSFER_LINE = Step("note the transfer message", lambda call, data: call.note_said(data) if data.text else [],
                      "add the message, if any, to the transcript")
 TRANSFER = Step("transfer", lambda call, data: [Transfer(data.to, data.text)],

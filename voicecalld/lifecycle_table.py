@@ -63,6 +63,7 @@ from .lifecycle_steps import (
     PUBLISH_DTMF,
     PUBLISH_PARTIAL,
     QUIET,
+    SAID_LINE,
     SAME,
     SEND_DTMF,
     SPEAK,
@@ -128,6 +129,7 @@ TABLE: tuple[Row, ...] = (
     row(ANY,           In.SPEECH,              None,           SAME,        CALLEE_LINE, PERSIST, DELIVER),
     row(ANY,           In.INTERRUPTED,         None,           SAME,        MARK_INTERRUPTED, PERSIST),
     row(CONNECTED,     In.TURN,                None,           SAME,        NOTE_TURN, PERSIST),
+    row(CONNECTED,     In.SAID,                None,           SAME,        SAID_LINE, PERSIST),
     row(ANY,           In.DTMF,                None,           SAME,        PUBLISH_DTMF),
     # call control: DTMF, transfer, recording
     row(S.ANSWERED,    In.PRELUDE,             NOTHING_SAID,   SAME,        START_RECORDING, ANNOUNCE, OPENING_DTMF),

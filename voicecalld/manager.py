@@ -79,6 +79,9 @@ class CallManager:
         #: Called (off any lock) with (callId, text) for a final callee
         #: transcript that no continue is waiting for: the auto-responder.
         self.on_unclaimed: UnclaimedTranscript | None = None
+        #: True for a call whose caller is answered by something else than
+        #: on_unclaimed (a realtime speech-to-speech model).
+        self.answered_elsewhere: Callable[[str], bool] | None = None
         #: DTMF, transfer and recordings (callcontrol.py).
         self.control = CallControl(self)
         provider.bind(self)
@@ -383,6 +386,9 @@ class CallManager:
 
     def _unclaimed(self, call_id: str, text: str) -> None:
         hook = self.on_unclaimed
+        elsewhere = self.answered_elsewhere
+        if elsewhere is not None and elsewhere(call_id):
+            return
         if hook is not None:
             hook(call_id, text)
 

@@ -158,6 +158,29 @@ class StreamingSettings:
 
 
 @dataclass(frozen=True)
+class RealtimeSettings:
+    """``[realtime]``: speech-to-speech through one OpenAI Realtime session per streamed call."""
+
+    enabled: bool = setting(
+        False, "Converse through one OpenAI Realtime speech-to-speech session per call that has a media stream "
+        "(Twilio or Telnyx; the streaming keys apply), instead of speech-to-text, the responder and "
+        "text-to-speech. G.711 audio goes in and comes out unchanged. If the service cannot be reached, the call goes "
+        "on with those instead, and the log says so.")
+    model: str = setting("gpt-realtime", "Realtime speech-to-speech model.")
+    voice: str = setting("marin", "Voice of the model's speech.")
+    url: str = setting("wss://api.openai.com/v1/realtime", "OpenAI Realtime WebSocket URL; the model is added "
+                       "as its model query parameter.", kind="url", schemes=("ws", "wss"))
+    apiKey: str | None = setting(
+        None, "OpenAI API key for the Realtime session. Default: streaming.openaiApiKey (OPENAI_API_KEY, "
+        "credential openai-api-key).", secret=True)
+    instructions: str | None = setting(
+        None, "The model's instructions; {caller} is replaced by the other party's number. Default: "
+        "responseSystemPrompt, else a built-in prompt for a spoken phone conversation.")
+    inputTranscriptionModel: str = setting(
+        "gpt-4o-transcribe", "Model that transcribes the caller's speech into the call record.")
+
+
+@dataclass(frozen=True)
 class TtsSettings:
     """``[tts]``: text-to-speech for streamed calls."""
 
@@ -342,6 +365,7 @@ class Config:
     telnyx: TelnyxSettings = section(TelnyxSettings)
     streaming: StreamingSettings = section(StreamingSettings)
     tts: TtsSettings = section(TtsSettings)
+    realtime: RealtimeSettings = section(RealtimeSettings)
     tunnel: TunnelSettings = section(TunnelSettings)
     tailscale: TailscaleSettings = section(TailscaleSettings)
     control: ControlSettings = section(ControlSettings)

@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import simple_websocket
@@ -37,6 +38,7 @@ from .framing import PHONE_AUDIO, Audio, Dtmf, Framing, Mark, MediaFormat, Stop
 from .loop import ReadLoop
 from .player import Player
 from .realtime_stt import SttEvent, Transcriber
+from .realtime_voice import RealtimeVoice
 from .tts import Synthesizer
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,10 @@ class Engine(Protocol):
     def live_record(self, call_id: str) -> CallRecord | None: ...
 
     def note_turn(self, call_id: str, latency_ms: float) -> bool: ...
+
+    def end(self, call_id: object) -> dict[str, Any]: ...
+
+    def transfer(self, call_id: object, to: object, message: object = None) -> dict[str, Any]: ...
 
 
 class Hub(Protocol):
@@ -99,23 +105,71 @@ class Bridge:
         #: starts; a turn counts once words were heard in it (not a cough).
         self._speech_ended: float | None = None
         self._words = False
-        # The transcriber takes µ-law: A-law (PCMA) legs are transcoded frame by frame.
+        # Speech-to-text and the realtime model take µ-law: A-law (PCMA)
+        # legs are transcoded frame by frame (what we send is µ-law either way).
         self._transcode = alaw.to_mulaw if media_format.encoding == "PCMA" else None
-        self.player = Player(self._send, framing, hub.synthesizer.stream, on_played=self._played,
-                             on_failed=self._speech_failed, name=call_id[:8], lateness=hub.lateness,
+        #: With ``realtime.enabled``: the call's speech-to-speech session
+        #: (``realtime_voice``), until the service turns out to be unreachable.
+        self.voice: RealtimeVoice | None = None
+        if cfg.realtime.enabled:
+            self.voice = RealtimeVoice(call_id, cfg, framing=framing, send=self._send, emit=self._emit,
+                                       engine=hub.engine, submit=self._submit, on_unreachable=self._fall_back,
+                                       lateness=hub.lateness)
+            self.transcriber: Transcriber = self.voice
+        else:
+            self._cascade()
+        self.transcriber.start()
+
+    def _cascade(self) -> None:
+        """Speech-to-text and text-to-speech (the transcriber is started by the caller)."""
+        cfg = self.hub.config
+        self.player = Player(self._send, self.framing, self.hub.synthesizer.stream, on_played=self._played,
+                             on_failed=self._speech_failed, name=self.call_id[:8], lateness=self.hub.lateness,
                              on_started=self._started)
-        self.transcriber = Transcriber(call_id, url=cfg.streaming.realtimeUrl, api_key=cfg.streaming.openaiApiKey,
-                                       model=cfg.streaming.sttModel, threshold=float(cfg.streaming.vadThreshold),
+        self.transcriber = Transcriber(self.call_id, url=cfg.streaming.realtimeUrl,
+                                       api_key=cfg.streaming.openaiApiKey, model=cfg.streaming.sttModel,
+                                       threshold=float(cfg.streaming.vadThreshold),
                                        silence_ms=int(cfg.streaming.silenceDurationMs), listener=self._heard,
                                        detection=str(cfg.streaming.turnDetection),
                                        eagerness=str(cfg.streaming.eagerness))
+
+    def _fall_back(self, why: str, backlog: list[bytes], says: list[Speak]) -> None:
+        """On the realtime session's thread: it cannot be reached, so the
+        call goes on with speech-to-text and text-to-speech."""
+        log.warning("call %s: %s; the call goes on with speech-to-text and text-to-speech", self.call_id, why)
+        with self._send_lock:
+            if self._closed:
+                return
+            self._cascade()
+        for chunk in backlog:
+            self.transcriber.send_audio(chunk)  # µ-law already
         self.transcriber.start()
+        self.voice = None
+        for action in says:
+            self.say(action)
+
+    def _submit(self, work: Callable[[], None]) -> None:
+        if not self.hub.events.submit(self.call_id, work):
+            log.warning("call %s: realtime work dropped (daemon stopping or overloaded)", self.call_id)
+
+    @property
+    def answers_itself(self) -> bool:
+        """The realtime model answers the caller (no responder needed)."""
+        return self.voice is not None
 
     def say(self, action: Speak) -> None:
+        voice = self.voice
+        if voice is not None:
+            voice.say(action)
+            return
         self._speaking[action.utterance_id] = action
         self.player.say(action.utterance_id, action.text)
 
     def tones(self, digits: str) -> None:
+        voice = self.voice
+        if voice is not None:
+            voice.tones(dtmf.tones(digits))
+            return
         self.player.play_audio(f"dtmf-{uuid.uuid4().hex[:12]}", dtmf.tones(digits))
 
     def _emit(self, type_: EventType, **fields: Any) -> None:
@@ -172,8 +226,10 @@ class Bridge:
                 metrics.MEDIA_FORWARD.observe(elapsed)
         elif isinstance(event, Mark):
             name = event.name
+            voice = self.voice
+            echoed = voice.mark_echoed if voice is not None else self.player.mark_echoed
             # With the call's events, off the loop: the loop takes no lock of a call's player.
-            if not self.hub.events.submit(self.call_id, lambda: self.player.mark_echoed(name)):
+            if not self.hub.events.submit(self.call_id, lambda: echoed(name)):
                 log.warning("call %s: mark %s dropped (daemon stopping or overloaded)", self.call_id, name[:40])
         elif isinstance(event, Dtmf):
             self._emit(EventType.DTMF, digits=event.digit)
@@ -236,8 +292,12 @@ class Bridge:
             self.hub.frames_late += late
             self.hub.frames_lost += lost
             log.info("call %s: %d caller frames came too late to be used, %d never came", self.call_id, late, lost)
-        self.player.close()
-        self.transcriber.close()
+        voice = self.voice
+        if voice is not None:
+            voice.close()  # also the transcriber: it is the voice
+        else:
+            self.player.close()
+            self.transcriber.close()
         try:
             self.ws.close()
         except (simple_websocket.ConnectionClosed, OSError):

@@ -139,7 +139,7 @@ class _Session:
         assert sock is not None
         self.writable = select.poll()
         self.writable.register(sock, select.POLLOUT)
-        self.send(session_update(o.model, o.threshold, o.silence_ms, o.detection, o.eagerness))
+        self.send(o.session_config())
         self.opened_at = time.monotonic()
         self.thread.start()
 
@@ -220,13 +220,17 @@ class _Session:
                 self.owner._on_message(self, jsonsafe.loads(raw))
         except (websocket.WebSocketException, OSError, ValueError) as exc:
             if not self.closing:
-                log.warning("call %s: speech-to-text session dropped: %s", self.owner.name, exc or type(exc).__name__)
+                log.warning("call %s: %s session dropped: %s", self.owner.name, self.owner.what,
+                            exc or type(exc).__name__)
         finally:
             self.ended.set()
             self.owner._on_session_end(self)
 
 
 class Transcriber:
+    #: What the session is, for log lines.
+    what = "speech-to-text"
+
     def __init__(self, name: str, *, url: str, api_key: str, model: str, threshold: float, silence_ms: int,
                  listener: Listener, lifetime: float = DEFAULT_LIFETIME, detection: str = "server_vad",
                  eagerness: str = "auto") -> None:
@@ -297,6 +301,10 @@ class Transcriber:
             if s.thread.is_alive():
                 s.thread.join(5)
 
+    def session_config(self) -> dict[str, Any]:
+        """The ``session.update`` each new session is configured with."""
+        return session_update(self.model, self.threshold, self.silence_ms, self.detection, self.eagerness)
+
     # -- internals --
 
     def _buffer(self, audio: bytes) -> None:
@@ -311,7 +319,7 @@ class Transcriber:
         session.connect()
         if not session.ready.wait(CONNECT_TIMEOUT) or session.ended.is_set():
             session.close()
-            raise ConnectionError("the speech-to-text service did not confirm the session")
+            raise ConnectionError(f"the {self.what} service did not confirm the session")
         return session
 
     def _flush_backlog(self, session: _Session) -> bool:
@@ -347,7 +355,7 @@ class Transcriber:
                 try:
                     session = self._open()
                 except Exception as exc:  # noqa: BLE001 - any connect failure is retried
-                    log.warning("call %s: cannot open speech-to-text session (%s); retrying in %.2f s", self.name,
+                    log.warning("call %s: cannot open %s session (%s); retrying in %.2f s", self.name, self.what,
                                 exc, delay)
                     self._wake.wait(delay)
                     self._wake.clear()
@@ -382,7 +390,7 @@ class Transcriber:
         try:
             new = self._open()
         except Exception as exc:  # noqa: BLE001
-            log.warning("call %s: cannot rotate the speech-to-text session (%s); keeping the old one", self.name,
+            log.warning("call %s: cannot rotate the %s session (%s); keeping the old one", self.name, self.what,
                         exc)
             old.opened_at = time.monotonic() - self.lifetime + 30  # try again in 30 s
             return
@@ -391,7 +399,7 @@ class Transcriber:
             # The old session still owes transcripts for audio it already got.
             self._retiring.append((time.monotonic() + ORDER_WAIT, old))
         self.rotations += 1
-        log.info("call %s: speech-to-text session rotated", self.name)
+        log.info("call %s: %s session rotated", self.name, self.what)
 
     def _release_stale(self) -> None:
         now = time.monotonic()

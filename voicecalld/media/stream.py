@@ -316,6 +316,13 @@ class StreamHub:
                 log.warning("call %s: utterance %s dropped (daemon stopping or overloaded)", call_id,
                             action.utterance_id)
 
+    def answers_itself(self, call_id: str) -> bool:
+        """The call's caller is answered by its realtime model, so the
+        auto-responder stays out (a socket responder still gets its turns)."""
+        with self._lock:
+            bridge = self._bridges.get(call_id)
+        return bridge is not None and bridge.answers_itself and self.config.responder != "socket"
+
     def send_tones(self, record: CallRecord, digits: str) -> bool:
         """The carrier's tone sender (``MediaCarrier.attach_tones``): DTMF
         in-band on the call's stream if it has one (True), else left to

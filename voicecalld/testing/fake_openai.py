@@ -70,8 +70,9 @@ from ._openai_chat_stream import stream_events
 from ._openai_realtime import ArrivalStamps, RealtimeConnection, RealtimeRecord
 from ._openai_session import DEFAULT_MODELS
 from ._openai_speech import SpeechRequestError, prepare, synthesize, validate_speech_request
+from ._openai_voice import VoiceConnection, VoiceRecord, VoiceScript
 
-__all__ = ["FakeOpenAI", "InjectedError", "RealtimeRecord", "RecordedRequest"]
+__all__ = ["FakeOpenAI", "InjectedError", "RealtimeRecord", "RecordedRequest", "VoiceRecord", "VoiceScript"]
 
 Endpoint = Literal["chat", "speech", "realtime", "models"]
 ChatReply = str | dict[str, Any]
@@ -144,6 +145,8 @@ class FakeOpenAI:
         self.transcription_delay_s = 0.0
         self.session_lifetime: float | None = None
         self.realtime_sessions: list[RealtimeRecord] = []
+        #: The speech-to-speech model (sessions opened with ?model=), see _openai_voice.
+        self.voice = VoiceScript()
         # -- chat knobs
         self.chat_replies: queue.Queue[ChatReply] = queue.Queue()
         for reply in chat_script or []:
@@ -166,7 +169,7 @@ class FakeOpenAI:
         self._drop_countdown: int | None = None
         self._stopping = threading.Event()
         self._sessions_changed = threading.Condition(self._lock)
-        self._live: set[RealtimeConnection] = set()
+        self._live: set[RealtimeConnection | VoiceConnection] = set()
         self._server = BackgroundServer(self._app, host=host, port=port)
         self._host = host
         self._started = False
@@ -210,6 +213,11 @@ class FakeOpenAI:
     @property
     def realtime_url(self) -> str:
         return f"ws://{self._host}:{self.port}/v1/realtime?intent=transcription"
+
+    @property
+    def voice_url(self) -> str:
+        """The Realtime URL for speech-to-speech (the client adds ``model=``)."""
+        return f"ws://{self._host}:{self.port}/v1/realtime"
 
     @property
     def stopping(self) -> bool:
@@ -439,12 +447,17 @@ class FakeOpenAI:
     def _realtime(self, request: Request, environ: dict[str, Any]) -> Response:
         if not is_websocket_upgrade(request):
             return openai_error(400, "This endpoint only accepts WebSocket connections.")
-        record = RealtimeRecord(headers=Headers(request.headers.items()))
+        model = request.args.get("model")
         beta = "OpenAI-Beta" in request.headers
-        conn_box: list[RealtimeConnection] = []
+        record = (VoiceRecord if model and not beta else RealtimeRecord)(headers=Headers(request.headers.items()))
+        conn_box: list[RealtimeConnection | VoiceConnection] = []
 
         def on_accept(ws: Any) -> None:
-            conn = RealtimeConnection(ws, record, self)
+            conn: RealtimeConnection | VoiceConnection
+            if isinstance(record, VoiceRecord) and model:
+                conn = VoiceConnection(ws, record, self, model)
+            else:
+                conn = RealtimeConnection(ws, record, self)
             conn_box.append(conn)
             with self._sessions_changed:
                 self.realtime_sessions.append(record)
@@ -452,7 +465,7 @@ class FakeOpenAI:
                 self._sessions_changed.notify_all()
 
         def session(ws: Any) -> None:
-            if beta:
+            if isinstance(conn_box[0], RealtimeConnection) and beta:
                 conn_box[0].reject_beta()
             else:
                 conn_box[0].run()
