@@ -23,7 +23,7 @@ import simple_websocket
 from voicecalld.media import mulaw
 
 from ._http import abort_socket
-from ._openai_records import ArrivalStamps, Outbox, RealtimeRecord
+from ._openai_records import ArrivalStamps, Outbox, RealtimeRecord, SessionService
 from ._openai_session import (
     ConfigError,
     apply_session_update,
@@ -33,22 +33,11 @@ from ._openai_session import (
 from ._openai_vad import EnergyVad
 
 
-class Service(Protocol):
-    """What a connection asks of the fake server (``fake_openai.FakeOpenAI``):
-    its knobs and its shared state."""
+class Service(SessionService, Protocol):
+    """What a transcription connection asks of the fake server besides."""
 
-    session_lifetime: float | None
-    transcription_models: set[str]
     completed_out_of_order: bool
     out_of_order_hold_s: float
-    transcription_delay_s: float
-
-    @property
-    def stopping(self) -> bool: ...
-
-    def _next_transcript(self) -> str | dict[str, Any]: ...
-
-    def _frame_triggers_drop(self) -> bool: ...
 
 __all__ = ["BETA_CLOSE_CODE", "ArrivalStamps", "RealtimeConnection", "RealtimeRecord"]
 
@@ -133,9 +122,7 @@ class RealtimeConnection:
 
     def finish(self) -> None:
         """Mark the record closed; called once the socket is gone."""
-        if self.record.close_code is None and not self.record.dropped:
-            self.record.close_code = self.ws.close_reason
-        self.record._closed.set()
+        self.record.note_closed(self.ws.close_reason)
 
     def drop(self) -> None:
         """Cut the TCP connection with no closing handshake, like a network failure."""

@@ -1,5 +1,6 @@
 """What the fake Realtime service keeps of a connection, and the small
-pieces its connections share: ``RealtimeRecord`` (everything one
+pieces its connections share: ``SessionService`` (what a session asks of
+the server), ``RealtimeRecord`` (everything one
 connection saw, for test assertions), ``Outbox`` (server events due at a
 time) and ``ArrivalStamps`` (when each client message came off the socket).
 """
@@ -12,9 +13,25 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from werkzeug.datastructures import Headers
+
+
+class SessionService(Protocol):
+    """What every fake Realtime session (transcription, speech-to-speech)
+    asks of the fake server (``fake_openai.FakeOpenAI``)."""
+
+    session_lifetime: float | None
+    transcription_models: set[str]
+    transcription_delay_s: float
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def _next_transcript(self) -> str | dict[str, Any]: ...
+
+    def _frame_triggers_drop(self) -> bool: ...
 
 
 @dataclass
@@ -48,6 +65,12 @@ class RealtimeRecord:
 
     def wait_closed(self, timeout: float = 5.0) -> bool:
         return self._closed.wait(timeout)
+
+    def note_closed(self, close_reason: int | None) -> None:
+        """The connection is gone: its close code, unless the server dropped it."""
+        if self.close_code is None and not self.dropped:
+            self.close_code = close_reason
+        self._closed.set()
 
     def sent_types(self) -> list[str]:
         return [event["type"] for event in self.sent]

@@ -40,6 +40,7 @@ from voicecalld.media import mulaw
 from ._audio_signals import speech_like_pcm
 from ._http import abort_socket
 from ._openai_realtime import EXPIRED_CLOSE_CODE, EXPIRED_MESSAGE, RealtimeRecord
+from ._openai_records import SessionService
 from ._openai_session import (
     ConfigError,
     _check_format,
@@ -64,18 +65,10 @@ _IDLE_POLL = 0.05
 _QUOTED = re.compile(r'"(.*)"\s*$', re.S)
 
 
-class Service(Protocol):
-    session_lifetime: float | None
-    transcription_models: set[str]
-    transcription_delay_s: float
+class Service(SessionService, Protocol):
+    """What a speech-to-speech connection asks of the fake server besides."""
+
     voice: VoiceScript
-
-    @property
-    def stopping(self) -> bool: ...
-
-    def _next_transcript(self) -> str | dict[str, Any]: ...
-
-    def _frame_triggers_drop(self) -> bool: ...
 
 
 @dataclass
@@ -155,9 +148,7 @@ class VoiceConnection:
             pass
 
     def finish(self) -> None:
-        if self.record.close_code is None and not self.record.dropped:
-            self.record.close_code = self.ws.close_reason
-        self.record._closed.set()
+        self.record.note_closed(self.ws.close_reason)
 
     # -- plumbing --
 
