@@ -44,6 +44,8 @@ Prints a table and one JSON line.
 from __future__ import annotations
 
 import argparse
+import base64
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -105,9 +107,13 @@ def openai_process(conn: Any, settings: dict[str, Any]) -> None:
     fake.start()
     conn.send((fake.base_url, fake.realtime_url))
     conn.recv()
-    # When each session's audio reached the fake (its frames in order), to
-    # set against when the caller sent it: how far behind the daemon is.
-    arrivals = [(r.frames, r.append_times) for r in fake.realtime_sessions]
+    # When each session's audio reached the fake, to set against when the
+    # caller sent it: how far behind the daemon is. Per append: the audio
+    # received so far (bytes) and when (the daemon may join frames).
+    arrivals = []
+    for r in fake.realtime_sessions:
+        sizes = [len(base64.b64decode(e["audio"])) for e in r.events if e.get("type") == "input_audio_buffer.append"]
+        arrivals.append(list(zip(itertools.accumulate(sizes), r.append_times, strict=False)))
     fake.stop()
     conn.send(arrivals)
 
@@ -181,20 +187,22 @@ def measure(client: Any, sent: list[float], phase: int, turns: int, silence_ms: 
     return out
 
 
-def audio_lag(sent: list[list[float]], arrivals: list[tuple[int, list[float]]]) -> list[float]:
-    """Per caller frame: sent by the caller -> appended at the fake STT (ms),
-    both on the machine's monotonic clock. A session is paired with the
-    caller that sent as many frames; callers with equal counts had the same
-    schedule, so which of them is which does not matter."""
+def audio_lag(sent: list[list[float]], arrivals: list[list[tuple[int, float]]]) -> list[float]:
+    """Per append at the fake STT: its last caller frame sent -> appended
+    (ms), both on the machine's monotonic clock. A session is paired with
+    the caller that sent as much audio (callers that sent as much had the
+    same schedule, so which is which does not matter); a call whose audio
+    went to more than one session (a reconnect) is left out."""
     by_count: dict[int, list[list[float]]] = {}
     for times in sent:
-        by_count.setdefault(len(times), []).append(times)
+        by_count.setdefault(len(times) * FRAME, []).append(times)
     lags = []
-    for frames, appended in arrivals:
-        callers = by_count.get(frames)
-        if not callers or len(appended) != frames:
-            continue  # frames were batched (a reconnect replayed them): no per-frame pairing
-        lags += [(at - t) * 1000 for t, at in zip(callers.pop(), appended, strict=True)]
+    for appended in arrivals:
+        callers = by_count.get(appended[-1][0] if appended else -1)
+        if not callers:
+            continue
+        times = callers.pop()
+        lags += [(at - times[total // FRAME - 1]) * 1000 for total, at in appended if total >= FRAME]
     return lags
 
 
