@@ -143,7 +143,7 @@ def clients_process(requests: Any, results: Any, port: int) -> None:
             clients.append(client)
             results.put(("connected", len(clients)))
         elif item[0] == "play":
-            turns, silence_ms = item[1], item[2]
+            turns, earliest_ms = item[1], item[2]
             cycle = speech_like(SPEECH_S) + silence(ANSWER_S)
             audios, phases = [], []
             for index in range(len(clients)):
@@ -157,7 +157,7 @@ def clients_process(requests: Any, results: Any, port: int) -> None:
             time.sleep(0.5)
             out: list[float | None] = []
             for client, sent, phase in zip(clients, pacer.sent, phases, strict=True):
-                out += measure(client, sent, phase, turns, silence_ms)
+                out += measure(client, sent, phase, turns, earliest_ms)
             results.put(("latencies", out, pacer.sent))
         else:
             for client in clients:
@@ -166,11 +166,13 @@ def clients_process(requests: Any, results: Any, port: int) -> None:
             return
 
 
-def measure(client: Any, sent: list[float], phase: int, turns: int, silence_ms: float) -> list[float | None]:
+def measure(client: Any, sent: list[float], phase: int, turns: int, earliest_ms: float) -> list[float | None]:
     """Per turn: last voiced frame sent -> first voiced reply frame received
     (ms), None if no reply came before the caller's next turn (or the end).
-    No reply can start before the VAD's silence has passed, so audio before
-    half of it is still the previous reply's."""
+    A reply to this turn cannot start before the VAD's silence and the
+    STT's delay have passed (``earliest_ms``): audio before that is an
+    earlier turn's reply, late (a daemon that hears its callers late answers
+    them late), and is not counted as this turn's."""
     out: list[float | None] = []
     # round(), not int(): 8.2 * 50 is 409.99999999999994
     speech_frames, cycle_frames = round(SPEECH_S * 50), round((SPEECH_S + ANSWER_S) * 50)
@@ -181,7 +183,7 @@ def measure(client: Any, sent: list[float], phase: int, turns: int, silence_ms: 
         if end >= len(sent):
             end = len(sent) - 1
         t0, t1 = sent[last], sent[end]
-        floor = t0 + silence_ms / 2000
+        floor = t0 + earliest_ms / 1000
         reply = next((at for at, payload in received if floor < at < t1 and voiced(payload)), None)
         out.append(None if reply is None else (reply - t0) * 1000)
     return out
@@ -253,7 +255,7 @@ def run_round(n: int, turns: int, streaming: bool, args: argparse.Namespace) -> 
             if kind == "connected":
                 connected = value
         time.sleep(1.0)  # the openings play
-        requests.put(("play", turns, args.silence_ms))
+        requests.put(("play", turns, args.silence_ms + args.stt_ms))
         cpu0 = cpu_seconds(proc.pid), cpu_seconds(openai.pid)
         started = time.monotonic()
         kind, per_turn, sent = results.get(timeout=3600)
