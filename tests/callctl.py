@@ -45,6 +45,10 @@ class Events:
     def named(self, name: str, call_id: str | None = None) -> list[dict[str, Any]]:
         return [e for e in list(self.items) if e["event"] == name and call_id in (None, e["callId"])]
 
+    def of(self, call_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """(event, data) of every event about ``call_id``, in order."""
+        return [(e["event"], e["data"]) for e in list(self.items) if e["callId"] == call_id]
+
     def wait(self, name: str, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
         return wait_until(lambda: len(self.named(name)) >= count and self.named(name), timeout,
                           f"{count} {name} event(s); got {[e['event'] for e in self.items]}")

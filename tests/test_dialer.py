@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from callctl import Events
 from daemon import Daemon, merge, remove, short_tmp
 from engine import Engine
 
@@ -280,7 +281,7 @@ def test_list_positions_cancel_and_the_queue_bound(start_daemon, ringing_fake) -
 def test_a_rate_limited_dial_is_queued_again_after_retry_after_and_placed_once(start_daemon, fake) -> None:
     d = start_daemon(twilio_config(fake, free_port(), dialsPerSecond=1000))
     fake.fail_next_creates(2, status=429, retry_after=1)
-    events = Subscriber(d)
+    events = Events(d)
     try:
         first = d.rpc("voicecall.initiate", {"message": "first"})
         assert first["state"] == "queued" and first["queuePosition"] == 1  # refused, so it waits
@@ -298,7 +299,8 @@ def test_a_rate_limited_dial_is_queued_again_after_retry_after_and_placed_once(s
         assert creates(fake).index(later[0]) > creates(fake).index(attempts[1])
         record = d.wait_state(first["callId"], "completed", timeout=15)
         assert record["error"] is None
-        assert events.states(first["callId"])[:5] == ["queued", "initiated", "queued", "initiated", "ringing"]
+        states = [e["data"]["to"] for e in events.named("call.state", first["callId"])]
+        assert states[:5] == ["queued", "initiated", "queued", "initiated", "ringing"]
     finally:
         events.close()
 
@@ -343,31 +345,6 @@ def test_a_daemon_killed_with_calls_queued_dials_each_exactly_once_after_restart
 def fake() -> Iterator[FakeTwilio]:
     with FakeTwilio(time_scale=0.05, ms_per_char=1, owned_numbers=[FROM]) as f:
         yield f
-
-
-class Subscriber:
-    """events.subscribe on its own connection, read on a thread."""
-
-    def __init__(self, d: Daemon) -> None:
-        self.items: list[dict[str, Any]] = []
-        self._client = d.client(timeout=30)
-        self._client.call("events.subscribe", {})
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        try:
-            for note in self._client.events():
-                self.items.append(note)
-        except Exception:  # noqa: BLE001 - closed under the reader: it ends
-            return
-
-    def states(self, call_id: str) -> list[str]:
-        return [e["data"]["to"] for e in list(self.items) if e["event"] == "call.state" and e["callId"] == call_id]
-
-    def close(self) -> None:
-        self._client.close()
-        self._thread.join(5)
 
 
 # --- the real daemon against the fake Telnyx --------------------------------------------------

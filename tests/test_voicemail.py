@@ -8,12 +8,12 @@ is on. First the lifecycle's own rows, as tables."""
 from __future__ import annotations
 
 import base64
-import threading
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from callctl import Events
 from daemon import Daemon, merge
 
 from voicecalld.calls import (
@@ -118,36 +118,11 @@ def test_with_hangup_the_opening_is_said_at_once_and_the_verdict_only_noted() ->
 # --- end to end on the mock ------------------------------------------------------------------------
 
 
-class Subscriber:
-    """events.subscribe on its own connection, read on a thread."""
-
-    def __init__(self, d: Daemon) -> None:
-        self.items: list[dict[str, Any]] = []
-        self._client = d.client(timeout=30)
-        self._client.call("events.subscribe", {})
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        try:
-            for note in self._client.events():
-                self.items.append(note)
-        except Exception:  # noqa: BLE001 - closed under the reader: it ends
-            return
-
-    def of(self, call_id: str) -> list[tuple[str, dict[str, Any]]]:
-        return [(e["event"], e["data"]) for e in list(self.items) if e["callId"] == call_id]
-
-    def close(self) -> None:
-        self._client.close()
-        self._thread.join(5)
-
-
 def test_mock_leaves_the_message_after_the_greeting(start_daemon) -> None:
     d = start_daemon({"outbound": {"voicemail": "leave-message", "notifyHangupDelaySec": 0.05},
                       "mock": {"answerDelayMs": 50, "msPerChar": 1, "voicemailNumbers": [MACHINE],
                                "greetingMs": 400}})
-    events = Subscriber(d)
+    events = Events(d)
     try:
         call_id = d.rpc("voicecall.initiate", {"message": MESSAGE, "to": MACHINE})["callId"]
         record = d.wait_state(call_id, "voicemail", "completed", "error")
