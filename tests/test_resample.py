@@ -15,9 +15,11 @@ from hypothesis import strategies as st
 from voicecalld.media.resample import (
     TAPS,
     Decimator,
+    decimate_reference,
     design_lowpass,
     downsample_24k_to_8k,
 )
+from voicecalld.testing._audio_signals import speech_like_pcm
 
 # Output samples to skip before measuring: the filter's span at 8 kHz.
 WARMUP = len(TAPS) // 3 + 1
@@ -158,3 +160,46 @@ def test_design_rejects_bad_arguments() -> None:
 def test_taps_have_unity_dc_gain_and_symmetry() -> None:
     assert abs(sum(TAPS) - 1.0) < 1e-9
     assert all(abs(a - b) < 1e-12 for a, b in zip(TAPS, reversed(TAPS), strict=True))
+
+
+@pytest.mark.parametrize("source", [
+    pytest.param(speech_like_pcm(0.5, 24000), id="speech"),
+    pytest.param(NOISE[:-1], id="full-scale-noise"),
+    pytest.param(tone(3900.0, 0.1, amplitude=32767.0), id="full-scale-tone"),
+])
+def test_matches_the_direct_form_filter(source: bytes) -> None:
+    # The big-integer polyphase filter computes what the textbook one does,
+    # up to the taps' 16-bit quantization.
+    fast, reference = samples_of(downsample_24k_to_8k(source)), samples_of(decimate_reference(source))
+    assert len(fast) == len(reference)
+    bound = Decimator().error_bound
+    assert 1 <= bound <= 16
+    assert max(abs(a - b) for a, b in zip(fast, reference, strict=True)) <= bound
+
+
+def test_speech_matches_the_direct_form_to_the_last_place() -> None:
+    source = speech_like_pcm(0.5, 24000)
+    fast, reference = samples_of(downsample_24k_to_8k(source)), samples_of(decimate_reference(source))
+    assert max(abs(a - b) for a, b in zip(fast, reference, strict=True)) <= 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(min_value=-32768, max_value=32767), max_size=400),
+       st.lists(st.floats(min_value=-0.3, max_value=0.3), min_size=1, max_size=9))
+def test_any_taps_match_the_direct_form(values: list[int], taps: list[float]) -> None:
+    # Short and odd-length filters too: the phases are padded with zero taps.
+    source = array.array("h", values)
+    if sys.byteorder == "big":
+        source.byteswap()
+    dec = Decimator(taps=taps)
+    fast = samples_of(dec.process(source.tobytes()))
+    reference = samples_of(decimate_reference(source.tobytes(), taps))
+    assert len(fast) == len(reference)
+    assert all(abs(a - b) <= dec.error_bound for a, b in zip(fast, reference, strict=True))
+
+
+def test_taps_beyond_the_fixed_point_range_are_refused() -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        Decimator(taps=[200.0])
+    with pytest.raises(ValueError, match="out of range"):
+        Decimator(taps=[-3.0, 1.0])

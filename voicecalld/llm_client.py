@@ -81,9 +81,11 @@ class Watchdog:
             with self._lock:
                 if self._stopped:
                     return
+                # Cleared on every pass, not only when idle: a set event
+                # would make the timed wait below return at once, and the
+                # watchdog would spin for as long as any request is open.
+                self._wake.clear()
                 requests_ = list(self._requests)
-                if not requests_:
-                    self._wake.clear()
             if not requests_:
                 self._wake.wait()
                 continue
