@@ -51,3 +51,24 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_jiffies() -> tuple[int, int, int]:
+    """(busy, stolen, total) CPU time of the whole machine so far, in clock
+    ticks (/proc/stat). Busy counts every process, ours and anyone else's;
+    stolen is time the hypervisor gave our virtual CPUs to someone else."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    steal = fields[7] if len(fields) > 7 else 0
+    total = sum(fields[:8])
+    return total - idle - steal, steal, total
+
+
+def machine_use(before: tuple[int, int, int], after: tuple[int, int, int]) -> dict[str, float]:
+    """Cores busy and cores stolen between two ``machine_jiffies``."""
+    total = max(1, after[2] - before[2])
+    cpus = os.cpu_count() or 1
+    return {"busy": round(cpus * (after[0] - before[0]) / total, 2),
+            "stolen": round(cpus * (after[1] - before[1]) / total, 2)}
+

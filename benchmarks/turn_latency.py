@@ -26,7 +26,11 @@ ignores ``stream`` (one JSON body once the reply is generated) show the
 sequential cost for comparison. "Daemon share" is the total minus the
 bound: what voicecalld (and the simulated network) add. The daemon's own
 measurement (the record's ``turns``, speech_stopped to first frame sent)
-is reported too, and the CPU (cores) the daemon and the fake OpenAI used.
+is reported too, and the CPU (cores) the daemon, the fake OpenAI and the
+simulated callers used, next to the whole machine's busy and stolen time
+(a virtual machine's hypervisor may give its CPUs to others: on a shared
+2-core machine the three processes and everything else compete for what
+is left, and the tail latencies show it).
 
 With ``--mode realtime`` each round also runs with ``[realtime]`` on: one
 OpenAI Realtime speech-to-speech session per call, the fake model
@@ -68,7 +72,7 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import cpu_seconds, start_daemon, stop_daemon  # noqa: E402
+from _harness import cpu_seconds, machine_jiffies, machine_use, start_daemon, stop_daemon  # noqa: E402
 from media import Pacer, quiet_gc  # noqa: E402  (benchmarks/media.py: callers' audio at real-time pace)
 
 SID, TOKEN = "AC" + "5" * 32, "turn-latency-token"
@@ -269,12 +273,13 @@ def run_round(n: int, turns: int, streaming: bool, args: argparse.Namespace, rea
                 connected = value
         time.sleep(1.0)  # the openings play
         requests.put(("play", turns, args.silence_ms + args.stt_ms))
-        cpu0 = cpu_seconds(proc.pid), cpu_seconds(openai.pid)
+        pids = (proc.pid, openai.pid, host.pid)
+        cpu0, machine0 = [cpu_seconds(pid) for pid in pids], machine_jiffies()
         started = time.monotonic()
         kind, per_turn, sent = results.get(timeout=3600)
         elapsed = time.monotonic() - started
-        cpu = [round((cpu_seconds(pid) - before) / elapsed, 2) for pid, before in zip((proc.pid, openai.pid), cpu0,
-                                                                                       strict=True)]
+        cpu = [round((cpu_seconds(pid) - before) / elapsed, 2) for pid, before in zip(pids, cpu0, strict=True)]
+        machine = machine_use(machine0, machine_jiffies())
         with Client(sock, timeout=60) as c:
             records = [c.call("voicecall.status", {"callId": call_id}) for call_id in call_ids]
             for call_id in call_ids:
@@ -298,7 +303,7 @@ def run_round(n: int, turns: int, streaming: bool, args: argparse.Namespace, rea
             shutil.rmtree(tmp, ignore_errors=True)
     measured = [t["latencyMs"] for r in records for t in r.get("turns") or ()]
     return {"latencies": [x for x in per_turn if x is not None], "daemon_measured": measured, "expected": n * turns,
-            "cpu": cpu, "audio_lag": audio_lag(sent, arrivals)}
+            "cpu": cpu, "machine": machine, "audio_lag": audio_lag(sent, arrivals)}
 
 
 def summary(values: list[float]) -> dict[str, float | None]:
@@ -350,6 +355,8 @@ def main() -> None:
                    "share_p95": None if not lat else round(percentile(lat, 0.95) - bound, 1),
                    "daemon_measured": summary(result["daemon_measured"]),
                    "cpu_daemon": result["cpu"][0], "cpu_fake_openai": result["cpu"][1],
+                   "cpu_callers": result["cpu"][2], "machine_busy": result["machine"]["busy"],
+                   "machine_stolen": result["machine"]["stolen"],
                    "audio_lag": summary(result["audio_lag"])}
             # A turn left unanswered is slower than any figure in the list.
             answered = len(lat) == result["expected"]
@@ -372,18 +379,20 @@ def main() -> None:
           + (f", realtime {args.silence_ms + args.realtime_delay_ms:.0f} ms (VAD silence + the model's "
              f"{args.realtime_delay_ms:g} ms)" if args.mode == "realtime" else "")
           + "; turns: answered before the caller's next turn / taken; lag: caller audio sent -> received by the "
-          "STT (ms), the daemon's input backlog")
+          "STT (ms), the daemon's input backlog; CPU (cores) used by the daemon / fake OpenAI / simulated "
+          "callers, and the machine busy in all / stolen by the hypervisor")
     print(f"{'conversations':>13} {'mode':>13} {'turns':>9} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} "
-          f"{'bound':>6} {'share p50':>9} {'share p95':>9} {'daemon p50':>10} {'lag p95/max':>13} {'CPU d/f':>9} "
-          f"{'target':>7}")
+          f"{'bound':>6} {'share p50':>9} {'share p95':>9} {'daemon p50':>10} {'lag p95/max':>13} {'CPU d/f/c':>14} "
+          f"{'busy/stolen':>11} {'target':>7}")
     for r in rows:
         mode = r["mode"]
         target = "" if "target_met" not in r else ("met" if r["target_met"] else "NOT met")
         lag = f"{r['audio_lag']['p95']}/{r['audio_lag']['max']}"
         print(f"{r['conversations']:>13} {mode:>13} {r['turns']:>4}/{r['expected']:<4} {r['p50']!s:>8} "
               f"{r['p95']!s:>8} {r['max']!s:>8} {r['bound']:>6.0f} {r['share_p50']!s:>9} {r['share_p95']!s:>9} "
-              f"{r['daemon_measured']['p50']!s:>10} {lag:>13} {r['cpu_daemon']:>4}/{r['cpu_fake_openai']:<4} "
-              f"{target:>7}")
+              f"{r['daemon_measured']['p50']!s:>10} {lag:>13} "
+              f"{r['cpu_daemon']:>4}/{r['cpu_fake_openai']:>4}/{r['cpu_callers']:<4} "
+              f"{r['machine_busy']:>5}/{r['machine_stolen']:<5} {target:>7}")
     print(json.dumps({"benchmark": "turn_latency", "load_average": round(load, 2), "cpus": os.cpu_count(),
                       "bound_pipelined_ms": pipelined, "bound_sequential_ms": sequential,
                       "config": {k: getattr(args, k) for k in ("silence_ms", "stt_ms", "first_token_ms", "token_ms",
