@@ -179,6 +179,24 @@ def test_stt_reconnects_mid_call(world) -> None:
     d.rpc("voicecall.end", {"callId": call_id})
 
 
+def test_frames_that_arrive_together_reach_the_transcriber_as_one_append(world) -> None:
+    # A stream that falls behind (or a network that held packets back)
+    # delivers many frames in one read: the daemon forwards them as one
+    # append, in order and byte for byte, instead of one send per frame.
+    d = world.daemon
+    call_id, client = start_call(world)
+    session = world.openai.wait_for_session(0)
+    d.wait(lambda: any(e["type"] == "session.update" for e in session.events), timeout=10, what="the STT session")
+    before, appends_before = len(session.audio_bytes), len(session.append_times)
+    audio = speech_like(0.5)
+    assert client.burst(audio) == 25
+    d.wait(lambda: len(session.audio_bytes) >= before + len(audio), timeout=10, what="the burst at the STT")
+    assert bytes(session.audio_bytes[before:]) == audio
+    appends = len(session.append_times) - appends_before
+    assert 1 <= appends <= 3, appends  # one read, one append (a read split by the kernel: a few)
+    d.rpc("voicecall.end", {"callId": call_id})
+
+
 def test_stream_teardown_leaves_no_threads(world) -> None:
     d = world.daemon
     baseline = threads_of(d.proc.pid)  # ready means started: no thread of start-up is still going

@@ -199,31 +199,50 @@ class Bridge:
         self.alive = False
 
     def _drain(self) -> None:
-        while not self._ended.is_set():
-            try:
-                raw = self.ws.receive(timeout=0)
-            except simple_websocket.ConnectionClosed:
-                self._ended.set()
-                return
-            if raw is None:
-                return
-            try:
-                self._handle(raw)
-            except Exception:  # noqa: BLE001 - one bad message must not stop the loop
-                log.exception("call %s: media stream message failed", self.call_id)
+        """Handle every message that has arrived. The caller's audio among
+        them goes to the transcriber as one piece: a read that caught up
+        with a backlog (many frames) costs one send, not one per frame.
+        Each send lets go of the interpreter lock and must win it back
+        from whatever else is running; per frame, that made the loop fall
+        further behind the busier the daemon was."""
+        audio: list[bytes] = []
+        try:
+            while not self._ended.is_set():
+                try:
+                    raw = self.ws.receive(timeout=0)
+                except simple_websocket.ConnectionClosed:
+                    self._ended.set()
+                    return
+                if raw is None:
+                    return
+                try:
+                    self._handle(raw, audio)
+                except Exception:  # noqa: BLE001 - one bad message must not stop the loop
+                    log.exception("call %s: media stream message failed", self.call_id)
+        finally:
+            if audio:
+                self._forward(audio)
 
-    def _handle(self, raw: str | bytes) -> None:
+    def _forward(self, audio: list[bytes]) -> None:
+        try:
+            self.transcriber.send_audio(b"".join(audio))
+        except Exception:  # noqa: BLE001 - as a bad message: the loop goes on
+            log.exception("call %s: forwarding audio failed", self.call_id)
+            return
+        read_at = getattr(self.ws, "read_at", None)
+        if read_at is not None:
+            elapsed = time.monotonic() - read_at
+            for _ in audio:
+                self.hub.forwarding.append(elapsed)
+                metrics.MEDIA_FORWARD.observe(elapsed)
+
+    def _handle(self, raw: str | bytes, audio: list[bytes]) -> None:
+        """One message; the caller's audio is added to ``audio`` (µ-law)."""
         event = self.framing.parse(raw)
         if isinstance(event, Audio):
             self.frames_in += 1
             self.hub.frames_in += 1
-            payload = event.payload if self._transcode is None else self._transcode(event.payload)
-            self.transcriber.send_audio(payload)
-            read_at = getattr(self.ws, "read_at", None)
-            if read_at is not None:
-                elapsed = time.monotonic() - read_at
-                self.hub.forwarding.append(elapsed)
-                metrics.MEDIA_FORWARD.observe(elapsed)
+            audio.append(event.payload if self._transcode is None else self._transcode(event.payload))
         elif isinstance(event, Mark):
             name = event.name
             voice = self.voice

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Self
 
 import simple_websocket
+from wsproto.events import TextMessage
 
 from voicecalld.media import mulaw
 
@@ -290,21 +291,20 @@ class MediaStreamClient:
         """Wait for the server to close the stream; ``close_code`` then says how."""
         return self._closed.wait(timeout)
 
-    # -- sending -----------------------------------------------------------
-
     def _send(self, message: dict[str, Any], numbered: bool = True) -> None:
         if self._ws is None:
             raise RuntimeError("not connected; call connect() first")
         with self._send_lock:
             if numbered:
-                self._sequence += 1
-                message = {
-                    "event": message["event"],
-                    self.wire.sequence_key: str(self._sequence),
-                    **{k: v for k, v in message.items() if k != "event"},
-                }
+                message = self._numbered(message)
             self._ws.send(json.dumps(message))
             self.sent.append(message)
+
+    def _numbered(self, message: dict[str, Any]) -> dict[str, Any]:
+        """``message`` with the next sequence number (under the send lock)."""
+        self._sequence += 1
+        return {"event": message["event"], self.wire.sequence_key: str(self._sequence),
+                **{k: v for k, v in message.items() if k != "event"}}
 
     def play(self, audio: bytes) -> int:
         """Stream µ-law ``audio`` in real time; blocks until sent. Returns frames sent.
@@ -334,6 +334,23 @@ class MediaStreamClient:
                 sent += 1
             self._release_held()
             return sent
+
+    def burst(self, audio: bytes) -> int:
+        """Send µ-law ``audio`` as frames in one socket write, as a network that held packets back
+        delivers them; returns the frames sent."""
+        assert self._ws is not None and self.started_at is not None, "not connected; call connect() first"
+        now, data, messages = time.monotonic(), b"", list[dict[str, Any]]()
+        with self._play_lock, self._send_lock:
+            for offset in range(0, len(audio), FRAME_BYTES):
+                frame = audio[offset:offset + FRAME_BYTES].ljust(FRAME_BYTES, bytes([self.wire.silence]))
+                self._chunk += 1
+                stamp = max(0, round((now - self.started_at) * 1000)) + 20 * len(messages)
+                messages.append(self._numbered(self.wire.media(self._chunk, stamp, base64.b64encode(frame).decode())))
+                data += self._ws.ws.send(TextMessage(data=json.dumps(messages[-1])))
+                self.sent_frames.append(SentFrame(self._chunk, stamp, now, now))
+            self._ws.sock.sendall(data)
+            self.sent += messages
+        return len(messages)
 
     def _send_media(self, frame: bytes, due: float) -> bool:
         assert self.started_at is not None
@@ -379,8 +396,6 @@ class MediaStreamClient:
         if len(digit) != 1 or digit not in "0123456789*#ABCD":
             raise ValueError(f"not a DTMF digit: {digit!r}")
         self._send(self.wire.dtmf(digit))
-
-    # -- receiving ---------------------------------------------------------
 
     @property
     def inbound_audio(self) -> bytes:
