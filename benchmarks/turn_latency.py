@@ -129,8 +129,14 @@ def openai_process(conn: Any, settings: dict[str, Any]) -> None:
     for r in fake.realtime_sessions:
         sizes = [len(base64.b64decode(e["audio"])) for e in r.events if e.get("type") == "input_audio_buffer.append"]
         arrivals.append(list(zip(itertools.accumulate(sizes), r.append_times, strict=False)))
+    # How late the fake itself was, past its configured delays (its own
+    # process competes for the same cores): chat's first token, TTS's first audio.
+    late = {"chat": [(r.first_token_at - r.at - fake.chat_first_token_s) * 1000 for r in fake.chat_requests
+                     if r.first_token_at is not None],
+            "tts": [(r.first_audio_at - r.at - fake.speech_delay_s) * 1000 for r in fake.speech_requests
+                    if r.first_audio_at is not None]}
     fake.stop()
-    conn.send(arrivals)
+    conn.send((arrivals, late))
 
 
 # --- the simulated callers, in their own process -------------------------------------------------
@@ -296,14 +302,14 @@ def run_round(n: int, turns: int, streaming: bool, args: argparse.Namespace, rea
         stop_daemon(proc)
         twilio.stop()
         parent.send("stop")
-        arrivals = parent.recv()
+        arrivals, fake_late = parent.recv()
         if args.keep_logs:
             print(f"daemon log: {tmp / 'daemon.log'}", flush=True)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     measured = [t["latencyMs"] for r in records for t in r.get("turns") or ()]
     return {"latencies": [x for x in per_turn if x is not None], "daemon_measured": measured, "expected": n * turns,
-            "cpu": cpu, "machine": machine, "audio_lag": audio_lag(sent, arrivals)}
+            "cpu": cpu, "machine": machine, "audio_lag": audio_lag(sent, arrivals), "fake_late": fake_late}
 
 
 def summary(values: list[float]) -> dict[str, float | None]:
@@ -357,7 +363,9 @@ def main() -> None:
                    "cpu_daemon": result["cpu"][0], "cpu_fake_openai": result["cpu"][1],
                    "cpu_callers": result["cpu"][2], "machine_busy": result["machine"]["busy"],
                    "machine_stolen": result["machine"]["stolen"],
-                   "audio_lag": summary(result["audio_lag"])}
+                   "audio_lag": summary(result["audio_lag"]),
+                   "fake_late_chat": summary(result["fake_late"]["chat"]),
+                   "fake_late_tts": summary(result["fake_late"]["tts"])}
             # A turn left unanswered is slower than any figure in the list.
             answered = len(lat) == result["expected"]
             if realtime and lat:
@@ -380,10 +388,11 @@ def main() -> None:
              f"{args.realtime_delay_ms:g} ms)" if args.mode == "realtime" else "")
           + "; turns: answered before the caller's next turn / taken; lag: caller audio sent -> received by the "
           "STT (ms), the daemon's input backlog; CPU (cores) used by the daemon / fake OpenAI / simulated "
-          "callers, and the machine busy in all / stolen by the hypervisor")
+          "callers, and the machine busy in all / stolen by the hypervisor; fake late: p95 ms the fake OpenAI's "
+          "first chat token / first TTS audio came after its configured delay (the fakes' own share)")
     print(f"{'conversations':>13} {'mode':>13} {'turns':>9} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} "
           f"{'bound':>6} {'share p50':>9} {'share p95':>9} {'daemon p50':>10} {'lag p95/max':>13} {'CPU d/f/c':>14} "
-          f"{'busy/stolen':>11} {'target':>7}")
+          f"{'busy/stolen':>11} {'fake late':>10} {'target':>7}")
     for r in rows:
         mode = r["mode"]
         target = "" if "target_met" not in r else ("met" if r["target_met"] else "NOT met")
@@ -392,7 +401,8 @@ def main() -> None:
               f"{r['p95']!s:>8} {r['max']!s:>8} {r['bound']:>6.0f} {r['share_p50']!s:>9} {r['share_p95']!s:>9} "
               f"{r['daemon_measured']['p50']!s:>10} {lag:>13} "
               f"{r['cpu_daemon']:>4}/{r['cpu_fake_openai']:>4}/{r['cpu_callers']:<4} "
-              f"{r['machine_busy']:>5}/{r['machine_stolen']:<5} {target:>7}")
+              f"{r['machine_busy']:>5}/{r['machine_stolen']:<5} "
+              f"{r['fake_late_chat']['p95']!s:>4}/{r['fake_late_tts']['p95']!s:<5} {target:>7}")
     print(json.dumps({"benchmark": "turn_latency", "load_average": round(load, 2), "cpus": os.cpu_count(),
                       "bound_pipelined_ms": pipelined, "bound_sequential_ms": sequential,
                       "config": {k: getattr(args, k) for k in ("silence_ms", "stt_ms", "first_token_ms", "token_ms",

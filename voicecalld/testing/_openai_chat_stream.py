@@ -24,6 +24,7 @@ class RecordedRequest(Protocol):
     tokens_sent: int
     stream_finished: bool
     client_left: bool
+    first_token_at: float | None
     last_token_at: float | None
     finished: threading.Event
 
@@ -53,6 +54,8 @@ def stream_events(completion: dict[str, Any], record: RecordedRequest, sock: Any
                 # a test look at the count) before this generator resumes.
                 record.tokens_sent = tokens
                 record.last_token_at = time.monotonic()
+                if tokens == 1:
+                    record.first_token_at = record.last_token_at
             yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
         record.stream_finished = True

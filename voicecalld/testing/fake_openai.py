@@ -104,7 +104,11 @@ class RecordedRequest:
     tokens_sent: int = 0
     stream_finished: bool = False
     client_left: bool = False
+    first_token_at: float | None = None
     last_token_at: float | None = None
+    #: Speech: when the first audio went out (how late the fake itself was,
+    #: next to its configured ``speech_delay_s``).
+    first_audio_at: float | None = None
     finished: threading.Event = field(default_factory=threading.Event)
 
 
@@ -357,7 +361,7 @@ class FakeOpenAI:
             )
         if endpoint == "chat":
             return self._chat(record.body, record, environ.get("werkzeug.socket"))
-        return self._speech(record.body)
+        return self._speech(record.body, record)
 
     def _check_auth(self, request: Request) -> Response | None:
         header = request.headers.get("Authorization", "")
@@ -420,7 +424,7 @@ class FakeOpenAI:
         body_events = stream_events(completion, record, sock, first, per_token, stall, self._stopping, slow)
         return Response(body_events, content_type="text/event-stream", headers=_request_id())
 
-    def _speech(self, body: dict[str, Any]) -> Response:
+    def _speech(self, body: dict[str, Any], record: RecordedRequest) -> Response:
         try:
             validate_speech_request(body)
         except SpeechRequestError as exc:
@@ -440,6 +444,8 @@ class FakeOpenAI:
             for offset in range(0, len(audio), _STREAM_CHUNK):
                 if factor and rate and offset:
                     self._pause(started + offset / rate / factor - time.monotonic())
+                if record.first_audio_at is None:
+                    record.first_audio_at = time.monotonic()
                 yield audio[offset : offset + _STREAM_CHUNK]
 
         return Response(stream(), content_type=content_type, headers=_request_id())
