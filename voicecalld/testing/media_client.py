@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, Self
 
 import simple_websocket
@@ -320,15 +320,13 @@ class MediaStreamClient:
             if self._clock_base + self._clock_frames * FRAME_SECONDS < now - FRAME_SECONDS:
                 self._clock_base, self._clock_frames = now, 0
             for offset in range(0, len(audio), FRAME_BYTES):
-                frame = audio[offset : offset + FRAME_BYTES]
-                frame = frame + bytes([self.wire.silence]) * (FRAME_BYTES - len(frame))
                 due = self._clock_base + self._clock_frames * FRAME_SECONDS
                 wait = due - time.monotonic()
                 if wait > 0 and self._stopping.wait(wait):
                     break
                 if self._stopping.is_set():
                     break
-                if not self._send_media(frame, due):
+                if not self._send_media(audio[offset : offset + FRAME_BYTES], due):
                     break
                 self._clock_frames += 1
                 sent += 1
@@ -341,30 +339,34 @@ class MediaStreamClient:
         assert self._ws is not None and self.started_at is not None, "not connected; call connect() first"
         now, data, messages = time.monotonic(), b"", list[dict[str, Any]]()
         with self._play_lock, self._send_lock:
-            for offset in range(0, len(audio), FRAME_BYTES):
-                frame = audio[offset:offset + FRAME_BYTES].ljust(FRAME_BYTES, bytes([self.wire.silence]))
-                self._chunk += 1
-                stamp = max(0, round((now - self.started_at) * 1000)) + 20 * len(messages)
-                messages.append(self._numbered(self.wire.media(self._chunk, stamp, base64.b64encode(frame).decode())))
+            for index, offset in enumerate(range(0, len(audio), FRAME_BYTES)):
+                message, frame = self._media_message(audio[offset:offset + FRAME_BYTES], now + index * FRAME_SECONDS)
+                messages.append(self._numbered(message))
                 data += self._ws.ws.send(TextMessage(data=json.dumps(messages[-1])))
-                self.sent_frames.append(SentFrame(self._chunk, stamp, now, now))
+                self.sent_frames.append(replace(frame, sent_at=now))
             self._ws.sock.sendall(data)
             self.sent += messages
         return len(messages)
 
-    def _send_media(self, frame: bytes, due: float) -> bool:
+    def _media_message(self, audio: bytes, due: float) -> tuple[dict[str, Any], SentFrame]:
+        """The next media message: ``audio`` padded with µ-law silence to a 160-byte frame, due at ``due``."""
         assert self.started_at is not None
+        frame = audio.ljust(FRAME_BYTES, bytes([self.wire.silence]))
         self._chunk += 1
         timestamp = max(0, round((due - self.started_at) * 1000))
         message = self.wire.media(self._chunk, timestamp, base64.b64encode(frame).decode("ascii"))
-        if self.out_of_order and self._chunk % self.out_of_order == 0 and self._held is None:
-            self._held = (message, SentFrame(self._chunk, timestamp, due, 0.0))
+        return message, SentFrame(self._chunk, timestamp, due, 0.0)
+
+    def _send_media(self, audio: bytes, due: float) -> bool:
+        message, frame = self._media_message(audio, due)
+        if self.out_of_order and frame.chunk % self.out_of_order == 0 and self._held is None:
+            self._held = (message, frame)
             return True  # goes out after the next frame
         try:
             self._send(message)
         except (simple_websocket.ConnectionClosed, OSError):
             return False
-        self.sent_frames.append(SentFrame(self._chunk, timestamp, due, time.monotonic()))
+        self.sent_frames.append(replace(frame, sent_at=time.monotonic()))
         return self._release_held()
 
     def _release_held(self) -> bool:
@@ -375,7 +377,7 @@ class MediaStreamClient:
             self._send(message)
         except (simple_websocket.ConnectionClosed, OSError):
             return False
-        self.sent_frames.append(SentFrame(frame.chunk, frame.timestamp_ms, frame.due, time.monotonic()))
+        self.sent_frames.append(replace(frame, sent_at=time.monotonic()))
         return True
 
     def start_streaming_in_background(self, audio: bytes) -> threading.Thread:
