@@ -71,4 +71,3 @@ def machine_use(before: tuple[int, int, int], after: tuple[int, int, int]) -> di
     cpus = os.cpu_count() or 1
     return {"busy": round(cpus * (after[0] - before[0]) / total, 2),
             "stolen": round(cpus * (after[1] - before[1]) / total, 2)}
-

@@ -9,8 +9,8 @@ transition band has to finish before 4 kHz-ish to keep aliases out.
 
 The filter is evaluated only at the input positions that survive
 decimation, as three polyphase convolutions done by big-integer
-multiplication (see ``Decimator``): about 1.5 ms of CPU per second of
-audio, a twentieth of the direct form, which matters because a busy media
+multiplication (see ``Decimator``): about a millisecond of CPU per second
+of audio, a twentieth of the direct form (``benchmarks/codec.py``), which matters because a busy media
 daemon synthesizes speech at several times real time for many calls at
 once, and every millisecond here is one the thread reading the callers'
 audio waits for the interpreter lock.
@@ -211,8 +211,7 @@ class Decimator:
         if offset is None:
             if len(self._offsets) > 16:
                 self._offsets.clear()  # chunk sizes repeat; a stream of odd ones must not grow this
-            unit = int.from_bytes(b"\x01" + bytes(_FIELD_BYTES - 1), "little")
-            ones = int.from_bytes((unit.to_bytes(_FIELD_BYTES, "little")) * fields, "little")
+            ones = int.from_bytes((b"\x01" + bytes(_FIELD_BYTES - 1)) * fields, "little")  # 1 in every field
             offset = self._offsets[fields] = ones * self._offset
         return offset
 
@@ -229,7 +228,7 @@ def _clip(out: bytearray, tops: bytes) -> None:
 
 def decimate_reference(pcm: bytes, taps: tuple[float, ...] | list[float] = TAPS) -> bytes:
     """The direct-form float filter, one output at a time: the definition
-    ``Decimator`` is tested and benchmarked against (about ten times slower)."""
+    ``Decimator`` is tested and benchmarked against (about twenty times slower)."""
     samples = array.array("h", pcm[: len(pcm) - len(pcm) % 2])
     if not _LITTLE_ENDIAN:
         samples.byteswap()
