@@ -89,13 +89,19 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
 
 
-def bounds(args: argparse.Namespace) -> tuple[float, float]:
-    """(pipelined, sequential) lower bounds in ms, from the configured latencies."""
+def first_sentence_tokens() -> int:
+    """The tokens the fake streams before the reply's first sentence is complete."""
     from voicecalld.sentences import SentenceCutter
     from voicecalld.testing._openai_chat import tokens
 
-    first = SentenceCutter().feed(REPLY + " ")[0]
-    first_tokens, all_tokens = len(tokens(first)), len(tokens(REPLY))
+    return len(tokens(SentenceCutter().feed(REPLY + " ")[0]))
+
+
+def bounds(args: argparse.Namespace) -> tuple[float, float]:
+    """(pipelined, sequential) lower bounds in ms, from the configured latencies."""
+    from voicecalld.testing._openai_chat import tokens
+
+    first_tokens, all_tokens = first_sentence_tokens(), len(tokens(REPLY))
     fixed = args.silence_ms + args.stt_ms + args.first_token_ms + args.tts_first_ms
     return fixed + (first_tokens - 1) * args.token_ms, fixed + (all_tokens - 1) * args.token_ms
 
@@ -129,10 +135,12 @@ def openai_process(conn: Any, settings: dict[str, Any]) -> None:
     for r in fake.realtime_sessions:
         sizes = [len(base64.b64decode(e["audio"])) for e in r.events if e.get("type") == "input_audio_buffer.append"]
         arrivals.append(list(zip(itertools.accumulate(sizes), r.append_times, strict=False)))
-    # How late the fake itself was, past its configured delays (its own
-    # process competes for the same cores): chat's first token, TTS's first audio.
-    late = {"chat": [(r.first_token_at - r.at - fake.chat_first_token_s) * 1000 for r in fake.chat_requests
-                     if r.first_token_at is not None],
+    # How late the fake itself was, past its configured schedule (its own
+    # process competes for the same cores): the token that ends the reply's
+    # first sentence, and the TTS's first audio.
+    k = settings["first_sentence_tokens"]
+    late = {"chat": [(r.token_at[k - 1] - r.at - fake.chat_first_token_s - (k - 1) * fake.chat_token_s) * 1000
+                     for r in fake.chat_requests if len(r.token_at) >= k],
             "tts": [(r.first_audio_at - r.at - fake.speech_delay_s) * 1000 for r in fake.speech_requests
                     if r.first_audio_at is not None]}
     fake.stop()
@@ -242,6 +250,7 @@ def run_round(n: int, turns: int, streaming: bool, args: argparse.Namespace, rea
     parent, child = ctx.Pipe()
     settings = {k: getattr(args, k) for k in ("stt_ms", "first_token_ms", "token_ms", "tts_first_ms", "tts_rtf",
                                               "tts_ms_per_char", "realtime_delay_ms")}
+    settings["first_sentence_tokens"] = first_sentence_tokens()
     openai = ctx.Process(target=openai_process, args=(child, {**settings, "streaming": streaming}), daemon=True)
     openai.start()
     base_url, realtime_url, voice_url = parent.recv()
@@ -389,7 +398,7 @@ def main() -> None:
           + "; turns: answered before the caller's next turn / taken; lag: caller audio sent -> received by the "
           "STT (ms), the daemon's input backlog; CPU (cores) used by the daemon / fake OpenAI / simulated "
           "callers, and the machine busy in all / stolen by the hypervisor; fake late: p95 ms the fake OpenAI's "
-          "first chat token / first TTS audio came after its configured delay (the fakes' own share)")
+          "token ending the first sentence / first TTS audio came after its schedule (the fakes' own share)")
     print(f"{'conversations':>13} {'mode':>13} {'turns':>9} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} "
           f"{'bound':>6} {'share p50':>9} {'share p95':>9} {'daemon p50':>10} {'lag p95/max':>13} {'CPU d/f/c':>14} "
           f"{'busy/stolen':>11} {'fake late':>10} {'target':>7}")

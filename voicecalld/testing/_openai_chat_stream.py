@@ -3,6 +3,11 @@ model (https://platform.openai.com/docs/api-reference/chat-streaming):
 server-sent events, the first token after a delay, then one token every
 so often, or a stall; it notices when the client closes the connection
 (as the daemon does on a barge-in) and records how far it got.
+
+Tokens are due on a fixed schedule counted from the request's arrival, as
+a model generating at a steady rate produces them, not a pause after each
+write: on a busy machine, pauses add up (a few ms per token) and the
+fake's own slowness would be counted against the client it serves.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ class RecordedRequest(Protocol):
     client_left: bool
     first_token_at: float | None
     last_token_at: float | None
+    token_at: list[float]
     finished: threading.Event
 
 __all__ = ["stream_events"]
@@ -33,27 +39,32 @@ __all__ = ["stream_events"]
 
 def stream_events(completion: dict[str, Any], record: RecordedRequest, sock: Any, first: float, per_token: float,
                   stall: int | None, stopping: threading.Event,
-                  slow: tuple[int, float] | None = None) -> Iterator[bytes]:
-    """The response body: ``first`` seconds to the first token, ``per_token``
-    to each next; with ``stall``, only that many tokens and then silence
-    until the client leaves or the fake stops; with ``slow`` = (n, s), the
-    tokens after the n-th come every s seconds (a model still thinking)."""
+                  slow: tuple[int, float] | None = None, start: float | None = None) -> Iterator[bytes]:
+    """The response body: the first token ``first`` seconds after ``start``
+    (the request's arrival; default now), each next ``per_token`` after the
+    one before it was due; with ``stall``, only that many tokens and then
+    silence until the client leaves or the fake stops; with ``slow`` = (n,
+    s), the tokens after the n-th come every s seconds (a model still
+    thinking). A token that falls due while the one before it is still
+    being written goes out at once."""
     try:
         tokens = 0
+        due = time.monotonic() if start is None else start
         for chunk, is_token in stream_chunks(completion):
             if is_token:
                 if stall is not None and tokens >= stall:
                     while _pause_unless_gone(0.05, sock, stopping):
                         pass
                     return
-                pause = first if tokens == 0 else slow[1] if slow and tokens >= slow[0] else per_token
-                if not _pause_unless_gone(pause, sock, stopping):
+                due += first if tokens == 0 else slow[1] if slow and tokens >= slow[0] else per_token
+                if not _pause_unless_gone(due - time.monotonic(), sock, stopping):
                     return
                 tokens += 1
                 # Counted before the write: the client may read the token (and
                 # a test look at the count) before this generator resumes.
                 record.tokens_sent = tokens
                 record.last_token_at = time.monotonic()
+                record.token_at.append(record.last_token_at)
                 if tokens == 1:
                     record.first_token_at = record.last_token_at
             yield b"data: " + json.dumps(chunk).encode() + b"\n\n"

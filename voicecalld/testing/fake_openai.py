@@ -100,12 +100,13 @@ class RecordedRequest:
     at: float = field(default_factory=time.monotonic)
     #: Streamed chat replies: tokens sent, whether the stream reached its
     #: end, whether the client closed the connection before that, when
-    #: the last token went out; ``finished`` is set once the response is over.
+    #: each token went out; ``finished`` is set once the response is over.
     tokens_sent: int = 0
     stream_finished: bool = False
     client_left: bool = False
     first_token_at: float | None = None
     last_token_at: float | None = None
+    token_at: list[float] = field(default_factory=list)
     #: Speech: when the first audio went out (how late the fake itself was,
     #: next to its configured ``speech_delay_s``).
     first_audio_at: float | None = None
@@ -413,7 +414,7 @@ class FakeOpenAI:
             # A server that does not stream answers once the whole reply is generated.
             count = sum(1 for _, is_token in stream_chunks(completion) if is_token)
             generating = self.chat_first_token_s + per_token * max(0, count - 1) if count else 0.0
-            self._pause(delay + generating)
+            self._pause(record.at + delay + generating - time.monotonic())
             record.finished.set()
             return json_response(completion, headers=_request_id())
         stall = reply.get("stall_after") if isinstance(reply, dict) else None
@@ -421,7 +422,8 @@ class FakeOpenAI:
 
         slow = (int(reply["slow_after"]), float(reply.get("slow_token_s", 1.0))) \
             if isinstance(reply, dict) and "slow_after" in reply else None
-        body_events = stream_events(completion, record, sock, first, per_token, stall, self._stopping, slow)
+        body_events = stream_events(completion, record, sock, first, per_token, stall, self._stopping, slow,
+                                    start=record.at)
         return Response(body_events, content_type="text/event-stream", headers=_request_id())
 
     def _speech(self, body: dict[str, Any], record: RecordedRequest) -> Response:
@@ -436,11 +438,12 @@ class FakeOpenAI:
         rate = 2 * 24000 if content_type == "audio/pcm" else 0
 
         def stream() -> Any:
-            # The delay is time-to-first-byte, as with the real endpoint,
-            # which streams audio as it is generated (at ``factor`` times
-            # real time, when set).
-            self._pause(delay)
-            started = time.monotonic()
+            # The delay is time-to-first-byte from the request's arrival, as
+            # with the real endpoint, which streams audio as it is generated
+            # (at ``factor`` times real time, when set), on a schedule (not
+            # pauses that add up on a busy machine).
+            started = record.at + max(0.0, delay)
+            self._pause(started - time.monotonic())
             for offset in range(0, len(audio), _STREAM_CHUNK):
                 if factor and rate and offset:
                     self._pause(started + offset / rate / factor - time.monotonic())
