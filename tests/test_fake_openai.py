@@ -18,12 +18,15 @@ import requests
 import websocket
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from werkzeug.datastructures import Headers
 
 from voicecalld.media import mulaw
 from voicecalld.testing._audio_signals import silence_pcm, speech_like_pcm
+from voicecalld.testing._openai_chat import build_completion
+from voicecalld.testing._openai_chat_stream import stream_events
 from voicecalld.testing._openai_vad import EnergyVad, rms_threshold
 from voicecalld.testing._wait import wait_until
-from voicecalld.testing.fake_openai import FakeOpenAI
+from voicecalld.testing.fake_openai import FakeOpenAI, RecordedRequest
 
 KEY = "sk-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -584,6 +587,36 @@ def test_chat_delay(fake: FakeOpenAI) -> None:
     started = time.monotonic()
     assert chat(fake).status_code == 200
     assert time.monotonic() - started >= 0.2
+
+
+def test_streamed_tokens_keep_to_their_schedule_from_the_request(fake: FakeOpenAI) -> None:
+    """Token n is due first + n * per_token after the request arrived, and
+    never goes out before that: the schedule is counted from the arrival,
+    not from the previous write (pauses that would add up under load)."""
+    fake.chat_first_token_s, fake.chat_token_s = 0.15, 0.02
+    fake.chat_replies.put("One two three four five six.")
+    with chat(fake, stream=True) as response:
+        lines = [line for line in response.iter_lines() if line.startswith(b"data: {")]
+    record = fake.chat_requests[-1]
+    assert record.stream_finished and record.tokens_sent == len(record.token_at) >= 6
+    assert len(lines) >= len(record.token_at)
+    for n, at in enumerate(record.token_at):
+        assert at >= record.at + 0.15 + n * 0.02
+    assert record.first_token_at == record.token_at[0] and record.last_token_at == record.token_at[-1]
+
+
+def test_tokens_already_due_go_out_at_once() -> None:
+    """A stream that fell behind its schedule catches up instead of pausing
+    again before every token: with the request 1000 s old, tokens due 30 s
+    and then every 10 s after it are all overdue, so the whole reply comes
+    at once (paused token by token it would take over a minute)."""
+    completion = build_completion({"model": "gpt-4o-mini", "messages": []}, "One two three four five six.")
+    record = RecordedRequest(endpoint="chat", method="POST", path="/v1/chat/completions", headers=Headers(), body={})
+    started = time.monotonic()
+    body = b"".join(stream_events(completion, record, None, 30.0, 10.0, None, threading.Event(),
+                                  start=started - 1000))
+    assert time.monotonic() - started < 20
+    assert record.stream_finished and body.endswith(b"data: [DONE]\n\n") and len(record.token_at) >= 6
 
 
 @pytest.mark.parametrize(
