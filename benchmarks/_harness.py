@@ -71,3 +71,45 @@ def machine_use(before: tuple[int, int, int], after: tuple[int, int, int]) -> di
     cpus = os.cpu_count() or 1
     return {"busy": round(cpus * (after[0] - before[0]) / total, 2),
             "stolen": round(cpus * (after[1] - before[1]) / total, 2)}
+
+
+class SpeedProbe:
+    """How slow the CPU runs, apart from stolen time: a thread that, every
+    ``every`` seconds, runs the same small pure-Python loop and notes the
+    CPU time it took (``time.thread_time``). On a virtual machine whose
+    cores share their silicon with other tenants (hyperthreads, caches,
+    clock speed), the same work costs more CPU time although nothing is
+    stolen; ``slowdown`` is the median cost over the cheapest seen, the
+    cheapest being the reference ``calibrate`` took first."""
+
+    def __init__(self, every: float = 0.25, work: int = 20_000) -> None:
+        import threading
+
+        self._every, self._work = every, work
+        self._costs: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="speed-probe", daemon=True)
+        self.best = min(self._measure() for _ in range(20))
+
+    def _measure(self) -> float:
+        started = time.thread_time()
+        total = 0
+        for i in range(self._work):
+            total += i * i % 7
+        return time.thread_time() - started
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            self._costs.append(self._measure())
+
+    def start(self) -> SpeedProbe:
+        self._thread.start()
+        return self
+
+    def stop(self) -> float:
+        """The median slowdown while it ran (1.0: as fast as the reference)."""
+        self._stop.set()
+        self._thread.join(5)
+        costs = sorted(self._costs) or [self.best]
+        self.best = min(self.best, costs[0])
+        return round(costs[len(costs) // 2] / self.best, 2)

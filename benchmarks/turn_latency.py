@@ -30,7 +30,9 @@ is reported too, and the CPU (cores) the daemon, the fake OpenAI and the
 simulated callers used, next to the whole machine's busy and stolen time
 (a virtual machine's hypervisor may give its CPUs to others: on a shared
 2-core machine the three processes and everything else compete for what
-is left, and the tail latencies show it).
+is left, and the tail latencies show it), and how slowly the CPU ran
+(``_harness.SpeedProbe``: cores shared with other tenants run the same
+work slower with nothing stolen).
 
 With ``--mode realtime`` each round also runs with ``[realtime]`` on: one
 OpenAI Realtime speech-to-speech session per call, the fake model
@@ -72,7 +74,7 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import cpu_seconds, machine_jiffies, machine_use, start_daemon, stop_daemon  # noqa: E402
+from _harness import SpeedProbe, cpu_seconds, machine_jiffies, machine_use, start_daemon, stop_daemon  # noqa: E402
 from media import Pacer, quiet_gc  # noqa: E402  (benchmarks/media.py: callers' audio at real-time pace)
 
 SID, TOKEN = "AC" + "5" * 32, "turn-latency-token"
@@ -290,11 +292,13 @@ def run_round(n: int, turns: int, streaming: bool, args: argparse.Namespace, rea
         requests.put(("play", turns, args.silence_ms + args.stt_ms))
         pids = (proc.pid, openai.pid, host.pid)
         cpu0, machine0 = [cpu_seconds(pid) for pid in pids], machine_jiffies()
+        probe = SpeedProbe().start()
         started = time.monotonic()
         kind, per_turn, sent = results.get(timeout=3600)
         elapsed = time.monotonic() - started
+        slowdown = probe.stop()
         cpu = [round((cpu_seconds(pid) - before) / elapsed, 2) for pid, before in zip(pids, cpu0, strict=True)]
-        machine = machine_use(machine0, machine_jiffies())
+        machine = {**machine_use(machine0, machine_jiffies()), "slowdown": slowdown}
         with Client(sock, timeout=60) as c:
             records = [c.call("voicecall.status", {"callId": call_id}) for call_id in call_ids]
             for call_id in call_ids:
@@ -371,7 +375,7 @@ def main() -> None:
                    "daemon_measured": summary(result["daemon_measured"]),
                    "cpu_daemon": result["cpu"][0], "cpu_fake_openai": result["cpu"][1],
                    "cpu_callers": result["cpu"][2], "machine_busy": result["machine"]["busy"],
-                   "machine_stolen": result["machine"]["stolen"],
+                   "machine_stolen": result["machine"]["stolen"], "cpu_slowdown": result["machine"]["slowdown"],
                    "audio_lag": summary(result["audio_lag"]),
                    "fake_late_chat": summary(result["fake_late"]["chat"]),
                    "fake_late_tts": summary(result["fake_late"]["tts"])}
@@ -397,11 +401,13 @@ def main() -> None:
              f"{args.realtime_delay_ms:g} ms)" if args.mode == "realtime" else "")
           + "; turns: answered before the caller's next turn / taken; lag: caller audio sent -> received by the "
           "STT (ms), the daemon's input backlog; CPU (cores) used by the daemon / fake OpenAI / simulated "
-          "callers, and the machine busy in all / stolen by the hypervisor; fake late: p95 ms the fake OpenAI's "
+          "callers, and the machine busy in all / stolen by the hypervisor; slow: how much more CPU time a fixed "
+          "piece of work took during the round than at its fastest (a shared host's cores run slower when its "
+          "other tenants are busy, stolen time aside); fake late: p95 ms the fake OpenAI's "
           "token ending the first sentence / first TTS audio came after its schedule (the fakes' own share)")
     print(f"{'conversations':>13} {'mode':>13} {'turns':>9} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} "
           f"{'bound':>6} {'share p50':>9} {'share p95':>9} {'daemon p50':>10} {'lag p95/max':>13} {'CPU d/f/c':>14} "
-          f"{'busy/stolen':>11} {'fake late':>10} {'target':>7}")
+          f"{'busy/stolen':>11} {'slow':>5} {'fake late':>10} {'target':>7}")
     for r in rows:
         mode = r["mode"]
         target = "" if "target_met" not in r else ("met" if r["target_met"] else "NOT met")
@@ -410,7 +416,7 @@ def main() -> None:
               f"{r['p95']!s:>8} {r['max']!s:>8} {r['bound']:>6.0f} {r['share_p50']!s:>9} {r['share_p95']!s:>9} "
               f"{r['daemon_measured']['p50']!s:>10} {lag:>13} "
               f"{r['cpu_daemon']:>4}/{r['cpu_fake_openai']:>4}/{r['cpu_callers']:<4} "
-              f"{r['machine_busy']:>5}/{r['machine_stolen']:<5} "
+              f"{r['machine_busy']:>5}/{r['machine_stolen']:<5} {r['cpu_slowdown']:>5} "
               f"{r['fake_late_chat']['p95']!s:>4}/{r['fake_late_tts']['p95']!s:<5} {target:>7}")
     print(json.dumps({"benchmark": "turn_latency", "load_average": round(load, 2), "cpus": os.cpu_count(),
                       "bound_pipelined_ms": pipelined, "bound_sequential_ms": sequential,
