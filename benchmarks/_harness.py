@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -79,12 +80,10 @@ class SpeedProbe:
     CPU time it took (``time.thread_time``). On a virtual machine whose
     cores share their silicon with other tenants (hyperthreads, caches,
     clock speed), the same work costs more CPU time although nothing is
-    stolen; ``slowdown`` is the median cost over the cheapest seen, the
-    cheapest being the reference ``calibrate`` took first."""
+    stolen. ``stop`` returns the median cost over the cheapest seen, which
+    starts as the best of 20 runs made when the probe is created."""
 
     def __init__(self, every: float = 0.25, work: int = 20_000) -> None:
-        import threading
-
         self._every, self._work = every, work
         self._costs: list[float] = []
         self._stop = threading.Event()

@@ -26,12 +26,9 @@ from ._openai_chat import stream_chunks
 class RecordedRequest(Protocol):
     """What a stream records of itself (``fake_openai.RecordedRequest``)."""
 
-    tokens_sent: int
+    token_at: list[float]
     stream_finished: bool
     client_left: bool
-    first_token_at: float | None
-    last_token_at: float | None
-    token_at: list[float]
     finished: threading.Event
 
 __all__ = ["stream_events"]
@@ -60,13 +57,9 @@ def stream_events(completion: dict[str, Any], record: RecordedRequest, sock: Any
                 if not _pause_unless_gone(due - time.monotonic(), sock, stopping):
                     return
                 tokens += 1
-                # Counted before the write: the client may read the token (and
+                # Noted before the write: the client may read the token (and
                 # a test look at the count) before this generator resumes.
-                record.tokens_sent = tokens
-                record.last_token_at = time.monotonic()
-                record.token_at.append(record.last_token_at)
-                if tokens == 1:
-                    record.first_token_at = record.last_token_at
+                record.token_at.append(time.monotonic())
             yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
         record.stream_finished = True

@@ -25,7 +25,7 @@ once the whole reply is generated at that pace). Each
 request's record says how the stream went (``tokens_sent``,
 ``stream_finished``, ``client_left``; ``finished`` is set when it is over).
 
-Speech starts after ``speech_delay_s`` (time to first audio) and then
+Speech starts ``speech_delay_s`` after the request arrived (time to first audio) and then
 comes at ``tts_realtime_factor`` times real time (None: all at once). Transcripts are consumed one per committed turn: a
 string, or ``{"error": {...}}`` for a ``...transcription.failed`` event.
 
@@ -98,19 +98,28 @@ class RecordedRequest:
     body: Any  # parsed JSON, or the raw text when it was not JSON
     status: int = 0
     at: float = field(default_factory=time.monotonic)
-    #: Streamed chat replies: tokens sent, whether the stream reached its
-    #: end, whether the client closed the connection before that, when
-    #: each token went out; ``finished`` is set once the response is over.
-    tokens_sent: int = 0
+    #: Streamed chat replies: when each token went out, whether the stream
+    #: reached its end, whether the client closed the connection before
+    #: that; ``finished`` is set once the response is over.
+    token_at: list[float] = field(default_factory=list)
     stream_finished: bool = False
     client_left: bool = False
-    first_token_at: float | None = None
-    last_token_at: float | None = None
-    token_at: list[float] = field(default_factory=list)
     #: Speech: when the first audio went out (how late the fake itself was,
     #: next to its configured ``speech_delay_s``).
     first_audio_at: float | None = None
     finished: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def tokens_sent(self) -> int:
+        return len(self.token_at)
+
+    @property
+    def first_token_at(self) -> float | None:
+        return self.token_at[0] if self.token_at else None
+
+    @property
+    def last_token_at(self) -> float | None:
+        return self.token_at[-1] if self.token_at else None
 
 
 @dataclass
